@@ -1,0 +1,82 @@
+"""The only place that parses, normalises and compares mail addresses and domains."""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+
+class AddressSyntaxError(ValueError):
+    """The text is not an address we accept."""
+
+
+def normalise_domain(domain: str) -> str:
+    """Lower-case, strip a trailing dot, and encode international names as IDNA (A-labels)."""
+    domain = domain.strip().rstrip(".").lower()
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+def split(address: str) -> tuple[str, str]:
+    """Split `local@domain` at the last `@`; the domain is normalised, the local part kept as sent."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise AddressSyntaxError(f"not a full address: {address!r}")
+    return local, normalise_domain(domain)
+
+
+def normalise(address: str) -> str:
+    """The form used for comparison and lookups: lower-case local part and domain.
+
+    Local parts are compared case-insensitively, as Postfix and Dovecot do for local users.
+    """
+    local, domain = split(address.strip())
+    return f"{local.lower()}@{domain}"
+
+
+def is_valid(address: str) -> bool:
+    """True when the address has a non-empty local part, a domain, and no control characters."""
+    if not address or len(address) > 254 or any(ord(c) < 33 or ord(c) == 127 for c in address):
+        return False
+    try:
+        local, domain = split(address)
+    except AddressSyntaxError:
+        return False
+    return len(local) <= 64 and len(domain) <= 253
+
+
+def domain_of(address: str) -> str:
+    """The normalised domain of an address."""
+    return split(address)[1]
+
+
+def local_of(address: str) -> str:
+    """The local part of an address, as sent."""
+    return split(address)[0]
+
+
+def in_domains(address: str, domains: Iterable[str]) -> bool:
+    """True when the address's domain is one of `domains` (already normalised)."""
+    try:
+        return domain_of(address) in domains
+    except AddressSyntaxError:
+        return False
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse a comma-separated list of CIDR networks; raises ValueError on a bad entry."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+def in_networks(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """True when the peer address `host` lies in one of `networks` (IPv4-mapped IPv6 counts as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)

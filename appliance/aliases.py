@@ -1,0 +1,310 @@
+"""aliases(5) expansion: which final addresses a mail for an alias goes to.
+
+The file format, as in sendmail and Postfix::
+
+    # comment
+    postmaster: root
+    root: admin@example.test
+    team: alice, bob@example.test,
+          carol                         # <- a line starting with whitespace continues the previous one
+    staff: :include:staff.list          # one address per line; relative to this file's folder
+    info@example.org: alice             # a full address applies to that address only
+
+- A bare name (``team``) is an alias in every local domain; a full address only for itself and
+  takes precedence over the bare name there.
+- A bare target (``carol``) is in the domain of the address being resolved, so ``team@example.org``
+  reaches ``carol@example.org``.
+- Targets are separated by commas (whitespace works too).
+- Commands (``|cmd``) and files (``/path``) are refused: deliveries here only go to addresses.
+
+Resolution expands aliases of aliases up to MAX_DEPTH levels, drops duplicates (keeping the
+first), and keeps a target that names the alias itself as a real mailbox (``bob: bob, bob@elsewhere``
+delivers to the local bob *and* a copy elsewhere -- the sendmail convention). A loop raises
+AliasLoopError.
+
+``postmaster`` and ``abuse`` (RFC 5321 4.5.1, RFC 2142) must always reach somebody: when the file
+does not define them, they go wherever ``root`` goes if ``root`` is defined; otherwise they stay
+unresolved (None) and the SMTP side treats postmaster specially.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from zope.interface import implementer
+
+from appliance import address as addr
+from appliance.interfaces import IAliasResolver
+
+MAX_DEPTH = 10
+ALWAYS_ANSWERED = ("postmaster", "abuse")
+FALLBACK = "root"
+INCLUDE = ":include:"
+
+
+class AliasesError(Exception):
+    """The aliases file has problems; `problems` holds one `FILE:LINE: what is wrong` line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class AliasLoopError(Exception):
+    """Expanding an alias went round in a circle, or deeper than MAX_DEPTH levels."""
+
+
+@dataclass(frozen=True)
+class _Alias:
+    targets: tuple[str, ...]   # bare local parts or full addresses (domain normalised)
+    where: str                 # `FILE:LINE` of its definition, for messages
+
+
+@implementer(IAliasResolver)
+class AliasTable:
+    """One parsed aliases file; immutable, so a reload can swap whole tables atomically."""
+
+    def __init__(self, by_address: dict[str, _Alias], by_local: dict[str, _Alias], local_domains: Iterable[str]):
+        self._by_address = by_address
+        self._by_local = by_local
+        self._domains = frozenset(addr.normalise_domain(d) for d in local_domains)
+
+    def resolve(self, address: str) -> list[str] | None:
+        """The final recipients of `address`, or None when it is not an alias."""
+        try:
+            key = addr.normalise(address)
+        except addr.AddressSyntaxError:
+            return None
+        targets = self._targets(key)
+        if targets is None:
+            return None
+        found: dict[str, str] = {}   # normalised -> as written, in first-seen order
+        self._expand(key, targets, (key,), found)
+        return list(found.values())
+
+    def loop_problems(self) -> list[str]:
+        """`FILE:LINE: alias loop ...` for every alias that cannot be expanded; for reload and `check`."""
+        problems: dict[str, None] = {}
+        for name, alias in self._by_address.items():
+            problems.update(dict.fromkeys(self._loop_in(name, alias)))
+        for local, alias in self._by_local.items():
+            for domain in sorted(self._domains):
+                problems.update(dict.fromkeys(self._loop_in(f"{local}@{domain}", alias)))
+        return list(problems)
+
+    def _loop_in(self, address: str, alias: _Alias) -> list[str]:
+        try:
+            self.resolve(address)
+        except AliasLoopError as e:
+            return [f"{alias.where}: {e}"]
+        return []
+
+    def _targets(self, key: str) -> tuple[str, ...] | None:
+        """The direct targets of the alias `key` (normalised), or None when it is no alias."""
+        alias = self._by_address.get(key)
+        if alias is not None:
+            return alias.targets
+        local, domain = key.rsplit("@", 1)
+        if domain not in self._domains:
+            return None
+        alias = self._by_local.get(local)
+        if alias is not None:
+            return alias.targets
+        if local in ALWAYS_ANSWERED and self._targets(f"{FALLBACK}@{domain}") is not None:
+            return (FALLBACK,)
+        return None
+
+    def _expand(self, key: str, targets: tuple[str, ...], chain: tuple[str, ...], found: dict[str, str]) -> None:
+        if len(chain) > MAX_DEPTH:
+            raise AliasLoopError(f"aliases nested deeper than {MAX_DEPTH} levels: {' -> '.join(chain)}")
+        domain = key.rsplit("@", 1)[1]
+        for target in targets:
+            final = target if "@" in target else f"{target}@{domain}"
+            norm = addr.normalise(final)
+            deeper = None if norm == key else self._targets(norm)
+            if deeper is None:
+                found.setdefault(norm, final)
+            elif norm in chain:
+                raise AliasLoopError(f"alias loop: {' -> '.join((*chain, norm))}")
+            else:
+                self._expand(norm, deeper, (*chain, norm), found)
+
+
+def load_aliases(path: str, local_domains: Iterable[str]) -> AliasTable:
+    """Parse an aliases file (blocking); AliasesError with every problem found. Missing file = no aliases."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return AliasTable({}, {}, local_domains)
+    except (OSError, UnicodeDecodeError) as e:
+        raise AliasesError([f"{path}: cannot read: {_reason(e)}"]) from None
+    parser = _Parser(path)
+    parser.parse(lines)
+    if parser.problems:
+        raise AliasesError(parser.problems)
+    return AliasTable(parser.by_address, parser.by_local, local_domains)
+
+
+def _reason(error: Exception) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def _logical_lines(lines: list[str]) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, orphan) of each definition, continuation lines joined.
+
+    Comments and blank lines are skipped and do not end a definition, as in Postfix. `orphan` is
+    True for a continuation line with no definition before it.
+    """
+    number, parts, orphan = 0, [], False
+    for i, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0].isspace() and parts:
+            parts.append(stripped)
+            continue
+        if parts:
+            yield number, " ".join(parts), orphan
+        number, parts, orphan = i, [stripped], line[0].isspace()
+    if parts:
+        yield number, " ".join(parts), orphan
+
+
+def _items(text: str) -> list[str]:
+    """Targets are separated by commas and/or whitespace, as Postfix reads them."""
+    return [item for item in re.split(r"[,\s]+", text) if item]
+
+
+def _valid_local(local: str) -> bool:
+    return "@" not in local and addr.is_valid(f"{local}@example.invalid")
+
+
+def _target(item: str) -> str:
+    """A checked target: a bare local part, or a full address with its domain normalised."""
+    if item.startswith(("|", '"|', "/", '"/')):
+        raise ValueError(f"commands and files are not allowed: {item}")
+    if "@" not in item:
+        if not _valid_local(item):
+            raise ValueError(f"bad address: {item!r}")
+        return item
+    if not addr.is_valid(item):
+        raise ValueError(f"bad address: {item!r}")
+    local, domain = addr.split(item)
+    return f"{local}@{domain}"
+
+
+class _Parser:
+    """Collects aliases and every problem of one file, so the operator sees them all at once."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.by_address: dict[str, _Alias] = {}
+        self.by_local: dict[str, _Alias] = {}
+        self.problems: list[str] = []
+
+    def parse(self, lines: list[str]) -> None:
+        for number, text, orphan in _logical_lines(lines):
+            if orphan:
+                self._problem(number, "continuation line without an alias before it")
+            else:
+                self._definition(number, text)
+
+    def _problem(self, number: int, what: str, path: str | None = None) -> None:
+        self.problems.append(f"{path or self.path}:{number}: {what}")
+
+    def _definition(self, number: int, text: str) -> None:
+        name, colon, rest = text.partition(":")
+        if not colon:
+            self._problem(number, f"missing colon after the alias name: {text!r}")
+            return
+        key, table = self._name(number, name.strip())
+        targets = self._targets(number, rest)
+        if key is None or targets is None:
+            return
+        if key in table:
+            self._problem(number, f"duplicate alias {name.strip()!r} (first defined at {table[key].where})")
+            return
+        table[key] = _Alias(tuple(targets), f"{self.path}:{number}")
+
+    def _name(self, number: int, name: str) -> tuple[str | None, dict[str, _Alias]]:
+        """The lookup key of an alias name and the table it goes in; key None after a problem."""
+        if "@" in name:
+            if addr.is_valid(name):
+                return addr.normalise(name), self.by_address
+        elif _valid_local(name):
+            return name.lower(), self.by_local
+        self._problem(number, f"bad alias name: {name!r}" if name else "missing alias name")
+        return None, {}
+
+    def _targets(self, number: int, text: str) -> list[str] | None:
+        """The checked targets of one definition, or None after a problem."""
+        items = _items(text)
+        if not items:
+            self._problem(number, "empty target list")
+            return None
+        targets, ok = [], True
+        for item in items:
+            try:
+                if item.lower().startswith(INCLUDE):
+                    targets.extend(self._include(number, item[len(INCLUDE):].strip()))
+                else:
+                    targets.append(_target(item))
+            except ValueError as e:
+                self._problem(number, str(e))
+                ok = False
+        return targets if ok else None
+
+    def _include(self, number: int, name: str) -> list[str]:
+        """The addresses of an :include: file; problems inside it carry its own name and line."""
+        path = os.path.join(os.path.dirname(os.path.abspath(self.path)), name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read include file {path}: {_reason(e)}") from None
+        targets, ok = [], True
+        for line_number, line in enumerate(lines, start=1):
+            if line.strip().startswith("#"):
+                continue
+            for item in _items(line):
+                try:
+                    if item.lower().startswith(INCLUDE):
+                        raise ValueError(f"{INCLUDE} inside an include file is not allowed")
+                    targets.append(_target(item))
+                except ValueError as e:
+                    self._problem(line_number, str(e), path)
+                    ok = False
+        if not ok:
+            raise ValueError(f"problems in include file {path}")
+        return targets
+
+
+@implementer(IAliasResolver)
+class AliasResolver:
+    """Holds the current AliasTable; a reload that finds problems keeps the previous table."""
+
+    def __init__(self, path: str, local_domains: Iterable[str]):
+        """Load the file; raises AliasesError when it has problems (a daemon must not start half-aliased)."""
+        self._path = path
+        self._domains = tuple(local_domains)
+        self._table = AliasTable({}, {}, self._domains)
+        problems = self.reload()
+        if problems:
+            raise AliasesError(problems)
+
+    def reload(self) -> list[str]:
+        """Re-read the file (blocking, small); the problems found, empty when the new table is in use."""
+        try:
+            table = load_aliases(self._path, self._domains)
+        except AliasesError as e:
+            return e.problems
+        problems = table.loop_problems()
+        if not problems:
+            self._table = table
+        return problems
+
+    def resolve(self, address: str) -> list[str] | None:
+        return self._table.resolve(address)

@@ -1,0 +1,119 @@
+"""RFC 3464 delivery status notifications: tell the sender which recipients failed, and why."""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+
+from appliance.envelope import Envelope, Recipient, new_id
+
+# An enhanced status code (RFC 3463), optionally after a three-digit SMTP reply code.
+_STATUS = re.compile(r"^(?:[245]\d\d[ -])?([245]\.\d{1,3}\.\d{1,3})(?!\S)")
+_SMTP_REPLY = re.compile(r"^[245]\d\d[ -]")
+
+
+def status_of(error: str, default: str) -> str:
+    """The enhanced status code at the start of an error text, or `default`."""
+    match = _STATUS.match(error)
+    return match.group(1) if match else default
+
+
+def headers_of(message: bytes) -> bytes:
+    """The header block of a message (up to the first empty line), with CRLF line ends."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = message.find(separator)
+        if end >= 0:
+            break
+    else:
+        end = len(message)
+    lines = message[:end].replace(b"\r\n", b"\n").split(b"\n")
+    return b"".join(line + b"\r\n" for line in lines if line)
+
+
+def _clean(text: str) -> str:
+    """One header-safe line: remote replies may span lines and must not inject headers."""
+    return " ".join(text.split())
+
+
+def make_dsn(envelope: Envelope, failed: list[Recipient], hostname: str, original_headers: bytes, *,
+             is_local: Callable[[str], bool], delayed: bool = False,
+             now: float | None = None) -> tuple[Envelope, bytes]:
+    """A multipart/report DSN for `failed` recipients of `envelope`, addressed to its sender.
+
+    The DSN's own envelope has the null sender, so a DSN that cannot be delivered is never
+    bounced again (RFC 5321 section 6.1). Callers must not send one when the sender is "".
+    """
+    now = time.time() if now is None else now
+    dsn_id = new_id(now)
+    boundary = f"=_{dsn_id}.{secrets.token_hex(8)}"
+    action, default_status = ("delayed", "4.0.0") if delayed else ("failed", "5.0.0")
+    subject = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
+    sender = _clean(envelope.sender)
+
+    head = (
+        f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+        f"To: <{sender}>\r\n"
+        f"Subject: {subject}\r\n"
+        f"Date: {formatdate(now, localtime=True)}\r\n"
+        f"Message-ID: <{dsn_id}@{hostname}>\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n'
+        "\r\n"
+        "This is a MIME-encapsulated message.\r\n"
+    )
+    human = _human_part(envelope, failed, hostname, delayed)
+    status = _status_part(envelope, failed, hostname, action, default_status)
+    parts = [
+        ("text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit\r\n", human.encode("utf-8")),
+        ("message/delivery-status", "", status.encode("utf-8")),
+        ("text/rfc822-headers", "", original_headers),
+    ]
+    body = [head.encode("utf-8")]
+    for content_type, extra, payload in parts:
+        body.append(f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n{extra}\r\n".encode("utf-8"))
+        body.append(payload if payload.endswith(b"\r\n") else payload + b"\r\n")
+    body.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+    data = b"".join(body)
+    dsn = Envelope(id=dsn_id, sender="", received_at=now, size=len(data),
+                   recipients=[Recipient(address=envelope.sender, local=is_local(envelope.sender))])
+    return dsn, data
+
+
+def _human_part(envelope: Envelope, failed: list[Recipient], hostname: str, delayed: bool) -> str:
+    if delayed:
+        intro = ("This is the mail system at host {host}.\r\n\r\n"
+                 "Your message could not be delivered yet to the recipients below.\r\n"
+                 "It is still being retried; you do not need to resend it.\r\n")
+    else:
+        intro = ("This is the mail system at host {host}.\r\n\r\n"
+                 "I'm sorry to have to inform you that your message could not\r\n"
+                 "be delivered to one or more recipients.\r\n")
+    lines = [intro.format(host=hostname), "\r\n"]
+    for rcpt in failed:
+        reason = _clean(rcpt.last_error) or "no reason recorded"
+        lines.append(f"<{_clean(rcpt.address)}>: {reason}\r\n")
+    return "".join(lines)
+
+
+def _status_part(envelope: Envelope, failed: list[Recipient], hostname: str, action: str,
+                 default_status: str) -> str:
+    lines = [
+        f"Reporting-MTA: dns; {hostname}\r\n",
+        f"X-Queue-ID: {envelope.id}\r\n",
+        f"Arrival-Date: {formatdate(envelope.received_at, localtime=True)}\r\n",
+    ]
+    for rcpt in failed:
+        error = _clean(rcpt.last_error)
+        lines.append("\r\n")
+        if rcpt.original and rcpt.original != rcpt.address:
+            lines.append(f"Original-Recipient: rfc822; {_clean(rcpt.original)}\r\n")
+        lines.append(f"Final-Recipient: rfc822; {_clean(rcpt.address)}\r\n")
+        lines.append(f"Action: {action}\r\n")
+        lines.append(f"Status: {status_of(error, default_status)}\r\n")
+        if error:
+            kind = "smtp" if _SMTP_REPLY.match(error) else "X-mailappliance"
+            lines.append(f"Diagnostic-Code: {kind}; {error}\r\n")
+    return "".join(lines)

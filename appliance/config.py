@@ -1,0 +1,486 @@
+"""INI -> frozen dataclasses; the whole file is validated before anything binds.
+
+Every problem is reported as `FILE: [section] key: what is wrong`, all of them at once.
+"""
+from __future__ import annotations
+
+import configparser
+import difflib
+import ipaddress
+import os
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+from twisted.internet import endpoints
+
+from appliance import address, aliases, tls
+from appliance.errors import ConfigError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_PATH = "/etc/mailappliance/mailappliance.conf"
+
+
+@dataclass(frozen=True)
+class ApplianceSection:
+    hostname: str
+    domains: tuple[str, ...]          # normalised with address.normalise_domain
+    state_dir: str                    # absolute
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    certificate: str                  # absolute path, "" when TLS is not configured
+    key: str
+    min_version: str = "TLSv1.2"      # TLSv1.2 | TLSv1.3
+    plaintext_auth_networks: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenSection:
+    """Twisted server endpoint strings; "" means the service is off."""
+    smtp: str = ""
+    submission: str = ""
+    smtps: str = ""
+    pop3: str = ""
+    pop3s: str = ""
+    imap: str = ""
+    imaps: str = ""
+
+
+@dataclass(frozen=True)
+class DirectorySection:
+    backend: str = "file"             # file | ldap
+    users_file: str = ""              # absolute
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    format: str = "maildir"           # maildir | mbox
+    path: str = ""                    # absolute template with {domain} and {local}
+
+
+@dataclass(frozen=True)
+class AliasesSection:
+    file: str = ""                    # absolute, "" = no aliases file
+
+
+@dataclass(frozen=True)
+class MasqueradeSection:
+    domains: tuple[str, ...] = ()
+    as_domain: str = ""               # the INI key is `as`
+    exceptions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelaySection:
+    trusted_networks: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_errors: int = 10              # protocol errors per session before 421 and close
+    command_timeout: int = 300        # seconds of silence allowed between commands (RFC 5321 4.5.3.2)
+    data_timeout: int = 600           # seconds allowed between two chunks of DATA
+    max_connections_per_ip: int = 20
+
+
+@dataclass(frozen=True)
+class QueueSection:
+    retry_initial: int = 300          # seconds before the first retry of a temporary failure
+    retry_max: int = 3600             # backoff cap
+    max_queue_lifetime: int = 432000  # 5 days, then bounce
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str                         # absolute path of the file read
+    appliance: ApplianceSection
+    tls: TLSSection
+    listen: ListenSection
+    directory: DirectorySection
+    storage: StorageSection
+    aliases: AliasesSection = field(default_factory=AliasesSection)
+    masquerade: MasqueradeSection = field(default_factory=MasqueradeSection)
+    relay: RelaySection = field(default_factory=RelaySection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    queue: QueueSection = field(default_factory=QueueSection)
+
+
+TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")   # services that cannot run without a certificate
+LOCAL_NETWORKS = "127.0.0.1/32, ::1/128"
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+_TEMPLATE_FIELDS = ("domain", "local")
+
+# (raw text, folder of the configuration file) -> value; a ValueError's text is the problem.
+Converter = Callable[[str, str], object]
+
+
+class _Problems:
+    """Collects `FILE: [section] key: what is wrong` lines, so every problem is reported at once."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, section: str, key: str, message: str) -> None:
+        self.lines.append(f"{self.source}: [{section}] {key}: {message}")
+
+    def add_section(self, section: str, message: str) -> None:
+        self.lines.append(f"{self.source}: [{section}] {message}")
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+
+# ---------------------------------------------------------------- converters, one per kind of value
+
+def _words(value: str) -> list[str]:
+    """Split a list written with commas, spaces or continuation lines."""
+    return [word for word in re.split(r"[,\s]+", value) if word]
+
+
+def _hostname(value: str, base: str) -> str:
+    if not value:
+        raise ValueError("missing; set the name this server answers to, e.g. mail.example.org")
+    name = address.normalise_domain(value)
+    if not _HOSTNAME.fullmatch(name):
+        raise ValueError(f"{value!r} is not a host name")
+    return name
+
+
+def _domains(value: str, base: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for word in _words(value):
+        name = address.normalise_domain(word)
+        if not _HOSTNAME.fullmatch(name):
+            raise ValueError(f"{word!r} is not a domain name")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _required_domains(value: str, base: str) -> tuple[str, ...]:
+    names = _domains(value, base)
+    if not names:
+        raise ValueError("empty; list the domains whose mail is delivered here, e.g. example.org")
+    return names
+
+
+def _optional_domain(value: str, base: str) -> str:
+    return _hostname(value, base) if value else ""
+
+
+def _local_parts(value: str, base: str) -> tuple[str, ...]:
+    return tuple(word.lower() for word in _words(value))
+
+
+def _path(value: str, base: str) -> str:
+    if not value:
+        raise ValueError("empty; give a path (relative paths start at the configuration file's folder)")
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _optional_path(value: str, base: str) -> str:
+    return _path(value, base) if value else ""
+
+
+def _networks(value: str, base: str) -> tuple[Network, ...]:
+    try:
+        return address.parse_networks(",".join(_words(value)))
+    except ValueError as exc:
+        raise ValueError(f"not a list of networks: {exc}") from None
+
+
+def _positive_int(value: str, base: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError(f"must be a positive whole number, not {value!r}")
+    return int(value)
+
+
+def _choice(*allowed: str) -> Converter:
+    def convert(value: str, base: str) -> str:
+        for name in allowed:
+            if value.lower() == name.lower():
+                return name
+        raise ValueError(f"{value!r} is not one of: {', '.join(allowed)}")
+    return convert
+
+
+def _endpoint(value: str, base: str) -> str:
+    """Parse a server endpoint string without creating or binding anything."""
+    if not value:
+        return ""
+    if value.split(":", 1)[0].strip().lower() == "ssl":
+        raise ValueError(f"{value!r}: ssl: is not accepted here; write tcp:, the appliance adds TLS from [tls]")
+    try:
+        kind, args, _ = endpoints._parseServer(value, None)
+    except Exception as exc:  # the parser raises ValueError, TypeError or KeyError on bad text
+        raise ValueError(f"{value!r} is not a server endpoint ({exc}); write e.g. tcp:25 or "
+                         f"tcp:2525:interface=127.0.0.1") from None
+    if kind == "TCP" and not 0 <= args[0] <= 65535:
+        raise ValueError(f"{value!r}: port {args[0]} is out of range")
+    return value
+
+
+def _template(value: str, base: str) -> str:
+    try:
+        parts = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
+                 if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid template: {exc}") from None
+    for name, spec, conversion in parts:
+        if name not in _TEMPLATE_FIELDS:
+            raise ValueError(f"unknown placeholder {{{name}}}; only {{domain}} and {{local}} exist")
+        if spec or conversion:
+            raise ValueError(f"{{{name}}} takes no format spec or conversion")
+    if "local" not in {name for name, _, _ in parts}:
+        raise ValueError("must contain {local}, so that each user gets a mailbox of their own")
+    return _path(value, base)
+
+
+# ---------------------------------------------------------------- the schema: every section and key
+
+@dataclass(frozen=True)
+class _Key:
+    field: str                   # the dataclass field it fills
+    convert: Converter
+    default: str = ""            # raw text, as an operator would write it
+    only_if_exists: bool = False  # a defaulted path that is used only when the file is there
+
+
+def _int_keys(section: type) -> dict[str, _Key]:
+    return {f.name: _Key(f.name, _positive_int, str(f.default)) for f in fields(section)}
+
+
+_SCHEMA: dict[str, dict[str, _Key] | None] = {
+    "appliance": {
+        "hostname": _Key("hostname", _hostname),
+        "domains": _Key("domains", _required_domains),
+        "state_dir": _Key("state_dir", _path, "var"),
+    },
+    "tls": {
+        "certificate": _Key("certificate", _optional_path, "tls/cert.pem"),
+        "key": _Key("key", _optional_path, "tls/key.pem"),
+        "min_version": _Key("min_version", _choice("TLSv1.2", "TLSv1.3"), "TLSv1.2"),
+        "plaintext_auth_networks": _Key("plaintext_auth_networks", _networks, LOCAL_NETWORKS),
+    },
+    "listen": {f.name: _Key(f.name, _endpoint) for f in fields(ListenSection)},
+    "directory": {
+        "backend": _Key("backend", _choice("file", "ldap"), "file"),
+        "users_file": _Key("users_file", _path, "users"),
+    },
+    "ldap": None,  # accepted as written; its keys are read by the LDAP directory's own work
+    "storage": {
+        "format": _Key("format", _choice("maildir", "mbox"), "maildir"),
+        "path": _Key("path", _template, "var/mail/{domain}/{local}"),
+    },
+    "aliases": {"file": _Key("file", _optional_path, "aliases", only_if_exists=True)},
+    "masquerade": {
+        "domains": _Key("domains", _domains),
+        "as": _Key("as_domain", _optional_domain),
+        "exceptions": _Key("exceptions", _local_parts),
+    },
+    "relay": {"trusted_networks": _Key("trusted_networks", _networks, LOCAL_NETWORKS)},
+    "limits": _int_keys(LimitsSection),
+    "queue": _int_keys(QueueSection),
+}
+
+_SECTION_TYPES: dict[str, type] = {
+    "appliance": ApplianceSection, "tls": TLSSection, "listen": ListenSection,
+    "directory": DirectorySection, "storage": StorageSection, "aliases": AliasesSection,
+    "masquerade": MasqueradeSection, "relay": RelaySection, "limits": LimitsSection, "queue": QueueSection,
+}
+
+
+# ---------------------------------------------------------------- loading
+
+def load(path: str) -> Config:
+    """Read and validate the whole file; raise errors.ConfigError with every problem found."""
+    parser = _parse(path)
+    base = os.path.dirname(os.path.abspath(path))
+    problems = _Problems(path)
+    for section in parser.sections():
+        if section not in _SCHEMA:
+            problems.add_section(section, "unknown section" + _suggest(section.lower(), _SCHEMA, "[{}]"))
+    values = {name: _read_section(parser, name, keys, base, problems)
+              for name, keys in _SCHEMA.items() if keys is not None}
+    _cross_check(values, problems)
+    if problems:
+        raise ConfigError(problems.lines)
+    sections = {name: _SECTION_TYPES[name](**fields_) for name, fields_ in values.items()}
+    return Config(path=os.path.abspath(path), **sections)
+
+
+def _parse(path: str) -> configparser.ConfigParser:
+    """The INI file as configparser sees it; unreadable or malformed files are a ConfigError."""
+    # default_section is set to a name no header can have, so a [DEFAULT] section is just unknown.
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None, default_section="\0")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle, source=path)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError([f"{path}: [{exc.section}] appears twice (line {exc.lineno})"]) from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError([f"{path}: [{exc.section}] {exc.option}: set twice (line {exc.lineno})"]) from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError([f"{path}: line {exc.lineno}: {exc.line.strip()!r} comes before any [section]"]) from None
+    except configparser.ParsingError as exc:
+        raise ConfigError([f"{path}: line {lineno}: cannot parse {line.strip()!r}; write key = value"
+                           for lineno, line in exc.errors]) from None
+    except configparser.Error as exc:
+        raise ConfigError([f"{path}: {exc.message}"]) from None
+    return parser
+
+
+def _read_section(parser: configparser.ConfigParser, name: str, keys: dict[str, _Key], base: str,
+                  problems: _Problems) -> dict[str, object]:
+    """Convert one section's keys to dataclass fields; a key that fails is left out and reported."""
+    given = dict(parser.items(name)) if parser.has_section(name) else {}
+    for key in given:
+        if key not in keys:
+            problems.add(name, key, f"unknown key {key!r}" + _suggest(key, keys, "'{}'"))
+    values: dict[str, object] = {}
+    for key, spec in keys.items():
+        try:
+            value = spec.convert(given.get(key, spec.default), base)
+        except ValueError as exc:
+            problems.add(name, key, str(exc))
+            continue
+        if key not in given and spec.only_if_exists and not os.path.exists(value):
+            value = ""
+        values[spec.field] = value
+    return values
+
+
+def _suggest(name: str, choices: object, form: str) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean {form.format(close[0])}?" if close else ""
+
+
+def _cross_check(values: dict[str, dict[str, object]], problems: _Problems) -> None:
+    """Rules that span keys; a key that already failed is skipped."""
+    tls_values, masquerade, queue = values["tls"], values["masquerade"], values["queue"]
+    if tls_values.get("certificate") and tls_values.get("key") == "":
+        problems.add("tls", "key", "empty, but a certificate is set")
+    if tls_values.get("key") and tls_values.get("certificate") == "":
+        problems.add("tls", "certificate", "empty, but a key is set")
+    if masquerade.get("domains") and masquerade.get("as_domain") == "":
+        problems.add("masquerade", "as", "required when [masquerade] domains is set")
+    if "retry_max" in queue and "retry_initial" in queue and queue["retry_max"] < queue["retry_initial"]:
+        problems.add("queue", "retry_max", f"smaller than retry_initial ({queue['retry_initial']})")
+    _check_ports(values["listen"], problems)
+
+
+def _check_ports(listen: dict[str, object], problems: _Problems) -> None:
+    """Two services on one TCP port would fail at bind time; say so before anything starts."""
+    taken: dict[int, tuple[str, str]] = {}
+    for service, endpoint in listen.items():
+        if not endpoint:
+            continue
+        kind, args, kwargs = endpoints._parseServer(str(endpoint), None)
+        if kind != "TCP" or not args[0]:
+            continue
+        port, interface = args[0], kwargs.get("interface", "")
+        other = taken.get(port)
+        if other and (other[1] == interface or not other[1] or not interface):
+            problems.add("listen", service, f"port {port} is already used by [listen] {other[0]}")
+        else:
+            taken[port] = (service, interface)
+
+
+# ---------------------------------------------------------------- checks that touch the disk
+
+def check_files(config: Config) -> list[str]:
+    """Problems with the files and folders the configuration names, as `FILE: [section] key: ...` lines."""
+    problems = _Problems(config.path)
+    _check_directory(config.appliance.state_dir, "appliance", "state_dir", problems)
+    _check_directory(_template_root(config.storage.path), "storage", "path", problems)
+    _check_tls(config, problems)
+    _check_users_file(config, problems)
+    _check_aliases(config, problems)
+    return problems.lines
+
+
+def _template_root(template: str) -> str:
+    """The fixed folder above every mailbox: the template's path before its first placeholder."""
+    return os.path.dirname(template[:template.index("{")]) if "{" in template else os.path.dirname(template)
+
+
+def _check_directory(path: str, section: str, key: str, problems: _Problems) -> None:
+    """The appliance must be able to create `path` (or write into it when it exists)."""
+    existing = path
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        problems.add(section, key, f"{existing} is not a folder")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"is not writable, so {path} cannot be created"
+        problems.add(section, key, f"{existing} {what}")
+
+
+def _check_tls(config: Config, problems: _Problems) -> None:
+    needing = [service for service in TLS_SERVICES if getattr(config.listen, service)]
+    if not config.tls.certificate:
+        if needing:
+            problems.add("tls", "certificate", f"empty, but [listen] {', '.join(needing)} need TLS; "
+                         "set it and run `mailappliance gen-cert` for a self-signed one")
+        return
+    try:
+        tls.load_pair(config.tls.certificate, config.tls.key)
+    except tls.TLSFileError as exc:
+        problems.add("tls", exc.key, str(exc))
+
+
+def _check_users_file(config: Config, problems: _Problems) -> None:
+    """A missing users file only means "no users yet"; one that cannot be read or parsed is a problem."""
+    if config.directory.backend != "file":
+        return
+    # Imported here: appliance.directory imports this module for its Config type.
+    from appliance.directory.file import check_users_file
+    for problem in check_users_file(config.directory.users_file):
+        problems.add("directory", "users_file", problem)
+
+
+def _check_aliases(config: Config, problems: _Problems) -> None:
+    path = config.aliases.file
+    if not path:
+        return
+    if not os.path.exists(path):  # a file named in [aliases] must be there; the default is optional
+        problems.add("aliases", "file", f"{path} does not exist; create it, or write `file =` for no aliases")
+        return
+    try:
+        aliases.load_aliases(path, config.appliance.domains)
+    except aliases.AliasesError as exc:
+        for problem in exc.problems:
+            problems.add("aliases", "file", problem)
+
+
+# ---------------------------------------------------------------- the effective configuration
+
+def describe(config: Config) -> list[str]:
+    """The effective configuration, one `section.key = value` line each, secrets masked."""
+    lines = []
+    for name, keys in _SCHEMA.items():
+        if keys is None:
+            continue
+        section = getattr(config, name)
+        for key, spec in keys.items():
+            lines.append(f"{name}.{key} = {_show(key, getattr(section, spec.field))}")
+    return lines
+
+
+def _show(key: str, value: object) -> str:
+    if "password" in key and value:
+        return "********"
+    if isinstance(value, tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)

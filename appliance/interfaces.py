@@ -1,0 +1,71 @@
+"""Every zope Interface shared between services, with what each outcome means.
+
+All results are Deferreds. A failure is one of appliance.errors: temporary (retry, 4xx) or
+permanent (bounce, 5xx). A directory that cannot answer fails with DirectoryUnavailable and is
+never taken for "unknown user" or "wrong password".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the directory knows of one user."""
+
+    address: str                                 # primary address, normalised: the login and mailbox key
+    addresses: frozenset[str] = field(default_factory=frozenset)  # every address that is theirs, primary included
+    shared_secret: str | None = None             # cleartext-equivalent secret for CRAM-MD5/APOP, when stored
+    enabled: bool = True
+
+
+class IDirectory(Interface):
+    """Users and their passwords (file directory, or LDAP)."""
+
+    supports_shared_secrets = Attribute("True when some users may hold a secret for CRAM-MD5/APOP.")
+
+    def lookup(address: str):
+        """Deferred[UserRecord | None] for an address (primary or extra); None = no such user."""
+
+    def authenticate(login: str, password: str):
+        """Deferred[UserRecord | None]; None = unknown login, wrong password or disabled user."""
+
+
+class IQueue(Interface):
+    """The durable spool."""
+
+    def put(envelope, message: bytes):
+        """Deferred[None] that fires only after message and envelope are written and fsynced.
+
+        Only then may SMTP answer 250. Fails with QueueWriteError otherwise.
+        """
+
+
+class ICourier(Interface):
+    """Delivers one recipient of a queued message."""
+
+    def deliver(envelope, recipient, message: bytes):
+        """Deferred[str] (where it went, for the log) or a TemporaryFailure/PermanentFailure."""
+
+
+class IMailStore(Interface):
+    """A mailbox format (Maildir or mbox); nothing becomes visible before it is complete."""
+
+    def deliver(user: UserRecord, message: bytes, sender: str):
+        """Deferred[str]: the path written. Fails with MailboxUnavailable (retry) when it cannot write.
+
+        `message` is in wire form (CRLF line ends, Return-Path and Delivered-To already on top);
+        the store converts to its own on-disk form. `sender` is the envelope sender ("" for <>).
+        """
+
+    def path_for(user: UserRecord) -> str:
+        """The mailbox path of a user, from the [storage] path template."""
+
+
+class IAliasResolver(Interface):
+    """aliases(5) expansion, reloaded atomically."""
+
+    def resolve(address: str):
+        """A list of final recipient addresses, or None when the address is not an alias."""

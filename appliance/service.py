@@ -1,0 +1,59 @@
+"""The top MultiService: named children started in dependency order, SIGHUP reload, clean stop."""
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application import service
+from twisted.python.threadpool import ThreadPool
+
+from appliance import config as configmod, maillog
+
+
+class ThreadPoolService(service.Service):
+    """A bounded thread pool for blocking work (disk, password hashing), started and stopped with us."""
+
+    def __init__(self, name: str, maxthreads: int) -> None:
+        self.setName(f"pool-{name}")
+        self.pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=name)
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class ApplianceService(service.MultiService):
+    """Every service of one appliance. Children start in the order added and stop in reverse."""
+
+    def __init__(self, config: configmod.Config, reactor: Any, tls: Any, aliases: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.tls = tls
+        self.aliases = aliases
+
+    def startService(self) -> None:
+        for line in configmod.describe(self.config):
+            maillog.emit("config", setting=line)
+        super().startService()
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        maillog.emit("started", hostname=self.config.appliance.hostname,
+                     services=",".join(s.name for s in self if s.name.startswith("listen-")))
+
+    def reload(self) -> None:
+        """SIGHUP: reload certificates and aliases; a bad new file keeps the old one in service."""
+        problems: list[str] = []
+        if self.tls is not None and self.tls.available:
+            problem = self.tls.reload()
+            if problem:
+                problems.append(problem)
+        if self.aliases is not None:
+            problems.extend(self.aliases.reload())
+        for problem in problems:
+            maillog.error("reload-kept-old", problem=problem)
+        maillog.emit("reloaded", problems=len(problems))

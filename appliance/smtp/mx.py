@@ -1,0 +1,37 @@
+"""The MX listener's policy (port 25): mail for our domains, relay only for trusted networks.
+
+No AUTH is offered here: users submit on 587/465 (RFC 6409), so a password never crosses the
+MX port and a stolen one cannot turn port 25 into a relay.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from appliance import address, replies
+from appliance.replies import SMTPReplyError
+from appliance.smtp.delivery import RecipientResolver
+
+
+class MXPolicy:
+    """Accepts any syntactically valid sender; recipients must be local users or aliases."""
+
+    name = "smtp"
+    offers_auth = False
+
+    def __init__(self, resolver: RecipientResolver, trusted_networks: tuple[Any, ...]) -> None:
+        self.resolver = resolver
+        self.trusted_networks = trusted_networks
+
+    def check_sender(self, conn: Any, sender: str) -> None:
+        return None
+
+    def check_recipient(self, conn: Any, rcpt: str) -> Any:
+        if not self.resolver.is_local(rcpt) and not self.may_relay(conn):
+            raise SMTPReplyError(replies.RELAY_DENIED)
+        return self.resolver.resolve(rcpt)
+
+    def may_relay(self, conn: Any) -> bool:
+        return address.in_networks(conn.peer, self.trusted_networks)
+
+    def prepare(self, conn: Any, message: bytes) -> bytes:
+        return message

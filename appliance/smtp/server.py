@@ -1,0 +1,650 @@
+"""The ESMTP server protocol shared by the MX and submission listeners.
+
+Built on twisted.mail.smtp.ESMTP (command lookup, reply formatting, timeouts) with what the
+stock class lacks on the open Internet:
+- commands are handled strictly one after another, even when the client pipelines and a
+  check is asynchronous (stock Twisted answers out of order when validation is deferred);
+- DATA is read in bulk: the end is found with one scan for <CRLF>.<CRLF> per chunk and dots
+  are unstuffed with one replace, instead of a Python call per line (the ingest hot path);
+- only <CRLF>.<CRLF> ends DATA; bare LF / bare CR are normalised (SMTP smuggling);
+- plaintext pipelined after STARTTLS is discarded (CVE-2011-0411);
+- AUTH is offered and accepted only under TLS (or from plaintext_auth_networks);
+- SIZE, recipient, line-length and error limits, each with its RFC reply.
+
+What a listener accepts (MX: local recipients; submission: AUTH required, own senders) is a
+`Policy`; what happens to an accepted message is the `Acceptor` (smtp/delivery.py).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.cred.credentials import CramMD5Credentials, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import ServerFactory
+from twisted.mail.smtp import ESMTP
+from twisted.python.failure import Failure
+
+from appliance import address, maillog, replies
+from appliance.errors import DirectoryUnavailable
+from appliance.replies import Reply, SMTPReplyError
+
+if TYPE_CHECKING:
+    from appliance.smtp.delivery import Acceptor, Policy
+
+MAX_LINE = 2048              # command line limit (RFC 5321 4.5.3.1.4 says 512; extensions need more)
+MAX_PENDING_INPUT = 1 << 20  # pause reading when this much pipelined input waits
+_END = b"\r\n.\r\n"
+_BARE_EOL = re.compile(rb"\r\n|\r|\n")
+_MAIL_PATH = re.compile(rb"^\s*(?P<path><[^<>]*>|[^\s<>]+)(?P<params>(?:\s+\S+)*)\s*$")
+
+
+class Session:
+    """Per-transaction state; RSET, HELO and STARTTLS start a new one."""
+
+    def __init__(self) -> None:
+        self.sender: str | None = None
+        self.recipients: list[Any] = []       # envelope.Recipient
+        self.rcpt_addresses: set[str] = set()
+        self.declared_size = 0
+        self.body_8bit = False
+
+
+class ApplianceSMTP(ESMTP):
+    """One SMTP connection. The factory supplies policy, acceptor, TLS and limits."""
+
+    factory: "SMTPFactory"
+
+    def __init__(self) -> None:
+        super().__init__(contextFactory=None)
+        self._input = b""
+        self._busy = False
+        self._paused = False
+        self._discarding = False
+        self._drop_input = False
+        self._in_data = False
+        self._data = bytearray()
+        self._data_too_big = False
+        self._errors = 0
+        self._sasl: _SASLExchange | None = None
+        self.helo: str | None = None
+        self.esmtp = False
+        self.secure = False
+        self.user = None                      # interfaces.UserRecord after AUTH
+        self.session = Session()
+        self.peer = ""
+
+    # ---- connection life cycle -------------------------------------------------------
+    def connectionMade(self) -> None:
+        f = self.factory
+        self.host = f.hostname.encode("ascii")
+        self.ctx = f.tls if (f.tls is not None and f.tls.available) else None
+        self.canStartTLS = self.ctx is not None and interfaces.ITLSTransport.providedBy(self.transport)
+        self.secure = f.implicit_tls
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", str(peer))
+        self.timeout = f.limits.command_timeout
+        maillog.connect(f.policy.name, self.peer)
+        if not f.connection_opened(self.peer):
+            self._reply(replies.TOO_MANY_CONNECTIONS)
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        self.sendLine(f"220 {f.hostname} ESMTP mailappliance".encode())
+        self.setTimeout(self.timeout)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self.setTimeout(None)
+        if getattr(self, "_counted", False):
+            self.factory.connection_closed(self.peer)
+        maillog.disconnect(self.factory.policy.name, self.peer)
+        self._data = bytearray()
+        self._input = b""
+
+    def timeoutConnection(self) -> None:
+        self._reply(replies.TIMEOUT)
+        self.transport.loseConnection()
+
+    # ---- input: one command at a time --------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self._input += data
+        if not self._busy:
+            self._process()
+        self._flow_control()
+
+    def _process(self) -> None:
+        """Run every complete command in the input, stopping while one waits on a Deferred.
+
+        Works on an offset into one buffer so a megabyte of pipelined commands costs one copy,
+        not one per line.
+        """
+        buf, pos, self._input = self._input, 0, b""
+        while pos < len(buf) and not self._busy and not self.transport.disconnecting:
+            if self._in_data:
+                pos = self._take_data(buf, pos)
+                continue
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if len(buf) - pos > MAX_LINE:
+                    pos, self._discarding = len(buf), True
+                    self._reply_error(replies.LINE_TOO_LONG)
+                break
+            line, pos = buf[pos:end], end + 1
+            if self._discarding:          # the tail of an overlong line
+                self._discarding = False
+                continue
+            if len(line) > MAX_LINE:
+                self._reply_error(replies.LINE_TOO_LONG)
+                continue
+            self._run(line.rstrip(b"\r"))
+            if self._drop_input:
+                self._drop_input, pos = False, len(buf)
+        self._input = buf[pos:] + self._input
+
+    def _flow_control(self) -> None:
+        """Stop reading from a client that pipelines faster than we answer; memory stays bounded."""
+        want_pause = self._busy and len(self._input) > MAX_PENDING_INPUT
+        if want_pause != self._paused and not self.transport.disconnecting:
+            self._paused = want_pause
+            (self.transport.pauseProducing if want_pause else self.transport.resumeProducing)()
+
+    def _run(self, line: bytes) -> None:
+        """Dispatch one line (a command, or a step of an AUTH exchange)."""
+        try:
+            result = self._sasl_step(line) if self._sasl is not None else self._command(line)
+        except Exception:
+            maillog.log.failure("SMTP command failed", peer=self.peer)
+            result = self._reply_error(replies.LOCAL_ERROR)
+        self._wait_for(result)
+
+    def _wait_for(self, result: Any) -> None:
+        """Hold later input until a pending answer is sent, so replies stay in order."""
+        if not isinstance(result, defer.Deferred):
+            return
+        finished: list[bool] = []
+        result.addErrback(self._unexpected)
+        result.addBoth(lambda _: finished.append(True))
+        if not finished:                   # still waiting (a lookup, the queue, a throttle delay)
+            self._busy = True
+            result.addBoth(self._resume)
+
+    def _resume(self, _: object) -> None:
+        self._busy = False
+        if not self.transport.disconnecting:
+            self._process()
+            self._flow_control()
+
+    def _unexpected(self, failure: Failure) -> None:
+        maillog.log.failure("SMTP command failed", failure, peer=self.peer)
+        self._reply_error(replies.LOCAL_ERROR)
+
+    def _command(self, line: bytes) -> Any:
+        if b"\0" in line:
+            return self._reply_error(replies.BAD_BYTES)
+        verb, _, rest = line.strip().partition(b" ")
+        if not verb:
+            return self._reply_error(replies.BAD_COMMAND)
+        try:
+            method = self.lookupMethod(verb)
+        except UnicodeDecodeError:
+            method = None
+        if method is None or not verb.isalpha():
+            return self._reply_error(replies.BAD_COMMAND)
+        return method(rest.strip())
+
+    # ---- replies ------------------------------------------------------------------------
+    def _reply(self, reply: Reply, detail: str = "") -> None:
+        self.sendLine(reply.line(detail))
+
+    def _reply_error(self, reply: Reply, detail: str = "") -> None:
+        """Answer with an error and close after too many: bots probing us get 421."""
+        self._reply(reply, detail)
+        self._errors += 1
+        if self._errors >= self.factory.limits.max_errors:
+            self._reply(replies.TOO_MANY_ERRORS)
+            self.transport.loseConnection()
+
+    def _fail(self, failure: Failure, stage: str, **log_fields: str) -> None:
+        """Turn a policy failure into its reply and a log line."""
+        if failure.check(SMTPReplyError):
+            reply, detail = failure.value.reply, failure.value.detail
+        elif failure.check(DirectoryUnavailable):
+            maillog.error("directory-unavailable", service=self.factory.policy.name, reason=failure.getErrorMessage())
+            reply, detail = replies.DIRECTORY_UNAVAILABLE, ""
+        else:
+            maillog.log.failure("SMTP {stage} failed", failure, stage=stage)
+            reply, detail = replies.LOCAL_ERROR, ""
+        maillog.rejected(self.factory.policy.name, self.peer, stage, reply.line(detail).decode(), **log_fields)
+        self._reply_error(reply, detail)
+
+    # ---- greeting commands ----------------------------------------------------------------
+    def do_HELO(self, rest: bytes) -> None:
+        self._greet(rest, esmtp=False)
+
+    def do_EHLO(self, rest: bytes) -> None:
+        self._greet(rest, esmtp=True)
+
+    def _greet(self, rest: bytes, esmtp: bool) -> None:
+        if not rest:
+            return self._reply_error(replies.SYNTAX.with_text("HELO/EHLO requires a domain or address literal"))
+        self.helo = rest.decode("ascii", "replace")[:255]
+        self.esmtp = esmtp
+        self.session = Session()
+        head = f"250-{self.factory.hostname}" if esmtp else f"250 {self.factory.hostname}"
+        if not esmtp:
+            self.sendLine(head.encode())
+            return
+        extensions = self._extensions()
+        lines = [head] + [f"250-{ext}" for ext in extensions[:-1]] + [f"250 {extensions[-1]}"]
+        self.transport.write(b"".join(line.encode() + b"\r\n" for line in lines))
+
+    def _extensions(self) -> list[str]:
+        ext = ["PIPELINING", f"SIZE {self.factory.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        if self.canStartTLS and not self.secure:
+            ext.append("STARTTLS")
+        mechanisms = self._mechanisms()
+        if mechanisms and self.user is None:
+            ext.append("AUTH " + " ".join(mechanisms))
+        return ext
+
+    def _mechanisms(self) -> list[str]:
+        """AUTH is offered only where the policy wants it and the channel is safe for passwords."""
+        if not self.factory.policy.offers_auth or not self._may_send_password():
+            return []
+        mechanisms = ["PLAIN", "LOGIN"]
+        if self.factory.directory.supports_shared_secrets:
+            mechanisms.append("CRAM-MD5")
+        return mechanisms
+
+    def _may_send_password(self) -> bool:
+        return self.secure or address.in_networks(self.peer, self.factory.tls_settings.plaintext_auth_networks)
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self._reply(replies.OK)
+
+    def do_HELP(self, rest: bytes) -> None:
+        self._reply(replies.HELP)
+
+    def do_VRFY(self, rest: bytes) -> None:
+        self._reply(replies.VRFY_NEVER)
+
+    def do_EXPN(self, rest: bytes) -> None:
+        self._reply_error(replies.EXPN_REFUSED)
+
+    def do_RSET(self, rest: bytes) -> None:
+        self.session = Session()
+        self._reply(replies.RESET_OK)
+
+    def do_QUIT(self, rest: bytes) -> None:
+        self._reply(replies.BYE)
+        self.transport.loseConnection()
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        if self.secure:
+            return self._reply_error(replies.TLS_ALREADY)
+        if not self.canStartTLS:
+            return self._reply_error(replies.TLS_UNAVAILABLE)
+        self._reply(replies.START_TLS)
+        self._drop_input = True       # CVE-2011-0411: nothing sent in plaintext survives the handshake
+        self.transport.startTLS(self.ctx)
+        self.secure = True
+        self.helo, self.esmtp, self.session = None, False, Session()   # RFC 3207 4.2: forget everything
+        self._tls_logged = False
+
+    def _log_tls_once(self) -> None:
+        if self.secure and not getattr(self, "_tls_logged", False):
+            from appliance.tls import session_info
+            info = session_info(self.transport)
+            if info:
+                self._tls_logged = True
+                maillog.tls(self.factory.policy.name, self.peer, *info)
+
+    def lookupMethod(self, command: bytes) -> Callable[[bytes], Any] | None:
+        self._log_tls_once()
+        return super().lookupMethod(command)
+
+    # ---- AUTH (RFC 4954) -------------------------------------------------------------------
+    def ext_AUTH(self, rest: bytes) -> Any:
+        if self.user is not None:
+            return self._reply_error(replies.ALREADY_AUTHENTICATED)
+        if not self.factory.policy.offers_auth:
+            return self._reply_error(replies.NOT_IMPLEMENTED)
+        if not self._may_send_password():
+            return self._reply_error(replies.TLS_REQUIRED)
+        if self.helo is None:
+            return self._reply_error(replies.NEED_HELO)
+        if self.session.sender is not None:
+            return self._reply_error(replies.BAD_SEQUENCE)
+        mechanism, _, initial = rest.partition(b" ")
+        name = mechanism.decode("ascii", "replace").upper()
+        if name not in self._mechanisms():
+            return self._reply_error(replies.UNKNOWN_MECHANISM)
+        self._sasl = _SASLExchange(name, self.factory.hostname)
+        if initial:
+            return self._sasl_step(initial.strip())
+        return self._sasl_challenge()
+
+    def _sasl_challenge(self) -> None:
+        assert self._sasl is not None
+        self.sendLine(b"334 " + base64.b64encode(self._sasl.challenge()))
+
+    def _sasl_step(self, line: bytes) -> Any:
+        exchange = self._sasl
+        assert exchange is not None
+        if line == b"*":
+            self._sasl = None
+            return self._reply_error(replies.AUTH_ABORTED)
+        try:
+            decoded = base64.b64decode(line, validate=True) if line != b"=" else b""
+        except (binascii.Error, ValueError):
+            self._sasl = None
+            return self._reply_error(replies.BAD_BASE64)
+        try:
+            credentials = exchange.respond(decoded)
+        except ValueError:
+            self._sasl = None
+            return self._reply_error(replies.BAD_BASE64)
+        if credentials is None:
+            return self._sasl_challenge()
+        self._sasl = None
+        return self._check_credentials(exchange.mechanism, credentials)
+
+    def _check_credentials(self, mechanism: str, credentials: Any) -> defer.Deferred:
+        login = credentials.username.decode("utf-8", "replace") if isinstance(credentials.username, bytes) \
+            else str(credentials.username)
+        d = defer.maybeDeferred(self.factory.checker.requestAvatarId, credentials)
+        d.addCallback(self.factory.directory.lookup)
+        d.addCallbacks(self._auth_ok, self._auth_failed, callbackArgs=(login, mechanism),
+                       errbackArgs=(login, mechanism))
+        return d
+
+    def _auth_ok(self, user: Any, login: str, mechanism: str) -> None:
+        if user is None:
+            return self._auth_failed(Failure(UnauthorizedLogin()), login, mechanism)
+        self.user = user
+        self.factory.throttle.succeeded(self.peer)
+        maillog.auth(self.factory.policy.name, self.peer, user.address, True, mechanism)
+        self._reply(replies.AUTH_OK)
+
+    def _auth_failed(self, failure: Failure, login: str, mechanism: str) -> Any:
+        if not failure.check(UnauthorizedLogin):
+            if not failure.check(DirectoryUnavailable):
+                maillog.log.failure("AUTH failed unexpectedly", failure)
+            maillog.auth(self.factory.policy.name, self.peer, login, False, mechanism, "directory unavailable")
+            return self._reply(replies.AUTH_TEMPORARY)
+        maillog.auth(self.factory.policy.name, self.peer, login, False, mechanism, "bad credentials")
+        self.factory.throttle.failed(self.peer)
+        delay = self.factory.throttle.delay(self.peer)
+        if delay <= 0:
+            return self._reply_error(replies.AUTH_FAILED)
+        d = defer.Deferred()
+        call = self.factory.clock.callLater(delay, d.callback, None)
+        self._pending_calls = getattr(self, "_pending_calls", []) + [call]
+        d.addCallback(lambda _: None if self.transport.disconnecting else self._reply_error(replies.AUTH_FAILED))
+        return d
+
+    # ---- mail transaction ---------------------------------------------------------------------
+    def do_MAIL(self, rest: bytes) -> Any:
+        if self.helo is None:
+            return self._reply_error(replies.NEED_HELO)
+        if self.session.sender is not None:
+            return self._reply_error(replies.NESTED_MAIL)
+        parsed = _parse_path(rest, b"FROM:")
+        if parsed is None:
+            return self._reply_error(replies.SYNTAX)
+        path, params = parsed
+        sender = _mailbox(path, null_ok=True)
+        if sender is None:
+            return self._reply_error(replies.BAD_SENDER_SYNTAX)
+        problem = self._mail_params(params)
+        if problem is not None:
+            return self._reply_error(*problem)
+        d = defer.maybeDeferred(self.factory.policy.check_sender, self, sender)
+        d.addCallbacks(self._sender_ok, self._fail, callbackArgs=(sender,), errbackArgs=("MAIL",),
+                       errbackKeywords={"sender": sender})
+        return d
+
+    def _mail_params(self, params: dict[str, str]) -> tuple[Reply, str] | None:
+        for key, value in params.items():
+            if key == "SIZE":
+                if not value.isdigit():
+                    return replies.SYNTAX, "bad SIZE"
+                if int(value) > self.factory.limits.max_message_size:
+                    return replies.MESSAGE_TOO_BIG, ""
+                self.session.declared_size = int(value)
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    return replies.UNKNOWN_PARAMETER, f"BODY={value}"
+                self.session.body_8bit = value.upper() == "8BITMIME"
+            elif key == "AUTH":
+                continue  # RFC 4954 5: accepted, and not trusted
+            else:
+                return replies.UNKNOWN_PARAMETER, key
+        return None
+
+    def _sender_ok(self, _: object, sender: str) -> None:
+        self.session.sender = sender
+        self._reply(replies.SENDER_OK)
+
+    def do_RCPT(self, rest: bytes) -> Any:
+        if self.session.sender is None:
+            return self._reply_error(replies.NEED_MAIL)
+        parsed = _parse_path(rest, b"TO:")
+        if parsed is None:
+            return self._reply_error(replies.SYNTAX)
+        path, params = parsed
+        if params:
+            return self._reply_error(replies.UNKNOWN_PARAMETER, next(iter(params)))
+        rcpt = _mailbox(path, null_ok=False, default_domain=self.factory.domains[0])
+        if rcpt is None:
+            return self._reply_error(replies.BAD_RECIPIENT_SYNTAX)
+        if len(self.session.rcpt_addresses) >= self.factory.limits.max_recipients:
+            return self._reply(replies.TOO_MANY_RECIPIENTS)
+        d = defer.maybeDeferred(self.factory.policy.check_recipient, self, rcpt)
+        d.addCallbacks(self._recipient_ok, self._fail, callbackArgs=(rcpt,), errbackArgs=("RCPT",),
+                       errbackKeywords={"sender": self.session.sender, "rcpt": rcpt})
+        return d
+
+    def _recipient_ok(self, recipients: list[Any], rcpt: str) -> None:
+        if rcpt not in self.session.rcpt_addresses:
+            self.session.rcpt_addresses.add(rcpt)
+            known = {r.address for r in self.session.recipients}
+            for r in recipients:
+                if r.address not in known:
+                    known.add(r.address)
+                    self.session.recipients.append(r)
+        self._reply(replies.RECIPIENT_OK)
+
+    def do_DATA(self, rest: bytes) -> None:
+        if self.session.sender is None:
+            return self._reply_error(replies.NEED_MAIL)
+        if not self.session.rcpt_addresses:
+            return self._reply_error(replies.NEED_RCPT)
+        self._reply(replies.START_DATA)
+        self._in_data = True
+        self._data = bytearray(b"\r\n")   # so a leading ".\r\n" or "..": look like any other line
+        self._data_too_big = False
+        self.setTimeout(self.factory.limits.data_timeout)
+
+    def do_BDAT(self, rest: bytes) -> None:
+        self._reply_error(replies.NOT_IMPLEMENTED)
+
+    # ---- DATA in bulk -------------------------------------------------------------------------
+    def _take_data(self, buf: bytes, pos: int) -> int:
+        """Append input to the message, find <CRLF>.<CRLF> with one scan; return the new offset."""
+        data = self._data
+        before = len(data)
+        data += memoryview(buf)[pos:]
+        end = data.find(_END, max(0, before - 4))
+        if end < 0:
+            if len(data) > self.factory.limits.max_message_size + 1024:
+                # Keep reading to the end of DATA, but stop storing (RFC 1870 6.3).
+                self._data_too_big = True
+                del data[: len(data) - 4]
+            return len(buf)
+        consumed = end + len(_END) - before       # bytes of buf[pos:] that belonged to this message
+        body = bytes(data[2:end + 2])             # drop our leading CRLF, keep the last line's CRLF
+        self._data = bytearray()
+        self._in_data = False
+        self.setTimeout(self.timeout)
+        self._wait_for(self._end_of_data(body))
+        return pos + consumed
+
+    def _end_of_data(self, body: bytes) -> Any:
+        session, self.session = self.session, Session()
+        if self._data_too_big or len(body) > self.factory.limits.max_message_size:
+            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "552 5.3.4 too big", sender=session.sender)
+            return self._reply_error(replies.MESSAGE_TOO_BIG)
+        body = unstuff(body)
+        if b"\0" in body:
+            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "554 5.6.0 NUL", sender=session.sender)
+            return self._reply_error(replies.BAD_MESSAGE, "message contains NUL characters")
+        d = defer.maybeDeferred(self.factory.acceptor.accept, self, session, body)
+        d.addCallbacks(self._queued, self._fail, errbackArgs=("DATA",), errbackKeywords={"sender": session.sender})
+        return d
+
+    def _queued(self, qid: str) -> None:
+        self.sendLine(replies.QUEUED.line().rstrip() + b" " + qid.encode())
+
+    # ---- facts the policy and the acceptor read -------------------------------------------------
+    @property
+    def protocol_name(self) -> str:
+        """RFC 3848 WITH values for Received: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
+        if not self.esmtp:
+            return "SMTP"
+        return "ESMTP" + ("S" if self.secure else "") + ("A" if self.user is not None else "")
+
+    def tls_description(self) -> str:
+        from appliance.tls import session_info
+        info = session_info(self.transport) if self.secure else None
+        return f"version={info[0]} cipher={info[1]}" if info else ""
+
+
+def unstuff(body: bytes) -> bytes:
+    """Undo dot-stuffing and normalise line ends to CRLF, in bulk.
+
+    `body` ends with CRLF. A bare LF or CR never ended DATA (only <CRLF>.<CRLF> does), and is
+    turned into CRLF here so no later hop can read a second message into it.
+    """
+    body = (b"\r\n" + body).replace(b"\r\n..", b"\r\n.")[2:]
+    if body.count(b"\n") != body.count(b"\r\n") or body.count(b"\r") != body.count(b"\r\n"):
+        body = _BARE_EOL.sub(b"\r\n", body)
+    return body
+
+
+def _parse_path(rest: bytes, keyword: bytes) -> tuple[str, dict[str, str]] | None:
+    """Split `FROM:<path> PARAM=value ...` into the path text and upper-cased parameters."""
+    if rest[: len(keyword)].upper() != keyword:
+        return None
+    match = _MAIL_PATH.match(rest[len(keyword):])
+    if not match:
+        return None
+    try:
+        path = match.group("path").decode("utf-8")
+        params: dict[str, str] = {}
+        for item in match.group("params").split():
+            key, _, value = item.decode("ascii").partition("=")
+            params[key.upper()] = value
+    except UnicodeDecodeError:
+        return None
+    return path, params
+
+
+def _mailbox(path: str, null_ok: bool, default_domain: str = "") -> str | None:
+    """The address inside a reverse- or forward-path; "" for <>; None when malformed."""
+    if path.startswith("<") and path.endswith(">"):
+        path = path[1:-1]
+    if ":" in path and path.startswith("@"):
+        path = path.split(":", 1)[1]          # source route: ignored (RFC 5321 4.1.1.3)
+    if path == "":
+        return "" if null_ok else None
+    if "@" not in path and path.lower() == "postmaster" and default_domain:
+        path = f"postmaster@{default_domain}"  # RFC 5321 4.5.1
+    if not address.is_valid(path):
+        return None
+    return address.normalise(path)
+
+
+class _SASLExchange:
+    """The server side of one SASL exchange: PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195)."""
+
+    def __init__(self, mechanism: str, hostname: str) -> None:
+        self.mechanism = mechanism
+        self._username: bytes | None = None
+        self._cram = None
+        if mechanism == "CRAM-MD5":
+            self._cram = CramMD5Credentials(hostname.encode())
+            self._cram.challenge = f"<{secrets.randbelow(10**10)}.{int(time.time())}@{hostname}>".encode()
+
+    def challenge(self) -> bytes:
+        if self.mechanism == "LOGIN":
+            return b"Password:" if self._username is not None else b"Username:"
+        if self._cram is not None:
+            return self._cram.challenge
+        return b""
+
+    def respond(self, data: bytes) -> Any:
+        """Feed one client response; the credentials when complete, None to send another challenge."""
+        if self.mechanism == "PLAIN":
+            parts = data.split(b"\0")
+            if len(parts) != 3 or not parts[1] or (parts[0] and parts[0] != parts[1]):
+                raise ValueError("bad PLAIN response")
+            return UsernamePassword(parts[1], parts[2])
+        if self.mechanism == "LOGIN":
+            if self._username is None:
+                self._username = data
+                return None
+            return UsernamePassword(self._username, data)
+        assert self._cram is not None
+        self._cram.setResponse(data)
+        if not self._cram.username:
+            raise ValueError("bad CRAM-MD5 response")
+        return self._cram
+
+
+class SMTPFactory(ServerFactory):
+    """Builds ApplianceSMTP connections for one listener and counts connections per address."""
+
+    protocol = ApplianceSMTP
+
+    def __init__(self, *, policy: "Policy", acceptor: "Acceptor", directory: Any, checker: Any, throttle: Any,
+                 hostname: str, domains: tuple[str, ...], limits: Any, tls: Any, tls_settings: Any,
+                 implicit_tls: bool, clock: Any) -> None:
+        self.policy = policy
+        self.acceptor = acceptor
+        self.directory = directory
+        self.checker = checker
+        self.throttle = throttle
+        self.hostname = hostname
+        self.domains = domains
+        self.limits = limits
+        self.tls = tls
+        self.tls_settings = tls_settings
+        self.implicit_tls = implicit_tls
+        self.clock = clock
+        self._per_peer: dict[str, int] = {}
+
+    def buildProtocol(self, addr: Any) -> ApplianceSMTP:
+        proto = self.protocol()
+        proto.factory = self
+        return proto
+
+    def connection_opened(self, peer: str) -> bool:
+        count = self._per_peer.get(peer, 0)
+        if count >= self.limits.max_connections_per_ip:
+            return False
+        self._per_peer[peer] = count + 1
+        return True
+
+    def connection_closed(self, peer: str) -> None:
+        count = self._per_peer.get(peer, 1) - 1
+        if count <= 0:
+            self._per_peer.pop(peer, None)
+        else:
+            self._per_peer[peer] = count

@@ -1,0 +1,95 @@
+"""Mailbox stores (the write side): pick the format, map a user to a path, run writes off the reactor."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer, threads
+from zope.interface import implementer
+
+from appliance import address
+from appliance.errors import MailboxUnavailable
+from appliance.interfaces import IMailStore, UserRecord
+
+if TYPE_CHECKING:
+    from appliance.config import StorageSection
+
+_PLACEHOLDER = re.compile(r"\{(domain|local)\}")
+_FORBIDDEN = ("/", "\\", "\0")
+
+
+def _safe_part(part: str, what: str) -> str:
+    """Lower-case one address part, refusing anything that could leave the mail tree."""
+    part = part.lower()
+    if not part or part.startswith(".") or any(c in part for c in _FORBIDDEN):
+        raise ValueError(f"unsafe {what} for a mailbox path: {part!r}")
+    return part
+
+
+def mailbox_path(template: str, addr: str) -> str:
+    """Fill `{domain}` and `{local}` of the template from the user's primary address.
+
+    Both parts come from the directory, which may be LDAP: a crafted `../x` or `a/b` must never
+    steer a write outside the tree, so such parts raise ValueError instead of being cleaned up.
+    """
+    local, domain = address.split(addr)
+    parts = {"local": _safe_part(local, "local part"), "domain": _safe_part(domain, "domain")}
+    return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], template)
+
+
+def make_dirs(path: str) -> None:
+    """Create `path` and every missing parent with mode 0700 (os.makedirs leaves parents at 0777-umask)."""
+    if not path or os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and parent != path:
+        make_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
+
+
+def unavailable(what: str, exc: OSError) -> MailboxUnavailable:
+    """A short, path-free reason for the log and the retry: `what: ENOSPC`."""
+    name = errno.errorcode.get(exc.errno, "error") if exc.errno else type(exc).__name__
+    return MailboxUnavailable(f"{what}: {name}")
+
+
+@implementer(IMailStore)
+class FileStore:
+    """What both formats share: the path template, and handing the blocking write to the pool."""
+
+    def __init__(self, template: str, reactor, pool):
+        self.template = template
+        self.reactor = reactor
+        self.pool = pool
+
+    def path_for(self, user: UserRecord) -> str:
+        return mailbox_path(self.template, user.address)
+
+    def deliver(self, user: UserRecord, message: bytes, sender: str) -> defer.Deferred:
+        try:
+            path = self.path_for(user)
+        except ValueError:
+            # Retried rather than bounced: the operator can still fix the directory entry.
+            return defer.fail(MailboxUnavailable("unsafe mailbox name"))
+        return threads.deferToThreadPool(self.reactor, self.pool, self.write, path, message, sender)
+
+    def write(self, path: str, message: bytes, sender: str) -> str:
+        """Blocking: store one wire-form message at `path`; runs in a worker thread."""
+        raise NotImplementedError
+
+
+def make_store(storage: StorageSection, reactor, pool) -> IMailStore:
+    """The store for `[storage] format`; the config loader has already refused unknown formats."""
+    from appliance.store.maildir import MaildirStore
+    from appliance.store.mbox import MboxStore
+
+    stores = {"maildir": MaildirStore, "mbox": MboxStore}
+    if storage.format not in stores:
+        raise ValueError(f"unknown storage format: {storage.format!r}")
+    return stores[storage.format](storage.path, reactor, pool)

@@ -1,0 +1,124 @@
+"""mbox delivery (mboxrd): append under fcntl and dot-lock, truncating back if the append fails."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Iterator
+
+from appliance.errors import MailboxUnavailable
+from appliance.store import FileStore, make_dirs, unavailable
+
+LOCK_TIMEOUT = 10.0    # seconds a delivery waits for a busy mailbox before it is retried later
+LOCK_POLL = 0.1        # seconds between two attempts at a busy lock
+STALE_LOCK_AGE = 300.0  # a dot-lock older than this was left by a crashed writer: steal it
+
+_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+_BLANKS = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+def entry(message: bytes, sender: str, now: float | None = None) -> bytes:
+    """One mboxrd entry: From_ line, LF body with `>*From ` lines quoted once more, a blank line after.
+
+    mboxrd (not mboxo) quoting is reversible: readers strip exactly one `>`, so a body line that
+    already read `>From ` comes back unchanged.
+    """
+    envelope_from = _BLANKS.sub("_", sender) or "MAILER-DAEMON"
+    stamp = time.asctime(time.gmtime(time.time() if now is None else now))
+    body = _FROM_LINE.sub(rb">\1", message.replace(b"\r\n", b"\n"))
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    return f"From {envelope_from} {stamp}\n".encode("utf-8", "replace") + body + b"\n"
+
+
+def _wait_for(attempt, what: str) -> None:
+    """Call `attempt()` until it returns True; sleep between tries (worker thread), give up at LOCK_TIMEOUT."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while not attempt():
+        if time.monotonic() >= deadline:
+            raise MailboxUnavailable(f"mailbox locked ({what})")
+        time.sleep(LOCK_POLL)
+
+
+def _try_dot_lock(lock: str) -> bool:
+    """Create `<mbox>.lock` exclusively; remove it first when a crashed writer left it stale."""
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        try:
+            if time.time() - os.stat(lock).st_mtime > STALE_LOCK_AGE:
+                os.unlink(lock)
+        except FileNotFoundError:
+            pass  # its owner released it meanwhile: just try again
+        return False
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    return True
+
+
+@contextlib.contextmanager
+def _dot_lock(path: str) -> Iterator[None]:
+    """The lock mutt, procmail and Dovecot's default setup honour; it also serialises our own threads."""
+    lock = path + ".lock"
+    _wait_for(lambda: _try_dot_lock(lock), "dot-lock")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+
+
+def _try_fcntl_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _append_locked(fd: int, data: bytes) -> None:
+    """Append and fsync; on failure cut the file back so no reader ever sees a partial message."""
+    size = os.fstat(fd).st_size
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise unavailable("mbox append failed", exc) from exc
+
+
+def append(path: str, message: bytes, sender: str, now: float | None = None) -> str:
+    """Append one wire-form message to the mbox at `path`; return `path`.
+
+    Blocking. Raises MailboxUnavailable when the mailbox stays locked or cannot be written;
+    the file is then exactly as it was.
+    """
+    data = entry(message, sender, now)
+    try:
+        make_dirs(os.path.dirname(path))
+        with _dot_lock(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                _wait_for(lambda: _try_fcntl_lock(fd), "fcntl")
+                _append_locked(fd, data)
+            finally:
+                os.close(fd)  # closing releases the fcntl lock
+    except OSError as exc:
+        raise unavailable("mbox not usable", exc) from exc
+    return path
+
+
+class MboxStore(FileStore):
+    """IMailStore over one mbox file per user."""
+
+    def write(self, path: str, message: bytes, sender: str) -> str:
+        return append(path, message, sender)

@@ -1,0 +1,189 @@
+"""Server TLS from [tls]: one context for STARTTLS and implicit TLS, replaced on reload (SIGHUP)."""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from appliance.errors import ConfigError
+
+if TYPE_CHECKING:
+    from appliance.config import TLSSection
+
+# Older versions are never offered: raiseMinimumTo also excludes SSLv3, TLS 1.0 and 1.1.
+_MINIMUM = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+_CERTIFICATE_DAYS = 3650
+
+
+class TLSFileError(Exception):
+    """A certificate or key file that cannot be used; `key` names the [tls] key at fault."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """The server's TLS settings, usable with `transport.startTLS()` and TLSMemoryBIOFactory.
+
+    Each new connection takes the current context, so a reload changes certificates for new
+    connections without touching the ones already open.
+    """
+
+    def __init__(self, section: TLSSection, source: str = ""):
+        """Load the certificate now; raise ConfigError when [tls] names files that cannot be used."""
+        self._section = section
+        self._source = source          # the configuration file, for problem lines
+        self._context: SSL.Context | None = None
+        problem = self.reload()
+        if problem:
+            raise ConfigError([problem])
+
+    @property
+    def available(self) -> bool:
+        """False when [tls] certificate is empty: STARTTLS is then not offered."""
+        return bool(self._section.certificate)
+
+    def getContext(self) -> SSL.Context:
+        if self._context is None:
+            raise RuntimeError("TLS is not configured: [tls] certificate is empty")
+        return self._context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.getContext(), None)
+
+    def reload(self) -> str | None:
+        """Re-read the files; on a problem keep the old context and return the problem line."""
+        if not self.available:
+            return None
+        try:
+            self._context = make_context(self._section)
+        except TLSFileError as exc:
+            return f"{self._source}: [tls] {exc.key}: {exc}"
+        return None
+
+
+def make_context(section: TLSSection) -> SSL.Context:
+    """A server context for the chain and key in `section`, refusing versions below min_version."""
+    key, chain = load_pair(section.certificate, section.key)
+    options = ssl.CertificateOptions(privateKey=key, certificate=chain[0], extraCertChain=chain[1:],
+                                     raiseMinimumTo=_MINIMUM[section.min_version])
+    try:
+        return options.getContext()
+    except SSL.Error as exc:
+        raise TLSFileError("certificate", f"OpenSSL refused {section.certificate}: {exc}") from None
+
+
+def load_pair(cert_path: str, key_path: str) -> tuple[crypto.PKey, list[crypto.X509]]:
+    """The PEM chain (leaf first) and its private key; TLSFileError when unusable or not matching."""
+    certificates = _read_certificates(cert_path)
+    key = _read_key(key_path)
+    if _public_bytes(certificates[0].public_key()) != _public_bytes(key.public_key()):
+        raise TLSFileError("key", f"{key_path} does not match the certificate {cert_path}")
+    return (crypto.PKey.from_cryptography_key(key),
+            [crypto.X509.from_cryptography(certificate) for certificate in certificates])
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise TLSFileError(key, f"cannot read {path}: {exc.strerror}; "
+                                "`mailappliance gen-cert` writes a self-signed pair") from None
+
+
+def _read_certificates(path: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(_read(path, "certificate"))
+    except ValueError:
+        raise TLSFileError("certificate", f"{path} holds no PEM certificate") from None
+
+
+def _read_key(path: str):
+    try:
+        return serialization.load_pem_private_key(_read(path, "key"), password=None)
+    except TypeError:
+        raise TLSFileError("key", f"{path} is encrypted; the appliance needs an unencrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSFileError("key", f"{path} holds no PEM private key") from None
+
+
+def _public_bytes(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def implicit(factory: IProtocolFactory, server_tls: ServerTLS) -> TLSMemoryBIOFactory:
+    """The factory for smtps, pop3s and imaps: TLS from the first byte, then `factory`'s protocol."""
+    return TLSMemoryBIOFactory(server_tls, False, factory)
+
+
+def session_info(transport: object) -> tuple[str, str] | None:
+    """(protocol version, cipher) of a TLS connection after its handshake; None for plain connections."""
+    connection = _tls_connection(transport)
+    if connection is None:
+        return None
+    cipher = connection.get_cipher_name()
+    if not cipher:
+        return None
+    return connection.get_protocol_version_name(), cipher
+
+
+def _tls_connection(transport: object) -> SSL.Connection | None:
+    """Walk down through protocol wrappers to the OpenSSL connection, if there is one."""
+    for _ in range(8):  # wrappers (policies, TLS) nest a few levels at most
+        if transport is None:
+            return None
+        get_handle = getattr(transport, "getHandle", None)
+        handle = get_handle() if callable(get_handle) else None
+        if isinstance(handle, SSL.Connection):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def generate_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
+    """Write a new EC P-256 key (mode 0600) and a ten-year self-signed certificate for `hostname`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_CERTIFICATE_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    _write(key_path, key_pem, 0o600)
+    _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    """Replace `path` whole, with `mode` whatever the umask, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = path + ".tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(data)
+    os.replace(temporary, path)

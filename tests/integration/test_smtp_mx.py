@@ -1,0 +1,153 @@
+"""The MX port (25) as the Internet sees it: delivery, refusals, limits, and what EHLO offers."""
+from __future__ import annotations
+
+import email
+import re
+import socket
+import subprocess
+
+import pytest
+
+from tests.integration.harness import DOMAIN, HOSTNAME, Appliance, make_message, require_program, wait_for
+
+SENDER = "someone@outside.example"
+ALICE = f"alice@{DOMAIN}"
+
+
+def subjects(appliance: Appliance, user: str) -> list[str]:
+    return [email.message_from_bytes(raw)["Subject"] for raw in appliance.messages(user)]
+
+
+def send_sentinel(appliance: Appliance, user: str = ALICE) -> None:
+    """Deliver one good message and wait for it: whatever was refused before it is never coming."""
+    with appliance.smtp() as client:
+        client.sendmail(SENDER, [user], make_message("sentinel", to=user))
+    wait_for(lambda: "sentinel" in subjects(appliance, user), timeout=15)
+
+
+def accepted_ids(appliance: Appliance) -> list[str]:
+    return re.findall(r"\breceived id=(\S+)", appliance.log())
+
+
+def test_delivers_to_local_mailbox_with_trace_headers(make_appliance, storage):
+    appliance = make_appliance(storage=storage)
+    with appliance.smtp() as client:
+        client.ehlo()
+        assert client.mail(SENDER)[0] == 250
+        assert client.rcpt(ALICE)[0] == 250
+        code, reply = client.data(make_message("hello mx", body="First line.\r\nSecond line.\r\n"))
+    assert code == 250, reply
+
+    delivered = wait_for(lambda: appliance.messages(ALICE), timeout=15)
+    assert len(delivered) == 1
+    message = email.message_from_bytes(delivered[0])
+    assert message["Subject"] == "hello mx"
+    assert message["Return-Path"] == f"<{SENDER}>"
+    assert message["Delivered-To"] == ALICE
+    assert message.get_payload().replace("\r\n", "\n") == "First line.\nSecond line.\n"
+    [queue_id] = accepted_ids(appliance)
+    received = [" ".join(value.split()) for value in message.get_all("Received", [])]
+    assert any(queue_id in value and HOSTNAME in value for value in received), (queue_id, received)
+
+
+def test_unknown_local_user_is_refused_at_rcpt(appliance):
+    with appliance.smtp() as client:
+        client.ehlo()
+        client.mail(SENDER)
+        code, reply = client.rcpt(f"nobody@{DOMAIN}")
+    assert code == 550
+    assert reply.startswith(b"5.1.1"), reply
+
+
+def test_relay_to_outside_domain_without_auth_is_refused(appliance):
+    with appliance.smtp() as client:
+        client.ehlo()
+        client.mail(SENDER)
+        code, reply = client.rcpt("victim@elsewhere.example")
+    assert code in (550, 554)
+    assert reply.startswith(b"5.7.1"), reply
+    assert accepted_ids(appliance) == []
+
+
+def test_declared_size_over_the_limit_is_refused_at_mail(make_appliance):
+    appliance = make_appliance(limits={"max_message_size": "10000"})
+    with appliance.smtp() as client:
+        client.ehlo()
+        assert client.esmtp_features.get("size") == "10000"
+        code, reply = client.mail(SENDER, ["SIZE=20000"])
+    assert code == 552
+    assert reply.startswith(b"5.3.4"), reply
+
+
+def test_message_over_the_limit_is_refused_and_not_stored(make_appliance):
+    appliance = make_appliance(limits={"max_message_size": "10000"})
+    big = make_message("too big", body="x" * 76 + "\r\n") + b"y" * 76 * 300 + b"\r\n"
+    with appliance.smtp() as client:
+        client.ehlo()
+        assert client.mail(SENDER)[0] == 250
+        assert client.rcpt(ALICE)[0] == 250
+        code, reply = client.data(big)
+        assert code == 552, reply
+        assert reply.startswith(b"5.3.4"), reply
+    send_sentinel(appliance)
+    assert subjects(appliance, ALICE) == ["sentinel"]
+
+
+def test_ehlo_offers_the_mx_extensions_but_not_auth(appliance):
+    with appliance.smtp() as client:
+        code, _ = client.ehlo()
+        assert code == 250
+        for extension in ("pipelining", "size", "8bitmime", "enhancedstatuscodes", "starttls"):
+            assert client.has_extn(extension), (extension, client.esmtp_features)
+        assert not client.has_extn("auth"), client.esmtp_features
+
+
+def test_mx_accepts_mail_after_starttls(appliance):
+    with appliance.smtp() as client:
+        client.starttls(context=appliance.tls_context())
+        client.ehlo()
+        assert not client.has_extn("starttls")
+        client.sendmail(SENDER, [ALICE], make_message("over tls"))
+    wait_for(lambda: "over tls" in subjects(appliance, ALICE), timeout=15)
+
+
+def test_vrfy_does_not_reveal_users(appliance):
+    with appliance.smtp() as client:
+        client.ehlo()
+        known = client.verify(ALICE)
+        unknown = client.verify(f"nobody@{DOMAIN}")
+    assert known[0] in (252, 502), known
+    assert known[0] == unknown[0]
+
+
+def test_too_many_errors_gets_421_and_close(appliance):
+    with socket.create_connection(("127.0.0.1", appliance.ports["smtp"]), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        codes = []
+        for _ in range(50):
+            try:
+                sock.sendall(b"BOGUS command\r\n")
+            except OSError:
+                break
+            line = reader.readline()
+            if not line:
+                break
+            while line[3:4] == b"-":
+                line = reader.readline()
+            codes.append(int(line[:3]))
+            if codes[-1] == 421:
+                break
+        assert codes and codes[-1] == 421, codes
+        assert all(500 <= code < 600 for code in codes[:-1]), codes
+        assert reader.read() == b"", "the server must close after 421"
+
+
+def test_swaks_delivers_on_the_mx_port(appliance):
+    swaks = require_program("swaks")
+    result = subprocess.run(
+        [swaks, "--server", f"127.0.0.1:{appliance.ports['smtp']}", "--helo", "client.example.test",
+         "--from", SENDER, "--to", ALICE, "--header", "Subject: via swaks", "--body", "Sent by swaks."],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: "via swaks" in subjects(appliance, ALICE), timeout=15)
