@@ -322,11 +322,13 @@ def _parse(path: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None, default_section="\0")
     try:
         with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle, source=path)
+            text = handle.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    try:
+        parser.read_string(text, source=path)
     except configparser.DuplicateSectionError as exc:
         raise ConfigError([f"{path}: [{exc.section}] appears twice (line {exc.lineno})"]) from None
     except configparser.DuplicateOptionError as exc:
@@ -334,8 +336,9 @@ def _parse(path: str) -> configparser.ConfigParser:
     except configparser.MissingSectionHeaderError as exc:
         raise ConfigError([f"{path}: line {exc.lineno}: {exc.line.strip()!r} comes before any [section]"]) from None
     except configparser.ParsingError as exc:
-        raise ConfigError([f"{path}: line {lineno}: cannot parse {line.strip()!r}; write key = value"
-                           for lineno, line in exc.errors]) from None
+        lines = text.splitlines()
+        raise ConfigError([f"{path}: line {lineno}: cannot parse {lines[lineno - 1].strip()!r}; write key = value"
+                           for lineno, _ in exc.errors]) from None
     except configparser.Error as exc:
         raise ConfigError([f"{path}: {exc.message}"]) from None
     return parser

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
@@ -43,7 +43,8 @@ class Envelope:
         return not self.pending()
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+        fields = {**vars(self), "recipients": [vars(r) for r in self.recipients]}
+        return json.dumps(fields, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> "Envelope":

@@ -503,6 +503,7 @@ def describe(error: BaseException) -> str:
     return f"{code} {text}" if text else code
 
 
+@implementer(IQueue)
 class QueueService(Service):
     """Delivers queued messages: at once after acceptance, then by backoff until delivered or bounced.
 
@@ -541,7 +542,8 @@ class QueueService(Service):
     def put(self, envelope: Envelope, message: bytes) -> Deferred:
         """Queue a message durably; once it is, start delivering it (the fast path)."""
         d = self._spool.put(envelope, message)
-        d.addCallback(self._accepted, envelope, message)
+        # Start delivery on the next turn, so the client's 250 goes out first.
+        d.addCallback(lambda _: self._reactor.callLater(0, self._accepted, None, envelope, message) and None)
         return d
 
     def _accepted(self, _: None, envelope: Envelope, message: bytes) -> None:
@@ -570,7 +572,8 @@ class QueueService(Service):
 
     def _deliver_all(self, message: bytes, envelope: Envelope, due: list[Recipient]) -> Deferred:
         attempts = [self._deliver_one(envelope, rcpt, message) for rcpt in due]
-        return gatherResults(attempts).addCallback(lambda _: message)
+        both = attempts[0] if len(attempts) == 1 else gatherResults(attempts)
+        return both.addCallback(lambda _: message)
 
     def _deliver_one(self, envelope: Envelope, rcpt: Recipient, message: bytes) -> Deferred:
         courier = self._couriers.get("local" if rcpt.local else "remote")
@@ -668,6 +671,8 @@ class QueueService(Service):
             if not pending:
                 self._waiting.pop(envelope.id)
                 continue
+            if envelope.held:
+                continue        # `queue hold`: kept, not tried, until released
             first = min(r.next_attempt for r in pending)
             if first <= now:
                 self._waiting.pop(envelope.id)

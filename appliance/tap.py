@@ -11,7 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from appliance import config as configmod
+from appliance import address, config as configmod
 from appliance.errors import ConfigError
 from appliance.service import ApplianceService, ThreadPoolService
 
@@ -52,11 +52,10 @@ def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
     from appliance.store import make_store
 
     server_tls = tlsmod.ServerTLS(cfg.tls)
-    aliases = aliasesmod.AliasResolver(cfg.aliases.file, cfg.appliance.domains) if cfg.aliases.file else None
-    if aliases is not None:
-        problems = aliases.reload()
-        if problems:
-            raise ConfigError(problems)
+    try:
+        aliases = aliasesmod.AliasResolver(cfg.aliases.file, cfg.appliance.domains) if cfg.aliases.file else None
+    except aliasesmod.AliasesError as e:
+        raise ConfigError(e.problems)
     top = ApplianceService(cfg, reactor, server_tls, aliases)
 
     pools = {name: ThreadPoolService(name, size) for name, size in (("disk", 4), ("queue", 2), ("auth", 2))}
@@ -67,7 +66,8 @@ def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
     store = make_store(cfg.storage, reactor, pools["disk"].pool)
     spool = Spool(_state_path(cfg, "queue"), reactor, pools["queue"].pool)
     couriers = {"local": LocalCourier(directory, store), "remote": RemoteCourier()}
-    queue = QueueService(spool, couriers, cfg, reactor)
+    queue = QueueService(spool, couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
+                         is_local=lambda a: address.in_domains(a, cfg.appliance.domains))
     queue.setName("queue")
     queue.setServiceParent(top)
 

@@ -6,6 +6,7 @@ The users file holds one user per line::
 
 - ``address``: the primary address (normalised), which is the login and the mailbox key;
 - ``hash``: the scrypt hash from appliance.passwords (``$scrypt$ln=14,r=8,p=1$salt$hash``);
+  a leading ``!`` disables the user's logins (all mechanisms) while mail is still delivered;
 - ``secret``: empty, unless the user was added with ``--shared-secret``; then the password itself,
   base64-encoded, because CRAM-MD5 and APOP can only be checked against the cleartext. It is
   cleartext-equivalent, which is why the file is written with mode 0600;
@@ -42,6 +43,7 @@ from appliance.interfaces import IDirectory, UserRecord
 from appliance.passwords import hash_password, verify_password, verify_unknown_user
 
 FILE_MODE = 0o600
+DISABLED = "!"            # in front of a hash: logins refused, mail still delivered
 CHECK_INTERVAL = 1.0      # seconds between two looks at the file's mtime/size/inode
 
 
@@ -60,7 +62,7 @@ class UserEntry:
 
     def record(self) -> UserRecord:
         return UserRecord(address=self.address, addresses=frozenset((self.address, *self.extra_addresses)),
-                          shared_secret=self.shared_secret)
+                          shared_secret=self.shared_secret, enabled=not self.password_hash.startswith(DISABLED))
 
 
 # -- the line format ---------------------------------------------------------------------------
@@ -352,8 +354,6 @@ class FileDirectory:
     stat, the read and the scrypt verifications all happen in `pool`, never on the reactor.
     """
 
-    supports_shared_secrets = True
-
     def __init__(self, users_file: str, reactor, pool) -> None:
         self._path = users_file
         self._reactor = reactor
@@ -363,6 +363,13 @@ class FileDirectory:
         self._checked_at: float | None = None
         self._reloading = False
         self._waiters: list[Deferred] = []
+
+    @property
+    def supports_shared_secrets(self) -> bool:
+        """CRAM-MD5/APOP are offered only once some user has a secret: a client that prefers
+        CRAM-MD5 (swaks, Thunderbird's "encrypted password") must not be steered into a
+        mechanism that cannot succeed for anyone."""
+        return any(entry.shared_secret for entry in self._table.values())
 
     def lookup(self, address: str) -> Deferred:
         d = self._fresh_table()
@@ -380,8 +387,11 @@ class FileDirectory:
         if entry is None:
             d = deferToThreadPool(self._reactor, self._pool, verify_unknown_user, password)
             return d.addCallback(lambda _: None)
-        d = deferToThreadPool(self._reactor, self._pool, verify_password, password, entry.password_hash)
-        return d.addCallback(lambda ok: entry.record() if ok else None)
+        # A disabled user's hash is still checked, so the answer takes the usual time.
+        stored = entry.password_hash.removeprefix(DISABLED)
+        d = deferToThreadPool(self._reactor, self._pool, verify_password, password, stored)
+        record = entry.record()
+        return d.addCallback(lambda ok: record if ok and record.enabled else None)
 
     def _fresh_table(self) -> Deferred:
         """Deferred[table]: the current table, after a re-read when one is due."""

@@ -51,6 +51,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     """On failure, show the appliance's log tail next to the assertion: that is where the why is."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed:
+    if report.failed and report.when == "call":   # setup failures already carry the log
         for number, appliance in enumerate(getattr(item, "appliances", [])):
             report.sections.append((f"appliance {number} log", appliance.diagnostics()))

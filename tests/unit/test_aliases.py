@@ -1,0 +1,235 @@
+"""aliases(5): parsing with exact error lines, expansion, and the reload that keeps a good table."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from appliance.aliases import AliasesError, AliasLoopError, AliasResolver, load_aliases
+from appliance.interfaces import IAliasResolver
+
+DOMAINS = ("example.test", "example.org")
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text, name="aliases"):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+    return write
+
+
+def table(write, text):
+    return load_aliases(write(text), DOMAINS)
+
+
+def problems(write, text):
+    path = write(text)
+    with pytest.raises(AliasesError) as info:
+        load_aliases(path, DOMAINS)
+    return [p.replace(path, "FILE") for p in info.value.problems]
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+def test_bare_names_apply_to_every_local_domain_and_bare_targets_follow(write):
+    t = table(write, "team: alice, bob@Elsewhere.TEST\n")
+    assert t.resolve("team@example.test") == ["alice@example.test", "bob@elsewhere.test"]
+    assert t.resolve("Team@EXAMPLE.ORG") == ["alice@example.org", "bob@elsewhere.test"]
+    assert t.resolve("team@remote.test") is None
+
+
+def test_full_address_name_applies_only_there_and_wins_over_bare_name(write):
+    t = table(write, "info: alice\ninfo@example.org: bob\n")
+    assert t.resolve("info@example.test") == ["alice@example.test"]
+    assert t.resolve("info@example.org") == ["bob@example.org"]
+
+
+def test_not_an_alias_gives_none(write):
+    t = table(write, "team: alice\n")
+    assert t.resolve("alice@example.test") is None
+    assert t.resolve("not an address") is None
+
+
+def test_comments_blank_lines_and_continuations(write):
+    t = table(write, "# staff\n\nteam: alice,\n  bob\n# still the team\n\tcarol dave\nother: x@y.test\n")
+    assert t.resolve("team@example.test") == [f"{u}@example.test" for u in ("alice", "bob", "carol", "dave")]
+    assert t.resolve("other@example.test") == ["x@y.test"]
+
+
+def test_missing_file_is_an_empty_table(tmp_path):
+    assert load_aliases(str(tmp_path / "none"), DOMAINS).resolve("root@example.test") is None
+
+
+def test_unreadable_file(write):
+    path = write("")
+    with open(path, "wb") as f:
+        f.write(b"root: \xff\n")
+    with pytest.raises(AliasesError) as info:
+        load_aliases(path, DOMAINS)
+    assert info.value.problems[0].startswith(f"{path}: cannot read")
+
+
+def test_every_error_is_reported_with_its_line(write):
+    assert problems(write, (
+        "# header\n"
+        "root: admin@example.test\n"       # 2 fine
+        "no colon here\n"                  # 3
+        "root: other@example.test\n"       # 4 duplicate
+        "empty:\n"                         # 5
+        "bad: alice@, good\n"              # 6
+        ": alice\n"                        # 7
+        "pipe: |/usr/bin/procmail\n"       # 8
+        "file: /var/mail/box\n"            # 9
+        "quoted: \"|cmd arg\"\n"           # 10
+        "b@d@: alice\n"                    # 11
+    )) == [
+        "FILE:3: missing colon after the alias name: 'no colon here'",
+        "FILE:4: duplicate alias 'root' (first defined at FILE:2)",
+        "FILE:5: empty target list",
+        "FILE:6: bad address: 'alice@'",
+        "FILE:7: missing alias name",
+        "FILE:8: commands and files are not allowed: |/usr/bin/procmail",
+        "FILE:9: commands and files are not allowed: /var/mail/box",
+        "FILE:10: commands and files are not allowed: \"|cmd",
+        "FILE:11: bad alias name: 'b@d@'",
+    ]
+
+
+def test_continuation_without_alias_and_duplicate_full_address(write):
+    assert problems(write, "  alice\nInfo@Example.org: a\ninfo@example.org: b\n") == [
+        "FILE:1: continuation line without an alias before it",
+        "FILE:3: duplicate alias 'info@example.org' (first defined at FILE:2)",
+    ]
+
+
+def test_error_in_a_continued_definition_names_its_first_line(write):
+    assert problems(write, "ok: a\nteam: alice,\n   |cmd\n") == ["FILE:2: commands and files are not allowed: |cmd"]
+
+
+# -- :include: ---------------------------------------------------------------------------------
+
+def test_include_relative_to_the_aliases_file(write):
+    write("# members\nx@y.test\n\nz@y.test, carol\n", name="staff.list")
+    t = table(write, "staff: :include:staff.list, boss\n")
+    assert t.resolve("staff@example.org") == ["x@y.test", "z@y.test", "carol@example.org", "boss@example.org"]
+
+
+def test_include_with_absolute_path(write, tmp_path):
+    members = write("x@y.test\n", name="abs.list")
+    assert table(write, f"staff: :include:{members}\n").resolve("staff@example.test") == ["x@y.test"]
+
+
+def test_unreadable_include(write, tmp_path):
+    found = problems(write, "ok: a\nstaff: :include:missing.list\n")
+    assert found == [f"FILE:2: cannot read include file {tmp_path}/missing.list: No such file or directory"]
+
+
+def test_bad_entries_in_include_name_the_include_file_and_line(write, tmp_path):
+    write("x@y.test\n|cmd\nbad@\n", name="staff.list")
+    found = problems(write, "staff: :include:staff.list\n")
+    include = f"{tmp_path}/staff.list"
+    assert found == [
+        f"{include}:2: commands and files are not allowed: |cmd",
+        f"{include}:3: bad address: 'bad@'",
+        f"FILE:1: problems in include file {include}",
+    ]
+
+
+# -- expansion ---------------------------------------------------------------------------------
+
+def test_recursive_expansion_with_duplicates_removed_in_order(write):
+    t = table(write, "all: devs, ops, alice\ndevs: alice, bob\nops: bob, Carol@X.test, carol@x.test\n")
+    assert t.resolve("all@example.test") == ["alice@example.test", "bob@example.test", "Carol@x.test"]
+
+
+def test_alias_naming_itself_is_a_real_mailbox(write):
+    t = table(write, "bob: bob, bob@elsewhere.test\nteam: bob\n")
+    assert t.resolve("bob@example.test") == ["bob@example.test", "bob@elsewhere.test"]
+    assert t.resolve("team@example.org") == ["bob@example.org", "bob@elsewhere.test"]
+
+
+def test_loop_raises(write):
+    t = table(write, "a: b\nb: c, x@y.test\nc: a\n")
+    with pytest.raises(AliasLoopError, match="a@example.test -> b@example.test -> c@example.test -> a@example.test"):
+        t.resolve("a@example.test")
+
+
+def test_depth_limit_is_ten_levels(write):
+    chain = "".join(f"a{i}: a{i + 1}\n" for i in range(1, 10))
+    assert table(write, chain).resolve("a1@example.test") == ["a10@example.test"]  # 9 aliases deep
+    assert table(write, chain + "a10: z\n").resolve("a1@example.test") == ["z@example.test"]  # 10
+    with pytest.raises(AliasLoopError, match="deeper than 10 levels"):
+        table(write, chain + "a10: a11\na11: z\n").resolve("a1@example.test")
+
+
+def test_postmaster_and_abuse_fall_back_to_root(write):
+    t = table(write, "root: admin@example.test\n")
+    assert t.resolve("postmaster@example.test") == ["admin@example.test"]
+    assert t.resolve("abuse@example.org") == ["admin@example.test"]
+    assert t.resolve("postmaster@remote.test") is None
+
+
+def test_postmaster_defined_in_the_file_wins(write):
+    t = table(write, "root: admin@example.test\npostmaster: pm@example.test\n")
+    assert t.resolve("postmaster@example.test") == ["pm@example.test"]
+    assert t.resolve("abuse@example.test") == ["admin@example.test"]
+
+
+def test_postmaster_without_root_stays_unresolved(write):
+    assert table(write, "team: alice\n").resolve("postmaster@example.test") is None
+
+
+def test_loop_problems_name_the_definition(write):
+    path = write("a: a\nb: c\nc: b\n")
+    assert load_aliases(path, ("example.test",)).loop_problems() == [
+        f"{path}:2: alias loop: b@example.test -> c@example.test -> b@example.test",
+        f"{path}:3: alias loop: c@example.test -> b@example.test -> c@example.test",
+    ]
+
+
+# -- the resolver --------------------------------------------------------------------------------
+
+def test_resolver_provides_the_interface_and_resolves(write):
+    resolver = AliasResolver(write("root: admin@example.test\n"), DOMAINS)
+    assert verifyObject(IAliasResolver, resolver)
+    assert resolver.resolve("root@example.test") == ["admin@example.test"]
+
+
+def test_resolver_reload_picks_up_changes(write):
+    path = write("root: admin@example.test\n")
+    resolver = AliasResolver(path, DOMAINS)
+    write("root: other@example.test\n")
+    assert resolver.reload() == []
+    assert resolver.resolve("root@example.test") == ["other@example.test"]
+
+
+def test_bad_reload_keeps_the_old_table(write):
+    path = write("root: admin@example.test\n")
+    resolver = AliasResolver(path, DOMAINS)
+    write("root: other@example.test\nbroken\n")
+    assert resolver.reload() == [f"{path}:2: missing colon after the alias name: 'broken'"]
+    assert resolver.resolve("root@example.test") == ["admin@example.test"]
+
+
+def test_reload_with_a_loop_keeps_the_old_table(write):
+    path = write("root: admin@example.test\n")
+    resolver = AliasResolver(path, ("example.test",))
+    write("root: a\na: root\n")
+    assert resolver.reload() == [
+        f"{path}:1: alias loop: root@example.test -> a@example.test -> root@example.test",
+        f"{path}:2: alias loop: a@example.test -> root@example.test -> a@example.test",
+    ]
+    assert resolver.resolve("root@example.test") == ["admin@example.test"]
+
+
+def test_resolver_refuses_to_start_with_a_bad_file(write):
+    with pytest.raises(AliasesError):
+        AliasResolver(write("broken\n"), DOMAINS)
+
+
+def test_resolver_with_missing_file_has_no_aliases(tmp_path):
+    resolver = AliasResolver(os.path.join(tmp_path, "none"), DOMAINS)
+    assert resolver.resolve("root@example.test") is None

@@ -1,0 +1,86 @@
+"""DSNs are well-formed RFC 3464 reports that a mail client (Python's email package) reads correctly."""
+from __future__ import annotations
+
+import email
+from email import policy
+
+from appliance.bounce import headers_of, make_dsn, status_of
+from appliance.envelope import FAILED, Envelope, Recipient
+
+ORIGINAL = (b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: lunch?\r\n"
+            b"Message-ID: <1@example.test>\r\n\r\nSee you at noon.\r\n")
+
+
+def failed(address: str, error: str, original: str = "") -> Recipient:
+    return Recipient(address=address, original=original, state=FAILED, last_error=error)
+
+
+def dsn_for(recipients, **kwargs):
+    env = Envelope(id="ABC123", sender="alice@example.test", recipients=recipients, received_at=1_700_000_000)
+    return make_dsn(env, recipients, "mail.example.test", headers_of(ORIGINAL),
+                    is_local=lambda a: a.endswith("@example.test"), now=1_700_000_100, **kwargs)
+
+
+def test_dsn_structure_is_a_delivery_status_report():
+    rcpts = [failed("bob@example.test", "5.1.1 no such user", original="info@example.test"),
+             failed("zed@elsewhere.test", "550 5.7.1 relaying denied\r\nby policy")]
+    dsn_env, data = dsn_for(rcpts)
+    msg = email.message_from_bytes(data, policy=policy.default)
+
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    assert msg["From"] == "Mail Delivery System <MAILER-DAEMON@mail.example.test>"
+    assert msg["To"].addresses[0].addr_spec == "alice@example.test"
+    assert msg["Subject"] == "Undelivered Mail Returned to Sender"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["Date"] and msg["Message-ID"].endswith("@mail.example.test>")
+
+    human, status, headers = msg.get_payload()
+    assert human.get_content_type() == "text/plain"
+    assert "bob@example.test" in human.get_content()
+    assert status.get_content_type() == "message/delivery-status"
+    per_message, bob, zed = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; mail.example.test"
+    assert per_message["Arrival-Date"]
+    assert bob["Final-Recipient"] == "rfc822; bob@example.test"
+    assert bob["Original-Recipient"] == "rfc822; info@example.test"
+    assert (bob["Action"], bob["Status"]) == ("failed", "5.1.1")
+    assert bob["Diagnostic-Code"] == "X-mailappliance; 5.1.1 no such user"
+    assert (zed["Status"], zed["Diagnostic-Code"]) == ("5.7.1", "smtp; 550 5.7.1 relaying denied by policy")
+    assert headers.get_content_type() == "text/rfc822-headers"
+    assert b"Subject: lunch?" in headers.get_payload(decode=True)
+    assert b"See you at noon" not in data                # headers only, never the body
+
+
+def test_dsn_lines_all_end_in_crlf():
+    _, data = dsn_for([failed("bob@example.test", "5.1.1 no such user")])
+    assert b"\n" not in data.replace(b"\r\n", b"")
+
+
+def test_dsn_envelope_has_the_null_sender_and_goes_to_the_original_sender():
+    dsn_env, data = dsn_for([failed("bob@example.test", "5.1.1 no such user")])
+    assert dsn_env.sender == ""
+    assert [(r.address, r.local) for r in dsn_env.recipients] == [("alice@example.test", True)]
+    assert dsn_env.size == len(data) and dsn_env.id
+
+
+def test_status_defaults_to_5_0_0_without_an_enhanced_code():
+    _, data = dsn_for([failed("bob@example.test", "mailbox exploded")])
+    status = email.message_from_bytes(data, policy=policy.default).get_payload()[1]
+    assert status.get_payload()[1]["Status"] == "5.0.0"
+
+
+def test_delayed_dsn():
+    _, data = dsn_for([failed("bob@example.test", "4.2.0 mailbox busy")], delayed=True)
+    msg = email.message_from_bytes(data, policy=policy.default)
+    rcpt = msg.get_payload()[1].get_payload()[1]
+    assert (rcpt["Action"], rcpt["Status"]) == ("delayed", "4.2.0")
+    assert msg["Subject"].startswith("Delayed Mail")
+
+
+def test_status_of_and_headers_of():
+    assert status_of("4.4.7 expired", "5.0.0") == "4.4.7"
+    assert status_of("451 4.3.0 try later", "5.0.0") == "4.3.0"
+    assert status_of("no code here", "5.0.0") == "5.0.0"
+    assert headers_of(b"A: 1\nB: 2\n\nbody") == b"A: 1\r\nB: 2\r\n"
+    assert headers_of(b"A: 1\r\n") == b"A: 1\r\n"

@@ -1,0 +1,196 @@
+"""The `mailappliance` command as an operator meets it: exit codes, what it prints, what it changes."""
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from appliance import cli, config
+from appliance.directory.file import index_entries
+from appliance.passwords import verify_password
+
+CONF = """\
+[appliance]
+hostname = mail.example.test
+domains = example.test, example.org
+
+[listen]
+smtp = tcp:2525
+submission = tcp:5870
+"""
+
+
+@pytest.fixture
+def conf(tmp_path) -> str:
+    path = tmp_path / "mailappliance.conf"
+    path.write_text(CONF)
+    return str(path)
+
+
+def run(capsys, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+    """main() with `stdin` as standard input; (exit code, stdout, stderr)."""
+    import sys
+    old = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        code = cli.main(list(argv))
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def password_of(users_file: str, user: str) -> str:
+    table, _ = index_entries(users_file, open(users_file).read().splitlines())
+    return table[user].password_hash
+
+
+# ---------------------------------------------------------------- check and gen-cert
+
+def test_check_passes_after_gen_cert_and_summarises(capsys, conf, tmp_path):
+    assert run(capsys, "--config", conf, "gen-cert")[0] == 0
+    run(capsys, "--config", conf, "user", "add", "alice@example.test", stdin="pw\n")
+    code, out, err = run(capsys, "--config", conf, "check")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"{conf}: OK",
+        "hostname    mail.example.test",
+        "domains     example.test, example.org",
+        "smtp        tcp:2525",
+        "submission  tcp:5870",
+        f"directory   file {tmp_path}/users, 1 user",
+    ]
+
+
+def test_check_fails_with_one_line_per_problem(capsys, tmp_path):
+    path = tmp_path / "bad.conf"
+    path.write_text("[appliance]\nhostname = mail.example.test\ndomain = example.test\n")
+    code, out, err = run(capsys, "--config", str(path), "check")
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"{path}: [appliance] domain: unknown key 'domain'; did you mean 'domains'?",
+        f"{path}: [appliance] domains: empty; list the domains whose mail is delivered here, e.g. example.org",
+    ]
+
+
+def test_check_reports_files_on_disk(capsys, conf, tmp_path):
+    code, _, err = run(capsys, "--config", conf, "check")
+    assert code == 1
+    assert err.startswith(f"{conf}: [tls] certificate: cannot read {tmp_path}/tls/cert.pem: No such file")
+    assert "Traceback" not in err
+
+
+def test_config_defaults_to_etc(capsys):
+    code, _, err = run(capsys, "check")
+    assert code == 1
+    assert err == f"{config.DEFAULT_PATH}: cannot read: No such file or directory\n"
+
+
+def test_gen_cert_does_not_overwrite_without_force(capsys, conf, tmp_path):
+    run(capsys, "--config", conf, "gen-cert")
+    before = (tmp_path / "tls/cert.pem").read_bytes()
+    code, _, err = run(capsys, "--config", conf, "gen-cert")
+    assert code == 1
+    assert err == f"mailappliance: {tmp_path}/tls/cert.pem already exists; add --force to replace it\n"
+    assert run(capsys, "--config", conf, "gen-cert", "--force")[0] == 0
+    assert (tmp_path / "tls/cert.pem").read_bytes() != before
+
+
+# ---------------------------------------------------------------- user ...
+
+def test_user_life_cycle(capsys, conf, tmp_path):
+    users = str(tmp_path / "users")
+    assert run(capsys, "--config", conf, "user", "add", "Alice@Example.TEST", stdin="first secret\n")[:2] == (
+        0, "added alice@example.test\n")
+    assert verify_password("first secret", password_of(users, "alice@example.test"))
+
+    assert run(capsys, "--config", conf, "user", "passwd", "alice@example.test", stdin="second\n")[0] == 0
+    assert verify_password("second", password_of(users, "alice@example.test"))
+    assert not verify_password("first secret", password_of(users, "alice@example.test"))
+
+    run(capsys, "--config", conf, "user", "add", "bob@example.org", stdin="b\n")
+    assert run(capsys, "--config", conf, "user", "list")[1] == "alice@example.test\nbob@example.org\n"
+    assert run(capsys, "--config", conf, "user", "del", "alice@example.test")[0] == 0
+    assert run(capsys, "--config", conf, "user", "list")[1] == "bob@example.org\n"
+
+
+def test_shared_secret_is_kept_only_when_asked(capsys, conf, tmp_path):
+    run(capsys, "--config", conf, "user", "add", "a@example.test", stdin="pw\n")
+    run(capsys, "--config", conf, "user", "add", "b@example.test", "--shared-secret", stdin="pw\n")
+    table, _ = index_entries(str(tmp_path / "users"), (tmp_path / "users").read_text().splitlines())
+    assert table["a@example.test"].shared_secret is None
+    assert table["b@example.test"].shared_secret == "pw"
+
+
+@pytest.mark.parametrize("argv, stdin, message", [
+    (("user", "add", "carol@example.test"), "\n", "empty password refused; give it as one line on standard input"),
+    (("user", "add", "carol@example.test"), "", "empty password refused; give it as one line on standard input"),
+    (("user", "add", "carol@elsewhere.test"), "pw\n",
+     "carol@elsewhere.test: elsewhere.test is not one of [appliance] domains (example.test, example.org)"),
+    (("user", "add", "carol"), "pw\n", "'carol' is not a mail address; write user@domain"),
+    (("user", "passwd", "nobody@example.test"), "pw\n", "nobody@example.test: no such user"),
+    (("user", "del", "nobody@example.test"), "", "nobody@example.test: no such user"),
+])
+def test_user_mistakes_are_one_line(capsys, conf, argv, stdin, message):
+    code, out, err = run(capsys, "--config", conf, *argv, stdin=stdin)
+    assert (code, out, err) == (1, "", f"mailappliance: {message}\n")
+
+
+def test_adding_a_user_twice_is_refused(capsys, conf):
+    run(capsys, "--config", conf, "user", "add", "alice@example.test", stdin="pw\n")
+    code, _, err = run(capsys, "--config", conf, "user", "add", "alice@example.test", stdin="other\n")
+    assert (code, err) == (1, "mailappliance: alice@example.test: user already exists\n")
+
+
+def test_user_commands_refuse_the_ldap_backend(capsys, tmp_path):
+    path = tmp_path / "m.conf"
+    path.write_text(CONF + "[directory]\nbackend = ldap\n")
+    code, _, err = run(capsys, "--config", str(path), "user", "list")
+    assert (code, err) == (1, "mailappliance: [directory] backend is ldap; user commands manage the file backend only\n")
+
+
+def test_password_is_not_an_argument(capsys, conf):
+    with pytest.raises(SystemExit):
+        cli.main(["--config", conf, "user", "add", "alice@example.test", "secret"])
+
+
+# ---------------------------------------------------------------- demo
+
+def test_demo_as_a_normal_user(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, out, err = run(capsys, "demo", str(tmp_path / "demo"))
+    assert (code, err) == (0, "")
+    cfg = config.load(str(tmp_path / "demo/mailappliance.conf"))
+    assert config.check_files(cfg) == []
+    assert cfg.appliance.hostname == "mail.example.test" and cfg.appliance.domains == ("example.test",)
+    assert cfg.listen.submission == "tcp:5870:interface=127.0.0.1"
+    assert cfg.listen.imaps == "tcp:9930:interface=127.0.0.1"
+
+    password = next(line.split()[1] for line in out.splitlines() if line.startswith("Password:"))
+    assert len(password) >= 16
+    assert verify_password(password, password_of(cfg.directory.users_file, "demo@example.test"))
+    assert f"mailappliance --config {cfg.path}" in out
+    assert f"swaks --server 127.0.0.1 --port 5870 --tls --auth-user demo@example.test --auth-password '{password}'" in out
+
+
+def test_demo_hostname_and_existing_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert run(capsys, "demo", str(tmp_path / "d"), "--hostname", "mx.example.test")[0] == 0
+    assert config.load(str(tmp_path / "d/mailappliance.conf")).appliance.hostname == "mx.example.test"
+    code, _, err = run(capsys, "demo", str(tmp_path / "d"))
+    assert (code, err) == (1, f"mailappliance: {tmp_path}/d/mailappliance.conf already exists; give a new folder\n")
+
+
+def test_demo_as_root_uses_standard_ports():
+    assert cli.demo_listen(as_root=True) == {
+        "smtp": "tcp:25", "submission": "tcp:587", "smtps": "tcp:465", "pop3": "tcp:110", "pop3s": "tcp:995",
+        "imap": "tcp:143", "imaps": "tcp:993"}
+
+
+# ---------------------------------------------------------------- later commands
+
+@pytest.mark.parametrize("argv", [("queue", "list"), ("queue", "delete", "ABC"), ("sendmail", "-f", "a@b", "c@d")])
+def test_outbound_commands_are_not_there_yet(capsys, conf, argv):
+    code, out, err = run(capsys, "--config", conf, *argv)
+    assert (code, out, err) == (2, "", "mailappliance: not available yet: arrives with outbound delivery\n")

@@ -1,0 +1,333 @@
+"""appliance.config: the file an operator writes, the values the appliance gets, and every error line."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import textwrap
+
+import pytest
+
+from appliance import config, tls
+from appliance.errors import ConfigError
+
+ETC_CONF = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "mailappliance.conf")
+
+# The example of /work/shared/CONTRACT.md, "Configuration file", as written there.
+CONTRACT_EXAMPLE = """\
+[appliance]
+hostname = mail.example.test          # used in banners, Received:, Message-ID, certificates
+domains = example.test, example.org   # local domains: mail for them is delivered here
+state_dir = var                       # queue, indexes and other state live below it
+
+[tls]
+certificate = tls/cert.pem            # PEM chain
+key = tls/key.pem
+min_version = TLSv1.2
+plaintext_auth_networks = 127.0.0.1/32, ::1/128   # AUTH/LOGIN/USER without TLS only from here; empty = never
+
+[listen]
+# One key per service, a Twisted server endpoint string; empty or absent = service off.
+# Implicit TLS (smtps, pop3s, imaps) is added by the appliance from [tls]: write tcp:, not ssl:.
+smtp = tcp:25                         # MX: mail for local domains, relay only for trusted networks
+submission = tcp:587                  # STARTTLS, then AUTH required; relay for authenticated users
+smtps = tcp:465
+pop3 = tcp:110
+pop3s = tcp:995
+imap = tcp:143
+imaps = tcp:993
+
+[directory]
+backend = file                        # file | ldap
+users_file = users                    # file backend, managed with `mailappliance user ...`
+
+[ldap]                                # used when backend = ldap (details: the LDAP issue)
+
+[storage]
+format = maildir                      # maildir | mbox
+path = var/mail/{domain}/{local}      # template; {domain} and {local} of the user's primary address
+
+[aliases]
+file = aliases                        # aliases(5) format
+
+[masquerade]
+domains = lan.example.test            # hosts/domains whose addresses are rewritten ...
+as = example.test                     # ... to this domain on mail leaving through us
+exceptions = root                     # local parts never rewritten
+
+[relay]
+trusted_networks = 127.0.0.1/32, ::1/128   # may relay without AUTH; empty = nobody
+
+[limits]
+max_message_size = 26214400           # bytes, advertised as SIZE
+max_recipients = 100
+"""
+
+MINIMAL = """\
+[appliance]
+hostname = mail.example.test
+domains = example.test
+"""
+
+
+def write(tmp_path, text: str, name: str = "mailappliance.conf") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def problems_of(path: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    return caught.value.problems
+
+
+def with_pair(tmp_path) -> None:
+    tls.generate_self_signed("mail.example.test", str(tmp_path / "tls/cert.pem"), str(tmp_path / "tls/key.pem"))
+
+
+# ---------------------------------------------------------------- files that load
+
+def test_contract_example_loads(tmp_path):
+    cfg = config.load(write(tmp_path, CONTRACT_EXAMPLE))
+    assert cfg.path == str(tmp_path / "mailappliance.conf")
+    assert cfg.appliance.hostname == "mail.example.test"
+    assert cfg.appliance.domains == ("example.test", "example.org")
+    assert cfg.appliance.state_dir == str(tmp_path / "var")
+    assert cfg.tls.certificate == str(tmp_path / "tls/cert.pem")
+    assert cfg.tls.plaintext_auth_networks == (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+    assert cfg.listen.submission == "tcp:587" and cfg.listen.imaps == "tcp:993"
+    assert cfg.directory.users_file == str(tmp_path / "users")
+    assert cfg.storage.path == str(tmp_path / "var/mail/{domain}/{local}")
+    assert cfg.aliases.file == str(tmp_path / "aliases")
+    assert cfg.masquerade == config.MasqueradeSection(("lan.example.test",), "example.test", ("root",))
+    assert cfg.limits.max_message_size == 26214400
+
+
+def test_minimal_file_gets_every_default(tmp_path):
+    cfg = config.load(write(tmp_path, MINIMAL))
+    assert cfg.appliance.state_dir == str(tmp_path / "var")
+    assert cfg.tls == config.TLSSection(str(tmp_path / "tls/cert.pem"), str(tmp_path / "tls/key.pem"), "TLSv1.2",
+                                        (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")))
+    assert cfg.listen == config.ListenSection()
+    assert cfg.directory == config.DirectorySection("file", str(tmp_path / "users"))
+    assert cfg.storage == config.StorageSection("maildir", str(tmp_path / "var/mail/{domain}/{local}"))
+    assert cfg.aliases.file == ""            # the default file does not exist
+    assert cfg.relay.trusted_networks == cfg.tls.plaintext_auth_networks
+    assert cfg.limits == config.LimitsSection() and cfg.queue == config.QueueSection()
+
+
+def test_default_aliases_file_is_used_when_it_exists(tmp_path):
+    (tmp_path / "aliases").write_text("postmaster: root@example.test\n")
+    assert config.load(write(tmp_path, MINIMAL)).aliases.file == str(tmp_path / "aliases")
+
+
+def test_relative_paths_start_at_the_config_folder_not_the_working_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = write(folder, MINIMAL + "state_dir = ../state\n[directory]\nusers_file = /srv/users\n")
+    monkeypatch.chdir("/")
+    cfg = config.load(os.path.relpath(path))
+    assert cfg.appliance.state_dir == str(tmp_path / "state")
+    assert cfg.directory.users_file == "/srv/users"
+    assert cfg.path == path
+
+
+def test_inline_comments_and_list_spellings(tmp_path):
+    cfg = config.load(write(tmp_path, """\
+        [appliance]
+        hostname = Mail.Example.TEST.   # a comment after the value
+        domains = example.test  Example.org,
+            bücher.example
+        [relay]
+        trusted_networks = 10.0.0.0/8 # only the LAN
+        """))
+    assert cfg.appliance.hostname == "mail.example.test"
+    assert cfg.appliance.domains == ("example.test", "example.org", "xn--bcher-kva.example")
+    assert cfg.relay.trusted_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def test_empty_network_list_means_nobody(tmp_path):
+    cfg = config.load(write(tmp_path, MINIMAL + "[relay]\ntrusted_networks =\n"))
+    assert cfg.relay.trusted_networks == ()
+
+
+def test_ldap_section_is_accepted(tmp_path):
+    assert config.load(write(tmp_path, MINIMAL + "[ldap]\nurl = ldap://127.0.0.1\n")).directory.backend == "file"
+
+
+# ---------------------------------------------------------------- one exact line per problem
+
+@pytest.mark.parametrize("text, line", [
+    (MINIMAL + "[lisen]\nsmtp = tcp:25\n", "[lisen] unknown section; did you mean [listen]?"),
+    (MINIMAL + "[DEFAULT]\nx = 1\n", "[DEFAULT] unknown section"),
+    ("[appliance]\nhostname = mail.example.test\ndomain = example.test\n",
+     "[appliance] domain: unknown key 'domain'; did you mean 'domains'?"),
+    (MINIMAL + "[limits]\nmax_recipients = many\n",
+     "[limits] max_recipients: must be a positive whole number, not 'many'"),
+    (MINIMAL + "[queue]\nretry_initial = 0\n", "[queue] retry_initial: must be a positive whole number, not '0'"),
+    (MINIMAL + "[relay]\ntrusted_networks = 10.0.0.0/33\n",
+     "[relay] trusted_networks: not a list of networks: '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"),
+    (MINIMAL + "[listen]\nsmtp = tcp:abc\n",
+     "[listen] smtp: 'tcp:abc' is not a server endpoint (invalid literal for int() with base 10: 'abc'); "
+     "write e.g. tcp:25 or tcp:2525:interface=127.0.0.1"),
+    (MINIMAL + "[listen]\nsmtp = tcp:70000\n", "[listen] smtp: 'tcp:70000': port 70000 is out of range"),
+    (MINIMAL + "[listen]\nsmtps = ssl:465\n",
+     "[listen] smtps: 'ssl:465': ssl: is not accepted here; write tcp:, the appliance adds TLS from [tls]"),
+    (MINIMAL + "[listen]\nsmtp = tcp:25\nimap = tcp:25:interface=127.0.0.1\n",
+     "[listen] imap: port 25 is already used by [listen] smtp"),
+    ("[appliance]\ndomains = example.test\n",
+     "[appliance] hostname: missing; set the name this server answers to, e.g. mail.example.org"),
+    ("[appliance]\nhostname = mail.example.test\ndomains =\n",
+     "[appliance] domains: empty; list the domains whose mail is delivered here, e.g. example.org"),
+    ("[appliance]\nhostname = mail_example\ndomains = example.test\n", "[appliance] hostname: 'mail_example' is not a host name"),
+    (MINIMAL + "[tls]\nmin_version = TLSv1.1\n", "[tls] min_version: 'TLSv1.1' is not one of: TLSv1.2, TLSv1.3"),
+    (MINIMAL + "[tls]\nkey =\n", "[tls] key: empty, but a certificate is set"),
+    (MINIMAL + "[storage]\nformat = mbx\n", "[storage] format: 'mbx' is not one of: maildir, mbox"),
+    (MINIMAL + "[storage]\npath = mail/{user}\n",
+     "[storage] path: unknown placeholder {user}; only {domain} and {local} exist"),
+    (MINIMAL + "[storage]\npath = mail/{domain}\n",
+     "[storage] path: must contain {local}, so that each user gets a mailbox of their own"),
+    (MINIMAL + "[storage]\npath = mail/{local!r}\n", "[storage] path: {local} takes no format spec or conversion"),
+    (MINIMAL + "[directory]\nbackend = sql\n", "[directory] backend: 'sql' is not one of: file, ldap"),
+    (MINIMAL + "[masquerade]\ndomains = lan.example.test\n",
+     "[masquerade] as: required when [masquerade] domains is set"),
+    (MINIMAL + "[queue]\nretry_initial = 600\nretry_max = 60\n", "[queue] retry_max: smaller than retry_initial (600)"),
+])
+def test_problem_line(tmp_path, text, line):
+    path = write(tmp_path, text)
+    assert f"{path}: {line}" in problems_of(path)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write(tmp_path, """\
+        [appliance]
+        hostname = mail.example.test
+        [listen]
+        smtp = tcp:abc
+        [limits]
+        max_errors = -1
+        """)
+    problems = problems_of(path)
+    assert [line.split(": ")[1] for line in problems] == [
+        "[appliance] domains", "[listen] smtp", "[limits] max_errors"]
+    assert all(line.startswith(f"{path}: ") for line in problems)
+
+
+def test_file_path_is_reported_as_given(tmp_path, monkeypatch):
+    write(tmp_path, "[appliance]\nhostname = h.example\n")
+    monkeypatch.chdir(tmp_path)
+    assert problems_of("mailappliance.conf")[0].startswith("mailappliance.conf: [appliance] domains: ")
+
+
+@pytest.mark.parametrize("text, line", [
+    ("hostname = x\n", "line 1: 'hostname = x' comes before any [section]"),
+    (MINIMAL + "hostname = y\n", "[appliance] hostname: set twice (line 4)"),
+    (MINIMAL + "[appliance]\n", "[appliance] appears twice (line 4)"),
+    (MINIMAL + "just words\n", "line 4: cannot parse 'just words'; write key = value"),
+])
+def test_malformed_ini(tmp_path, text, line):
+    path = write(tmp_path, text)
+    assert problems_of(path) == [f"{path}: {line}"]
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "nothing.conf")
+    assert problems_of(path) == [f"{path}: cannot read: No such file or directory"]
+
+
+# ---------------------------------------------------------------- check_files: what is on disk
+
+def tls_config(tmp_path, extra: str = "") -> config.Config:
+    return config.load(write(tmp_path, MINIMAL + "[listen]\nsubmission = tcp:587\n" + extra))
+
+
+def test_check_files_passes_with_a_generated_pair(tmp_path):
+    with_pair(tmp_path)
+    assert config.check_files(tls_config(tmp_path)) == []
+
+
+def test_missing_certificate_is_named(tmp_path):
+    cfg = tls_config(tmp_path)
+    [problem] = config.check_files(cfg)
+    assert problem.startswith(f"{cfg.path}: [tls] certificate: cannot read {tmp_path}/tls/cert.pem: "
+                              "No such file or directory")
+
+
+def test_tls_services_need_a_certificate(tmp_path):
+    cfg = tls_config(tmp_path, "[tls]\ncertificate =\nkey =\n")
+    assert config.check_files(cfg) == [
+        f"{cfg.path}: [tls] certificate: empty, but [listen] submission need TLS; "
+        "set it and run `mailappliance gen-cert` for a self-signed one"]
+
+
+def test_plain_services_run_without_tls(tmp_path):
+    cfg = config.load(write(tmp_path, MINIMAL + "[tls]\ncertificate =\nkey =\n[listen]\nsmtp = tcp:25\n"))
+    assert config.check_files(cfg) == []
+
+
+def test_key_of_another_certificate_is_refused(tmp_path):
+    with_pair(tmp_path)
+    tls.generate_self_signed("other.example.test", str(tmp_path / "other.pem"), str(tmp_path / "other.key"))
+    cfg = tls_config(tmp_path, "[tls]\nkey = other.key\n")
+    assert config.check_files(cfg) == [
+        f"{cfg.path}: [tls] key: {tmp_path}/other.key does not match the certificate {tmp_path}/tls/cert.pem"]
+
+
+def test_state_dir_that_is_a_file(tmp_path):
+    with_pair(tmp_path)
+    (tmp_path / "var").write_text("")
+    cfg = tls_config(tmp_path)
+    assert f"{cfg.path}: [appliance] state_dir: {tmp_path}/var is not a folder" in config.check_files(cfg)
+
+
+def test_unreadable_users_file(tmp_path):
+    with_pair(tmp_path)
+    (tmp_path / "users").mkdir()
+    problems = config.check_files(tls_config(tmp_path))
+    assert len(problems) == 1 and "[directory] users_file: " in problems[0]
+
+
+def test_named_aliases_file_must_exist(tmp_path):
+    with_pair(tmp_path)
+    cfg = tls_config(tmp_path, "[aliases]\nfile = my-aliases\n")
+    assert config.check_files(cfg) == [
+        f"{cfg.path}: [aliases] file: {tmp_path}/my-aliases does not exist; create it, or write `file =` "
+        "for no aliases"]
+
+
+def test_aliases_problems_are_passed_on(tmp_path):
+    with_pair(tmp_path)
+    (tmp_path / "aliases").write_text("this line is not an alias\n")
+    problems = config.check_files(tls_config(tmp_path))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{tmp_path}/mailappliance.conf: [aliases] file: {tmp_path}/aliases:1: ")
+
+
+# ---------------------------------------------------------------- describe and the shipped file
+
+def test_describe_shows_effective_values(tmp_path):
+    lines = config.describe(config.load(write(tmp_path, CONTRACT_EXAMPLE)))
+    assert "appliance.domains = example.test, example.org" in lines
+    assert f"storage.path = {tmp_path}/var/mail/{{domain}}/{{local}}" in lines
+    assert "masquerade.as = example.test" in lines
+    assert "queue.retry_max = 3600" in lines
+
+
+def test_shipped_file_loads_and_checks_after_gen_cert(tmp_path):
+    shutil.copy(ETC_CONF, tmp_path / "mailappliance.conf")
+    with_pair(tmp_path)
+    cfg = config.load(str(tmp_path / "mailappliance.conf"))
+    assert config.check_files(cfg) == []
+    assert cfg.listen == config.ListenSection("tcp:25", "tcp:587", "tcp:465", "tcp:110", "tcp:995", "tcp:143",
+                                              "tcp:993")
+
+
+def test_shipped_file_lists_every_key(tmp_path):
+    text = open(ETC_CONF).read()
+    cfg = config.load(write(tmp_path, MINIMAL))
+    for line in config.describe(cfg):
+        name = line.split(" = ")[0]
+        section, key = name.split(".")
+        body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
+        assert f"\n{key} = " in "\n" + body or f"\n# {key} = " in "\n" + body, name

@@ -1,0 +1,84 @@
+"""Local delivery: unknown users bounce, an unreachable directory is retried, trace headers are added."""
+from __future__ import annotations
+
+from twisted.internet.defer import fail, succeed
+from twisted.python.failure import Failure
+
+from appliance.couriers.local import LocalCourier
+from appliance.couriers.remote import RemoteCourier
+from appliance.envelope import Envelope, Recipient
+from appliance.errors import DirectoryUnavailable, MailboxUnavailable, NoSuchMailbox, TemporaryFailure
+from appliance.interfaces import UserRecord
+
+BOB = UserRecord(address="bob@example.test", addresses=frozenset({"bob@example.test", "robert@example.test"}))
+
+
+class FakeDirectory:
+    def __init__(self, result):
+        self.result = result
+
+    def lookup(self, address):
+        return fail(self.result) if isinstance(self.result, Exception) else succeed(self.result)
+
+
+class FakeStore:
+    def __init__(self, error=None):
+        self.error = error
+        self.delivered = []
+
+    def deliver(self, user, message, sender):
+        if self.error:
+            return fail(self.error)
+        self.delivered.append((user, message, sender))
+        return succeed("/var/mail/example.test/bob/new/1.host")
+
+
+def outcome(d):
+    out = []
+    d.addBoth(out.append)
+    assert out
+    return out[0]
+
+
+ENV = Envelope(id="Q1", sender="alice@example.test", recipients=[Recipient(address="robert@example.test")])
+MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+def test_delivers_with_return_path_and_delivered_to_on_top():
+    store = FakeStore()
+    where = outcome(LocalCourier(FakeDirectory(BOB), store).deliver(ENV, ENV.recipients[0], MESSAGE))
+    assert where == "/var/mail/example.test/bob/new/1.host"
+    assert store.delivered == [(BOB, b"Return-Path: <alice@example.test>\r\nDelivered-To: robert@example.test\r\n"
+                                     + MESSAGE, "alice@example.test")]
+
+
+def test_null_sender_gives_an_empty_return_path():
+    store = FakeStore()
+    env = Envelope(id="Q2", sender="", recipients=[Recipient(address="bob@example.test")])
+    outcome(LocalCourier(FakeDirectory(BOB), store).deliver(env, env.recipients[0], MESSAGE))
+    assert store.delivered[0][1].startswith(b"Return-Path: <>\r\n")
+
+
+def test_unknown_user_is_a_permanent_5_1_1():
+    store = FakeStore()
+    result = outcome(LocalCourier(FakeDirectory(None), store).deliver(ENV, ENV.recipients[0], MESSAGE))
+    assert isinstance(result, Failure) and result.check(NoSuchMailbox)
+    assert str(result.value).startswith("5.1.1") and not result.value.temporary
+    assert store.delivered == []
+
+
+def test_directory_unavailable_stays_temporary():
+    result = outcome(LocalCourier(FakeDirectory(DirectoryUnavailable("ldap down")), FakeStore())
+                     .deliver(ENV, ENV.recipients[0], MESSAGE))
+    assert isinstance(result, Failure) and result.check(TemporaryFailure) and result.value.temporary
+
+
+def test_a_store_failure_passes_through():
+    result = outcome(LocalCourier(FakeDirectory(BOB), FakeStore(MailboxUnavailable("disk full")))
+                     .deliver(ENV, ENV.recipients[0], MESSAGE))
+    assert result.check(MailboxUnavailable)
+
+
+def test_remote_courier_waits_for_outbound_delivery():
+    result = outcome(RemoteCourier().deliver(ENV, ENV.recipients[0], MESSAGE))
+    assert result.check(TemporaryFailure) and str(result.value).startswith("4.4.0")

@@ -1,0 +1,459 @@
+"""The spool keeps the 250 promise (fdatasync first, group commit, recovery) and the runner delivers or bounces."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from appliance import queue
+from appliance.config import QueueSection
+from appliance.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient, new_id
+from appliance.errors import NoSuchMailbox, QueueWriteError, TemporaryFailure
+from appliance.queue import QueueService, Spool
+
+
+class FakeReactor(Clock):
+    """task.Clock plus callFromThread, which deferToThreadPool needs."""
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+class SyncPool:
+    """A thread pool whose jobs run inline."""
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class ManualPool:
+    """A thread pool whose jobs run when the test says so (to see what happens while a write is in flight)."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append((on_result, f, args, kwargs))
+
+    def run_one(self):
+        on_result, f, args, kwargs = self.jobs.pop(0)
+        on_result(True, f(*args, **kwargs))
+
+
+def envelope(*rcpts: str, sender: str = "alice@example.test", received_at: float = 0.0) -> Envelope:
+    return Envelope(id=new_id(), sender=sender, received_at=received_at,
+                    recipients=[Recipient(address=r, local=r.endswith("@example.test")) for r in rcpts])
+
+
+def message(n: int = 0) -> bytes:
+    return b"Subject: test %d\r\nFrom: alice@example.test\r\n\r\nbody %d\r\n" % (n, n) + b"x" * 4000 + b"\r\n"
+
+
+def open_spool(path, reactor=None, pool=None) -> Spool:
+    spool = Spool(str(path), reactor or FakeReactor(), pool or SyncPool())
+    spool.recover()
+    return spool
+
+
+def result_of(d: Deferred):
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def segment_files(path) -> list[str]:
+    return sorted(os.listdir(os.path.join(path, "segments")))
+
+
+# --- spool ------------------------------------------------------------------------------------------
+
+def test_put_fires_only_after_the_data_is_fdatasynced(tmp_path, monkeypatch):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    env, body = envelope("bob@example.test"), message()
+    seen = []
+    real = os.fdatasync
+
+    def spy(fd):
+        with open(os.path.join(tmp_path, "segments", segment_files(tmp_path)[0]), "rb") as f:
+            seen.append((body in f.read(), d.called))
+        real(fd)
+        seen.append(("synced", d.called))
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    d = spool.put(env, body)
+    assert not d.called                  # nothing before the reactor turn ends
+    reactor.advance(0)
+    assert seen == [(True, False), ("synced", False)]
+    assert d.called and result_of(d) is None
+
+
+def test_many_puts_in_one_turn_are_one_write_and_one_fdatasync(tmp_path, monkeypatch):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    calls = {"write": 0, "fdatasync": 0}
+    real_write, real_sync = os.write, os.fdatasync
+
+    def count(name, real):
+        def wrapper(*args):
+            calls[name] += 1
+            return real(*args)
+        return wrapper
+
+    monkeypatch.setattr(os, "write", count("write", real_write))
+    monkeypatch.setattr(os, "fdatasync", count("fdatasync", real_sync))
+    puts = [spool.put(envelope("bob@example.test"), message(i)) for i in range(50)]
+    reactor.advance(0)
+    assert all(d.called for d in puts)
+    assert calls == {"write": 1, "fdatasync": 1}
+
+
+def test_puts_arriving_during_a_write_form_the_next_batch(tmp_path, monkeypatch):
+    reactor, pool = FakeReactor(), ManualPool()
+    spool = open_spool(tmp_path, reactor, pool)
+    syncs = []
+    monkeypatch.setattr(os, "fdatasync", syncs.append)
+    first = spool.put(envelope("bob@example.test"), message(0))
+    reactor.advance(0)
+    later = [spool.put(envelope("bob@example.test"), message(i)) for i in (1, 2, 3)]
+    reactor.advance(0)
+    assert len(pool.jobs) == 1           # one writer at a time
+    pool.run_one()
+    assert first.called and not any(d.called for d in later)
+    assert len(pool.jobs) == 1           # the three waiting puts go together
+    pool.run_one()
+    assert all(d.called for d in later) and len(syncs) == 2
+
+
+def test_a_large_batch_is_flushed_without_waiting_for_the_turn_to_end(tmp_path):
+    spool = open_spool(tmp_path)
+    d = spool.put(envelope("bob@example.test"), b"x" * (queue.BATCH_LIMIT + 1))
+    assert d.called
+
+
+def test_recovery_returns_exactly_the_messages_not_done_with_bodies_intact(tmp_path):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    envs = [envelope("bob@example.test") for _ in range(3)]
+    for i, env in enumerate(envs):
+        spool.put(env, message(i))
+    reactor.advance(0)
+    spool.done(envs[1].id)
+    reactor.advance(0)
+
+    again = Spool(str(tmp_path), FakeReactor(), SyncPool())     # as after kill -9
+    recovered = again.recover()
+    assert [e.id for e, _ in recovered] == [envs[0].id, envs[2].id]
+    assert result_of(again.load(envs[0].id)) == message(0)
+    assert result_of(again.load(envs[2].id)) == message(2)
+    assert sorted(e.id for e in again.list()) == sorted([envs[0].id, envs[2].id])
+
+
+def test_a_torn_tail_record_is_ignored(tmp_path):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    kept, torn = envelope("bob@example.test"), envelope("carol@example.test")
+    spool.put(kept, message(1))
+    reactor.advance(0)
+    spool.put(torn, message(2))
+    reactor.advance(0)
+    segment = os.path.join(tmp_path, "segments", segment_files(tmp_path)[0])
+    os.truncate(segment, os.path.getsize(segment) - 100)        # a crash mid-write
+
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert [e.id for e, _ in again.recover()] == [kept.id]
+    assert result_of(again.load(kept.id)) == message(1)
+    # new records go to a fresh segment, never after the torn tail
+    fresh = envelope("dave@example.test")
+    again.put(fresh, message(3))
+    reactor.advance(0)
+    assert sorted(e.id for e, _ in Spool(str(tmp_path), reactor, SyncPool()).recover()) == sorted([kept.id, fresh.id])
+
+
+def test_a_corrupt_record_ends_the_segment(tmp_path):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    first, second = envelope("bob@example.test"), envelope("carol@example.test")
+    spool.put(first, message(1))
+    spool.put(second, message(2))
+    reactor.advance(0)
+    segment = os.path.join(tmp_path, "segments", segment_files(tmp_path)[0])
+    with open(segment, "r+b") as f:
+        data = f.read()
+        at = data.rindex(b"body 2")
+        f.seek(at)
+        f.write(b"BODY 2")                                     # CRC no longer matches
+    assert [e.id for e, _ in Spool(str(tmp_path), reactor, SyncPool()).recover()] == [first.id]
+
+
+def test_done_marks_and_deleting_finished_segments(tmp_path, monkeypatch):
+    monkeypatch.setattr(queue, "SEGMENT_LIMIT", 1)               # every batch starts a new segment
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    a, b = envelope("bob@example.test"), envelope("carol@example.test")
+    spool.put(a, message(1))
+    reactor.advance(0)
+    spool.put(b, message(2))
+    reactor.advance(0)
+    assert segment_files(tmp_path) == ["000000000001.log", "000000000002.log"]
+
+    spool.done(a.id)                     # segment 1 is finished and not active: deleted
+    spool.done(b.id)                     # segment 2 is active: kept, with a done mark
+    reactor.advance(0)
+    assert segment_files(tmp_path) == ["000000000002.done", "000000000002.log"]
+    with open(os.path.join(tmp_path, "segments", "000000000002.done"), "rb") as f:
+        assert f.read() == b.id.encode() + b"\n"
+    assert Spool(str(tmp_path), reactor, SyncPool()).recover() == []
+
+    c = envelope("dave@example.test")    # the next batch rotates, and segment 2 goes too
+    spool.put(c, message(3))
+    reactor.advance(0)
+    assert segment_files(tmp_path) == ["000000000003.log"]
+
+
+def test_recovery_deletes_segments_whose_messages_are_all_done(tmp_path):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    a = envelope("bob@example.test")
+    spool.put(a, message())
+    reactor.advance(0)
+    spool.done(a.id)
+    reactor.advance(0)
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert again.recover() == []
+    reactor.advance(0)
+    assert segment_files(tmp_path) == []
+
+
+def test_state_file_overrides_the_queued_envelope(tmp_path):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    env = envelope("bob@example.test", "carol@example.test")
+    spool.put(env, message())
+    reactor.advance(0)
+    env.recipients[0].state = DELIVERED
+    env.recipients[1].attempts, env.recipients[1].next_attempt = 1, 300.0
+    env.recipients[1].last_error = "4.2.0 mailbox busy"
+    d = spool.update(env)
+    reactor.advance(0)
+    assert d.called and os.path.exists(os.path.join(tmp_path, "state", env.id + ".json"))
+
+    (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
+    assert [r.state for r in back.recipients] == [DELIVERED, PENDING]
+    assert back.recipients[1].attempts == 1 and back.recipients[1].last_error == "4.2.0 mailbox busy"
+
+    spool.done(env.id)                   # finishing a message removes its state file
+    reactor.advance(0)
+    assert os.listdir(os.path.join(tmp_path, "state")) == []
+
+
+def test_a_failed_write_fails_the_put_and_the_next_put_uses_a_fresh_segment(tmp_path, monkeypatch):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    bad = spool.put(envelope("bob@example.test"), message(1))
+    reactor.advance(0)
+    with pytest.raises(QueueWriteError):
+        result_of(bad)
+    monkeypatch.undo()
+    good_env = envelope("carol@example.test")
+    good = spool.put(good_env, message(2))
+    reactor.advance(0)
+    assert result_of(good) is None
+    assert "000000000002.log" in segment_files(tmp_path)
+    recovered = [e.id for e, _ in Spool(str(tmp_path), reactor, SyncPool()).recover()]
+    assert good_env.id in recovered      # the failed one may reappear (duplicate), the good one must
+
+
+def test_put_before_recover_or_after_close_is_refused(tmp_path):
+    spool = Spool(str(tmp_path), FakeReactor(), SyncPool())
+    with pytest.raises(QueueWriteError):
+        result_of(spool.put(envelope("bob@example.test"), message()))
+    spool.recover()
+    result_of(spool.close())
+    with pytest.raises(QueueWriteError):
+        result_of(spool.put(envelope("bob@example.test"), message()))
+
+
+# --- runner -----------------------------------------------------------------------------------------
+
+class FakeCourier:
+    """Delivers, or fails with what `outcomes[address]` says (an exception, or a list of them in turn)."""
+
+    def __init__(self, outcomes=None):
+        self.outcomes = outcomes or {}
+        self.calls: list[tuple[str, str, bytes]] = []
+
+    def deliver(self, envelope, recipient, message):
+        self.calls.append((envelope.id, recipient.address, message))
+        outcome = self.outcomes.get(recipient.address)
+        if isinstance(outcome, list):
+            outcome = outcome.pop(0) if outcome else None
+        if isinstance(outcome, Deferred):
+            return outcome
+        if isinstance(outcome, BaseException):
+            return fail(outcome)
+        return succeed(f"/mail/{recipient.address}")
+
+
+SETTINGS = QueueSection(retry_initial=300, retry_max=1200, max_queue_lifetime=10_000)
+
+
+def make_service(tmp_path, local=None, remote=None, settings=SETTINGS):
+    reactor = FakeReactor()
+    reactor.advance(1_000_000)
+    spool = Spool(str(tmp_path), reactor, SyncPool())
+    couriers = {"local": local or FakeCourier(), "remote": remote or FakeCourier()}
+    service = QueueService(spool, couriers, settings, reactor, hostname="mail.example.test",
+                           is_local=lambda a: a.endswith("@example.test"))
+    service.startService()
+    return service, spool, reactor, couriers
+
+
+def test_a_message_is_delivered_right_after_it_is_durable(tmp_path):
+    service, spool, reactor, couriers = make_service(tmp_path)
+    env = envelope("bob@example.test", received_at=reactor.seconds())
+    d = service.put(env, message())
+    assert couriers["local"].calls == []               # not before it is on disk
+    reactor.advance(0)
+    assert result_of(d) is None
+    assert couriers["local"].calls == [(env.id, "bob@example.test", message())]
+    assert env.recipients[0].state == DELIVERED
+    assert spool.list() == []
+    reactor.advance(0)
+    assert Spool(str(tmp_path), reactor, SyncPool()).recover() == []
+
+
+def test_recipients_go_to_the_courier_their_local_flag_names(tmp_path):
+    service, spool, reactor, couriers = make_service(tmp_path)
+    env = envelope("bob@example.test", "zed@elsewhere.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    assert [c[1] for c in couriers["local"].calls] == ["bob@example.test"]
+    assert [c[1] for c in couriers["remote"].calls] == ["zed@elsewhere.test"]
+
+
+def test_a_temporary_failure_is_retried_with_doubling_backoff(tmp_path):
+    local = FakeCourier({"bob@example.test": [TemporaryFailure("4.2.0 mailbox busy")] * 4})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    bob = env.recipients[0]
+    assert (bob.state, bob.attempts, bob.last_error) == (PENDING, 1, "4.2.0 mailbox busy")
+
+    schedule = []
+    for _ in range(4):
+        before = len(local.calls)
+        waited = 0
+        while len(local.calls) == before:
+            reactor.advance(100)
+            waited += 100
+        schedule.append(waited)
+    assert schedule == [300, 600, 1200, 1200]           # retry_initial doubling, capped at retry_max
+    assert bob.state == DELIVERED and bob.attempts == 4
+    assert all(call[2] == message() for call in local.calls)   # later attempts read the body back
+
+
+def test_retry_state_survives_a_restart(tmp_path):
+    local = FakeCourier({"bob@example.test": TemporaryFailure("4.2.0 mailbox busy")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", "carol@example.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+
+    (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
+    assert [(r.address, r.state, r.attempts) for r in back.recipients] == [
+        ("bob@example.test", PENDING, 1), ("carol@example.test", DELIVERED, 0)]
+
+
+def test_start_delivers_what_was_queued_before_a_restart(tmp_path):
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    env = envelope("bob@example.test")
+    spool.put(env, message(7))
+    reactor.advance(0)                                   # queued, then the process died
+
+    local = FakeCourier()
+    make_service(tmp_path, local=local)
+    assert local.calls == [(env.id, "bob@example.test", message(7))]
+
+
+def test_a_permanent_failure_bounces_to_the_sender(tmp_path):
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("5.1.1 no such user")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", sender="alice@example.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    assert env.recipients[0].state == FAILED
+    (dsn_id, to, dsn), = [c for c in local.calls if c[1] == "alice@example.test"]
+    assert b"Final-Recipient: rfc822; bob@example.test" in dsn
+    assert b"Status: 5.1.1" in dsn
+    assert b"Subject: test 0" in dsn                      # the original headers are included
+    assert spool.list() == []
+
+
+def test_no_dsn_for_the_null_sender(tmp_path):
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("5.1.1 no such user")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", sender="", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    assert env.recipients[0].state == FAILED
+    assert [c[1] for c in local.calls] == ["bob@example.test"]
+    assert spool.list() == []
+
+
+def test_a_message_past_its_lifetime_bounces(tmp_path):
+    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.4.0 remote delivery not available yet")})
+    local = FakeCourier()
+    service, spool, reactor, _ = make_service(tmp_path, local=local, remote=remote)
+    env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    reactor.pump([600] * 20)                              # 12,000 s > max_queue_lifetime
+    zed = env.recipients[0]
+    assert zed.state == FAILED and zed.last_error.startswith("4.4.7 ")
+    (_, to, dsn), = local.calls
+    assert to == "alice@example.test" and b"Status: 4.4.7" in dsn and b"Action: failed" in dsn
+    assert spool.list() == []
+
+
+def test_an_unexpected_error_is_retried_not_lost(tmp_path):
+    local = FakeCourier({"bob@example.test": [RuntimeError("bug")]})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    assert env.recipients[0].last_error == "4.3.0 internal error"
+    reactor.advance(300)
+    assert env.recipients[0].state == DELIVERED
+
+
+def test_concurrent_deliveries_are_bounded(tmp_path):
+    waiting = {f"u{i}@example.test": Deferred() for i in range(30)}
+    local = FakeCourier(dict(waiting))
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope(*waiting, received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    assert len(local.calls) == 20
+    for d in waiting.values():
+        if not d.called:
+            d.callback("/mail/x")
+    assert len(local.calls) == 30 and env.done()
