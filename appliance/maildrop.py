@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer, threads
+from zope.interface import Interface, implementer
 
 from appliance.store import maildir as maildir_store, mbox as mbox_store
 
@@ -212,8 +213,9 @@ class MboxFormat:
                 current = parse_mbox(data)
                 kept = [entry for entry in current if entry.uid not in doomed]
                 if len(kept) < len(current):
+                    before_first = data[:current[0].where[0]]      # anything not an entry is kept as is
                     kept_bytes = b"".join(data[entry.where[0]:entry.where[2]] for entry in kept)
-                    _replace(path, kept_bytes, os.fstat(fd).st_mode & 0o7777)
+                    _replace(path, before_first + kept_bytes, os.fstat(fd).st_mode & 0o7777)
             finally:
                 os.close(fd)      # releases the fcntl lock on the old file
 
@@ -282,6 +284,11 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+class IMaildrop(Interface):
+    """The avatar interface a POP3 login asks the portal for: a session's view of one maildrop."""
+
+
+@implementer(IMaildrop)
 class Maildrop:
     """One POP3 session's view of a maildrop: the snapshot taken at login and the deletion marks.
 
@@ -296,9 +303,6 @@ class Maildrop:
         self._deleted: set[int] = set()
         self._reactor = reactor
         self._pool = pool
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def count(self) -> int:
         """Messages not marked deleted, as STAT reports them."""

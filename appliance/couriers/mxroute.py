@@ -59,10 +59,8 @@ class MXRouter:
     """
 
     def __init__(self, resolver: ResolverBase, hostname: str, my_addresses: Collection[str] = (),
-                 allow_literals: bool = False, clock: IReactorTime | None = None,
-                 rng: random.Random | None = None, timeout: float = DNS_TIMEOUT) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
+                 allow_literals: bool = False, *, clock: IReactorTime, rng: random.Random | None = None,
+                 timeout: float = DNS_TIMEOUT) -> None:
         self._resolver = resolver
         self._hostname = normalise_domain(hostname)
         self._my_addresses = {str(ipaddress.ip_address(a)) for a in my_addresses}

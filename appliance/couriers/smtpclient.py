@@ -11,13 +11,17 @@ a peer without 8BITMIME (5.6.3; we bounce rather than convert to quoted-printabl
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 from collections import deque
 from dataclasses import dataclass
 
+from OpenSSL import SSL
 from twisted.internet import defer, ssl
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IPullProducer, IReactorTime
+from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint,
+                                        connectProtocol)
+from twisted.internet.interfaces import (IDelayedCall, IOpenSSLClientConnectionCreator, IPullProducer, IReactorTime,
+                                         IStreamClientEndpoint)
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -86,13 +90,14 @@ class _Connection(LineReceiver):
         self.peer = peer
         self._waiting: deque[tuple[defer.Deferred, IDelayedCall]] = deque()
         self._lines: list[str] = []
-        self._lost: str | None = None
+        self.problem: str | None = None    # why the session ended, once it has
         self.secure = False
+        self.closed: defer.Deferred = defer.Deferred()   # fires when the connection is gone
 
     def lineReceived(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
-            self._abort(f"4.5.0 {self.peer} sent a malformed reply")
+            self.abort(f"4.5.0 {self.peer} sent a malformed reply")
             return
         self._lines.append(text[4:])
         if text[3:4] == "-":
@@ -104,27 +109,35 @@ class _Connection(LineReceiver):
             waiter.callback(reply)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._abort(f"4.5.0 {self.peer} sent an overlong reply line")
+        self.abort(f"4.5.0 {self.peer} sent an overlong reply line")
 
     def connectionLost(self, reason: Failure) -> None:
-        self._lost = self._lost or f"4.4.2 connection to {self.peer} lost"
+        if self.problem is None and reason.check(SSL.Error):
+            self.problem = f"4.7.5 TLS with {self.peer} failed: {reason.getErrorMessage()}"
+        self.problem = self.problem or f"4.4.2 connection to {self.peer} lost"
+        self._fail_waiters()
+        self.closed.callback(None)
+
+    def abort(self, why: str) -> None:
+        """Give up on the session: every waiter fails with `why`."""
+        if self.problem is None:
+            self.problem = why
+            self._fail_waiters()
+            self.transport.abortConnection()
+
+    def _fail_waiters(self) -> None:
         while self._waiting:
             waiter, timer = self._waiting.popleft()
-            timer.cancel()
-            waiter.errback(TemporaryFailure(self._lost))
-
-    def _abort(self, why: str) -> None:
-        """Give up on the session: every waiter fails with `why`."""
-        if self._lost is None:
-            self._lost = why
-            self.transport.abortConnection()
+            if timer.active():
+                timer.cancel()
+            waiter.errback(TemporaryFailure(self.problem))
 
     def expect(self, timeout: float) -> defer.Deferred:
         """Deferred[Reply] for the next reply not yet claimed."""
-        if self._lost is not None:
-            return defer.fail(TemporaryFailure(self._lost))
+        if self.problem is not None:
+            return defer.fail(TemporaryFailure(self.problem))
         waiter: defer.Deferred = defer.Deferred()
-        timer = self._clock.callLater(timeout, self._abort, f"4.4.2 timeout waiting for {self.peer}")
+        timer = self._clock.callLater(timeout, self.abort, f"4.4.2 timeout waiting for {self.peer}")
         self._waiting.append((waiter, timer))
         return waiter
 
@@ -142,25 +155,34 @@ class _Connection(LineReceiver):
 
     async def send_body(self, data: bytes, block_timeout: float, end_timeout: float) -> Reply:
         """Write the (dot-stuffed, terminated) message, then wait for the final reply."""
-        writer = _BodyWriter(self, data, block_timeout)
+        writer = _BodyWriter(self, self._clock, data, block_timeout)
         self.transport.registerProducer(writer, False)
         await writer.finished
         return await self.expect(end_timeout)
 
-    def close(self) -> None:
-        """QUIT politely when the session is still usable, else just drop it."""
-        if self._lost is None:
-            self._lost = f"4.4.2 session with {self.peer} closed"
+    def close(self, timeout: float) -> defer.Deferred:
+        """QUIT politely when the session is still usable; fires once the connection is gone.
+
+        Waiting for that keeps a session from outliving its delivery; a peer that will not let go
+        is cut off after `timeout`.
+        """
+        if self.problem is None:
+            self.problem = f"4.4.2 session with {self.peer} closed"
             self.transport.write(b"QUIT\r\n")
             self.transport.loseConnection()
+        if not self.closed.called:
+            timer = self._clock.callLater(timeout, self.transport.abortConnection)
+            self.closed.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return self.closed
 
 
 @implementer(IPullProducer)
 class _BodyWriter:
     """Feeds the message in blocks as the peer takes them; each block restarts the block timer."""
 
-    def __init__(self, connection: _Connection, data: bytes, timeout: float) -> None:
+    def __init__(self, connection: _Connection, clock: IReactorTime, data: bytes, timeout: float) -> None:
         self._connection = connection
+        self._clock = clock
         self._data = memoryview(data)
         self._timeout = timeout
         self._offset = 0
@@ -175,17 +197,19 @@ class _BodyWriter:
             self.finished.callback(None)
             return
         self._offset += len(chunk)
-        self._timer = self._connection._clock.callLater(self._timeout, self._stalled)
+        self._timer = self._clock.callLater(self._timeout, self._stalled)
         self._connection.transport.write(bytes(chunk))
 
     def stopProducing(self) -> None:
         self._stop_timer()
         if not self.finished.called:
-            self.finished.errback(TemporaryFailure(f"4.4.2 connection to {self._connection.peer} lost in DATA"))
+            why = self._connection.problem or f"4.4.2 connection to {self._connection.peer} lost in DATA"
+            self.finished.errback(TemporaryFailure(why))
 
     def _stalled(self) -> None:
         self._timer = None
-        self._connection._abort(f"4.4.2 timeout sending the message to {self._connection.peer}")
+        self._connection.abort(f"4.4.2 timeout sending the message to {self._connection.peer}")
+        self.stopProducing()
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -214,7 +238,7 @@ async def _hello(connection: _Connection, request: _Request) -> dict[str, str]:
     reply = await connection.command(f"EHLO {request.helo_name}", request.timeouts.command)
     if reply.code == 250:
         return _extensions(reply)
-    if reply.code in (500, 502, 504, 550):
+    if reply.code in (500, 502):
         reply = await connection.command(f"HELO {request.helo_name}", request.timeouts.command)
         if reply.code == 250:
             return {}
@@ -276,8 +300,10 @@ async def _envelope(connection: _Connection, request: _Request, extensions: dict
         mail_reply, *replies = await connection.pipeline([mail, *rcpts], timeout)
     else:
         mail_reply = await connection.command(mail, timeout)
-        replies = [await connection.command(rcpt, timeout) for rcpt in rcpts] if mail_reply.code == 250 else []
-    if mail_reply.code != 250:
+        replies = []
+        if mail_reply.code // 100 == 2:
+            replies = [await connection.command(rcpt, timeout) for rcpt in rcpts]
+    if mail_reply.code // 100 != 2:
         return [mail_reply] * len(rcpts)
     return replies
 
@@ -291,7 +317,7 @@ async def _session(connection: _Connection, request: _Request) -> Results:
     if request.tls_policy == "required" and not connection.secure:
         raise TemporaryFailure(f"4.7.4 TLS is required but {request.peer} does not offer STARTTLS")
     await _authenticate(connection, request, extensions)
-    eight_bit = any(byte > 127 for byte in request.message)
+    eight_bit = not request.message.isascii()
     _check_limits(request, extensions, eight_bit)
     replies = await _envelope(connection, request, extensions, eight_bit)
     results = {rcpt: (reply.code, reply.text) for rcpt, reply in zip(request.recipients, replies)}
@@ -305,16 +331,26 @@ async def _session(connection: _Connection, request: _Request) -> Results:
     return results
 
 
-async def _run(reactor, host: str, port: int, request: _Request) -> Results:
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=request.timeouts.connect)
+def _endpoint(reactor, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """A plain TCP endpoint for an address (MX delivery), name resolution for a host name (smarthost)."""
     try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    kind = TCP4ClientEndpoint if version == 4 else TCP6ClientEndpoint
+    return kind(reactor, host, port, timeout=timeout)
+
+
+async def _run(reactor, host: str, port: int, request: _Request) -> Results:
+    try:
+        endpoint = _endpoint(reactor, host, port, request.timeouts.connect)
         connection = await connectProtocol(endpoint, _Connection(reactor, request.peer))
     except Exception as problem:
         raise TemporaryFailure(f"4.4.1 cannot connect to {request.peer}: {problem}") from None
     try:
         return await _session(connection, request)
     finally:
-        connection.close()
+        await connection.close(request.timeouts.command)
 
 
 def send(reactor, host: str, port: int, helo_name: str, sender: str, recipients: list[str], message: bytes, *,

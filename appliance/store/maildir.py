@@ -19,10 +19,13 @@ def _hostname() -> str:
     return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
 
 
+_HOST = _hostname()
+
+
 def unique_name(size: int) -> str:
     """`<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>`: unique per process and readable by Dovecot's S=."""
     secs, usecs = divmod(time.time_ns() // 1000, 1_000_000)
-    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_hostname()},S={size}"
+    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
 
 
 def _fsync_dir(path: str) -> None:
@@ -48,21 +51,29 @@ def _remove(path: str) -> None:
         pass
 
 
+def _create(path: str) -> None:
+    try:
+        for sub in SUBDIRS:
+            make_dirs(os.path.join(path, sub))
+    except OSError as exc:
+        raise unavailable("maildir not usable", exc) from exc
+
+
 def write(path: str, message: bytes) -> str:
     """Store one wire-form message in the Maildir at `path`; return the file's final path.
 
     Blocking. Raises MailboxUnavailable (and leaves nothing behind) when any step fails.
     """
     data = message.replace(b"\r\n", b"\n")
-    try:
-        for sub in SUBDIRS:
-            make_dirs(os.path.join(path, sub))
-    except OSError as exc:
-        raise unavailable("maildir not usable", exc) from exc
     name = unique_name(len(data))
     tmp, final = os.path.join(path, "tmp", name), os.path.join(path, "new", name)
     try:
-        _write_file(tmp, data)
+        try:
+            _write_file(tmp, data)
+        except FileNotFoundError:
+            # First delivery to this mailbox: create it. Trying first saves three stats per message.
+            _create(path)
+            _write_file(tmp, data)
         os.rename(tmp, final)
         _fsync_dir(os.path.join(path, "new"))
     except OSError as exc:

@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 
@@ -42,13 +43,39 @@ def _wait_for(attempt, what: str) -> None:
         time.sleep(LOCK_POLL)
 
 
+def _is_stale(lock: str) -> bool:
+    """A dot-lock is stale when it is old, or when the process that wrote it is gone.
+
+    The second case is the common one after a crash (kill -9, power loss): without it every
+    delivery would wait STALE_LOCK_AGE after a restart. Our own threads never reach here while
+    another of them holds the lock (see _local_lock), so our own pid in the file means a
+    previous process with the same pid left it.
+    """
+    if time.time() - os.stat(lock).st_mtime > STALE_LOCK_AGE:
+        return True
+    try:
+        with open(lock, "rb") as f:
+            pid = int(f.read(32).split()[0])
+    except (ValueError, IndexError, OSError):
+        return False          # unreadable or being written: let the age rule decide
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _try_dot_lock(lock: str) -> bool:
     """Create `<mbox>.lock` exclusively; remove it first when a crashed writer left it stale."""
     try:
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         try:
-            if time.time() - os.stat(lock).st_mtime > STALE_LOCK_AGE:
+            if _is_stale(lock):
                 os.unlink(lock)
         except FileNotFoundError:
             pass  # its owner released it meanwhile: just try again
@@ -56,6 +83,23 @@ def _try_dot_lock(lock: str) -> bool:
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
     return True
+
+
+_local_locks: dict[str, threading.Lock] = {}
+_local_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    """Serialise our own worker threads on one mbox without polling the dot-lock."""
+    with _local_locks_guard:
+        lock = _local_locks.setdefault(path, threading.Lock())
+    if not lock.acquire(timeout=LOCK_TIMEOUT):
+        raise MailboxUnavailable("mailbox locked (busy)")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -105,7 +149,7 @@ def append(path: str, message: bytes, sender: str, now: float | None = None) -> 
     data = entry(message, sender, now)
     try:
         make_dirs(os.path.dirname(path))
-        with _dot_lock(path):
+        with _local_lock(path), _dot_lock(path):
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 _wait_for(lambda: _try_fcntl_lock(fd), "fcntl")

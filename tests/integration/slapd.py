@@ -62,14 +62,16 @@ class SlapdError(RuntimeError):
 class Slapd:
     """One slapd process and its files below `folder`.
 
-    `tls=True` also listens on ldaps:// and offers StartTLS with a certificate for 127.0.0.1
-    and localhost signed by a fresh test CA (`ca_file`). `service_reads_passwords=True` lets the
+    `tls=True` also listens on ldaps:// and offers StartTLS with a certificate for `tls_names`
+    signed by a fresh test CA (`ca_file`). `service_reads_passwords=True` lets the
     service account read userPassword (needed only for shared secrets); by default it may not.
     """
 
-    def __init__(self, folder: str, tls: bool = False, service_reads_passwords: bool = False):
+    def __init__(self, folder: str, tls: bool = False, service_reads_passwords: bool = False,
+                 tls_names: tuple[str, ...] = ("127.0.0.1", "localhost")):
         self.folder = folder
         self.tls = tls
+        self.tls_names = tls_names
         self.service_reads_passwords = service_reads_passwords
         self.port = free_port()
         self.tls_port = free_port() if tls else 0
@@ -94,7 +96,7 @@ class Slapd:
         os.makedirs(self._config_dir)
         os.makedirs(self._data_dir)
         if self.tls:
-            self._write_certificates()
+            write_test_certificates(self.folder, list(self.tls_names))
         self._slapadd("0", self._config_ldif())
         self._slapadd("1", self._base_ldif() + "\n" + entries_ldif)
 
@@ -243,9 +245,6 @@ dn: ou=groups,{BASE_DN}
 objectClass: organizationalUnit
 ou: groups
 """
-
-    def _write_certificates(self) -> None:
-        write_test_certificates(self.folder, ["127.0.0.1", "localhost"])
 
 
 def write_test_certificates(folder: str, names: list[str]) -> None:

@@ -93,6 +93,7 @@ def test_name_follows_the_maildir_convention(tmp_path):
 
 def test_hostname_slash_and_colon_are_escaped(monkeypatch, tmp_path):
     monkeypatch.setattr(maildir.socket, "gethostname", lambda: "odd/host:name")
+    monkeypatch.setattr(maildir, "_HOST", maildir._hostname())
     name = os.path.basename(maildir.write(str(tmp_path), WIRE))
     assert r".odd\057host\072name,S=" in name
 

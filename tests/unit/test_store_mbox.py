@@ -215,3 +215,17 @@ class MboxStoreTests(SynchronousTestCase):
         self.assertIn("locked", str(failure.value))
         self.assertFalse(os.path.exists(self.path))          # nothing written
         self.assertTrue(os.path.exists(self.path + ".lock"))  # and someone else's lock left alone
+
+
+def test_dot_lock_of_a_dead_process_is_taken_at_once(tmp_path, monkeypatch):
+    """After kill -9 the lock file stays behind; the next delivery must not wait for it to age."""
+    import subprocess
+    child = subprocess.Popen(["true"])
+    child.wait()
+    path = str(tmp_path / "mbox")
+    with open(path + ".lock", "w") as f:
+        f.write(f"{child.pid}\n")
+    monkeypatch.setattr(mbox, "LOCK_TIMEOUT", 0.5)
+    mbox.append(path, b"Subject: x\r\n\r\nbody\r\n", "a@b.test")
+    assert not os.path.exists(path + ".lock")
+    assert b"body" in open(path, "rb").read()

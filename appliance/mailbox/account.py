@@ -1,0 +1,213 @@
+"""A user's folders: names, hierarchy, subscriptions and the special-use folders, over Maildir++ or mbox.
+
+Folder names arrive decoded from modified UTF-7; on disk they are kept in modified UTF-7 (ASCII),
+as Dovecot does, so any file name we make is plain ASCII. The hierarchy delimiter is ".",
+which maps one to one onto Maildir++ (`.Lists.Twisted/`). All methods block (worker thread).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
+
+from appliance.mailbox import MailboxError
+from appliance.mailbox.folder import Folder
+from appliance.store import make_dirs
+
+DELIMITER = "."
+SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk"}
+SUBSCRIPTIONS = "subscriptions"
+MAX_NAME = 200
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def normalise(name: str) -> str:
+    """INBOX in any case is INBOX; everything else is kept as given."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
+def check_name(name: str) -> str:
+    """The on-disk (modified UTF-7) form of a creatable name; MailboxError for a name we refuse."""
+    name = normalise(name)
+    if (not name or len(name) > MAX_NAME or _BAD_CHARS.search(name) or name.startswith(DELIMITER)
+            or name.endswith(DELIMITER) or DELIMITER * 2 in name or "*" in name or "%" in name):
+        raise MailboxError("Invalid mailbox name", "CANNOT")
+    return name.encode("imap4-utf-7").decode("ascii")
+
+
+def from_disk(disk: str) -> str:
+    try:
+        return disk.encode("ascii").decode("imap4-utf-7")
+    except (UnicodeError, ValueError):
+        return disk
+
+
+class Account:
+    """The folders of one user; subclasses map names to files."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    # ---- provided by the storage format ----------------------------------------------------------
+    def _disk_names(self) -> list[str]:
+        """Every folder but INBOX, in on-disk form."""
+        raise NotImplementedError
+
+    def _make(self, disk: str) -> None:
+        raise NotImplementedError
+
+    def _remove(self, disk: str) -> None:
+        raise NotImplementedError
+
+    def _move(self, old: str, new: str) -> None:
+        raise NotImplementedError
+
+    def _open(self, disk: str | None) -> Folder:
+        """The folder object (None = INBOX)."""
+        raise NotImplementedError
+
+    def _meta_dir(self) -> str:
+        raise NotImplementedError
+
+    # ---- names ----------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Every folder name, INBOX first."""
+        return ["INBOX"] + sorted(from_disk(disk) for disk in self._disk_names())
+
+    def exists(self, name: str) -> bool:
+        name = normalise(name)
+        return name == "INBOX" or name in self.names()
+
+    def folder(self, name: str) -> Folder:
+        """The folder called `name`; MailboxError [NONEXISTENT] when there is none."""
+        name = normalise(name)
+        if name == "INBOX":
+            return self._open(None)
+        if not self.exists(name):
+            raise MailboxError("Mailbox does not exist", "NONEXISTENT")
+        return self._open(check_name(name))
+
+    def has_children(self, name: str) -> bool:
+        prefix = normalise(name) + DELIMITER
+        return any(other.startswith(prefix) for other in self.names())
+
+    def special_use(self, name: str) -> str | None:
+        return SPECIAL_USE.get(name)
+
+    # ---- changes ----------------------------------------------------------------------------------------
+    def create(self, name: str) -> None:
+        disk = check_name(name)
+        if self.exists(name):
+            raise MailboxError("Mailbox already exists", "ALREADYEXISTS")
+        self._make(disk)
+
+    def delete(self, name: str) -> None:
+        name = normalise(name)
+        if name == "INBOX":
+            raise MailboxError("INBOX cannot be deleted", "CANNOT")
+        if not self.exists(name):
+            raise MailboxError("Mailbox does not exist", "NONEXISTENT")
+        if self.has_children(name):
+            raise MailboxError("Mailbox has children; delete them first", "INUSE")
+        self._remove(check_name(name))
+        self.unsubscribe(name)
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = normalise(old), normalise(new)
+        if old == "INBOX" or new == "INBOX":
+            raise MailboxError("Renaming INBOX is not supported", "CANNOT")
+        if not self.exists(old):
+            raise MailboxError("Mailbox does not exist", "NONEXISTENT")
+        new_disk = check_name(new)
+        if self.exists(new):
+            raise MailboxError("Mailbox already exists", "ALREADYEXISTS")
+        moves = [(name, new + name[len(old):]) for name in self.names()
+                 if name == old or name.startswith(old + DELIMITER)]
+        for source, target in moves:
+            self._move(check_name(source), new_disk if source == old else check_name(target))
+        subscribed = self.subscriptions()
+        for source, target in moves:
+            if source in subscribed:
+                subscribed.discard(source)
+                subscribed.add(target)
+        self._save_subscriptions(subscribed)
+
+    # ---- subscriptions ---------------------------------------------------------------------------------
+    def _subscriptions_path(self) -> str:
+        return os.path.join(self._meta_dir(), SUBSCRIPTIONS)
+
+    def subscriptions(self) -> set[str]:
+        try:
+            with open(self._subscriptions_path(), encoding="utf-8") as handle:
+                return {normalise(line) for line in handle.read().splitlines() if line}
+        except OSError:
+            return set()
+
+    def _save_subscriptions(self, names: set[str]) -> None:
+        from appliance.mailbox.index import write_atomic
+        make_dirs(self._meta_dir())
+        write_atomic(self._subscriptions_path(), "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
+
+    def subscribe(self, name: str) -> None:
+        check_name(name)
+        self._save_subscriptions(self.subscriptions() | {normalise(name)})
+
+    def unsubscribe(self, name: str) -> None:
+        self._save_subscriptions(self.subscriptions() - {normalise(name)})
+
+    def ensure_special(self) -> None:
+        """Create Drafts, Sent, Trash and Junk (subscribed) when missing; run at every login."""
+        names = set(self.names())
+        missing = [name for name in SPECIAL_USE if name not in names]
+        for name in missing:
+            self._make(check_name(name))
+        if missing or not os.path.exists(self._subscriptions_path()):
+            self._save_subscriptions(self.subscriptions() | set(missing) | {"INBOX"})
+
+
+class MaildirAccount(Account):
+    """Maildir++: INBOX is the Maildir itself, folder `A.B` is the Maildir `<root>/.A.B/`."""
+
+    def _disk_names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return [entry[1:] for entry in entries
+                if entry.startswith(".") and len(entry) > 1 and entry not in (".", "..")
+                and os.path.isdir(os.path.join(self.root, entry, "cur"))]
+
+    def _path(self, disk: str) -> str:
+        return os.path.join(self.root, "." + disk)
+
+    def _make(self, disk: str) -> None:
+        for sub in ("cur", "new", "tmp"):
+            make_dirs(os.path.join(self._path(disk), sub))
+        open(os.path.join(self._path(disk), "maildirfolder"), "ab").close()
+
+    def _remove(self, disk: str) -> None:
+        shutil.rmtree(self._path(disk))
+
+    def _move(self, old: str, new: str) -> None:
+        os.rename(self._path(old), self._path(new))
+
+    def _open(self, disk: str | None) -> Folder:
+        from appliance.mailbox.maildir import open_folder
+        if disk is None:
+            for sub in ("cur", "new", "tmp"):
+                make_dirs(os.path.join(self.root, sub))
+            return open_folder(self.root)
+        return open_folder(self._path(disk))
+
+    def _meta_dir(self) -> str:
+        return self.root
+
+
+def open_account(storage_format: str, path: str) -> Account:
+    """The account for a user's mailbox path (the [storage] path template filled in)."""
+    if storage_format == "mbox":
+        from appliance.mailbox.mbox import MboxAccount
+        return MboxAccount(path)
+    return MaildirAccount(path)

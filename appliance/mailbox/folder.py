@@ -1,0 +1,193 @@
+"""What every folder format shares: UIDs from the UID list, the metadata index, the shared Snapshot.
+
+One Folder object exists per folder path in the process (see `shared`), so sessions on the same
+mailbox see each other's changes at once; other processes' changes (delivery, a second server)
+are found by `refresh`. Every method here blocks and runs in a worker thread, except reading
+`state`, which the reactor may do at any time.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+from appliance.mailbox import Meta, Snapshot, mime
+from appliance.mailbox.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
+
+_registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()
+_registry_guard = threading.Lock()
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
+    """The process-wide Folder for `path`, made on first use."""
+    with _registry_guard:
+        folder = _registry.get(path)
+        if folder is None:
+            folder = make()
+            _registry[path] = folder
+        return folder
+
+
+class Folder:
+    """A folder of messages addressed by UID; subclasses say where the messages live."""
+
+    def __init__(self, path: str, meta_dir: str):
+        self.path = path
+        self._uidlist = f"{meta_dir}/{UIDLIST}"
+        self._lock = f"{meta_dir}/{LOCK}"
+        self._index = MetaIndex(f"{meta_dir}/{INDEX}")
+        self._uids = UidState(0)
+        self._keys: dict[int, str] = {}          # uid -> message key
+        self._uid_stamp: tuple[int, int] | None = None
+        self._meta_guard = threading.Lock()
+        self.state = Snapshot(0, 1)
+
+    # ---- what subclasses provide ---------------------------------------------------------------
+    def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
+        """Every message now present: key -> (flags, fresh). Called with the folder locked."""
+        raise NotImplementedError
+
+    def _order(self, key: str) -> object:
+        """Sort key giving new messages their UIDs in arrival order."""
+        return key
+
+    def _read(self, key: str) -> bytes:
+        """The stored octets of one message (LF or CRLF); FileNotFoundError when it is gone."""
+        raise NotImplementedError
+
+    def _mtime(self, key: str) -> float:
+        raise NotImplementedError
+
+    def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
+        raise NotImplementedError
+
+    def _remove(self, keys: list[str]) -> None:
+        raise NotImplementedError
+
+    def _add(self, message: bytes, flags: frozenset[str], date: float | None) -> str:
+        """Store one message; return its key. Called with the folder locked."""
+        raise NotImplementedError
+
+    def _claim(self, keys: list[str]) -> list[str]:
+        """Mark fresh messages as seen by a session; return the keys this call claimed."""
+        return []
+
+    def changed(self) -> bool:
+        """Cheap check (a few stat calls) whether a refresh could find anything new."""
+        return True
+
+    # ---- the folder's life ------------------------------------------------------------------------
+    def refresh(self) -> Snapshot:
+        """Rescan the folder, give UIDs to new messages, and publish a new Snapshot."""
+        with locked(self._lock):
+            self._refresh_locked()
+        return self.state
+
+    def _refresh_locked(self) -> None:
+        found = self._scan()
+        uids = self._load_uids()
+        dirty = uids.validity != self._uids.validity
+        for key in [key for key in uids.uids if key not in found]:
+            del uids.uids[key]
+            dirty = True
+        for key in sorted((key for key in found if key not in uids.uids), key=self._order):
+            uids.assign(key)
+            dirty = True
+        self._uids = uids
+        if dirty:
+            self._save_uids()
+        self._publish(found)
+
+    def _load_uids(self) -> UidState:
+        """The UID list, re-read only when another process or folder object changed it."""
+        if self._uid_stamp is not None and _stamp(self._uidlist) == self._uid_stamp:
+            return self._uids
+        return load_uids(self._uidlist)
+
+    def _save_uids(self) -> None:
+        save_uids(self._uidlist, self._uids)
+        self._uid_stamp = _stamp(self._uidlist)
+
+    def _publish(self, found: dict[str, tuple[frozenset[str], bool]]) -> None:
+        self._keys = {uid: key for key, uid in self._uids.uids.items() if key in found}
+        messages = [(uid, found[key][0]) for uid, key in self._keys.items()]
+        fresh = frozenset(uid for uid, key in self._keys.items() if found[key][1])
+        self.state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh)
+
+    def claim(self, uids: frozenset[int]) -> frozenset[int]:
+        """Claim fresh messages for one session's \\Recent; each is claimed by one session only."""
+        with locked(self._lock):
+            keys = [self._keys[uid] for uid in uids if uid in self._keys]
+            claimed = set(self._claim(keys))
+            self._refresh_locked()
+        return frozenset(uid for uid in uids if self._keys.get(uid) in claimed)
+
+    def store(self, changes: dict[int, frozenset[str]]) -> Snapshot:
+        """Set the flags of some messages (uid -> complete new flag set); gone messages are skipped."""
+        with locked(self._lock):
+            self._set_flags({self._keys[uid]: flags for uid, flags in changes.items() if uid in self._keys})
+            self._refresh_locked()
+        return self.state
+
+    def expunge(self, uids: list[int]) -> Snapshot:
+        with locked(self._lock):
+            self._remove([self._keys[uid] for uid in uids if uid in self._keys])
+            self._refresh_locked()
+            with self._meta_guard:
+                self._index.prune(set(self._keys.values()))
+        return self.state
+
+    def append(self, message: bytes, flags: frozenset[str], date: float | None) -> int:
+        """Add one message (wire form); return its UID."""
+        with locked(self._lock):
+            self._refresh_locked()
+            key = self._add(message, flags, date)
+            uid = self._uids.assign(key)
+            self._save_uids()
+            self._refresh_locked()
+        return uid
+
+    # ---- reading ------------------------------------------------------------------------------------
+    def read(self, uid: int) -> bytes:
+        """One message in CRLF form; KeyError or FileNotFoundError when it is gone."""
+        return mime.crlf(self._read(self._keys[uid]))
+
+    def meta(self, uids: list[int]) -> dict[int, Meta]:
+        """Meta for each still-present UID, from the index, reading only messages it lacks."""
+        with self._meta_guard:
+            self._index.load()
+        keys = {uid: self._keys.get(uid) for uid in uids}
+        found: dict[int, Meta] = {}
+        missing: dict[str, Meta] = {}
+        for uid, key in keys.items():
+            if key is None:
+                continue
+            meta = self._index.entries.get(key)
+            if meta is None:
+                meta = self._describe(key)
+                if meta is None:
+                    continue
+                missing[key] = meta
+            found[uid] = meta
+        if missing:
+            with self._meta_guard:
+                self._index.add(missing)
+        return found
+
+    def _describe(self, key: str) -> Meta | None:
+        try:
+            raw = mime.crlf(self._read(key))
+            date = self._mtime(key)
+        except FileNotFoundError:
+            return None
+        part = mime.parse(raw)
+        return Meta(len(raw), date, mime.envelope(part.head), mime.bodystructure(part, True))

@@ -1,0 +1,148 @@
+"""Per-folder files beside the messages: the UID list (authoritative), the metadata index (a cache), the lock.
+
+The UID list is what makes UIDs stable: `V<uidvalidity> N<uidnext>` on the first line, then
+`<uid> <key>` per message, as Dovecot's dovecot-uidlist and Courier's courierimapuiddb do.
+It is replaced atomically (write, fsync, rename), and `uidnext` only ever grows, so a UID is
+never given to a second message. The index only saves re-reading messages; deleting it is safe.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from appliance.mailbox import Meta
+
+UIDLIST = "mailappliance-uidlist"
+INDEX = "mailappliance-index"
+LOCK = "mailappliance-lock"
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@dataclass
+class UidState:
+    validity: int
+    next: int = 1
+    uids: dict[str, int] = field(default_factory=dict)     # message key -> uid
+
+    def assign(self, key: str) -> int:
+        uid = self.next
+        self.uids[key] = uid
+        self.next += 1
+        return uid
+
+
+def new_validity() -> int:
+    """A fresh UIDVALIDITY: the clock, so a re-created list never repeats an old value."""
+    return max(1, int(time.time()) & 0xFFFFFFFF)
+
+
+def load_uids(path: str) -> UidState:
+    """The UID list at `path`; a missing or unreadable list starts a new UIDVALIDITY."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        head = dict((word[0], int(word[1:])) for word in lines[0].split())
+        state = UidState(head["V"], head["N"])
+        for line in lines[1:]:
+            uid, _, key = line.partition(" ")
+            if key:
+                state.uids[key] = int(uid)
+        return state
+    except (OSError, ValueError, KeyError, IndexError):
+        return UidState(new_validity())
+
+
+def save_uids(path: str, state: UidState) -> None:
+    lines = [f"V{state.validity} N{state.next}"]
+    lines += [f"{uid} {key}" for key, uid in sorted(state.uids.items(), key=lambda item: item[1])]
+    write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace `path` whole: readers see the old file or the new one, never half of either."""
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(temporary, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def locked(lock_path: str) -> Iterator[None]:
+    """Exclusive access to one folder's files: a thread lock within the process, flock across processes."""
+    with _thread_locks_guard:
+        thread_lock = _thread_locks.setdefault(lock_path, threading.Lock())
+    with thread_lock:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+class MetaIndex:
+    """An append-only journal of Meta records, one JSON array per line, keyed by message key.
+
+    Appending costs one write per batch of new messages; the file is rewritten only when more
+    than half of its lines describe messages that are gone.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.entries: dict[str, Meta] = {}
+        self._lines = 0
+        self._loaded = False
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            with open(self.path, "rb") as handle:
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return
+        rows = [line for line in text.split("\n") if line.endswith("]")]
+        try:
+            records = json.loads("[" + ",".join(rows) + "]")
+        except ValueError:
+            records = []           # a damaged cache is rebuilt, never trusted
+        for record in records:
+            try:
+                key, size, date, env, structure = record
+                self.entries[key] = Meta(int(size), float(date), env.encode("latin-1"), structure.encode("latin-1"))
+            except (TypeError, ValueError, AttributeError, UnicodeEncodeError):
+                continue
+        self._lines = len(records)
+
+    def add(self, new: dict[str, Meta]) -> None:
+        if not new:
+            return
+        self.entries.update(new)
+        lines = "".join(_record(key, meta) for key, meta in new.items())
+        with open(self.path, "a", encoding="utf-8", opener=lambda p, flags: os.open(p, flags, 0o600)) as handle:
+            handle.write(lines)
+        self._lines += len(new)
+
+    def prune(self, live: set[str]) -> None:
+        """Forget vanished messages; rewrite the journal when it is mostly garbage."""
+        for key in [key for key in self.entries if key not in live]:
+            del self.entries[key]
+        if self._lines > 64 and self._lines > 2 * len(self.entries):
+            write_atomic(self.path, "".join(_record(k, m) for k, m in self.entries.items()).encode("utf-8"))
+            self._lines = len(self.entries)
+
+
+def _record(key: str, meta: Meta) -> str:
+    return json.dumps([key, meta.size, meta.internaldate, meta.envelope.decode("latin-1"),
+                       meta.bodystructure.decode("latin-1")]) + "\n"

@@ -1,0 +1,558 @@
+"""POP3 and POP3S (RFC 1939, 2449 CAPA, 2595 STLS, 3206 response codes, 8314) on Twisted's pop3.POP3.
+
+Stock Twisted's POP3 has no STLS, offers USER on cleartext connections, echoes exception text,
+counts deleted messages in STAT, rejects good APOP digests on Python 3 and sends RETR in many
+small writes (each one waiting on the client's delayed ACK). This subclass keeps its line
+handling, command pipelining and timeouts and replaces the command handlers.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import os
+from typing import Any
+
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, protocol
+from twisted.mail import pop3
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from appliance import address, maillog
+from appliance.errors import DirectoryUnavailable, MailboxUnavailable
+from appliance.maildrop import (IMaildrop, MaildropLocks, MessageGone, NoSuchMessage, format_for,
+                                open_maildrop)
+
+# Replies. The bracketed codes are RFC 3206's (announced by RESP-CODES and AUTH-RESP-CODE).
+PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication is not allowed without TLS; use STLS"
+AUTH_FAILED = b"-ERR [AUTH] Authentication failed"
+DIRECTORY_DOWN = b"-ERR [SYS/TEMP] Directory temporarily unavailable, try again later"
+MAILDROP_DOWN = b"-ERR [SYS/TEMP] Maildrop temporarily unavailable, try again later"
+IN_USE = b"-ERR [IN-USE] Maildrop is in use by another session"
+NOT_KEPT = b"-ERR [SYS/TEMP] Some deleted messages were not removed"
+READ_FAILED = b"-ERR [SYS/TEMP] Cannot read the message now, try again later"
+MESSAGE_GONE = b"-ERR Message no longer available"
+NO_SUCH_MESSAGE = b"-ERR No such message"
+BAD_NUMBER = b"-ERR Invalid message number"
+SYNTAX = b"-ERR Syntax error"
+UNKNOWN = b"-ERR Unknown command"
+WRONG_STATE = b"-ERR Command not valid in this state"
+USER_FIRST = b"-ERR Send USER first"
+NO_APOP = b"-ERR APOP is not available"
+UNKNOWN_MECHANISM = b"-ERR Unsupported authentication mechanism"
+BAD_BASE64 = b"-ERR Cannot decode the authentication response"
+AUTH_CANCELLED = b"-ERR Authentication cancelled"
+TLS_ACTIVE = b"-ERR TLS is already active"
+TLS_UNAVAILABLE = b"-ERR TLS is not available"
+LINE_TOO_LONG = b"-ERR Line too long"
+TOO_MANY_ERRORS = b"-ERR Too many errors, closing connection"
+TIMEOUT = b"-ERR Autologout timer expired, closing connection"
+
+# (fewest, most) arguments; PASS takes the rest of the line, spaces included.
+ARGUMENTS = {
+    b"CAPA": (0, 0), b"USER": (1, 1), b"PASS": (1, 1), b"APOP": (2, 2), b"AUTH": (0, 2), b"STLS": (0, 0),
+    b"QUIT": (0, 0), b"STAT": (0, 0), b"LIST": (0, 1), b"RETR": (1, 1), b"DELE": (1, 1), b"NOOP": (0, 0),
+    b"RSET": (0, 0), b"TOP": (2, 2), b"UIDL": (0, 1),
+}
+AUTHORIZATION = frozenset({b"CAPA", b"USER", b"PASS", b"APOP", b"AUTH", b"STLS", b"QUIT"})
+TRANSACTION = frozenset({b"CAPA", b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP", b"RSET", b"TOP", b"UIDL", b"QUIT"})
+
+MAX_PIPELINED = 256      # commands queued behind a slow one before we stop reading the socket
+_magic_counter = itertools.count()
+
+
+class MaildropInUse(Exception):
+    """Another session holds this maildrop (RFC 3206 [IN-USE])."""
+
+
+def multiline(first: bytes, body: bytes) -> bytes:
+    """A whole multi-line response (RFC 1939 3): status line, byte-stuffed body, terminating dot.
+
+    Built as one buffer so it leaves in one write: many small writes each wait for the client's
+    delayed ACK (about 40 ms per message).
+    """
+    if body.startswith(b"."):
+        body = b"." + body
+    body = body.replace(b"\r\n.", b"\r\n..")
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return b"+OK " + first + b"\r\n" + body + b".\r\n"
+
+
+def top(message: bytes, lines: int) -> bytes:
+    """The header, the blank line and the first `lines` body lines of a CRLF message (TOP)."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        return message
+    position = end + 4
+    for _ in range(lines):
+        line_end = message.find(b"\r\n", position)
+        if line_end < 0:
+            return message
+        position = line_end + 2
+    return message[:position]
+
+
+def parse_number(text: bytes) -> int | None:
+    """A 1-based message number as the client wrote it, or None; the result is 0-based."""
+    if not text.isdigit() or len(text) > 9:
+        return None
+    number = int(text)
+    return number - 1 if number > 0 else None
+
+
+@implementer(IRealm)
+class MaildropRealm:
+    """Avatar id (primary address) -> the user's maildrop, locked for the session and scanned in the pool."""
+
+    def __init__(self, directory: Any, store: Any, locks: MaildropLocks, reactor: Any, pool: Any) -> None:
+        self._directory = directory
+        self._store = store
+        self._format = format_for(store)
+        self._locks = locks
+        self._reactor = reactor
+        self._pool = pool
+
+    def requestAvatar(self, avatar_id: str, mind: object, *interfaces: Any) -> defer.Deferred:
+        if IMaildrop not in interfaces:
+            return defer.fail(NotImplementedError("only IMaildrop avatars"))
+        d = self._directory.lookup(avatar_id)
+        return d.addCallback(self._open)
+
+    def _open(self, user: Any) -> defer.Deferred:
+        if user is None:
+            raise cred_error.UnauthorizedLogin("user removed during login")
+        try:
+            path = self._store.path_for(user)
+        except ValueError as exc:
+            raise MailboxUnavailable("unsafe mailbox name") from exc
+        if not self._locks.acquire(path):
+            raise MaildropInUse(path)
+
+        def unlock(failure: Failure) -> Failure:
+            self._locks.release(path)
+            return failure
+
+        d = open_maildrop(self._format, path, self._reactor, self._pool)
+        return d.addCallbacks(lambda drop: (IMaildrop, drop, lambda: self._locks.release(path)), unlock)
+
+
+class POP3Server(pop3.POP3):
+    """One POP3 session. `self.mbox` is the Maildrop once logged in (the TRANSACTION state)."""
+
+    timeOut = 600          # RFC 1939 3: an autologout timer of at least 10 minutes
+    MAX_LENGTH = 2048      # RFC 2449 4 allows 255-octet commands; SASL responses need a little more
+    factory: POP3Factory
+
+    def __init__(self) -> None:
+        self.peer = ""
+        self.secure = False
+        self._discarding = False       # plaintext pipelined after STLS, dropped (CVE-2011-0411)
+        self._gone = False
+        self._quitting = False
+        self._paused = False
+        self._errors = 0
+        self._tls_logged = False
+        self._calls: list[Any] = []
+        self._committing: defer.Deferred | None = None
+
+    # ---- connection ---------------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        self.callLater = self.factory.reactor.callLater      # TimeoutMixin's timer, on our clock
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", str(peer))
+        self.secure = self.factory.implicit_tls
+        maillog.connect(self.factory.service, self.peer)
+        _no_delay(self.transport)
+        greeting = b"+OK " + self.factory.hostname.encode("idna") + b" POP3 server ready"
+        if self.factory.offers_apop:
+            self.magic = self.generateMagic()
+            greeting += b" " + self.magic
+        self.transport.write(greeting + b"\r\n")
+        self.setTimeout(self.timeOut)
+
+    def generateMagic(self) -> bytes:
+        """The APOP timestamp `<pid.clock@hostname>` (RFC 1939 7), unique per greeting."""
+        clock = int(self.factory.reactor.seconds() * 1_000_000)
+        return f"<{os.getpid()}.{clock}.{next(_magic_counter)}@{self.factory.hostname}>".encode("idna")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        """A dropped connection deletes nothing: the marks die with the session, the lock is freed."""
+        self._gone = True
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        logout, self._onLogout = self._onLogout, None
+        if logout is not None:
+            if self._committing is not None:      # keep the maildrop locked until the deletions are done
+                self._committing.addBoth(lambda _: logout())
+            else:
+                logout()
+        self.setTimeout(None)
+        maillog.disconnect(self.factory.service, self.peer)
+
+    def timeoutConnection(self) -> None:
+        self.transport.write(TIMEOUT + b"\r\n")
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.transport.write(LINE_TOO_LONG + b"\r\n")
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        # After STLS the next bytes handed to us were decrypted: whatever was left over from the
+        # plaintext read has been dropped by then.
+        self._discarding = False
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._discarding or self._gone:
+            return
+        self._log_tls_once()
+        super().lineReceived(line)
+
+    # ---- dispatch -------------------------------------------------------------------------------
+    def state_COMMAND(self, line: bytes) -> None:
+        command, _, rest = line.partition(b" ")
+        args = (rest,) if command.upper() == b"PASS" and rest else tuple(rest.split())
+        try:
+            self.processCommand(command, *args)
+        except Exception:
+            maillog.log.failure("POP3 command failed", peer=self.peer)
+            self._error(b"-ERR [SYS/TEMP] Local error, try again later")
+
+    def processCommand(self, command: bytes, *args: bytes) -> Any:
+        if self._discarding or self._quitting or self._gone:
+            return None
+        if self.blocked is not None:            # a slow command is running: keep the order (PIPELINING)
+            self.blocked.append((command, args))
+            if len(self.blocked) >= MAX_PIPELINED and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return None
+        name = command.upper()
+        if name not in ARGUMENTS:
+            return self._error(UNKNOWN)
+        if name not in (TRANSACTION if self.mbox is not None else AUTHORIZATION):
+            return self._error(WRONG_STATE)
+        fewest, most = ARGUMENTS[name]
+        if not fewest <= len(args) <= most:
+            return self._error(SYNTAX)
+        return getattr(self, "do_" + name.decode("ascii"))(*args)
+
+    def _unblock(self, result: object) -> None:
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        super()._unblock(result)
+
+    def _send(self, line: bytes) -> None:
+        self.transport.write(line + b"\r\n")
+
+    def _error(self, line: bytes) -> None:
+        """An -ERR for a client mistake; too many of them end the session (DESIGN: too many errors)."""
+        self._errors += 1
+        if self._errors > self.factory.max_errors:
+            self._send(TOO_MANY_ERRORS)
+            self.transport.loseConnection()
+            return
+        self._send(line)
+
+    # ---- AUTHORIZATION state -----------------------------------------------------------------
+    def do_CAPA(self) -> None:
+        self.transport.write(multiline(b"Capability list follows", b"".join(c + b"\r\n" for c in self.capabilities())))
+
+    def capabilities(self) -> list[bytes]:
+        """What this session really offers now (RFC 2449 5: the same list in both states)."""
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self._may_send_password():
+            caps += [b"USER", b"SASL PLAIN"]
+        if self._can_start_tls():
+            caps.append(b"STLS")
+        caps.append(b"IMPLEMENTATION mailappliance")
+        return caps
+
+    def _may_send_password(self) -> bool:
+        return self.secure or address.in_networks(self.peer, self.factory.tls_settings.plaintext_auth_networks)
+
+    def _can_start_tls(self) -> bool:
+        return not self.secure and self.factory.tls is not None and self.factory.tls.available
+
+    def do_STLS(self) -> None:
+        if self.secure:
+            return self._error(TLS_ACTIVE)
+        if not self._can_start_tls():
+            return self._error(TLS_UNAVAILABLE)
+        self._send(b"+OK Begin TLS negotiation")
+        self._discarding = True
+        self._buffer = b""                 # LineOnlyReceiver's partial line: plaintext, dropped too
+        self.transport.startTLS(self.factory.tls)
+        self.secure = True
+        self._userIs = None                # RFC 2595 4: forget anything learnt before TLS
+        return None
+
+    def do_USER(self, user: bytes) -> None:
+        if not self._may_send_password():
+            return self._error(PLAINTEXT_REFUSED)
+        self._userIs = user
+        self._send(b"+OK Send PASS")
+        return None
+
+    def do_PASS(self, password: bytes) -> Any:
+        if not self._may_send_password():
+            return self._error(PLAINTEXT_REFUSED)
+        if self._userIs is None:
+            return self._error(USER_FIRST)
+        user, self._userIs = self._userIs, None
+        return self._login(UsernamePassword(user, password), user, "USER")
+
+    def do_APOP(self, user: bytes, digest: bytes) -> Any:
+        """Allowed in cleartext: the digest proves the secret without showing it (RFC 1939 7).
+
+        Our checker verifies the digest itself (stock APOPCredentials.checkPassword compares
+        str with bytes on Python 3 and rejects every good digest).
+        """
+        if not self.factory.offers_apop:
+            return self._error(NO_APOP)
+        return self._login(pop3.APOPCredentials(self.magic, user, digest), user, "APOP")
+
+    def do_AUTH(self, mechanism: bytes | None = None, initial: bytes | None = None) -> Any:
+        """SASL PLAIN only (RFC 5034), with or without an initial response."""
+        if not self._may_send_password():
+            return self._error(PLAINTEXT_REFUSED)
+        if mechanism is None:
+            self.transport.write(multiline(b"Supported mechanisms follow", b"PLAIN\r\n"))
+            return None
+        if mechanism.upper() != b"PLAIN":
+            return self._error(UNKNOWN_MECHANISM)
+        if initial is not None:
+            return self._sasl_plain(initial)
+        self.state = "AUTH"
+        self._send(b"+ ")
+        return None
+
+    def state_AUTH(self, line: bytes) -> Any:
+        self.state = "COMMAND"
+        if line.strip() == b"*":
+            return self._error(AUTH_CANCELLED)
+        return self._sasl_plain(line.strip())
+
+    def _sasl_plain(self, response: bytes) -> Any:
+        try:
+            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
+        except (binascii.Error, ValueError):
+            return self._error(BAD_BASE64)
+        parts = decoded.split(b"\0")
+        if len(parts) != 3:
+            return self._error(BAD_BASE64)
+        authzid, login, password = parts
+        if authzid and authzid != login:        # acting for someone else is not offered
+            held = self._reply_after_failure(login, "PLAIN", "authorization identity refused")
+            return None if held is None else self._longOperation(held)
+        return self._login(UsernamePassword(login, password), login, "PLAIN")
+
+    def _login(self, credentials: Any, login: bytes, mechanism: str) -> defer.Deferred:
+        """Check credentials and open the maildrop; later commands wait for the answer (PIPELINING)."""
+        name = login.decode("utf-8", "replace")
+        d = defer.maybeDeferred(self.factory.portal.login, credentials, None, IMaildrop)
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(name, mechanism),
+                       errbackArgs=(name, mechanism))
+        return self._longOperation(d)
+
+    def _logged_in(self, result: tuple[Any, Any, Any], login: str, mechanism: str) -> None:
+        _, drop, logout = result
+        if self._gone:
+            logout()
+            return
+        self.mbox, self._onLogout = drop, logout
+        self.factory.throttle.succeeded(self.peer)
+        maillog.auth(self.factory.service, self.peer, login, True, mechanism)
+        self._send(b"+OK Maildrop has %d messages (%d octets)" % (drop.count(), drop.octets()))
+
+    def _login_failed(self, failure: Failure, login: str, mechanism: str) -> Any:
+        """Words to the client stay generic; the story goes to the log."""
+        if self._gone:
+            return None
+        if failure.check(cred_error.LoginFailed, cred_error.LoginDenied):
+            return self._reply_after_failure(login.encode("utf-8", "replace"), mechanism, "bad credentials")
+        if failure.check(MaildropInUse):
+            maillog.auth(self.factory.service, self.peer, login, False, mechanism, "maildrop in use")
+            return self._send(IN_USE)
+        if failure.check(DirectoryUnavailable):
+            maillog.auth(self.factory.service, self.peer, login, False, mechanism, "directory unavailable")
+            return self._send(DIRECTORY_DOWN)
+        if not failure.check(MailboxUnavailable, OSError):
+            maillog.log.failure("POP3 login failed unexpectedly", failure, peer=self.peer)
+        maillog.auth(self.factory.service, self.peer, login, False, mechanism, "maildrop unavailable")
+        return self._send(MAILDROP_DOWN)
+
+    def _reply_after_failure(self, login: bytes, mechanism: str, reason: str) -> defer.Deferred | None:
+        """-ERR [AUTH], held back by the throttle so guessing gets slow: a Deferred while it waits."""
+        maillog.auth(self.factory.service, self.peer, login.decode("utf-8", "replace"), False, mechanism, reason)
+        throttle = self.factory.throttle
+        throttle.failed(self.peer)
+        delay = throttle.delay(self.peer)
+        if delay <= 0:
+            self._send(AUTH_FAILED)
+            return None
+        d = defer.Deferred()
+        self._calls.append(self.factory.reactor.callLater(delay, d.callback, None))
+        return d.addCallback(lambda _: None if self._gone else self._send(AUTH_FAILED))
+
+    # ---- TRANSACTION state -------------------------------------------------------------------
+    def do_STAT(self) -> None:
+        self._send(b"+OK %d %d" % (self.mbox.count(), self.mbox.octets()))
+
+    def do_LIST(self, number: bytes | None = None) -> None:
+        if number is None:
+            listing = b"".join(b"%d %d\r\n" % (n + 1, entry.size) for n, entry in self.mbox.live())
+            self.transport.write(multiline(b"%d messages (%d octets)" % (self.mbox.count(), self.mbox.octets()),
+                                           listing))
+            return
+        n = self._message(number)
+        if n is not None:
+            self._send(b"+OK %d %d" % (n + 1, self.mbox.entry(n).size))
+
+    def do_UIDL(self, number: bytes | None = None) -> None:
+        if number is None:
+            listing = b"".join(b"%d %s\r\n" % (n + 1, entry.uid.encode("ascii")) for n, entry in self.mbox.live())
+            self.transport.write(multiline(b"Unique-id listing follows", listing))
+            return
+        n = self._message(number)
+        if n is not None:
+            self._send(b"+OK %d %s" % (n + 1, self.mbox.entry(n).uid.encode("ascii")))
+
+    def do_RETR(self, number: bytes) -> defer.Deferred | None:
+        n = self._message(number)
+        if n is None:
+            return None
+        return self._send_message(n, lambda message: multiline(b"%d octets" % len(message), message))
+
+    def do_TOP(self, number: bytes, lines: bytes) -> defer.Deferred | None:
+        n = self._message(number)
+        if n is None:
+            return None
+        if not lines.isdigit():
+            return self._error(SYNTAX)
+        count = int(lines)
+        return self._send_message(n, lambda message: multiline(b"Top of message follows", top(message, count)))
+
+    def _send_message(self, n: int, frame: Any) -> defer.Deferred:
+        d = self.mbox.read(n)
+        d.addCallback(lambda message: None if self._gone else self.transport.write(frame(message)))
+        d.addErrback(self._read_failed)
+        return self._longOperation(d)
+
+    def _read_failed(self, failure: Failure) -> None:
+        if self._gone:
+            return
+        if failure.check(MessageGone):
+            return self._send(MESSAGE_GONE)
+        if not failure.check(OSError):
+            maillog.log.failure("POP3 read failed", failure, peer=self.peer)
+        return self._send(READ_FAILED)
+
+    def do_DELE(self, number: bytes) -> None:
+        n = self._message(number)
+        if n is not None:
+            self.mbox.delete(n)
+            self._send(b"+OK Message %d deleted" % (n + 1))
+
+    def do_RSET(self) -> None:
+        self.mbox.undelete_all()
+        self._send(b"+OK Maildrop has %d messages (%d octets)" % (self.mbox.count(), self.mbox.octets()))
+
+    def do_NOOP(self) -> None:
+        self._send(b"+OK")
+
+    def _message(self, number: bytes) -> int | None:
+        """The 0-based number of a live message, or None after answering -ERR."""
+        n = parse_number(number)
+        if n is None:
+            self._error(BAD_NUMBER)
+            return None
+        try:
+            self.mbox.entry(n)
+        except NoSuchMessage:
+            self._error(NO_SUCH_MESSAGE)
+            return None
+        return n
+
+    # ---- UPDATE state ---------------------------------------------------------------------------
+    def do_QUIT(self) -> defer.Deferred | None:
+        """Deletions happen here and only here (RFC 1939 6), before the lock is released."""
+        self._quitting = True
+        if self.mbox is None:
+            self._send(b"+OK Bye")
+            self.transport.loseConnection()
+            return None
+        self._committing = self.mbox.commit()
+        self._committing.addCallbacks(lambda _: self._send(b"+OK Bye"), self._commit_failed)
+        self._committing.addBoth(lambda _: self.transport.loseConnection())
+        return self._committing
+
+    def _commit_failed(self, failure: Failure) -> None:
+        maillog.error("pop3-update-failed", peer=self.peer, reason=failure.getErrorMessage())
+        self._send(NOT_KEPT)
+
+    # ---- logging ----------------------------------------------------------------------------------
+    def _log_tls_once(self) -> None:
+        if self.secure and not self._tls_logged:
+            from appliance.tls import session_info
+            info = session_info(self.transport)
+            if info:
+                self._tls_logged = True
+                maillog.tls(self.factory.service, self.peer, *info)
+
+
+def _no_delay(transport: Any) -> None:
+    """Set TCP_NODELAY on the socket below any TLS wrapper: a response's last segment must not wait
+    for the client's delayed ACK (Nagle)."""
+    for _ in range(4):
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if callable(set_no_delay):
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class POP3Factory(protocol.ServerFactory):
+    """Shared settings of one POP3 listener; each connection gets a POP3Server."""
+
+    protocol = POP3Server
+
+    def __init__(self, *, portal: Portal, offers_apop: bool, throttle: Any, hostname: str, tls: Any,
+                 tls_settings: Any, implicit_tls: bool, reactor: Any, max_errors: int) -> None:
+        self.portal = portal
+        self.offers_apop = offers_apop
+        self.throttle = throttle
+        self.hostname = hostname
+        self.tls = tls
+        self.tls_settings = tls_settings
+        self.implicit_tls = implicit_tls
+        self.reactor = reactor
+        self.max_errors = max_errors
+        self.service = "pop3s" if implicit_tls else "pop3"
+
+
+# One process serves every POP3 session on both ports, so this one table is the whole lock.
+PROCESS_LOCKS = MaildropLocks()
+
+
+def make_pop3_factory(*, directory: Any, checker: Any, throttle: Any, store: Any, hostname: str, tls: Any,
+                      tls_settings: Any, implicit_tls: bool, reactor: Any, pool: Any,
+                      locks: MaildropLocks | None = None, max_errors: int = 10) -> POP3Factory:
+    """The factory for the `pop3` listener (implicit_tls False, STLS offered) or `pop3s` (True; the
+    caller wraps it with appliance.tls.implicit). APOP is offered when the directory can hold
+    shared secrets; the checker refuses it for users without one."""
+    realm = MaildropRealm(directory, store, PROCESS_LOCKS if locks is None else locks, reactor, pool)
+    return POP3Factory(portal=Portal(realm, [checker]),
+                       offers_apop=bool(getattr(directory, "supports_shared_secrets", False)),
+                       throttle=throttle, hostname=hostname, tls=tls, tls_settings=tls_settings,
+                       implicit_tls=implicit_tls, reactor=reactor, max_errors=max_errors)

@@ -1,0 +1,334 @@
+"""Outbound delivery against a real DNS server and real SMTP peers on loopback.
+
+MX routing resolves through `twistd dns` (dnsserver.py); the receiving MX hosts are Postfix's
+smtp-sink, each on its own 127.0.0.x address and the same port; STARTTLS and the smarthost
+(verified TLS and AUTH PLAIN) are exercised against a small Twisted ESMTP server in this process.
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.cred import checkers, portal
+from twisted.internet import defer, reactor, ssl
+from twisted.mail import smtp
+from twisted.mail.imap4 import PLAINCredentials
+from twisted.names import client
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from appliance.couriers.mxroute import MXRouter
+from appliance.couriers.outbound import OutboundCourier
+from appliance.couriers.smtpclient import Timeouts
+from appliance.envelope import Envelope, Recipient, new_id
+from appliance.errors import PermanentFailure, TemporaryFailure
+from tests.integration.dnsserver import DNSServer, a, mx
+from tests.integration.harness import free_port, require_program
+
+HOSTNAME = "mail.example.test"
+MX1, MX2, IMPLICIT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+ZONES = {
+    "example.org": [mx("example.org", 10, "mx1.example.org"), mx("example.org", 20, "mx2.example.org"),
+                    a("mx1.example.org", MX1), a("mx2.example.org", MX2)],
+    "implicit.test": [a("implicit.test", IMPLICIT)],
+    "nullmx.test": [mx("nullmx.test", 0, "")],
+}
+TIMEOUTS = Timeouts(connect=5, greeting=10, command=10, data_init=10, data_block=10, data_end=10)
+MESSAGE = b"From: alice@example.test\r\nSubject: outbound test\r\n\r\nHello from the appliance.\r\n.dot line\r\n"
+
+
+@pytest.fixture(scope="class")
+def dns_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    server = DNSServer(str(tmp_path_factory.mktemp("dns")), ZONES)
+    server.start()
+    request.cls.dns = server
+    yield server
+    server.stop()
+
+
+def _accepts(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class SMTPSink:
+    """Postfix's smtp-sink on one address; each mail transaction it takes is dumped to a file."""
+
+    def __init__(self, root: str, address: str, port: int, *options: str) -> None:
+        self.folder = os.path.join(root, f"sink-{address}")
+        os.makedirs(self.folder)
+        command = [require_program("smtp-sink"), "-h", f"sink-{address}", "-d", f"{self.folder}/%M.", *options]
+        if os.geteuid() == 0:                      # smtp-sink refuses to keep root privileges
+            os.chmod(self.folder, 0o777)
+            command[1:1] = ["-u", "nobody"]
+        self.log = open(self.folder + ".log", "wb")
+        self.process = subprocess.Popen([*command, f"{address}:{port}", "10"], stdin=subprocess.DEVNULL,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not _accepts(address, port):
+            assert self.process.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
+            time.sleep(0.05)
+
+    def transactions(self) -> list[str]:
+        """The dumped transactions (X-Rcpt-Args lines, then the message)."""
+        texts = []
+        for path in sorted(glob.glob(os.path.join(self.folder, "*"))):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                texts.append(handle.read())
+        return texts
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(5)
+        self.log.close()
+
+
+# -- an in-process ESMTP peer for STARTTLS and the smarthost ------------------------------------
+
+@implementer(smtp.IMessage)
+class _Message:
+    def __init__(self, peer: "ESMTPPeer", protocol: smtp.ESMTP, user: smtp.User) -> None:
+        self.peer, self.protocol, self.user, self.lines = peer, protocol, user, []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def eomReceived(self) -> defer.Deferred:
+        self.peer.received.append({"rcpt": str(self.user.dest), "body": b"\n".join(self.lines),
+                                   "tls": self.protocol.startedTLS, "login": self.peer.logins.get(self.protocol)})
+        return defer.succeed(b"ok")
+
+    def connectionLost(self) -> None:
+        pass
+
+
+@implementer(smtp.IMessageDelivery)
+class _Delivery:
+    def __init__(self, peer: "ESMTPPeer", protocol: smtp.ESMTP) -> None:
+        self.peer, self.protocol = peer, protocol
+
+    def receivedHeader(self, helo, origin, recipients) -> bytes:
+        return b"Received: by test peer"
+
+    def validateFrom(self, helo, origin):
+        return origin
+
+    def validateTo(self, user):
+        return lambda: _Message(self.peer, self.protocol, user)
+
+
+class ESMTPPeer(smtp.SMTPFactory):
+    """Twisted's ESMTP with STARTTLS; with `users`, AUTH PLAIN is required before MAIL."""
+
+    def __init__(self, tls_options, users: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.tls_options = tls_options
+        self.users = users
+        self.received: list[dict] = []
+        self.logins: dict[smtp.ESMTP, str] = {}
+
+    def buildProtocol(self, addr):
+        protocol = smtp.ESMTP({b"PLAIN": PLAINCredentials} if self.users else {}, self.tls_options)
+        protocol.factory = self
+        protocol.host = b"peer.example.org"
+        if self.users:
+            protocol.portal = portal.Portal(_Realm(self, protocol),
+                                            [checkers.InMemoryUsernamePasswordDatabaseDontUse(**self.users)])
+        else:
+            protocol.delivery = _Delivery(self, protocol)
+        return protocol
+
+
+@implementer(portal.IRealm)
+class _Realm:
+    def __init__(self, peer: ESMTPPeer, protocol: smtp.ESMTP) -> None:
+        self.peer, self.protocol = peer, protocol
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        self.peer.logins[self.protocol] = avatar_id.decode() if isinstance(avatar_id, bytes) else avatar_id
+        return smtp.IMessageDelivery, _Delivery(self.peer, self.protocol), lambda: None
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_certificates(hostname: str) -> tuple[ssl.Certificate, ssl.CertificateOptions]:
+    """A throwaway CA and a server certificate for `hostname` signed by it: (CA, server TLS options)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def build(subject, issuer, public_key, signer, extensions):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1)))
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca = build(_name("Test CA"), _name("Test CA"), ca_key.public_key(), ca_key,
+               [x509.BasicConstraints(ca=True, path_length=None)])
+    server = build(_name(hostname), _name("Test CA"), key.public_key(), ca_key,
+                   [x509.SubjectAlternativeName([x509.DNSName(hostname)])])
+    pem = server.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return (ssl.Certificate.loadPEM(ca.public_bytes(serialization.Encoding.PEM)),
+            ssl.PrivateCertificate.loadPEM(pem).options())
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("dns_server")
+class OutboundDeliveryTests(TestCase):
+    dns: DNSServer
+
+    def setUp(self) -> None:
+        self.port = free_port()
+        self.root = tempfile.mkdtemp(prefix="outbound-")
+        os.chmod(self.root, 0o755)                 # smtp-sink may run as nobody and write below it
+        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
+        resolver = client.Resolver(servers=[("127.0.0.1", self.dns.port)])
+        self.router = MXRouter(resolver, HOSTNAME, clock=reactor)
+        self.courier = OutboundCourier(self.router, reactor, HOSTNAME, port=self.port, timeouts=TIMEOUTS)
+
+    def sink(self, address: str, *options: str) -> SMTPSink:
+        sink = SMTPSink(self.root, address, self.port, *options)
+        self.addCleanup(sink.stop)
+        return sink
+
+    def listen(self, address: str, factory: ESMTPPeer, port: int | None = None) -> None:
+        listening = reactor.listenTCP(port or self.port, factory, interface=address)
+        self.addCleanup(listening.stopListening)
+
+    async def deliver(self, *recipients: str, courier: OutboundCourier | None = None) -> list:
+        """Hand every recipient to the courier in the same turn, as the queue does; outcomes in order."""
+        envelope = Envelope(new_id(), "alice@example.test", [Recipient(r, local=False) for r in recipients])
+        courier = courier or self.courier
+        attempts = [courier.deliver(envelope, recipient, MESSAGE) for recipient in envelope.recipients]
+        results = await defer.DeferredList(attempts, consumeErrors=True)
+        return [value if ok else value.value for ok, value in results]
+
+    async def test_mail_goes_to_the_most_preferred_mx(self):
+        first, second = self.sink(MX1), self.sink(MX2)
+        [outcome] = await self.deliver("bob@example.org")
+        assert outcome.startswith(f"mx1.example.org[{MX1}]:{self.port} 250 ")
+        [transaction] = first.transactions()
+        assert "X-Rcpt-Args: <bob@example.org>" in transaction
+        assert "\n.dot line\n" in transaction, "the peer got the message back unstuffed"
+        assert second.transactions() == []
+
+    async def test_refused_connection_moves_on_to_the_next_mx(self):
+        second = self.sink(MX2)
+        [outcome] = await self.deliver("bob@example.org")
+        assert outcome.startswith(f"mx2.example.org[{MX2}]:{self.port} 250 ")
+        assert len(second.transactions()) == 1
+
+    async def test_4xx_moves_on_to_the_next_mx(self):
+        first = self.sink(MX1, "-r", "RCPT", "-b", "450 4.2.0 mailbox busy")
+        second = self.sink(MX2)
+        [outcome] = await self.deliver("bob@example.org")
+        assert outcome.startswith(f"mx2.example.org[{MX2}]:{self.port} 250 ")
+        assert (first.transactions(), len(second.transactions())) == ([], 1)
+
+    async def test_every_mx_failing_is_temporary_with_the_last_error(self):
+        self.sink(MX1, "-r", "RCPT", "-b", "450 4.2.0 mailbox busy")
+        self.sink(MX2, "-r", "RCPT", "-b", "451 4.3.0 disk full")
+        [outcome] = await self.deliver("bob@example.org")
+        assert isinstance(outcome, TemporaryFailure)
+        assert str(outcome) == f"4.3.0 mx2.example.org[{MX2}]:{self.port} said: 451 4.3.0 disk full"
+
+    async def test_5xx_is_permanent_with_the_remote_reply_and_no_other_mx_is_tried(self):
+        self.sink(MX1, "-f", "RCPT", "-B", "550 5.1.1 no such user here")
+        second = self.sink(MX2)
+        [outcome] = await self.deliver("nobody@example.org")
+        assert isinstance(outcome, PermanentFailure)
+        assert str(outcome) == f"5.1.1 mx1.example.org[{MX1}]:{self.port} said: 550 5.1.1 no such user here"
+        assert second.transactions() == []
+
+    async def test_recipients_of_one_message_share_one_transaction(self):
+        first = self.sink(MX1)
+        outcomes = await self.deliver("bob@example.org", "carol@example.org", "dave@example.org")
+        assert all(isinstance(outcome, str) and " 250 " in outcome for outcome in outcomes), outcomes
+        [transaction] = first.transactions()
+        assert transaction.count("X-Rcpt-Args:") == 3
+
+    async def test_domain_without_mx_gets_mail_at_its_address(self):
+        sink = self.sink(IMPLICIT)
+        [outcome] = await self.deliver("bob@implicit.test")
+        assert outcome.startswith(f"implicit.test[{IMPLICIT}]:{self.port} 250 ")
+        assert len(sink.transactions()) == 1
+
+    async def test_null_mx_is_permanent(self):
+        [outcome] = await self.deliver("bob@nullmx.test")
+        assert isinstance(outcome, PermanentFailure)
+        assert str(outcome) == "5.1.10 domain nullmx.test does not accept mail (null MX)"
+
+    async def test_unknown_domain_is_permanent(self):
+        [outcome] = await self.deliver("bob@nowhere.example.org")
+        assert isinstance(outcome, PermanentFailure)
+        assert str(outcome).startswith("5.1.2 ")
+
+    async def test_dead_nameserver_is_temporary(self):
+        resolver = client.Resolver(servers=[("127.0.0.1", free_port())], timeout=(1,))
+        courier = OutboundCourier(MXRouter(resolver, HOSTNAME, clock=reactor), reactor, HOSTNAME, port=self.port,
+                                  timeouts=TIMEOUTS)
+        [outcome] = await self.deliver("bob@example.org", courier=courier)
+        assert isinstance(outcome, TemporaryFailure)
+        assert str(outcome).startswith("4.4.3 MX lookup for example.org failed")
+
+    async def test_starttls_is_used_when_the_mx_offers_it(self):
+        _, server_tls = make_certificates("peer.example.org")     # an MX certificate is not verified
+        peer = ESMTPPeer(server_tls)
+        self.listen(IMPLICIT, peer)
+        [outcome] = await self.deliver("bob@implicit.test")
+        assert outcome.startswith(f"implicit.test[{IMPLICIT}]:{self.port} 250 ")
+        assert [(m["rcpt"], m["tls"]) for m in peer.received] == [("bob@implicit.test", True)]
+
+    def smarthost_courier(self, trust: ssl.Certificate, password: str = "relay-secret") -> OutboundCourier:
+        return OutboundCourier(self.router, reactor, HOSTNAME, smarthost=("localhost", self.port),
+                               smarthost_auth=("relay", password),
+                               client_tls_options=ssl.optionsForClientTLS("localhost", trustRoot=trust),
+                               timeouts=TIMEOUTS)
+
+    async def test_smarthost_with_verified_tls_and_auth(self):
+        ca, server_tls = make_certificates("localhost")
+        peer = ESMTPPeer(server_tls, users={"relay": b"relay-secret"})
+        self.listen("127.0.0.1", peer)
+        outcomes = await self.deliver("bob@example.org", "carol@implicit.test", courier=self.smarthost_courier(ca))
+        assert all(outcome.startswith(f"localhost:{self.port} 250 ") for outcome in outcomes), outcomes
+        assert sorted((m["rcpt"], m["tls"], m["login"]) for m in peer.received) == [
+            ("bob@example.org", True, "relay"), ("carol@implicit.test", True, "relay")]
+
+    async def test_smarthost_with_an_untrusted_certificate_gets_nothing(self):
+        other_ca, _ = make_certificates("localhost")
+        _, server_tls = make_certificates("localhost")
+        peer = ESMTPPeer(server_tls, users={"relay": b"relay-secret"})
+        self.listen("127.0.0.1", peer)
+        [outcome] = await self.deliver("bob@example.org", courier=self.smarthost_courier(other_ca))
+        assert isinstance(outcome, TemporaryFailure)
+        assert str(outcome).startswith(f"4.7.5 TLS with localhost:{self.port} failed: "), str(outcome)
+        assert "certificate verify failed" in str(outcome)
+        assert peer.received == [] and peer.logins == {}
+
+    async def test_smarthost_refusing_our_password_is_temporary(self):
+        ca, server_tls = make_certificates("localhost")
+        peer = ESMTPPeer(server_tls, users={"relay": b"relay-secret"})
+        self.listen("127.0.0.1", peer)
+        [outcome] = await self.deliver("bob@example.org", courier=self.smarthost_courier(ca, password="wrong"))
+        assert isinstance(outcome, TemporaryFailure)
+        assert str(outcome) == f"4.7.0 localhost:{self.port} refused our credentials: 535 Authentication failed"
+        assert peer.received == []
