@@ -16,6 +16,7 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 class Recipient:
     address: str                       # final recipient after alias expansion (normalised)
     original: str = ""                 # the address given at RCPT, when aliases changed it
+    extension: str = ""                # the +tag of a plus-address, kept for Delivered-To
     local: bool = True                 # True: a local mailbox; False: remote delivery
     state: str = PENDING               # pending | delivered | failed
     attempts: int = 0

@@ -721,6 +721,12 @@ class IMAPServer(IMAP4Server):
         self._send_updates((self.folder.state, frozenset()), allow_expunge=False)
         return defer.succeed(None)
 
+    def _adopt_quietly(self, snapshot: Any) -> list[bytes]:
+        """Take in our own flag changes (already shown to the client): only EXISTS/RECENT lines remain."""
+        assert self.view is not None
+        lines = self.view.updates(snapshot, allow_expunge=False) or []
+        return [line for line in lines if b" FETCH " not in line]
+
     def folder_changed(self) -> None:
         """Called by the FolderWatcher while this session idles."""
         if self._idle_tag is not None and not self._syncing:
@@ -769,6 +775,9 @@ class IMAPServer(IMAP4Server):
         else:
             d.addCallback(lambda _: {})
         d.addCallback(self._stream, items, query, bool(uid), marks_seen)
+        if marks_seen:
+            d.addCallback(lambda _: self.transport.writeSequence(
+                [line + b"\r\n" for line in self._adopt_quietly(folder.state)]))
         d.addCallbacks(lambda _: self.sendPositiveResponse(tag, b"FETCH completed"), self._fail, errbackArgs=(tag,))
 
     select_FETCH = (do_FETCH, arg_seqset, arg_fetchatt)
@@ -888,10 +897,7 @@ class IMAPServer(IMAP4Server):
     def _stored(self, snapshot: Any, tag: bytes, items: list[tuple[int, int]], silent: bool, by_uid: bool) -> None:
         view = self.view
         assert view is not None
-        lines = view.updates(snapshot, allow_expunge=False)
-        if lines is not None:
-            lines = [line for line in lines if b" FETCH " not in line]
-        out = list(lines or [])
+        out = self._adopt_quietly(snapshot)
         if not silent:
             for seq, u in items:
                 if u in snapshot.position:
@@ -912,8 +918,9 @@ class IMAPServer(IMAP4Server):
         except search.SearchError as exc:
             self.sendBadResponse(tag, str(exc).encode())
             return
-        known = view.known
-        candidates = [search.Candidate(i + 1, u, known.flags[i], u in view.recent) for i, u in enumerate(known.uids)]
+        known, current = view.known, folder.state
+        candidates = [search.Candidate(i + 1, u, current.flags_of(u) if u in current.position else known.flags[i],
+                                       u in view.recent) for i, u in enumerate(known.uids)]
         d = self._run(search.run, nodes, candidates, folder.read, folder.meta)
         d.addCallback(self._searched, tag, bool(uid))
         d.addErrback(self._fail, tag)

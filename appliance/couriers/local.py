@@ -35,8 +35,16 @@ class LocalCourier:
         return self._store.deliver(user, trace_headers(envelope, recipient) + message, envelope.sender)
 
 
+def _with_extension(recipient: Recipient) -> str:
+    """`alice+tag@d` for a plus-addressed recipient, so filters can sort on the tag."""
+    if not recipient.extension:
+        return recipient.address
+    local, _, domain = recipient.address.rpartition("@")
+    return f"{local}{recipient.extension}@{domain}"
+
+
 def trace_headers(envelope: Envelope, recipient: Recipient) -> bytes:
     """Return-Path and Delivered-To (RFC 5321 4.4 / Postfix's loop marker), in wire form."""
     sender = " ".join(envelope.sender.split())
-    rcpt = " ".join(recipient.address.split())
+    rcpt = " ".join(_with_extension(recipient).split())
     return f"Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n".encode("utf-8")

@@ -17,6 +17,7 @@ from appliance.envelope import Envelope, Recipient, new_id
 from appliance.replies import SMTPReplyError
 
 _HEADER_END = re.compile(rb"\r\n\r\n")
+MAX_DIRECTORY_ALIAS_DEPTH = 5
 
 
 class Policy(Protocol):
@@ -36,35 +37,124 @@ class RecipientResolver:
     """Turns one RCPT address into final envelope recipients: local users, or remote addresses.
 
     Aliases are expanded here, at acceptance, so an unknown alias target is refused while the
-    client is still connected, and one message to a list gets one copy per member.
+    client is still connected, and one message to a list gets one copy per member. Order of
+    lookups, as Postfix does it: the address as given (alias, then user), then without its
+    +extension, then the domain's catch-all.
     """
 
-    def __init__(self, directory: Any, aliases: Any, domains: tuple[str, ...]) -> None:
+    def __init__(self, directory: Any, aliases: Any, domains: tuple[str, ...], *, delimiter: str = "+",
+                 catch_all: dict[str, str] | None = None, restricted: frozenset[str] = frozenset(),
+                 masquerader: Any = None) -> None:
         self.directory = directory
         self.aliases = aliases
         self.domains = domains
+        self.delimiter = delimiter
+        self.catch_all = catch_all or {}
+        self.restricted = restricted
+        self.masquerader = masquerader
 
     def is_local(self, addr: str) -> bool:
-        return address.in_domains(addr, self.domains)
+        return address.in_domains(self.unmasquerade(addr), self.domains)
+
+    def unmasquerade(self, addr: str) -> str:
+        """`user@pc12.lan.example.test` arriving at the MX is `user@example.test` (a hidden host)."""
+        if self.masquerader is None or not self.masquerader.enabled:
+            return addr
+        local, domain = address.split(addr)
+        if self.masquerader.hides(domain) and self.masquerader.as_domain in self.domains:
+            return f"{local}@{self.masquerader.as_domain}"
+        return addr
 
     @defer.inlineCallbacks
-    def resolve(self, rcpt: str) -> Any:
-        """Deferred[list[Recipient]]; fails with SMTPReplyError(550 5.1.1) for an unknown local user."""
-        targets = self.aliases.resolve(rcpt) if self.aliases is not None else None
-        if targets is None:
-            targets = [rcpt]
-        result: list[Recipient] = []
+    def resolve(self, rcpt: str, insider: bool = True) -> Any:
+        """Deferred[list[Recipient]]; fails with SMTPReplyError (550 5.1.1, 5.7.1 or 5.4.6).
+
+        `insider`: the sender is one of ours (authenticated, or on a trusted network), which
+        restricted lists require.
+        """
+        rcpt = self.unmasquerade(rcpt)
+        if not address.in_domains(rcpt, self.domains):
+            return [Recipient(address=rcpt, local=False)]
+        candidates = [(rcpt, "")]
+        base, extension = self._split_extension(rcpt)
+        if base != rcpt:
+            candidates.append((base, extension))
+        for candidate, ext in candidates:
+            if candidate in self.restricted and not insider:
+                raise SMTPReplyError(replies.LIST_RESTRICTED)
+            targets = yield self._expand(candidate)
+            if targets is not None:
+                return (yield self._finals(targets, rcpt))
+            user = yield self.directory.lookup(candidate)
+            if user is not None:
+                return [Recipient(address=user.address, original=_unless_same(rcpt, user.address), extension=ext)]
+        return (yield self._finals(self._catch_all(rcpt), rcpt))
+
+    @defer.inlineCallbacks
+    def _finals(self, targets: list[str], rcpt: str) -> Any:
+        result = []
         for target in targets:
-            original = rcpt if target != rcpt else ""
-            if not self.is_local(target):
-                result.append(Recipient(address=address.normalise(target), local=False, original=original))
-                continue
-            user = yield self.directory.lookup(target)
-            if user is None:
-                raise SMTPReplyError(replies.UNKNOWN_USER)
-            result.append(Recipient(address=user.address, local=True, original=original or
-                                    (rcpt if rcpt != user.address else "")))
+            result.append((yield self._final(target, rcpt)))
         return result
+
+    @defer.inlineCallbacks
+    def _expand(self, addr: str, depth: int = 0) -> Any:
+        """Deferred[list[str] | None]: the aliases file first, then the directory's own aliases
+        (LDAP nisMailAlias, groupOfNames, mailRoutingAddress), whose members may be lists too."""
+        if self.aliases is not None:
+            try:
+                targets = self.aliases.resolve(addr)
+            except Exception as e:  # AliasLoopError, or deeper than the aliases file allows
+                maillog.error("alias-loop", rcpt=addr, reason=str(e))
+                raise SMTPReplyError(replies.ALIAS_LOOP)
+            if targets is not None:
+                return targets
+        directory_aliases = getattr(self.directory, "resolve_alias", None)
+        if directory_aliases is None:
+            return None
+        targets = yield directory_aliases(addr)
+        if targets is None:
+            return None
+        if depth >= MAX_DIRECTORY_ALIAS_DEPTH:
+            maillog.error("alias-loop", rcpt=addr, reason="directory lists nested too deep")
+            raise SMTPReplyError(replies.ALIAS_LOOP)
+        final: list[str] = []
+        for target in targets:
+            nested = None
+            if target != addr and address.in_domains(target, self.domains):
+                nested = yield self._expand(target, depth + 1)
+            for item in nested or [target]:
+                if item not in final:
+                    final.append(item)
+        return final
+
+    def _split_extension(self, addr: str) -> tuple[str, str]:
+        """`alice+tag@d` -> (`alice@d`, `+tag`); unchanged when plus-addressing is off or absent."""
+        local, domain = address.split(addr)
+        if not self.delimiter or self.delimiter not in local[1:]:
+            return addr, ""
+        cut = local.index(self.delimiter, 1)
+        return f"{local[:cut]}@{domain}", local[cut:]
+
+    def _catch_all(self, rcpt: str) -> list[str]:
+        target = self.catch_all.get(address.domain_of(rcpt))
+        if target is None:
+            raise SMTPReplyError(replies.UNKNOWN_USER)
+        return [target]
+
+    @defer.inlineCallbacks
+    def _final(self, target: str, rcpt: str) -> Any:
+        """One expanded target: a local user that must exist, or a remote address to forward to."""
+        if not address.in_domains(target, self.domains):
+            return Recipient(address=address.normalise(target), local=False, original=_unless_same(rcpt, target))
+        user = yield self.directory.lookup(target)
+        if user is None:
+            raise SMTPReplyError(replies.UNKNOWN_USER)
+        return Recipient(address=user.address, local=True, original=_unless_same(rcpt, user.address))
+
+
+def _unless_same(given: str, final: str) -> str:
+    return given if address.normalise(given) != final else ""
 
 
 class Acceptor:

@@ -28,7 +28,7 @@ class MXPolicy:
     def check_recipient(self, conn: Any, rcpt: str) -> Any:
         if not self.resolver.is_local(rcpt) and not self.may_relay(conn):
             raise SMTPReplyError(replies.RELAY_DENIED)
-        return self.resolver.resolve(rcpt)
+        return self.resolver.resolve(rcpt, insider=self.may_relay(conn))
 
     def may_relay(self, conn: Any) -> bool:
         return address.in_networks(conn.peer, self.trusted_networks)
