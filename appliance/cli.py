@@ -6,11 +6,13 @@ import getpass
 import os
 import secrets
 import sys
+import time
 from collections.abc import Callable
 
 from appliance import address, config, tls
 from appliance.directory.file import UserFileError, add_user, delete_user, list_users, set_password
-from appliance.errors import ConfigError
+from appliance.directory.ldap import LDAPClient, read_bind_password
+from appliance.errors import ConfigError, DirectoryUnavailable
 
 DEMO_USER = "demo@example.test"
 DEMO_DOMAIN = "example.test"
@@ -120,13 +122,25 @@ def _check(args: argparse.Namespace) -> int:
     problems = config.check_files(cfg)
     if problems:
         raise ConfigError(problems)
-    for line in summary(cfg):
+    directory = _ldap_status(cfg) if cfg.ldap else None
+    for line in summary(cfg, directory):
         print(line)
     return 0
 
 
-def summary(cfg: config.Config) -> list[str]:
-    """What `check` prints when all is well: the few facts an operator wants to confirm."""
+def _ldap_status(cfg: config.Config) -> str:
+    """Bind and search as the appliance will; a directory that cannot answer is a problem for `check`."""
+    client = LDAPClient(cfg.ldap, read_bind_password(cfg.ldap.bind_password_file))
+    try:
+        return client.check(time.monotonic() + cfg.ldap.timeout)
+    except DirectoryUnavailable as exc:
+        raise ConfigError([f"{cfg.path}: [ldap] url: the directory does not answer as needed: {exc}"]) from None
+    finally:
+        client.close()
+
+
+def summary(cfg: config.Config, directory: str | None = None) -> list[str]:
+    """What `check` prints when all is well; `directory` is what the LDAP check found."""
     services = [(name, getattr(cfg.listen, name)) for name in _DEMO_PORTS if getattr(cfg.listen, name)]
     lines = [f"{cfg.path}: OK",
              f"hostname    {cfg.appliance.hostname}",
@@ -136,7 +150,7 @@ def summary(cfg: config.Config) -> list[str]:
         count = len(list_users(cfg.directory.users_file))
         lines.append(f"directory   file {cfg.directory.users_file}, {count} user{'s' if count != 1 else ''}")
     else:
-        lines.append(f"directory   {cfg.directory.backend}")
+        lines.append(f"directory   {cfg.directory.backend}: {directory}")
     return lines
 
 

@@ -12,11 +12,15 @@ import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from twisted.internet import endpoints
 
 from appliance import address, aliases, tls
 from appliance.errors import ConfigError
+
+if TYPE_CHECKING:
+    from appliance.directory.ldap import LDAPSection
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,6 +69,9 @@ class StorageSection:
 @dataclass(frozen=True)
 class AliasesSection:
     file: str = ""                    # absolute, "" = no aliases file
+    recipient_delimiter: str = "+"    # alice+tag@ reaches alice; "" turns plus-addressing off
+    catch_all: tuple[tuple[str, str], ...] = ()   # (domain, target): unknown users of domain go to target
+    restricted: tuple[str, ...] = ()  # lists open only to our own senders (full addresses)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,16 @@ class MasqueradeSection:
 @dataclass(frozen=True)
 class RelaySection:
     trusted_networks: tuple[Network, ...] = ()
+    smarthost: tuple[str, int] | None = None     # (host, port): all outbound mail goes there
+    smarthost_user: str = ""
+    smarthost_password_file: str = ""
+
+
+@dataclass(frozen=True)
+class DeliverySection:
+    nameservers: tuple[tuple[str, int], ...] = ()  # () = /etc/resolv.conf
+    port: int = 25                    # the port of the peers' MX (tests use other ports)
+    allow_address_literals: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,8 @@ class Config:
     relay: RelaySection = field(default_factory=RelaySection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     queue: QueueSection = field(default_factory=QueueSection)
+    delivery: DeliverySection = field(default_factory=DeliverySection)
+    ldap: LDAPSection | None = None   # read only when [directory] backend = ldap
 
 
 TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")   # services that cannot run without a certificate
@@ -227,6 +246,75 @@ def _endpoint(value: str, base: str) -> str:
     return value
 
 
+def _text(value: str, base: str) -> str:
+    return value
+
+
+def _delimiter(value: str, base: str) -> str:
+    if len(value) > 1 or value in ("@", "."):
+        raise ValueError(f"{value!r}: give one character such as + or -, or nothing to turn it off")
+    return value
+
+
+def _bool(value: str, base: str) -> bool:
+    words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+    if value.lower() not in words:
+        raise ValueError(f"{value!r} is not yes or no")
+    return words[value.lower()]
+
+
+def _port(value: str, base: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"{value!r} is not a port number")
+    return int(value)
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":") if text.count(":") == 1 or text.startswith("[") else ("", "", "")
+    if not colon:
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host, int(port)
+
+
+def _smarthost(value: str, base: str) -> tuple[str, int] | None:
+    return _host_port(value, 587) if value else None
+
+
+def _nameservers(value: str, base: str) -> tuple[tuple[str, int], ...]:
+    result = []
+    for word in _words(value):
+        host, port = _host_port(word, 53)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{word!r}: name servers are given by IP address") from None
+        result.append((host, port))
+    return tuple(result)
+
+
+def _addresses(value: str, base: str) -> tuple[str, ...]:
+    result = []
+    for word in _words(value):
+        if not address.is_valid(word):
+            raise ValueError(f"{word!r} is not a full address")
+        result.append(address.normalise(word))
+    return tuple(result)
+
+
+def _catch_all(value: str, base: str) -> tuple[tuple[str, str], ...]:
+    """`example.test: alice@example.test, example.org: bob@example.org`."""
+    result = []
+    for item in (part.strip() for part in value.split(",") if part.strip()):
+        domain, colon, target = item.partition(":")
+        if not colon or not address.is_valid(target.strip()):
+            raise ValueError(f"{item!r}: write domain: target@address")
+        result.append((address.normalise_domain(domain), address.normalise(target.strip())))
+    return tuple(result)
+
+
 def _template(value: str, base: str) -> str:
     try:
         parts = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
@@ -274,18 +362,33 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
         "backend": _Key("backend", _choice("file", "ldap"), "file"),
         "users_file": _Key("users_file", _path, "users"),
     },
-    "ldap": None,  # accepted as written; its keys are read by the LDAP directory's own work
+    "ldap": None,  # read by appliance.directory.ldap, and only when [directory] backend = ldap
     "storage": {
         "format": _Key("format", _choice("maildir", "mbox"), "maildir"),
         "path": _Key("path", _template, "var/mail/{domain}/{local}"),
     },
-    "aliases": {"file": _Key("file", _optional_path, "aliases", only_if_exists=True)},
+    "aliases": {
+        "file": _Key("file", _optional_path, "aliases", only_if_exists=True),
+        "recipient_delimiter": _Key("recipient_delimiter", _delimiter, "+"),
+        "catch_all": _Key("catch_all", _catch_all),
+        "restricted": _Key("restricted", _addresses),
+    },
     "masquerade": {
         "domains": _Key("domains", _domains),
         "as": _Key("as_domain", _optional_domain),
         "exceptions": _Key("exceptions", _local_parts),
     },
-    "relay": {"trusted_networks": _Key("trusted_networks", _networks, LOCAL_NETWORKS)},
+    "relay": {
+        "trusted_networks": _Key("trusted_networks", _networks, LOCAL_NETWORKS),
+        "smarthost": _Key("smarthost", _smarthost),
+        "smarthost_user": _Key("smarthost_user", _text),
+        "smarthost_password_file": _Key("smarthost_password_file", _optional_path),
+    },
+    "delivery": {
+        "nameservers": _Key("nameservers", _nameservers),
+        "port": _Key("port", _port, "25"),
+        "allow_address_literals": _Key("allow_address_literals", _bool, "no"),
+    },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),
 }
@@ -294,6 +397,7 @@ _SECTION_TYPES: dict[str, type] = {
     "appliance": ApplianceSection, "tls": TLSSection, "listen": ListenSection,
     "directory": DirectorySection, "storage": StorageSection, "aliases": AliasesSection,
     "masquerade": MasqueradeSection, "relay": RelaySection, "limits": LimitsSection, "queue": QueueSection,
+    "delivery": DeliverySection,
 }
 
 
@@ -310,10 +414,11 @@ def load(path: str) -> Config:
     values = {name: _read_section(parser, name, keys, base, problems)
               for name, keys in _SCHEMA.items() if keys is not None}
     _cross_check(values, problems)
+    ldap = _read_ldap(parser, base, problems) if values["directory"].get("backend") == "ldap" else None
     if problems:
         raise ConfigError(problems.lines)
     sections = {name: _SECTION_TYPES[name](**fields_) for name, fields_ in values.items()}
-    return Config(path=os.path.abspath(path), **sections)
+    return Config(path=os.path.abspath(path), ldap=ldap, **sections)
 
 
 def _parse(path: str) -> configparser.ConfigParser:
@@ -364,6 +469,16 @@ def _read_section(parser: configparser.ConfigParser, name: str, keys: dict[str, 
     return values
 
 
+def _read_ldap(parser: configparser.ConfigParser, base: str, problems: _Problems) -> LDAPSection | None:
+    """The [ldap] section, parsed by the LDAP directory that owns its keys."""
+    # Imported here: appliance.directory imports this module for its Config type.
+    from appliance.directory.ldap import parse_ldap_section
+    items = dict(parser.items("ldap")) if parser.has_section("ldap") else {}
+    section, found = parse_ldap_section(items, base, problems.source)
+    problems.lines.extend(found)
+    return section
+
+
 def _suggest(name: str, choices: object, form: str) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f"; did you mean {form.format(close[0])}?" if close else ""
@@ -380,6 +495,11 @@ def _cross_check(values: dict[str, dict[str, object]], problems: _Problems) -> N
         problems.add("masquerade", "as", "required when [masquerade] domains is set")
     if "retry_max" in queue and "retry_initial" in queue and queue["retry_max"] < queue["retry_initial"]:
         problems.add("queue", "retry_max", f"smaller than retry_initial ({queue['retry_initial']})")
+    relay = values["relay"]
+    if relay.get("smarthost_user") and not relay.get("smarthost_password_file"):
+        problems.add("relay", "smarthost_password_file", "required when smarthost_user is set")
+    if relay.get("smarthost_user") and relay.get("smarthost") is None:
+        problems.add("relay", "smarthost", "required when smarthost_user is set")
     _check_ports(values["listen"], problems)
 
 
@@ -473,11 +593,12 @@ def describe(config: Config) -> list[str]:
     """The effective configuration, one `section.key = value` line each, secrets masked."""
     lines = []
     for name, keys in _SCHEMA.items():
-        if keys is None:
-            continue
         section = getattr(config, name)
-        for key, spec in keys.items():
-            lines.append(f"{name}.{key} = {_show(key, getattr(section, spec.field))}")
+        if section is None:
+            continue
+        # [ldap] has no schema here: its INI keys are its dataclass's field names.
+        attributes = {key: spec.field for key, spec in keys.items()} if keys else {f.name: f.name for f in fields(section)}
+        lines += [f"{name}.{key} = {_show(key, getattr(section, attribute))}" for key, attribute in attributes.items()]
     return lines
 
 

@@ -45,7 +45,7 @@ MAX_LINE = 65536                # one command line; UID sets from sync clients c
 MAX_STRING_LITERAL = 65536      # a literal that is not a message (names, passwords, search strings)
 FETCH_BATCH_BYTES = 4 << 20     # message octets read per trip to the disk pool during FETCH
 MAX_ERRORS = 20                 # BAD replies in one session before BYE
-_LITERAL = re.compile(rb"^\{(\d{1,10})(\+?)\}$")
+_LITERAL = re.compile(rb"^\{(\d{1,30})(\+?)\}$")
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _FLAG_LIST = b"(" + " ".join(SYSTEM_FLAGS).encode() + b")"
 _FOLDER_ATTRIBUTES = {"\\Drafts", "\\Sent", "\\Trash", "\\Junk"}
@@ -468,7 +468,10 @@ class IMAPServer(IMAP4Server):
             maillog.auth(self.factory.service, self.peer, name, False, mechanism, "bad credentials")
             delay = self.factory.throttle.delay(self.peer)
             reply = b"[AUTHENTICATIONFAILED] Authentication failed"
-            self.factory.reactor.callLater(delay, self._late_reply, tag, reply)
+            if delay:
+                self.factory.reactor.callLater(delay, self._late_reply, tag, reply)
+            else:
+                self._late_reply(tag, reply)
             return
         if failure.check(DirectoryUnavailable):
             maillog.auth(self.factory.service, self.peer, name, False, mechanism, "directory unavailable")

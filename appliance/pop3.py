@@ -527,10 +527,10 @@ class POP3Factory(protocol.ServerFactory):
 
     protocol = POP3Server
 
-    def __init__(self, *, portal: Portal, offers_apop: bool, throttle: Any, hostname: str, tls: Any,
+    def __init__(self, *, portal: Portal, directory: Any, throttle: Any, hostname: str, tls: Any,
                  tls_settings: Any, implicit_tls: bool, reactor: Any, max_errors: int) -> None:
         self.portal = portal
-        self.offers_apop = offers_apop
+        self.directory = directory
         self.throttle = throttle
         self.hostname = hostname
         self.tls = tls
@@ -539,6 +539,11 @@ class POP3Factory(protocol.ServerFactory):
         self.reactor = reactor
         self.max_errors = max_errors
         self.service = "pop3s" if implicit_tls else "pop3"
+
+    @property
+    def offers_apop(self) -> bool:
+        """Asked per connection: the directory may gain or lose its first shared secret at any time."""
+        return bool(getattr(self.directory, "supports_shared_secrets", False))
 
 
 # One process serves every POP3 session on both ports, so this one table is the whole lock.
@@ -552,7 +557,5 @@ def make_pop3_factory(*, directory: Any, checker: Any, throttle: Any, store: Any
     caller wraps it with appliance.tls.implicit). APOP is offered when the directory can hold
     shared secrets; the checker refuses it for users without one."""
     realm = MaildropRealm(directory, store, PROCESS_LOCKS if locks is None else locks, reactor, pool)
-    return POP3Factory(portal=Portal(realm, [checker]),
-                       offers_apop=bool(getattr(directory, "supports_shared_secrets", False)),
-                       throttle=throttle, hostname=hostname, tls=tls, tls_settings=tls_settings,
+    return POP3Factory(portal=Portal(realm, [checker]), directory=directory, throttle=throttle, hostname=hostname, tls=tls, tls_settings=tls_settings,
                        implicit_tls=implicit_tls, reactor=reactor, max_errors=max_errors)

@@ -5,6 +5,7 @@ twistd exit non-zero with one line per problem before anything binds.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -42,81 +43,137 @@ def makeService(options: Options, reactor: Any = None) -> ApplianceService:
     return build(options.loaded, reactor)
 
 
-def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
-    """Wire directory, store, queue and listeners; children start in this order."""
-    from appliance import aliases as aliasesmod, auth, tls as tlsmod
-    from appliance.couriers.local import LocalCourier
-    from appliance.couriers.remote import RemoteCourier
-    from appliance.directory import make_directory
-    from appliance.queue import QueueService, Spool
-    from appliance.store import make_store
+class Parts:
+    """The shared objects every listener is built from."""
 
-    server_tls = tlsmod.ServerTLS(cfg.tls)
+    def __init__(self, cfg: configmod.Config, reactor: Any, top: ApplianceService) -> None:
+        from appliance import auth, tls as tlsmod
+        from appliance.directory import make_directory
+        from appliance.masquerade import Masquerader
+        from appliance.store import make_store
+
+        self.cfg, self.reactor = cfg, reactor
+        self.tls = top.tls
+        pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
+        self.directory = make_directory(cfg, reactor, pools["directory"])
+        self.store = make_store(cfg.storage, reactor, pools["disk"])
+        self.checker = auth.DirectoryChecker(self.directory)
+        self.throttle = auth.AuthThrottle(reactor)
+        m = cfg.masquerade
+        self.masquerader = Masquerader(m.domains, m.as_domain, m.exceptions)
+        self.queue = _queue(cfg, reactor, top, pools["queue"], self.directory, self.store)
+        self.tls_module = tlsmod
+
+
+def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
+    """Wire directory, store, queue and listeners; children start in the order added."""
+    from appliance import aliases as aliasesmod, tls as tlsmod
+    server_tls = tlsmod.ServerTLS(cfg.tls, source=cfg.path)
     try:
         aliases = aliasesmod.AliasResolver(cfg.aliases.file, cfg.appliance.domains) if cfg.aliases.file else None
     except aliasesmod.AliasesError as e:
         raise ConfigError(e.problems)
     top = ApplianceService(cfg, reactor, server_tls, aliases)
+    parts = Parts(cfg, reactor, top)
+    _smtp_listeners(top, parts, aliases)
+    _access_listeners(top, parts)
+    return top
 
-    pools = {name: ThreadPoolService(name, size) for name, size in (("disk", 4), ("queue", 2), ("auth", 2))}
-    for pool_service in pools.values():
-        pool_service.setServiceParent(top)
 
-    directory = make_directory(cfg, reactor, pools["auth"].pool)
-    store = make_store(cfg.storage, reactor, pools["disk"].pool)
-    spool = Spool(_state_path(cfg, "queue"), reactor, pools["queue"].pool)
-    couriers = {"local": LocalCourier(directory, store), "remote": RemoteCourier()}
+def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
+    directory_threads = cfg.ldap.pool_size if cfg.ldap is not None else 2
+    return {"directory": directory_threads, "disk": 4, "queue": 2}
+
+
+def _pool(top: ApplianceService, name: str, size: int) -> Any:
+    pool_service = ThreadPoolService(name, size)
+    pool_service.setServiceParent(top)
+    return pool_service.pool
+
+
+def _queue(cfg: configmod.Config, reactor: Any, top: ApplianceService, pool: Any, directory: Any, store: Any) -> Any:
+    from appliance.couriers.local import LocalCourier
+    from appliance.queue import QueueService, Spool
+    couriers = {"local": LocalCourier(directory, store), "remote": _outbound(cfg, reactor)}
+    spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, pool)
     queue = QueueService(spool, couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
                          is_local=lambda a: address.in_domains(a, cfg.appliance.domains))
     queue.setName("queue")
     queue.setServiceParent(top)
-
-    common = _smtp_common(cfg, reactor, directory, aliases, queue, server_tls)
-    for name, (kind, implicit) in SMTP_LISTENERS.items():
-        description = getattr(cfg.listen, name)
-        if description:
-            factory = _smtp_factory(cfg, name, kind, implicit, common)
-            _listen(top, reactor, name, description, tlsmod.implicit(factory, server_tls) if implicit else factory)
-    return top
+    return queue
 
 
-def _smtp_common(cfg: configmod.Config, reactor: Any, directory: Any, aliases: Any, queue: Any,
-                 server_tls: Any) -> dict[str, Any]:
-    from appliance import auth
+def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
+    """MX routing (or the smarthost) for remote recipients."""
+    from appliance.couriers.mxroute import MXRouter, make_resolver
+    from appliance.couriers.outbound import OutboundCourier
+    router = MXRouter(make_resolver(cfg.delivery.nameservers), cfg.appliance.hostname,
+                      allow_literals=cfg.delivery.allow_address_literals, clock=reactor)
+    relay = cfg.relay
+    auth = None
+    if relay.smarthost_user:
+        with open(relay.smarthost_password_file, encoding="utf-8") as f:
+            auth = (relay.smarthost_user, f.readline().strip())
+    return OutboundCourier(router, reactor, cfg.appliance.hostname, port=cfg.delivery.port,
+                           smarthost=relay.smarthost, smarthost_auth=auth)
+
+
+def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
     from appliance.smtp.delivery import Acceptor, RecipientResolver
-    return {
-        "resolver": RecipientResolver(directory, aliases, cfg.appliance.domains),
-        "acceptor": Acceptor(queue, cfg.appliance.hostname),
-        "directory": directory,
-        "checker": auth.DirectoryChecker(directory),
-        "throttle": auth.AuthThrottle(reactor),
-        "clock": reactor,
-        "tls": server_tls,
-    }
-
-
-def _smtp_factory(cfg: configmod.Config, name: str, kind: str, implicit: bool, common: dict[str, Any]) -> Any:
     from appliance.smtp.mx import MXPolicy
     from appliance.smtp.server import SMTPFactory
     from appliance.smtp.submission import SubmissionPolicy
-    if kind == "mx":
-        policy: Any = MXPolicy(common["resolver"], cfg.relay.trusted_networks)
-    else:
-        policy = SubmissionPolicy(name, common["resolver"], cfg.appliance.hostname)
-    return SMTPFactory(policy=policy, acceptor=common["acceptor"], directory=common["directory"],
-                       checker=common["checker"], throttle=common["throttle"], hostname=cfg.appliance.hostname,
-                       domains=cfg.appliance.domains, limits=cfg.limits, tls=common["tls"], tls_settings=cfg.tls,
-                       implicit_tls=implicit, clock=common["clock"])
+    cfg = parts.cfg
+    resolver = RecipientResolver(parts.directory, aliases, cfg.appliance.domains,
+                                 delimiter=cfg.aliases.recipient_delimiter, catch_all=dict(cfg.aliases.catch_all),
+                                 restricted=frozenset(cfg.aliases.restricted), masquerader=parts.masquerader)
+    acceptor = Acceptor(parts.queue, cfg.appliance.hostname, parts.masquerader)
+    for name, (kind, implicit) in SMTP_LISTENERS.items():
+        description = getattr(cfg.listen, name)
+        if not description:
+            continue
+        if kind == "mx":
+            policy: Any = MXPolicy(resolver, cfg.relay.trusted_networks)
+        else:
+            policy = SubmissionPolicy(name, resolver, cfg.appliance.hostname)
+        factory = SMTPFactory(policy=policy, acceptor=acceptor, directory=parts.directory, checker=parts.checker,
+                              throttle=parts.throttle, hostname=cfg.appliance.hostname,
+                              domains=cfg.appliance.domains, limits=cfg.limits, tls=parts.tls, tls_settings=cfg.tls,
+                              implicit_tls=implicit, clock=parts.reactor,
+                              unlimited_networks=cfg.relay.trusted_networks)
+        _listen(top, parts, name, description, factory, implicit)
 
 
-def _listen(top: ApplianceService, reactor: Any, name: str, description: str, factory: Any) -> None:
+def _access_listeners(top: ApplianceService, parts: Parts) -> None:
+    """POP3 and IMAP, each with a plain (STLS/STARTTLS) and an implicit-TLS listener."""
+    makers = {}
+    try:
+        from appliance.pop3 import make_pop3_factory
+        makers.update(pop3=(make_pop3_factory, False), pop3s=(make_pop3_factory, True))
+    except ImportError:
+        pass
+    try:
+        from appliance.imap import make_imap_factory
+        makers.update(imap=(make_imap_factory, False), imaps=(make_imap_factory, True))
+    except ImportError:
+        pass
+    cfg = parts.cfg
+    for name, (maker, implicit) in makers.items():
+        description = getattr(cfg.listen, name)
+        if not description:
+            continue
+        factory = maker(directory=parts.directory, checker=parts.checker, throttle=parts.throttle,
+                        store=parts.store, hostname=cfg.appliance.hostname, tls=parts.tls,
+                        tls_settings=cfg.tls, implicit_tls=implicit, reactor=parts.reactor,
+                        pool=top.getServiceNamed("pool-disk").pool)
+        _listen(top, parts, name, description, factory, implicit)
+
+
+def _listen(top: ApplianceService, parts: Parts, name: str, description: str, factory: Any, implicit: bool) -> None:
     """A listener binds in privilegedStartService, before twistd drops to --uid/--gid."""
-    listener = StreamServerEndpointService(endpoints.serverFromString(reactor, description), factory)
+    if implicit:
+        factory = parts.tls_module.implicit(factory, parts.tls)
+    listener = StreamServerEndpointService(endpoints.serverFromString(parts.reactor, description), factory)
     listener._raiseSynchronously = True
     listener.setName(f"listen-{name}")
     listener.setServiceParent(top)
-
-
-def _state_path(cfg: configmod.Config, *parts: str) -> str:
-    import os
-    return os.path.join(cfg.appliance.state_dir, *parts)

@@ -7,10 +7,14 @@ from appliance.interfaces import IDirectory
 
 
 def make_directory(config: Config, reactor, pool) -> IDirectory:
-    """The directory named by `[directory] backend`, doing its blocking work in `pool`."""
+    """The directory named by `[directory] backend`, doing its blocking work in `pool`.
+
+    For LDAP, `pool` should have `[ldap] pool_size` threads: each keeps one service connection.
+    """
     backend = config.directory.backend
     if backend == "file":
         return FileDirectory(config.directory.users_file, reactor, pool)
-    if backend == "ldap":
-        raise NotImplementedError("[directory] backend = ldap is not available yet; use backend = file")
+    if backend == "ldap" and config.ldap is not None:
+        from appliance.directory.ldap import LDAPDirectory
+        return LDAPDirectory(config.ldap, reactor, pool)
     raise ValueError(f"[directory] backend: unknown backend {backend!r} (expected file or ldap)")

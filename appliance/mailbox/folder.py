@@ -121,12 +121,22 @@ class Folder:
         self._keys = {uid: key for key, uid in self._uids.uids.items() if key in found}
         messages = [(uid, found[key][0]) for uid, key in self._keys.items()]
         fresh = frozenset(uid for uid, key in self._keys.items() if found[key][1])
-        self.state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh)
+        state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh)
+        if state != self.state:
+            # Unchanged folders keep their Snapshot object: every session selecting the folder shares
+            # one copy (and one identity check tells an idle session nothing happened).
+            self.state = state
+
+    def _keys_for(self, uids) -> dict[int, str]:
+        """uid -> key for the UIDs still present, rescanning first if some are unknown to this object."""
+        if any(uid not in self._keys for uid in uids):
+            self._refresh_locked()
+        return {uid: self._keys[uid] for uid in uids if uid in self._keys}
 
     def claim(self, uids: frozenset[int]) -> frozenset[int]:
         """Claim fresh messages for one session's \\Recent; each is claimed by one session only."""
         with locked(self._lock):
-            keys = [self._keys[uid] for uid in uids if uid in self._keys]
+            keys = list(self._keys_for(uids).values())
             claimed = set(self._claim(keys))
             self._refresh_locked()
         return frozenset(uid for uid in uids if self._keys.get(uid) in claimed)
@@ -134,13 +144,14 @@ class Folder:
     def store(self, changes: dict[int, frozenset[str]]) -> Snapshot:
         """Set the flags of some messages (uid -> complete new flag set); gone messages are skipped."""
         with locked(self._lock):
-            self._set_flags({self._keys[uid]: flags for uid, flags in changes.items() if uid in self._keys})
+            keys = self._keys_for(changes)
+            self._set_flags({key: changes[uid] for uid, key in keys.items()})
             self._refresh_locked()
         return self.state
 
     def expunge(self, uids: list[int]) -> Snapshot:
         with locked(self._lock):
-            self._remove([self._keys[uid] for uid in uids if uid in self._keys])
+            self._remove(list(self._keys_for(uids).values()))
             self._refresh_locked()
             with self._meta_guard:
                 self._index.prune(set(self._keys.values()))

@@ -26,6 +26,9 @@ class Policy(Protocol):
     name: str                 # the service name used in logs: smtp, submission, smtps
     offers_auth: bool         # AUTH advertised (when the channel is safe)
 
+    def insider(self, conn: Any) -> bool:
+        """The client is one of ours (authenticated, or on a trusted network)."""
+
     def check_sender(self, conn: Any, sender: str) -> Any: ...
 
     def check_recipient(self, conn: Any, rcpt: str) -> Any: ...
@@ -82,7 +85,7 @@ class RecipientResolver:
         for candidate, ext in candidates:
             if candidate in self.restricted and not insider:
                 raise SMTPReplyError(replies.LIST_RESTRICTED)
-            targets = yield self._expand(candidate)
+            targets = yield self.expand(candidate)
             if targets is not None:
                 return (yield self._finals(targets, rcpt))
             user = yield self.directory.lookup(candidate)
@@ -98,7 +101,7 @@ class RecipientResolver:
         return result
 
     @defer.inlineCallbacks
-    def _expand(self, addr: str, depth: int = 0) -> Any:
+    def expand(self, addr: str, depth: int = 0) -> Any:
         """Deferred[list[str] | None]: the aliases file first, then the directory's own aliases
         (LDAP nisMailAlias, groupOfNames, mailRoutingAddress), whose members may be lists too."""
         if self.aliases is not None:
@@ -122,7 +125,7 @@ class RecipientResolver:
         for target in targets:
             nested = None
             if target != addr and address.in_domains(target, self.domains):
-                nested = yield self._expand(target, depth + 1)
+                nested = yield self.expand(target, depth + 1)
             for item in nested or [target]:
                 if item not in final:
                     final.append(item)
@@ -160,23 +163,38 @@ def _unless_same(given: str, final: str) -> str:
 class Acceptor:
     """Builds the envelope and the Received: line, and puts the message in the durable queue."""
 
-    def __init__(self, queue: Any, hostname: str) -> None:
+    def __init__(self, queue: Any, hostname: str, masquerader: Any = None) -> None:
         self.queue = queue
         self.hostname = hostname
+        self.masquerader = masquerader
 
     def accept(self, conn: Any, session: Any, body: bytes) -> defer.Deferred:
         """Deferred[queue id], firing only once the queue holds the message durably."""
         qid = new_id()
-        message = conn.factory.policy.prepare(conn, body)
+        policy = conn.factory.policy
+        message = policy.prepare(conn, body)
+        sender = session.sender
+        if self.masquerader is not None and self.masquerader.enabled and policy.insider(conn):
+            sender, message = self.masquerade(qid, sender, message)
         rcpts = session.recipients
         message = self.received_header(conn, qid, rcpts) + message
-        envelope = Envelope(id=qid, sender=session.sender, recipients=list(rcpts), peer=conn.peer,
+        envelope = Envelope(id=qid, sender=sender, recipients=list(rcpts), peer=conn.peer,
                             helo=conn.helo or "", protocol=conn.protocol_name,
                             login=conn.user.address if conn.user is not None else "", size=len(message))
         d = self.queue.put(envelope, message)
         d.addCallback(self._accepted, conn, envelope)
         d.addErrback(self._failed, conn, envelope)
         return d
+
+    def masquerade(self, qid: str, sender: str, message: bytes) -> tuple[str, bytes]:
+        """Hide internal host names on mail our own users and hosts send; log what changed."""
+        new_sender = self.masquerader.rewrite_address(sender)
+        message, changes = self.masquerader.rewrite_headers(message)
+        if new_sender != sender:
+            changes.insert(0, (sender, new_sender))
+        for old, new in changes:
+            maillog.emit("masqueraded", id=qid, original=old, rewritten=new)
+        return new_sender, message
 
     def _accepted(self, _: object, conn: Any, envelope: Envelope) -> str:
         maillog.received(envelope.id, conn.factory.policy.name, conn.peer, envelope.sender, envelope.size,

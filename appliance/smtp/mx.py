@@ -28,9 +28,13 @@ class MXPolicy:
     def check_recipient(self, conn: Any, rcpt: str) -> Any:
         if not self.resolver.is_local(rcpt) and not self.may_relay(conn):
             raise SMTPReplyError(replies.RELAY_DENIED)
-        return self.resolver.resolve(rcpt, insider=self.may_relay(conn))
+        return self.resolver.resolve(rcpt, insider=self.insider(conn))
 
     def may_relay(self, conn: Any) -> bool:
+        return self.insider(conn)
+
+    def insider(self, conn: Any) -> bool:
+        """Hosts of our own network: they may relay, use restricted lists, and are masqueraded."""
         return address.in_networks(conn.peer, self.trusted_networks)
 
     def prepare(self, conn: Any, message: bytes) -> bytes:

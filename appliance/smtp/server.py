@@ -615,7 +615,7 @@ class SMTPFactory(ServerFactory):
 
     def __init__(self, *, policy: "Policy", acceptor: "Acceptor", directory: Any, checker: Any, throttle: Any,
                  hostname: str, domains: tuple[str, ...], limits: Any, tls: Any, tls_settings: Any,
-                 implicit_tls: bool, clock: Any) -> None:
+                 implicit_tls: bool, clock: Any, unlimited_networks: tuple[Any, ...] = ()) -> None:
         self.policy = policy
         self.acceptor = acceptor
         self.directory = directory
@@ -628,6 +628,7 @@ class SMTPFactory(ServerFactory):
         self.tls_settings = tls_settings
         self.implicit_tls = implicit_tls
         self.clock = clock
+        self.unlimited_networks = unlimited_networks
         self._per_peer: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> ApplianceSMTP:
@@ -636,8 +637,10 @@ class SMTPFactory(ServerFactory):
         return proto
 
     def connection_opened(self, peer: str) -> bool:
+        """Count a connection; False when the peer has too many (trusted networks are not limited,
+        as Postfix exempts $mynetworks, so an internal relay or a load test is never refused)."""
         count = self._per_peer.get(peer, 0)
-        if count >= self.limits.max_connections_per_ip:
+        if count >= self.limits.max_connections_per_ip and not address.in_networks(peer, self.unlimited_networks):
             return False
         self._per_peer[peer] = count + 1
         return True

@@ -23,14 +23,30 @@ class SubmissionPolicy:
         self.resolver = resolver
         self.hostname = hostname
 
-    def check_sender(self, conn: Any, sender: str) -> None:
-        if conn.user is None:
+    def check_sender(self, conn: Any, sender: str) -> Any:
+        """A user sends as their own addresses (primary, and extra ones an admin granted in the
+        directory), or as an alias that points only at them (contact@ for the one person behind it)."""
+        user = conn.user
+        if user is None:
             raise SMTPReplyError(replies.AUTH_REQUIRED)
-        if sender not in conn.user.addresses and sender != conn.user.address:
+        if sender == user.address or sender in user.addresses:
+            return None
+        if not self.resolver.is_local(sender):
+            raise SMTPReplyError(replies.SENDER_NOT_OWNED)
+        d = self.resolver.expand(sender)
+        d.addCallback(self._alias_of_user, user)
+        return d
+
+    @staticmethod
+    def _alias_of_user(targets: list[str] | None, user: Any) -> None:
+        if targets != [user.address]:
             raise SMTPReplyError(replies.SENDER_NOT_OWNED)
 
     def check_recipient(self, conn: Any, rcpt: str) -> Any:
-        return self.resolver.resolve(rcpt)
+        return self.resolver.resolve(rcpt, insider=True)
+
+    def insider(self, conn: Any) -> bool:
+        return conn.user is not None
 
     def prepare(self, conn: Any, message: bytes) -> bytes:
         """Add the Message-ID and Date a careless client left out."""

@@ -98,9 +98,10 @@ def test_read_and_manage_mail(app):
     assert b"\\Seen" in client.fetch("2", "(FLAGS)")[1][0]
     assert client.search(None, "SUBJECT", "second") == ("OK", [b"2"])
     assert client.uid("SEARCH", None, "UNSEEN") == ("OK", [b"1"])
-    typ, data = client.uid("COPY", "1", "Trash")
-    assert typ == "OK" and b"COPYUID" in data[0]
+    assert client.uid("COPY", "1", "Trash")[0] == "OK"
+    assert client.response("COPYUID")[1][0].split()[1:] == [b"1", b"1"]
     assert client.uid("MOVE", "2", "Junk")[0] == "OK"
+    assert client.response("EXPUNGE")[1] == [b"2"]          # MOVE reports the message gone
     assert client.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
     assert client.expunge() == ("OK", [b"1"])
     typ, data = client.append("Sent", "(\\Seen)", imaplib.Time2Internaldate(time.time()),

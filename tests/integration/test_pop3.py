@@ -1,6 +1,7 @@
 """POP3 and POP3S against a real appliance, with Python's poplib, fetchmail and getmail6, over Maildir and mbox."""
 from __future__ import annotations
 
+import email
 import mailbox
 import os
 import poplib
@@ -117,17 +118,18 @@ def test_uidl_is_stable_across_sessions_and_restarts(pop3_appliance):
 def test_poplib_apop_without_tls(pop3_appliance):
     deliver(pop3_appliance, "apop")
     secret = enable_apop(pop3_appliance)
-    client = POP3(pop3_appliance.ports["pop3"])
-    assert client.timestamp.search(client.welcome.decode())
     wait_for(lambda: _apop_works(pop3_appliance, secret), timeout=5)
     client = POP3(pop3_appliance.ports["pop3"])
+    assert client.timestamp.match(client.welcome)
     client.apop(ALICE, secret)
     assert subjects(client) == ["apop"]
     client.quit()
 
 
 def _apop_works(appliance: Appliance, secret: str) -> bool:
-    """The users file is re-read within a second of the change; until then APOP is refused."""
+    """The directory notices the changed users file at its next request (at most a second stale)
+    and offers APOP from then on; a USER/PASS login is such a request."""
+    login(appliance).quit()
     client = POP3(appliance.ports["pop3"])
     try:
         client.apop(ALICE, secret)
@@ -139,9 +141,11 @@ def _apop_works(appliance: Appliance, secret: str) -> bool:
 
 
 def test_apop_refused_for_users_without_a_shared_secret(pop3_appliance):
+    deliver(pop3_appliance, "loads the users file")
+    wait_for(lambda: _apop_works(pop3_appliance, enable_apop(pop3_appliance)), timeout=5)
     client = POP3(pop3_appliance.ports["pop3"])
     with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
-        client.apop(ALICE, pop3_appliance.users["alice"])
+        client.apop(f"bob@{DOMAIN}", pop3_appliance.users["bob"])      # bob keeps no shared secret
 
 
 def test_pop3s_verifies_and_logs_in(pop3_appliance):
@@ -180,7 +184,8 @@ def test_a_dropped_connection_deletes_nothing(pop3_appliance):
     deliver(pop3_appliance, "keep me")
     client = login(pop3_appliance)
     client.dele(1)
-    client.sock.close()
+    client.sock.shutdown(socket.SHUT_RDWR)          # no QUIT: the connection just ends
+    client.close()
     client = wait_for(lambda: _try_login(pop3_appliance))
     assert subjects(client) == ["keep me"]
     client.quit()
@@ -195,19 +200,22 @@ def _try_login(appliance: Appliance) -> POP3 | None:
 
 
 # ---- fetchmail ----------------------------------------------------------------------------------------
-def run_fetchmail(appliance: Appliance, tmp_path, poll_options: str) -> tuple[subprocess.CompletedProcess, str]:
-    """One fetchmail run that hands each message to an MDA appending to an mbox; returns (result, mbox)."""
+def run_fetchmail(appliance: Appliance, tmp_path, server_options: str,
+                  user_options: str) -> tuple[subprocess.CompletedProcess, str]:
+    """One fetchmail run whose MDA writes each message to its own file; returns (result, that folder)."""
     fetchmail = require_program("fetchmail")
     home = tmp_path / "fetchmail-home"
     home.mkdir(exist_ok=True)
-    out = tmp_path / "fetched.mbox"
+    out = tmp_path / "fetched"
+    out.mkdir(exist_ok=True)
     rc = home / "fetchmailrc"
     rc.write_text(textwrap.dedent(f"""\
         set no bouncemail
-        poll {HOSTNAME} via 127.0.0.1 {poll_options}
+        poll {HOSTNAME} via 127.0.0.1 {server_options}
           user "{ALICE}" there password "{appliance.users['alice']}"
+          {user_options}
           fetchall
-          mda "/bin/sh -c 'cat >> {out}'"
+          mda "/bin/sh -c 'cat > $(mktemp {out}/message.XXXXXX)'"
         """))
     rc.chmod(0o600)
     env = dict(os.environ, FETCHMAILHOME=str(home), HOME=str(home))
@@ -217,8 +225,10 @@ def run_fetchmail(appliance: Appliance, tmp_path, poll_options: str) -> tuple[su
 
 
 def fetched_subjects(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
+    """Subjects of the messages fetched into `path`: an mbox file, or a folder of one file each (sorted)."""
+    if os.path.isdir(path):
+        return sorted(email.message_from_bytes(open(os.path.join(path, name), "rb").read())["Subject"]
+                      for name in os.listdir(path))
     return [message["Subject"] for message in mailbox.mbox(path)]
 
 
@@ -226,8 +236,8 @@ def test_fetchmail_apop(pop3_appliance, tmp_path):
     deliver(pop3_appliance, "for fetchmail one", "for fetchmail two")
     enable_apop(pop3_appliance)
     wait_for(lambda: _apop_works(pop3_appliance, pop3_appliance.users["alice"]), timeout=5)
-    result, out = run_fetchmail(pop3_appliance, tmp_path, f"port {pop3_appliance.ports['pop3']} protocol APOP "
-                                                          "sslproto ''")
+    result, out = run_fetchmail(pop3_appliance, tmp_path, f"port {pop3_appliance.ports['pop3']} protocol APOP",
+                                "sslproto ''")
     assert result.returncode == 0, result.stdout + result.stderr
     assert fetched_subjects(out) == ["for fetchmail one", "for fetchmail two"]
     assert pop3_appliance.messages("alice") == []             # fetchmail deleted what it fetched
@@ -235,9 +245,8 @@ def test_fetchmail_apop(pop3_appliance, tmp_path):
 
 def test_fetchmail_pop3s_verifies_the_certificate(pop3_appliance, tmp_path):
     deliver(pop3_appliance, "fetched over pop3s")
-    options = (f"port {pop3_appliance.ports['pop3s']} protocol POP3 ssl sslcertck "
-               f"sslcertfile {pop3_appliance.cert_path} sslcommonname {HOSTNAME}")
-    result, out = run_fetchmail(pop3_appliance, tmp_path, options)
+    result, out = run_fetchmail(pop3_appliance, tmp_path, f"port {pop3_appliance.ports['pop3s']} protocol POP3",
+                                f"ssl sslcertck sslcertfile {pop3_appliance.cert_path} sslcommonname {HOSTNAME}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert fetched_subjects(out) == ["fetched over pop3s"]
     assert pop3_appliance.messages("alice") == []
@@ -246,8 +255,8 @@ def test_fetchmail_pop3s_verifies_the_certificate(pop3_appliance, tmp_path):
 def test_fetchmail_refuses_a_certificate_it_cannot_verify(pop3_appliance, tmp_path):
     """Guards the test above: without the test certificate as trust anchor, verification must fail."""
     deliver(pop3_appliance, "stays")
-    options = f"port {pop3_appliance.ports['pop3s']} protocol POP3 ssl sslcertck sslcommonname {HOSTNAME}"
-    result, out = run_fetchmail(pop3_appliance, tmp_path, options)
+    result, out = run_fetchmail(pop3_appliance, tmp_path, f"port {pop3_appliance.ports['pop3s']} protocol POP3",
+                                f"ssl sslcertck sslcommonname {HOSTNAME}")
     assert result.returncode not in (0, 1)
     assert fetched_subjects(out) == [] and len(pop3_appliance.messages("alice")) == 1
 
@@ -271,8 +280,11 @@ def run_getmail(appliance: Appliance, tmp_path) -> subprocess.CompletedProcess:
         ssl_cert_hostname = {HOSTNAME}
 
         [destination]
-        type = Mboxrd
-        path = {out}
+        type = MDA_external
+        path = /bin/sh
+        arguments = ("-c", "cat >> {out}")
+        unixfrom = true
+        allow_root_commands = true
 
         [options]
         read_all = false

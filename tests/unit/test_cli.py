@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 
 import pytest
 
-from appliance import cli, config
+from appliance import cli, config, tls
+from appliance.errors import DirectoryUnavailable
 from appliance.directory.file import index_entries
 from appliance.passwords import verify_password
 
@@ -30,7 +32,6 @@ def conf(tmp_path) -> str:
 
 def run(capsys, *argv: str, stdin: str = "") -> tuple[int, str, str]:
     """main() with `stdin` as standard input; (exit code, stdout, stderr)."""
-    import sys
     old = sys.stdin
     sys.stdin = io.StringIO(stdin)
     try:
@@ -143,10 +144,63 @@ def test_adding_a_user_twice_is_refused(capsys, conf):
     assert (code, err) == (1, "mailappliance: alice@example.test: user already exists\n")
 
 
-def test_user_commands_refuse_the_ldap_backend(capsys, tmp_path):
-    path = tmp_path / "m.conf"
-    path.write_text(CONF + "[directory]\nbackend = ldap\n")
-    code, _, err = run(capsys, "--config", str(path), "user", "list")
+LDAP_CONF = CONF + """\
+[directory]
+backend = ldap
+[ldap]
+url = ldap://ldap.example.test
+bind_dn = cn=mailappliance,dc=example,dc=test
+bind_password_file = ldap.secret
+base_dn = dc=example,dc=test
+"""
+
+
+@pytest.fixture
+def ldap_conf(tmp_path) -> str:
+    (tmp_path / "ldap.secret").write_text("s3cret\n")
+    (tmp_path / "m.conf").write_text(LDAP_CONF)
+    tls_pair = (str(tmp_path / "tls/cert.pem"), str(tmp_path / "tls/key.pem"))
+    tls.generate_self_signed("mail.example.test", *tls_pair)
+    return str(tmp_path / "m.conf")
+
+
+class FakeLDAPClient:
+    """Stands in for the blocking ldap3 client; `answer` is what check() says or raises."""
+
+    answer: object = "ldap://ldap.example.test: bound"
+    made: list[tuple[object, str]] = []
+
+    def __init__(self, settings, password: str):
+        FakeLDAPClient.made.append((settings, password))
+
+    def check(self, deadline: float) -> str:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def close(self) -> None:
+        pass
+
+
+def test_check_reaches_the_ldap_directory(capsys, ldap_conf, monkeypatch):
+    monkeypatch.setattr(cli, "LDAPClient", FakeLDAPClient)
+    code, out, err = run(capsys, "--config", ldap_conf, "check")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == "directory   ldap: ldap://ldap.example.test: bound"
+    assert FakeLDAPClient.made[-1][1] == "s3cret"
+
+
+def test_check_fails_when_ldap_does_not_answer(capsys, ldap_conf, monkeypatch):
+    monkeypatch.setattr(cli, "LDAPClient", FakeLDAPClient)
+    monkeypatch.setattr(FakeLDAPClient, "answer", DirectoryUnavailable("ldap://ldap.example.test: timed out"))
+    code, out, err = run(capsys, "--config", ldap_conf, "check")
+    assert (code, out) == (1, "")
+    assert err == (f"{ldap_conf}: [ldap] url: the directory does not answer as needed: "
+                   "ldap://ldap.example.test: timed out\n")
+
+
+def test_user_commands_refuse_the_ldap_backend(capsys, ldap_conf):
+    code, _, err = run(capsys, "--config", ldap_conf, "user", "list")
     assert (code, err) == (1, "mailappliance: [directory] backend is ldap; user commands manage the file backend only\n")
 
 

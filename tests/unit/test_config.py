@@ -1,14 +1,17 @@
 """appliance.config: the file an operator writes, the values the appliance gets, and every error line."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+import re
 import shutil
 import textwrap
 
 import pytest
 
 from appliance import config, tls
+from appliance.directory.ldap import LDAPSection
 from appliance.errors import ConfigError
 
 ETC_CONF = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "mailappliance.conf")
@@ -152,8 +155,35 @@ def test_empty_network_list_means_nobody(tmp_path):
     assert cfg.relay.trusted_networks == ()
 
 
-def test_ldap_section_is_accepted(tmp_path):
-    assert config.load(write(tmp_path, MINIMAL + "[ldap]\nurl = ldap://127.0.0.1\n")).directory.backend == "file"
+def test_ldap_section_is_ignored_with_the_file_backend(tmp_path):
+    cfg = config.load(write(tmp_path, MINIMAL + "[ldap]\nurl = ldap://127.0.0.1\n"))
+    assert cfg.directory.backend == "file" and cfg.ldap is None
+
+
+def test_ldap_section_is_read_with_the_ldap_backend(tmp_path):
+    (tmp_path / "ldap.secret").write_text("s3cret\n")
+    cfg = config.load(write(tmp_path, MINIMAL + textwrap.dedent("""\
+        [directory]
+        backend = ldap
+        [ldap]
+        url = ldaps://ldap.example.test
+        bind_dn = cn=mailappliance,dc=example,dc=test
+        bind_password_file = ldap.secret
+        base_dn = dc=example,dc=test
+        """)))
+    assert cfg.ldap.url == ("ldaps://ldap.example.test",)
+    assert cfg.ldap.bind_password_file == str(tmp_path / "ldap.secret")
+    assert "ldap.bind_password_file = ********" in config.describe(cfg)
+    assert "ldap.base_dn = dc=example,dc=test" in config.describe(cfg)
+
+
+def test_ldap_problems_join_the_others(tmp_path):
+    path = write(tmp_path, MINIMAL + "[directory]\nbackend = ldap\n[ldap]\nurl = http://x\n[limits]\nmax_errors = x\n")
+    problems = problems_of(path)
+    assert f"{path}: [ldap] url: 'http://x' is not an ldap:// or ldaps:// URL with a host" in problems
+    assert f"{path}: [ldap] bind_dn: missing; set the service account's DN, e.g. cn=mailappliance,dc=example,dc=org" \
+        in problems
+    assert f"{path}: [limits] max_errors: must be a positive whole number, not 'x'" in problems
 
 
 # ---------------------------------------------------------------- one exact line per problem
@@ -326,8 +356,9 @@ def test_shipped_file_loads_and_checks_after_gen_cert(tmp_path):
 def test_shipped_file_lists_every_key(tmp_path):
     text = open(ETC_CONF).read()
     cfg = config.load(write(tmp_path, MINIMAL))
-    for line in config.describe(cfg):
-        name = line.split(" = ")[0]
+    names = [line.split(" = ")[0] for line in config.describe(cfg)]
+    names += [f"ldap.{f.name}" for f in dataclasses.fields(LDAPSection)]
+    for name in names:
         section, key = name.split(".")
         body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
-        assert f"\n{key} = " in "\n" + body or f"\n# {key} = " in "\n" + body, name
+        assert re.search(rf"^(# )?{key} =", body, re.MULTILINE), name

@@ -363,6 +363,6 @@ def test_make_directory_picks_the_file_backend(users, reactor, pool):
     assert result_of(directory.lookup("alice@example.test")).address == "alice@example.test"
 
 
-def test_make_directory_ldap_is_not_there_yet(users, reactor, pool):
-    with pytest.raises(NotImplementedError, match="ldap is not available yet"):
-        make_directory(_config("ldap", users), reactor, pool)
+def test_make_directory_refuses_an_unknown_backend(users, reactor, pool):
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_directory(_config("nis", users), reactor, pool)

@@ -124,7 +124,7 @@ class World:
         self.realm = FakeRealm(self.fmt, self.reactor, self.locks)
         self.throttle = AuthThrottle(self.reactor)
         self.factory = POP3Factory(
-            portal=Portal(self.realm, [DirectoryChecker(self.directory)]), offers_apop=True,
+            portal=Portal(self.realm, [DirectoryChecker(self.directory)]), directory=self.directory,
             throttle=self.throttle, hostname="mail.example.test", tls=FakeTLS(),
             tls_settings=TLSSection("cert", "key", plaintext_auth_networks=tuple(map(ipaddress.ip_network,
                                                                                      plaintext_networks))),
@@ -184,7 +184,7 @@ def test_greeting_carries_a_unique_apop_timestamp(world):
 
 
 def test_no_timestamp_when_the_directory_cannot_hold_secrets(world):
-    world.factory.offers_apop = False
+    world.directory.supports_shared_secrets = False
     session = world.session()
     assert b"<" not in session.greeting
     assert session.command("APOP alice@example.test " + "0" * 32) == b"-ERR APOP is not available\r\n"

@@ -306,3 +306,15 @@ def test_auth_garbage_is_a_syntax_error():
     assert rig.send(b"AUTH PLAIN " + base64.b64encode(b"no-nul") + b"\r\n")[0].startswith(b"501")
     assert rig.send(b"AUTH XOAUTH9\r\n")[0].startswith(b"504")
     assert rig.send(b"AUTH LOGIN\r\n*\r\n")[-1].startswith(b"501")
+
+
+def test_user_may_send_as_an_alias_that_points_only_at_them(tmp_path):
+    from appliance import aliases as aliasesmod
+    path = tmp_path / "aliases"
+    path.write_text("contact: alice\nstaff: alice, bob@example.test\n")
+    rig = Rig("submission", plaintext_ok="192.0.2.0/24")
+    rig.factory.policy.resolver.aliases = aliasesmod.AliasResolver(str(path), ("example.test",))
+    rig.send(b"EHLO c\r\nAUTH PLAIN " + plain(b"alice@example.test", b"secret") + b"\r\n")
+    assert rig.send(b"MAIL FROM:<contact@example.test>\r\n")[0].startswith(b"250")
+    rig.send(b"RSET\r\n")
+    assert rig.send(b"MAIL FROM:<staff@example.test>\r\n")[0].startswith(b"553 5.7.1")
