@@ -125,6 +125,9 @@ def _check(args: argparse.Namespace) -> int:
     directory = _ldap_status(cfg) if cfg.ldap else None
     for line in summary(cfg, directory):
         print(line)
+    if cfg.directory.backend == "file":
+        for line in config.role_warnings(cfg, set(list_users(cfg.directory.users_file))):
+            print(line)
     return 0
 
 

@@ -581,10 +581,29 @@ def _check_aliases(config: Config, problems: _Problems) -> None:
         problems.add("aliases", "file", f"{path} does not exist; create it, or write `file =` for no aliases")
         return
     try:
-        aliases.load_aliases(path, config.appliance.domains)
+        table = aliases.load_aliases(path, config.appliance.domains)
     except aliases.AliasesError as exc:
         for problem in exc.problems:
             problems.add("aliases", "file", problem)
+        return
+    for problem in table.loop_problems():
+        problems.add("aliases", "file", problem)
+
+
+def role_warnings(config: Config, known_users: set[str]) -> list[str]:
+    """postmaster and abuse must reach a person (RFC 2142, RFC 5321 4.5.1); say when they do not.
+
+    Warnings, not errors: the server runs, but complaints about it would go nowhere.
+    """
+    table = aliases.load_aliases(config.aliases.file, config.appliance.domains) if config.aliases.file else None
+    warnings = []
+    for domain in config.appliance.domains:
+        for role in aliases.ALWAYS_ANSWERED:
+            addr = f"{role}@{domain}"
+            targets = (table.resolve(addr) if table else None) or [addr]
+            if not any(t in known_users or not t.endswith("@" + domain) and "@" in t for t in targets):
+                warnings.append(f"warning: {addr} reaches no user; add `{role}: someone` to the aliases file")
+    return warnings
 
 
 # ---------------------------------------------------------------- the effective configuration

@@ -48,7 +48,6 @@ MAX_ERRORS = 20                 # BAD replies in one session before BYE
 _LITERAL = re.compile(rb"^\{(\d{1,30})(\+?)\}$")
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _FLAG_LIST = b"(" + " ".join(SYSTEM_FLAGS).encode() + b")"
-_FOLDER_ATTRIBUTES = {"\\Drafts", "\\Sent", "\\Trash", "\\Junk"}
 
 
 def internaldate(seconds: float) -> bytes:

@@ -7,10 +7,12 @@ The blocking parts (scanning, reading, deleting) are plain functions of the `Mai
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -187,12 +189,11 @@ class MboxFormat:
     """
 
     def scan(self, path: str) -> list[Entry]:
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
+        """Read under the writer's locks: a half-appended message must not enter the snapshot."""
+        if not os.path.exists(path):
             return []
-        return parse_mbox(data)
+        with _locked(path) as fd:
+            return parse_mbox(_read_fd(fd))
 
     def read(self, path: str, entry: Entry) -> bytes:
         start, body_start, end, digest = entry.where
@@ -201,23 +202,33 @@ class MboxFormat:
             raw = handle.read(end - start)
         if hashlib.md5(raw).hexdigest() != digest:
             raise MessageGone(entry.uid)   # the file was rewritten by another program since login
-        return to_wire(_UNQUOTE_FROM.sub(rb"\1", _body(raw[body_start - start:])))
+        return to_wire(_unquote(_body(raw[body_start - start:])))
 
     def expunge(self, path: str, entries: list[Entry]) -> None:
         doomed = {entry.uid for entry in entries}
-        with mbox_store._dot_lock(path):
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                mbox_store._wait_for(lambda: mbox_store._try_fcntl_lock(fd), "fcntl")
-                data = _read_fd(fd)
-                current = parse_mbox(data)
-                kept = [entry for entry in current if entry.uid not in doomed]
-                if len(kept) < len(current):
-                    before_first = data[:current[0].where[0]]      # anything not an entry is kept as is
-                    kept_bytes = b"".join(data[entry.where[0]:entry.where[2]] for entry in kept)
-                    _replace(path, before_first + kept_bytes, os.fstat(fd).st_mode & 0o7777)
-            finally:
-                os.close(fd)      # releases the fcntl lock on the old file
+        with _locked(path) as fd:
+            data = _read_fd(fd)
+            current = parse_mbox(data)
+            kept = [entry for entry in current if entry.uid not in doomed]
+            if len(kept) < len(current):
+                before_first = data[:current[0].where[0]]      # anything not an entry is kept as is
+                kept_bytes = b"".join(data[entry.where[0]:entry.where[2]] for entry in kept)
+                _replace(path, before_first + kept_bytes, os.fstat(fd).st_mode & 0o7777)
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[int]:
+    """Hold the delivery side's dot-lock and fcntl lock on the mbox; yield it open for reading and writing.
+
+    Raises MailboxUnavailable when the locks stay busy (appliance.store.mbox.LOCK_TIMEOUT).
+    """
+    with mbox_store._dot_lock(path):
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            mbox_store._wait_for(lambda: mbox_store._try_fcntl_lock(fd), "fcntl")
+            yield fd
+        finally:
+            os.close(fd)      # releases the fcntl lock
 
 
 def parse_mbox(data: bytes) -> list[Entry]:
@@ -234,9 +245,15 @@ def parse_mbox(data: bytes) -> list[Entry]:
         seen[digest] += 1
         uid = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
         body = _body(data[body_start:end])
-        size = wire_size(body) - len(_QUOTED_FROM.findall(body))   # unquoting drops one `>` per line
+        quoted = len(_QUOTED_FROM.findall(body)) if b">From " in body else 0
+        size = wire_size(body) - quoted          # unquoting drops one `>` per quoted line
         entries.append(Entry(uid, size, (start, body_start, end, digest)))
     return entries
+
+
+def _unquote(body: bytes) -> bytes:
+    """mboxrd: strip one `>` from each `>*From ` line (the regex is slow, so look before using it)."""
+    return _UNQUOTE_FROM.sub(rb"\1", body) if b">From " in body else body
 
 
 def _body(stored: bytes) -> bytes:

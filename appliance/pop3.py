@@ -177,7 +177,7 @@ class POP3Server(pop3.POP3):
     def generateMagic(self) -> bytes:
         """The APOP timestamp `<pid.clock@hostname>` (RFC 1939 7), unique per greeting."""
         clock = int(self.factory.reactor.seconds() * 1_000_000)
-        return f"<{os.getpid()}.{clock}.{next(_magic_counter)}@{self.factory.hostname}>".encode("idna")
+        return b"<%d.%d.%d@%s>" % (os.getpid(), clock, next(_magic_counter), self.factory.hostname.encode("idna"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         """A dropped connection deletes nothing: the marks die with the session, the lock is freed."""

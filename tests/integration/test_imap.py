@@ -8,7 +8,6 @@ import imaplib
 import os
 import re
 import socket
-import ssl
 import subprocess
 import time
 

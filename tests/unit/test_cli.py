@@ -61,7 +61,22 @@ def test_check_passes_after_gen_cert_and_summarises(capsys, conf, tmp_path):
         "smtp        tcp:2525",
         "submission  tcp:5870",
         f"directory   file {tmp_path}/users, 1 user",
+        "warning: postmaster@example.test reaches no user; add `postmaster: someone` to the aliases file",
+        "warning: abuse@example.test reaches no user; add `abuse: someone` to the aliases file",
+        "warning: postmaster@example.org reaches no user; add `postmaster: someone` to the aliases file",
+        "warning: abuse@example.org reaches no user; add `abuse: someone` to the aliases file",
     ]
+
+
+def test_check_is_quiet_about_roles_that_reach_someone(capsys, conf, tmp_path):
+    (tmp_path / "aliases").write_text("postmaster: alice@example.test\nabuse: postmaster\n")
+    with open(conf, "a") as f:
+        f.write("\n[aliases]\nfile = aliases\n")
+    run(capsys, "--config", conf, "gen-cert")
+    run(capsys, "--config", conf, "user", "add", "alice@example.test", stdin="pw\n")
+    code, out, err = run(capsys, "--config", conf, "check")
+    assert code == 0
+    assert "warning" not in out      # bare names apply to every local domain
 
 
 def test_check_fails_with_one_line_per_problem(capsys, tmp_path):

@@ -14,7 +14,7 @@ from zope.interface import implementer
 from appliance.auth import AuthThrottle
 from appliance.config import TLSSection
 from appliance.errors import DirectoryUnavailable
-from appliance.imap import IMAPServer, make_imap_factory
+from appliance.imap import make_imap_factory
 from appliance.store.maildir import MaildirStore, write
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)

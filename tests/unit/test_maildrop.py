@@ -9,6 +9,7 @@ from twisted.python.failure import Failure
 
 from appliance.maildrop import (MaildirFormat, MaildropLocks, MboxFormat, MessageGone, NoSuchMessage, SIZE_CACHE,
                                 open_maildrop, to_wire, wire_size)
+from appliance.errors import MailboxUnavailable
 from appliance.store import maildir, mbox
 
 HELLO = b"From: a@example.test\r\nSubject: hello\r\n\r\nHello.\r\n"
@@ -232,3 +233,13 @@ def test_locks_are_exclusive_until_released():
     assert locks.acquire("/m/bob")
     locks.release("/m/alice")
     assert locks.acquire("/m/alice")
+
+
+def test_mbox_login_waits_for_a_delivery_in_progress(mbox_path, monkeypatch):
+    """A half-appended message must never enter the snapshot: the scan takes the writer's dot-lock."""
+    monkeypatch.setattr(mbox, "LOCK_TIMEOUT", 0.0)       # give up at once instead of sleeping
+    open(mbox_path + ".lock", "w").close()
+    with pytest.raises(MailboxUnavailable):
+        MboxFormat().scan(mbox_path)
+    os.unlink(mbox_path + ".lock")
+    assert len(MboxFormat().scan(mbox_path)) == 2
