@@ -25,7 +25,6 @@ from appliance.store import maildir as maildir_store, mbox as mbox_store
 _UID_OK = re.compile(r"[\x21-\x7e]{1,70}")
 _QUOTED_FROM = re.compile(rb"^>+From ", re.MULTILINE)
 _UNQUOTE_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
-_FROM_LINE = re.compile(rb"^From ", re.MULTILINE)
 _MAILDIR_ORDER = re.compile(r"^(\d+)(?:\.M(\d+))?")
 SIZE_CACHE = "appliance-pop3.sizes"     # beside cur/ new/ tmp/: "<uid> <wire size>" per line
 
@@ -233,7 +232,7 @@ def _locked(path: str) -> Iterator[int]:
 
 def parse_mbox(data: bytes) -> list[Entry]:
     """The messages of an mboxrd file; `where` = (entry start, body start, body end, digest)."""
-    starts = [match.start() for match in _FROM_LINE.finditer(data)]
+    starts = _from_lines(data)
     entries = []
     seen: Counter[str] = Counter()
     for number, start in enumerate(starts):
@@ -249,6 +248,16 @@ def parse_mbox(data: bytes) -> list[Entry]:
         size = wire_size(body) - quoted          # unquoting drops one `>` per quoted line
         entries.append(Entry(uid, size, (start, body_start, end, digest)))
     return entries
+
+
+def _from_lines(data: bytes) -> list[int]:
+    """Offsets of the lines starting with `From ` (bytes.find: far quicker than a MULTILINE regex)."""
+    starts = [0] if data.startswith(b"From ") else []
+    position = data.find(b"\nFrom ")
+    while position >= 0:
+        starts.append(position + 1)
+        position = data.find(b"\nFrom ", position + 1)
+    return starts
 
 
 def _unquote(body: bytes) -> bytes:

@@ -146,26 +146,24 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
 
 def _access_listeners(top: ApplianceService, parts: Parts) -> None:
     """POP3 and IMAP, each with a plain (STLS/STARTTLS) and an implicit-TLS listener."""
-    makers = {}
+    from appliance.imap import FolderWatcher, make_imap_factory
+    cfg = parts.cfg
+    pool = top.getServiceNamed("pool-disk").pool
+    makers: dict[str, tuple[Any, bool, dict[str, Any]]] = {}
     try:
         from appliance.pop3 import make_pop3_factory
-        makers.update(pop3=(make_pop3_factory, False), pop3s=(make_pop3_factory, True))
+        makers.update(pop3=(make_pop3_factory, False, {}), pop3s=(make_pop3_factory, True, {}))
     except ImportError:
         pass
-    try:
-        from appliance.imap import make_imap_factory
-        makers.update(imap=(make_imap_factory, False), imaps=(make_imap_factory, True))
-    except ImportError:
-        pass
-    cfg = parts.cfg
-    for name, (maker, implicit) in makers.items():
+    imap_extra = {"max_message_size": cfg.limits.max_message_size, "watcher": FolderWatcher(parts.reactor, pool)}
+    makers.update(imap=(make_imap_factory, False, imap_extra), imaps=(make_imap_factory, True, imap_extra))
+    for name, (maker, implicit, extra) in makers.items():
         description = getattr(cfg.listen, name)
         if not description:
             continue
         factory = maker(directory=parts.directory, checker=parts.checker, throttle=parts.throttle,
                         store=parts.store, hostname=cfg.appliance.hostname, tls=parts.tls,
-                        tls_settings=cfg.tls, implicit_tls=implicit, reactor=parts.reactor,
-                        pool=top.getServiceNamed("pool-disk").pool)
+                        tls_settings=cfg.tls, implicit_tls=implicit, reactor=parts.reactor, pool=pool, **extra)
         _listen(top, parts, name, description, factory, implicit)
 
 
