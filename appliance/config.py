@@ -87,6 +87,7 @@ class RelaySection:
     smarthost: tuple[str, int] | None = None     # (host, port): all outbound mail goes there
     smarthost_user: str = ""
     smarthost_password_file: str = ""
+    smarthost_ca_file: str = ""                  # PEM CAs to verify the smarthost with; "" = the system's CAs
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class QueueSection:
     retry_initial: int = 300          # seconds before the first retry of a temporary failure
     retry_max: int = 3600             # backoff cap
     max_queue_lifetime: int = 432000  # 5 days, then bounce
+    delay_warning: int = 14400        # 4 hours undelivered: one "delayed" DSN to the sender
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,7 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
         "smarthost": _Key("smarthost", _smarthost),
         "smarthost_user": _Key("smarthost_user", _text),
         "smarthost_password_file": _Key("smarthost_password_file", _optional_path),
+        "smarthost_ca_file": _Key("smarthost_ca_file", _optional_path),
     },
     "delivery": {
         "nameservers": _Key("nameservers", _nameservers),

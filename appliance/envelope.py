@@ -35,7 +35,8 @@ class Envelope:
     protocol: str = "ESMTP"            # ESMTP | ESMTPS | ESMTPSA (RFC 3848)
     login: str = ""                    # authenticated user, "" if none
     size: int = 0
-    held: bool = False
+    held: bool = False                 # `queue hold`: kept but not tried until released
+    delay_notified: bool = False       # the one "delayed" DSN (after [queue] delay_warning) went out
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.state == PENDING]

@@ -8,6 +8,7 @@ commit). The on-disk format and the durability argument are described in docs/qu
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import zlib
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults, succeed
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +37,10 @@ MAGIC = b"MAQ1"
 HEADER = struct.Struct(">4sHIII")
 SEGMENT_LIMIT = 64 * 1024 * 1024   # rotate the active segment past this size
 BATCH_LIMIT = 1024 * 1024          # flush at once, without waiting for the turn to end, past this
+
+
+class SpoolLocked(Exception):
+    """Another process (the running daemon) holds the spool: only one process may write it."""
 
 
 class Location(NamedTuple):
@@ -260,6 +266,7 @@ class Spool:
         self._busy = False
         self._scheduled = None
         self._idle_waiters: list[Deferred] = []
+        self._lock_fd: int | None = None
         self._new_job()
 
     def _new_job(self) -> None:
@@ -269,6 +276,22 @@ class Spool:
         self._state_waiters: list[Deferred] = []
 
     # -- public API
+
+    def lock(self) -> None:
+        """Take the spool for this process, or raise SpoolLocked.
+
+        Only one process may write the spool: the daemon holds this lock while it runs, so the
+        `queue` command edits the spool directly only when no daemon does. Readers (`queue
+        list`) need no lock. The kernel drops the lock when the process dies.
+        """
+        os.makedirs(self._root, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self._root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpoolLocked(f"{self._root} is in use by another process") from None
+        self._lock_fd = fd
 
     def recover(self) -> list[tuple[Envelope, Location]]:
         """Read the spool at start: every message still pending, with state files applied.
@@ -359,6 +382,10 @@ class Spool:
     def list(self) -> list[Envelope]:
         """Every message still queued (for `queue list`)."""
         return list(self._envelopes.values())
+
+    def get(self, qid: str) -> Envelope | None:
+        """The envelope of a queued message, or None when it is not (or no longer) queued."""
+        return self._envelopes.get(qid)
 
     def close(self) -> Deferred:
         """Refuse new puts, finish what is pending, close the segment file."""
@@ -477,6 +504,9 @@ class Spool:
             self._retire(segment)
 
     def _wake_idle(self) -> None:
+        if self._closed and self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         waiters, self._idle_waiters = self._idle_waiters, []
         for d in waiters:
             d.callback(None)
@@ -509,7 +539,9 @@ class QueueService(Service):
 
     Each pending recipient goes to `couriers["local"]` or `couriers["remote"]`. A temporary
     failure is retried (retry_initial doubling up to retry_max); a permanent one, or one past
-    max_queue_lifetime, fails the recipient and sends the sender a DSN (never to <>).
+    max_queue_lifetime, fails the recipient and sends the sender a DSN (never to <>). A message
+    still undelivered after delay_warning gets the sender one "delayed" DSN. The operator's
+    `queue` command acts through flush/delete/hold/release.
     """
 
     def __init__(self, spool: Spool, couriers: Mapping[str, ICourier], queue_section: QueueSection, reactor, *,
@@ -526,6 +558,7 @@ class QueueService(Service):
         self._timer = None
 
     def startService(self) -> None:
+        self._spool.lock()
         super().startService()
         for envelope, _location in self._spool.recover():
             self._waiting[envelope.id] = envelope
@@ -538,6 +571,53 @@ class QueueService(Service):
             self._timer.cancel()
         self._timer = None
         return self._spool.close()
+
+    # -- what the operator's `queue` command asks for (through appliance/control.py)
+
+    def flush(self) -> int:
+        """Try every deferred, unheld message now (`queue flush`); returns how many."""
+        now = self._reactor.seconds()
+        waiting = [e for e in self._waiting.values() if not e.held and e.pending()]
+        for envelope in waiting:
+            _due_now(envelope, now)
+        self._run_now()
+        return len(waiting)
+
+    def delete(self, qid: str) -> None:
+        """Drop a queued message without a DSN (`queue delete`); KeyError when it is not queued.
+
+        A delivery already in flight finishes, but its outcome is no longer recorded.
+        """
+        self._known(qid)
+        self._waiting.pop(qid, None)
+        self._spool.delete(qid)
+        maillog.removed(qid, "deleted by the operator")
+
+    def hold(self, qid: str) -> Deferred:
+        """Keep a message but stop trying it until released; fires once that is on disk."""
+        envelope = self._known(qid)
+        envelope.held = True
+        maillog.emit("held", id=qid)
+        return self._spool.update(envelope)
+
+    def release(self, qid: str) -> Deferred:
+        """Undo `hold`; the message is tried at once. Fires once that is on disk."""
+        envelope = self._known(qid)
+        envelope.held = False
+        _due_now(envelope, self._reactor.seconds())
+        maillog.emit("released", id=qid)
+        d = self._spool.update(envelope)
+        if qid in self._waiting:
+            self._run_now()
+        return d
+
+    def _known(self, qid: str) -> Envelope:
+        envelope = self._spool.get(qid)
+        if envelope is None:
+            raise KeyError(qid)
+        return envelope
+
+    # -- the fast path
 
     def put(self, envelope: Envelope, message: bytes) -> Deferred:
         """Queue a message durably; once it is, start delivering it (the fast path)."""
@@ -624,16 +704,34 @@ class QueueService(Service):
         return float(min(self._settings.retry_initial * 2 ** min(attempts - 1, 32), self._settings.retry_max))
 
     def _settle(self, message: bytes | None, envelope: Envelope, due: list[Recipient]) -> Deferred:
-        """Queue the DSN first, then mark the message done or persist its state, so nothing is lost."""
+        """Queue the DSNs first, then mark the message done or persist its state, so nothing is lost."""
+        headers = bounce.headers_of(message) if message is not None else b""
+        notices = []
         failed = [r for r in due if r.state == FAILED]
-        queued = succeed(None)
-        if failed and envelope.sender:
-            headers = bounce.headers_of(message) if message is not None else b""
-            dsn, data = bounce.make_dsn(envelope, failed, self._hostname, headers, is_local=self._is_local,
-                                        now=self._reactor.seconds())
-            queued = self.put(dsn, data)
-            queued.addErrback(lambda f: log.failure("could not queue the DSN for {id}", f, id=envelope.id))
+        if failed:
+            notices.append(self._notify(envelope, failed, headers, delayed=False))
+        if self._delay_notice_due(envelope):
+            envelope.delay_notified = True      # recorded with the state below: sent once
+            notices.append(self._notify(envelope, envelope.pending(), headers, delayed=True))
+        queued = gatherResults(notices) if notices else succeed(None)
         return queued.addCallback(lambda _: self._record(envelope))
+
+    def _delay_notice_due(self, envelope: Envelope) -> bool:
+        """Still undelivered after delay_warning, and the sender not told yet."""
+        age = self._reactor.seconds() - envelope.received_at
+        return bool(envelope.pending()) and not envelope.delay_notified and age >= self._settings.delay_warning
+
+    def _notify(self, envelope: Envelope, recipients: list[Recipient], headers: bytes, delayed: bool) -> Deferred:
+        """Queue a DSN (failed or delayed) to the sender; never to the null sender."""
+        if not envelope.sender:
+            return succeed(None)
+        dsn, data = bounce.make_dsn(envelope, recipients, self._hostname, headers, is_local=self._is_local,
+                                    delayed=delayed, now=self._reactor.seconds())
+        if delayed:
+            maillog.emit("delay-notice", id=envelope.id, to=envelope.sender, dsn=dsn.id)
+        queued = self.put(dsn, data)
+        queued.addErrback(lambda f: log.failure("could not queue the DSN for {id}", f, id=envelope.id))
+        return queued
 
     def _record(self, envelope: Envelope) -> Deferred | None:
         if envelope.pending():
@@ -650,6 +748,8 @@ class QueueService(Service):
 
     def _wait(self, envelope: Envelope) -> None:
         """Park a message until its earliest pending recipient is due."""
+        if self._spool.get(envelope.id) is None:
+            return      # deleted by the operator while it was being delivered
         self._waiting[envelope.id] = envelope
         self._arm(min(r.next_attempt for r in envelope.pending()))
 
@@ -661,6 +761,12 @@ class QueueService(Service):
                 return
             self._timer.cancel()
         self._timer = self._reactor.callLater(max(0.0, when - self._reactor.seconds()), self._run_due)
+
+    def _run_now(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.running:
+            self._run_due()
 
     def _run_due(self) -> None:
         self._timer = None
@@ -681,3 +787,9 @@ class QueueService(Service):
                 later.append(first)
         if later:
             self._arm(min(later))
+
+
+def _due_now(envelope: Envelope, now: float) -> None:
+    """Make every pending recipient due at once (flush, release)."""
+    for rcpt in envelope.pending():
+        rcpt.next_attempt = min(rcpt.next_attempt, now)
