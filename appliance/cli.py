@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import email.utils
 import getpass
 import os
+import pwd
+import re
 import secrets
 import sys
 import time
 from collections.abc import Callable
 
-from appliance import address, config, tls
+from appliance import address, config, control, pickup, queue, tls
 from appliance.directory.file import UserFileError, add_user, delete_user, list_users, set_password
 from appliance.directory.ldap import LDAPClient, read_bind_password
-from appliance.errors import ConfigError, DirectoryUnavailable
+from appliance.envelope import Envelope
+from appliance.errors import ConfigError, DirectoryUnavailable, QueueWriteError
+from appliance.smtp.delivery import has_header, header_block
 
 DEMO_USER = "demo@example.test"
 DEMO_DOMAIN = "example.test"
-NOT_YET = "not available yet: arrives with outbound delivery"
 
 # service -> (port as root, unprivileged port on 127.0.0.1 otherwise)
 _DEMO_PORTS = {
@@ -98,14 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("dir")
     demo.add_argument("--hostname", default="mail.example.test")
 
-    queue = _command(commands, "queue", _not_yet, "inspect and act on the outbound queue")
-    queue.add_argument("action", choices=("list", "flush", "delete", "hold", "release"))
-    queue.add_argument("id", nargs="?")
-    sendmail = _command(commands, "sendmail", _not_yet, "inject a message from standard input")
-    sendmail.add_argument("-f", dest="sender")
-    sendmail.add_argument("-t", action="store_true", dest="from_headers")
-    sendmail.add_argument("-i", action="store_true", dest="ignore_dots")
-    sendmail.add_argument("recipients", nargs="*")
+    queue_command = _command(commands, "queue", _queue, "list the queue; flush it; delete, hold or release a message")
+    queue_command.add_argument("action", choices=("list", "flush", "delete", "hold", "release"))
+    queue_command.add_argument("id", nargs="?", help="the queue id, as `queue list` shows it")
+    sendmail = _command(commands, "sendmail", _sendmail, "send a message read from standard input (for cron "
+                        "jobs and scripts; works while the daemon is stopped)")
+    sendmail.add_argument("-f", dest="sender", metavar="SENDER", help="envelope sender (default: you@first domain)")
+    sendmail.add_argument("-F", dest="full_name", metavar="NAME", help="full name for an added From: header")
+    sendmail.add_argument("-t", action="store_true", dest="from_headers",
+                          help="also send to the To, Cc and Bcc addresses; Bcc is removed")
+    sendmail.add_argument("-i", "-oi", action="store_true", dest="ignore_dots",
+                          help="a line with a single dot does not end the message")
+    sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
     return parser
 
 
@@ -289,6 +297,194 @@ def _demo_instructions(cfg: config.Config, listen: dict[str, str], password: str
     ]
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    print(f"mailappliance: {NOT_YET}", file=sys.stderr)
-    return 2
+# ---------------------------------------------------------------- queue
+
+def _queue(args: argparse.Namespace) -> int:
+    """`list` reads the spool from disk; the rest go to the daemon, or to the spool when it is down."""
+    cfg = config.load(args.config)
+    spool_dir = os.path.join(cfg.appliance.state_dir, "queue")
+    if args.action in ("list", "flush") and args.id:
+        raise CommandError(f"queue {args.action} takes no queue id")
+    if args.action not in ("list", "flush") and not args.id:
+        raise CommandError(f"queue {args.action} needs a queue id, as `queue list` shows it")
+    if args.action == "list":
+        for line in queue_listing(queue.read_queue(spool_dir), time.time()):
+            print(line)
+        return 0
+    command = f"{args.action} {args.id}" if args.id else args.action
+    if args.id and not control.valid_id(args.id):
+        raise CommandError(f"{args.id!r} is not a queue id; `queue list` shows them")
+    path = control.socket_path(cfg.appliance.state_dir)
+    try:
+        ok, text = control.ask(path, command)
+    except control.NotRunning:
+        if args.action == "flush":
+            raise CommandError(f"the daemon is not running (nobody answers on {path}); "
+                               "flush asks the running daemon to retry now") from None
+        text = _edit_offline(spool_dir, args.action, args.id, path)
+        ok = True
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror or exc}") from None
+    if not ok:
+        raise CommandError(text)
+    print(text)
+    return 0
+
+
+def _edit_offline(spool_dir: str, action: str, qid: str, path: str) -> str:
+    """delete/hold/release on the spool itself, when no daemon runs."""
+    try:
+        queue.edit_offline(spool_dir, qid, action)
+    except KeyError:
+        raise CommandError(f"{qid}: no such message in the queue") from None
+    except queue.SpoolLocked:
+        raise CommandError(f"the daemon holds the queue but does not answer on {path}") from None
+    except QueueWriteError as exc:
+        raise CommandError(f"could not save the change: {exc}") from None
+    past = {"delete": "deleted", "hold": "held", "release": "released"}[action]
+    return f"{past} {qid} (the daemon is not running; the change is in the spool)"
+
+
+def queue_listing(envelopes: list[Envelope], now: float) -> list[str]:
+    """What `queue list` prints: one line per message, then one per recipient still to deliver."""
+    if not envelopes:
+        return ["the queue is empty"]
+    lines = [f"{'QUEUE ID':<16} {'AGE':>5} {'SIZE':>9}  SENDER"]
+    held = 0
+    for envelope in sorted(envelopes, key=lambda e: e.received_at):
+        held += envelope.held
+        mark = "  (held)" if envelope.held else ""
+        lines.append(f"{envelope.id:<16} {_age(now - envelope.received_at):>5} {envelope.size:>9}  "
+                     f"<{envelope.sender}>{mark}")
+        for rcpt in envelope.pending():
+            lines.append(f"    {rcpt.address}  ({' '.join(rcpt.last_error.split()) or 'not tried yet'})")
+    count = len(envelopes)
+    lines.append(f"{count} message{'' if count == 1 else 's'}" + (f", {held} held" if held else ""))
+    return lines
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# ---------------------------------------------------------------- sendmail
+
+def _sendmail(args: argparse.Namespace) -> int:
+    """Prepare the message as sendmail(1) does and leave it in the pickup folder; silent on success."""
+    cfg = config.load(args.config)
+    domain, login = cfg.appliance.domains[0], _login_name()
+    sender = _qualify(args.sender, domain) if args.sender is not None else f"{login}@{domain}"
+    message = pickup.wire_form(_read_message(sys.stdin.buffer, args.ignore_dots))
+    recipients = [_qualify(r, domain) for arg in args.recipients for r in arg.split(",") if r.strip()]
+    if args.from_headers:
+        extracted, message = _recipients_from_headers(message)
+        recipients += [_qualify(r, domain) for r in extracted]
+    if not recipients:
+        raise CommandError("no recipients: give them as arguments, or use -t to read To, Cc and Bcc")
+    message = _complete_headers(message, sender or f"{login}@{domain}", args.full_name, cfg.appliance.hostname)
+    if len(message) > cfg.limits.max_message_size:
+        raise CommandError(f"message too large: {len(message)} bytes, [limits] max_message_size is "
+                           f"{cfg.limits.max_message_size}")
+    folder = _pickup_folder(cfg.appliance.state_dir)
+    try:
+        pickup.write(folder, sender, list(dict.fromkeys(recipients)), message)
+    except OSError as exc:
+        raise CommandError(f"cannot write to {folder}: {exc.strerror}; it must be mode 1733 "
+                           "(the daemon sets that when it starts)") from None
+    return 0
+
+
+def _login_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
+
+
+def _qualify(text: str, domain: str) -> str:
+    """`root` becomes root@first-domain (as Postfix appends $myorigin); <> and "" are the null sender."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    if not text:
+        return ""
+    if "@" not in text:
+        text = f"{text}@{domain}"
+    if not address.is_valid(text):
+        raise CommandError(f"{text!r} is not a mail address")
+    return text
+
+
+def _read_message(stream, ignore_dots: bool) -> bytes:
+    """Standard input; without -i a line holding only "." ends the message, as in sendmail."""
+    data = stream.read()
+    if ignore_dots:
+        return data
+    match = re.search(rb"(?m)^\.\r?$", data)
+    return data[: match.start()] if match else data
+
+
+def _split_message(message: bytes) -> tuple[bytes, bytes]:
+    """(header block with its CRLFs, the rest from the blank line on); no header block gives (b"", message)."""
+    head = header_block(message)
+    return head, message[len(head):]
+
+
+def _recipients_from_headers(message: bytes) -> tuple[list[str], bytes]:
+    """The To, Cc and Bcc addresses, and the message without its Bcc header (sendmail -t)."""
+    head, rest = _split_message(message)
+    fields, current = [], b""
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and current:
+            current += b"\r\n" + line
+            continue
+        if current:
+            fields.append(current)
+        current = line
+    if current:
+        fields.append(current)
+    values, kept = [], []
+    for field in fields:
+        name, _, value = field.partition(b":")
+        if name.strip().lower() in (b"to", b"cc", b"bcc"):
+            values.append(" ".join(value.decode("utf-8", "replace").split()))
+        if name.strip().lower() != b"bcc":
+            kept.append(field + b"\r\n")
+    addresses = [addr for _, addr in email.utils.getaddresses(values) if addr]
+    return addresses, b"".join(kept) + rest
+
+
+def _complete_headers(message: bytes, sender: str, full_name: str | None, hostname: str) -> bytes:
+    """Add the From, Date and Message-ID a script left out (RFC 5322 requires From and Date)."""
+    head, _ = _split_message(message)
+    added = []
+    if not has_header(head, b"From"):
+        added.append(f"From: {email.utils.formataddr((full_name or '', sender))}")
+    if not has_header(head, b"Date"):
+        added.append(f"Date: {email.utils.formatdate(localtime=True)}")
+    if not has_header(head, b"Message-ID"):
+        added.append(f"Message-ID: {email.utils.make_msgid(domain=hostname)}")
+    if not added:
+        return message
+    prefix = "".join(line + "\r\n" for line in added).encode("utf-8")
+    return prefix + message if head else prefix + b"\r\n" + message
+
+
+def _pickup_folder(state_dir: str) -> str:
+    """state_dir/pickup; made here (mode 1733, owned like state_dir) if the daemon never ran."""
+    folder = os.path.join(state_dir, pickup.FOLDER)
+    if not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            os.chmod(folder, pickup.FOLDER_MODE)
+            if os.geteuid() == 0:
+                owner = os.stat(state_dir)
+                os.chown(folder, owner.st_uid, owner.st_gid)
+        except OSError as exc:
+            raise CommandError(f"cannot create {folder}: {exc.strerror}; start the daemon once, "
+                               "it creates the folder") from None
+    return folder

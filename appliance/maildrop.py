@@ -7,12 +7,10 @@ The blocking parts (scanning, reading, deleting) are plain functions of the `Mai
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -191,7 +189,7 @@ class MboxFormat:
         """Read under the writer's locks: a half-appended message must not enter the snapshot."""
         if not os.path.exists(path):
             return []
-        with _locked(path) as fd:
+        with mbox_store.locked(path) as fd:
             return parse_mbox(_read_fd(fd))
 
     def read(self, path: str, entry: Entry) -> bytes:
@@ -205,7 +203,7 @@ class MboxFormat:
 
     def expunge(self, path: str, entries: list[Entry]) -> None:
         doomed = {entry.uid for entry in entries}
-        with _locked(path) as fd:
+        with mbox_store.locked(path) as fd:
             data = _read_fd(fd)
             current = parse_mbox(data)
             kept = [entry for entry in current if entry.uid not in doomed]
@@ -213,21 +211,6 @@ class MboxFormat:
                 before_first = data[:current[0].where[0]]      # anything not an entry is kept as is
                 kept_bytes = b"".join(data[entry.where[0]:entry.where[2]] for entry in kept)
                 _replace(path, before_first + kept_bytes, os.fstat(fd).st_mode & 0o7777)
-
-
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[int]:
-    """Hold the delivery side's dot-lock and fcntl lock on the mbox; yield it open for reading and writing.
-
-    Raises MailboxUnavailable when the locks stay busy (appliance.store.mbox.LOCK_TIMEOUT).
-    """
-    with mbox_store._dot_lock(path):
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            mbox_store._wait_for(lambda: mbox_store._try_fcntl_lock(fd), "fcntl")
-            yield fd
-        finally:
-            os.close(fd)      # releases the fcntl lock
 
 
 def parse_mbox(data: bytes) -> list[Entry]:
@@ -279,7 +262,7 @@ def _replace(path: str, data: bytes, mode: int) -> None:
     temporary = os.path.join(folder, f".{name}.pop3-rewrite")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode or 0o600)
     try:
-        mbox_store._write_all(fd, data)
+        mbox_store.write_all(fd, data)
         os.fsync(fd)
     except OSError:
         os.close(fd)
@@ -287,7 +270,7 @@ def _replace(path: str, data: bytes, mode: int) -> None:
         raise
     os.close(fd)
     os.replace(temporary, path)
-    maildir_store._fsync_dir(folder or ".")
+    maildir_store.fsync_dir(folder or ".")
 
 
 def _read_fd(fd: int) -> bytes:

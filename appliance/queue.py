@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -522,6 +523,68 @@ class Spool:
                 d.errback(QueueWriteError(str(error)))
 
 
+# --- the `queue` command without a daemon -------------------------------------------------------
+
+class _Inline(Clock):
+    """A reactor stand-in for one-shot command-line use: time stands still, thread calls run inline."""
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+class _InlinePool:
+    """A thread pool stand-in that runs each job at once, in the calling thread."""
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except Exception:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+def read_queue(directory: str) -> list[Envelope]:
+    """Every queued message, read from disk without changing anything (`queue list`).
+
+    Safe while the daemon runs: records are only appended and state files are renamed into
+    place, so a reader sees each message either before or after a change, never half of one.
+    """
+    if not os.path.isdir(os.path.join(directory, "segments")):
+        return []
+    spool = Spool(directory, _Inline(), _InlinePool())
+    return [envelope for envelope, _ in spool.recover()]
+
+
+def edit_offline(directory: str, qid: str, action: str) -> None:
+    """delete, hold or release one message while no daemon runs.
+
+    Raises SpoolLocked when a daemon holds the spool, KeyError for an id not queued,
+    QueueWriteError when the change could not be written.
+    """
+    if not os.path.isdir(os.path.join(directory, "segments")):
+        raise KeyError(qid)     # nothing was ever queued here
+    spool = Spool(directory, _Inline(), _InlinePool())
+    spool.lock()
+    outcome: list[object] = []
+    try:
+        spool.recover()
+        envelope = spool.get(qid)
+        if envelope is None:
+            raise KeyError(qid)
+        if action == "delete":
+            spool.delete(qid)
+        else:
+            envelope.held = action == "hold"
+            if not envelope.held:
+                _due_now(envelope, time.time())     # released: tried as soon as the daemon starts
+            spool.update(envelope).addBoth(outcome.append)
+    finally:
+        spool.close()       # runs the pending job inline and releases the lock
+    if outcome and isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+
+
 # --- the runner ---------------------------------------------------------------------------------
 
 def describe(error: BaseException) -> str:
@@ -734,6 +797,8 @@ class QueueService(Service):
         return queued
 
     def _record(self, envelope: Envelope) -> Deferred | None:
+        if self._spool.get(envelope.id) is None:
+            return None     # deleted by the operator while it was being delivered
         if envelope.pending():
             d = self._spool.update(envelope)
             d.addErrback(lambda f: log.failure("could not save the state of {id}", f, id=envelope.id))

@@ -147,16 +147,13 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
 def _access_listeners(top: ApplianceService, parts: Parts) -> None:
     """POP3 and IMAP, each with a plain (STLS/STARTTLS) and an implicit-TLS listener."""
     from appliance.imap import FolderWatcher, make_imap_factory
+    from appliance.pop3 import make_pop3_factory
     cfg = parts.cfg
     pool = top.getServiceNamed("pool-disk").pool
-    makers: dict[str, tuple[Any, bool, dict[str, Any]]] = {}
-    try:
-        from appliance.pop3 import make_pop3_factory
-        makers.update(pop3=(make_pop3_factory, False, {}), pop3s=(make_pop3_factory, True, {}))
-    except ImportError:
-        pass
+    pop3_extra = {"max_errors": cfg.limits.max_errors}
     imap_extra = {"max_message_size": cfg.limits.max_message_size, "watcher": FolderWatcher(parts.reactor, pool)}
-    makers.update(imap=(make_imap_factory, False, imap_extra), imaps=(make_imap_factory, True, imap_extra))
+    makers = {"pop3": (make_pop3_factory, False, pop3_extra), "pop3s": (make_pop3_factory, True, pop3_extra),
+              "imap": (make_imap_factory, False, imap_extra), "imaps": (make_imap_factory, True, imap_extra)}
     for name, (maker, implicit, extra) in makers.items():
         description = getattr(cfg.listen, name)
         if not description:

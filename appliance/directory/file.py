@@ -368,7 +368,10 @@ class FileDirectory:
     def supports_shared_secrets(self) -> bool:
         """CRAM-MD5/APOP are offered only once some user has a secret: a client that prefers
         CRAM-MD5 (swaks, Thunderbird's "encrypted password") must not be steered into a
-        mechanism that cannot succeed for anyone."""
+        mechanism that cannot succeed for anyone. Asked before the table was ever read (the first
+        greeting after a start), it starts the read so the next greeting knows."""
+        if self._checked_at is None:
+            self._fresh_table()
         return any(entry.shared_secret for entry in self._table.values())
 
     def lookup(self, address: str) -> Deferred:

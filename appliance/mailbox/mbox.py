@@ -144,7 +144,7 @@ class MboxFolder(Folder):
 
     def _remove(self, keys: list[str]) -> None:
         doomed = set(keys)
-        with mbox_store._dot_lock(self.path):
+        with mbox_store.locked(self.path):
             with open(self.path, "rb") as handle:
                 data = handle.read()
             kept = [data[start:end] for key, start, _, end in keyed_messages(data) if key not in doomed]

@@ -99,7 +99,7 @@ def _node(tokens: list, depth: int) -> Node:
             return ("UID", parse_set(_word(tokens)))
         return ("SEQ", parse_set(token))
     except SequenceError:
-        raise SearchError(f"Unknown search key") from None
+        raise SearchError("Unknown search key") from None
 
 
 @dataclass

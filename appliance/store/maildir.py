@@ -6,6 +6,7 @@ import os
 import socket
 import time
 
+from appliance.errors import MailboxUnavailable
 from appliance.store import FileStore, make_dirs, unavailable
 
 SUBDIRS = ("cur", "new", "tmp")
@@ -28,7 +29,7 @@ def unique_name(size: int) -> str:
     return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     """Make a rename durable: the directory entry lives in the directory, not in the file."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -64,6 +65,41 @@ def write(path: str, message: bytes) -> str:
 
     Blocking. Raises MailboxUnavailable (and leaves nothing behind) when any step fails.
     """
+    final = _place(path, message)
+    try:
+        fsync_dir(os.path.join(path, "new"))
+    except OSError as exc:
+        _remove(final)
+        raise unavailable("maildir write failed", exc) from exc
+    return final
+
+
+def write_many(items: list[tuple[str, bytes]]) -> list[object]:
+    """Store several messages; each new/ folder is fsynced once for all its messages.
+
+    Returns the final path, or the MailboxUnavailable, for each item. A message counts as
+    delivered only once its folder's fsync succeeded; otherwise it is taken back.
+    """
+    outcomes: list[object] = []
+    folders: dict[str, list[int]] = {}
+    for i, (path, message) in enumerate(items):
+        try:
+            outcomes.append(_place(path, message))
+            folders.setdefault(os.path.join(path, "new"), []).append(i)
+        except MailboxUnavailable as exc:
+            outcomes.append(exc)
+    for folder, indexes in folders.items():
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            for i in indexes:
+                _remove(outcomes[i])
+                outcomes[i] = unavailable("maildir write failed", exc)
+    return outcomes
+
+
+def _place(path: str, message: bytes) -> str:
+    """Write in tmp/ (fsynced) and rename into new/; the caller makes the rename durable."""
     data = message.replace(b"\r\n", b"\n")
     name = unique_name(len(data))
     tmp, final = os.path.join(path, "tmp", name), os.path.join(path, "new", name)
@@ -75,12 +111,8 @@ def write(path: str, message: bytes) -> str:
             _create(path)
             _write_file(tmp, data)
         os.rename(tmp, final)
-        _fsync_dir(os.path.join(path, "new"))
     except OSError as exc:
-        # If only the directory fsync failed the message is visible but not durable: take it back,
-        # since the caller will retry and a kept copy would become a duplicate.
         _remove(tmp)
-        _remove(final)
         raise unavailable("maildir write failed", exc) from exc
     return final
 
@@ -90,3 +122,6 @@ class MaildirStore(FileStore):
 
     def write(self, path: str, message: bytes, sender: str) -> str:
         return write(path, message)
+
+    def write_batch(self, items: list[tuple[str, bytes, str]]) -> list[object]:
+        return write_many([(path, message) for path, message, _ in items])

@@ -122,7 +122,22 @@ def _try_fcntl_lock(fd: int) -> bool:
     return True
 
 
-def _write_all(fd: int, data: bytes) -> None:
+@contextlib.contextmanager
+def locked(path: str, flags: int = os.O_RDWR) -> Iterator[int]:
+    """Hold our thread lock, the dot-lock and the fcntl lock on `path`; yield it open with `flags`.
+
+    Blocking. Delivery appends under it, and POP3/IMAP rewrite the file under it.
+    """
+    with _local_lock(path), _dot_lock(path):
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        try:
+            _wait_for(lambda: _try_fcntl_lock(fd), "fcntl")
+            yield fd
+        finally:
+            os.close(fd)  # closing releases the fcntl lock
+
+
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -132,7 +147,7 @@ def _append_locked(fd: int, data: bytes) -> None:
     """Append and fsync; on failure cut the file back so no reader ever sees a partial message."""
     size = os.fstat(fd).st_size
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -149,13 +164,8 @@ def append(path: str, message: bytes, sender: str, now: float | None = None) -> 
     data = entry(message, sender, now)
     try:
         make_dirs(os.path.dirname(path))
-        with _local_lock(path), _dot_lock(path):
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                _wait_for(lambda: _try_fcntl_lock(fd), "fcntl")
-                _append_locked(fd, data)
-            finally:
-                os.close(fd)  # closing releases the fcntl lock
+        with locked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT) as fd:
+            _append_locked(fd, data)
     except OSError as exc:
         raise unavailable("mbox not usable", exc) from exc
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import random
 import shutil
 import signal
 import smtplib
@@ -36,11 +37,28 @@ def default_bindir() -> str:
     return os.path.dirname(sys.executable)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on right now (the kernel picks it for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nobody listens on right now.
+
+    Chosen below the kernel's ephemeral range (32768 and up), where the kernel never puts the
+    client side of the tests' own connections, and never the same one twice in one run: port 0
+    would hand out ephemeral ports that a client socket may take before the appliance binds.
+    """
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32000)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def port_accepts(port: int) -> bool:

@@ -108,6 +108,7 @@ def wait_for_subjects(app: Appliance, user: str, expected: list[str], timeout: f
 def submission(app: Appliance) -> smtplib.SMTP:
     client = app.smtp("submission", timeout=20)
     client.starttls(context=app.tls_context())
+    client.ehlo()
     return client
 
 

@@ -7,6 +7,7 @@ import re
 import stat
 
 import pytest
+from twisted.internet import task
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,9 @@ class InlineReactor:
     """Enough of a reactor for deferToThreadPool: results are delivered at once."""
 
     def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def callLater(self, delay, f, *args, **kwargs):
         f(*args, **kwargs)
 
 
@@ -152,10 +156,10 @@ def test_failed_rename_leaves_nothing_behind(monkeypatch, tmp_path):
 
 def test_failed_directory_fsync_takes_the_message_back(monkeypatch, tmp_path):
     """A message that may not survive a crash is not kept: the retry would make it a duplicate."""
-    def broken_fsync_dir(path):
+    def brokenfsync_dir(path):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(maildir, "_fsync_dir", broken_fsync_dir)
+    monkeypatch.setattr(maildir, "fsync_dir", brokenfsync_dir)
     with pytest.raises(MailboxUnavailable, match="EIO"):
         maildir.write(str(tmp_path), WIRE)
     assert os.listdir(tmp_path / "tmp") == []
@@ -175,6 +179,19 @@ class MaildirStoreTests(SynchronousTestCase):
     def test_deliver_fires_with_the_file_written(self):
         written = self.successResultOf(self.store.deliver(ALICE, WIRE, "a@example.org"))
         self.assertEqual(only_file(self.root + "/example.com/alice/new"), written)
+
+    def test_deliveries_in_one_turn_share_one_folder_sync(self):
+        reactor = task.Clock()
+        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)
+        store = MaildirStore(self.root + "/{domain}/{local}", reactor, InlinePool())
+        synced = []
+        real = maildir.fsync_dir
+        self.patch(maildir, "fsync_dir", lambda path: (synced.append(path), real(path)))
+        results = [store.deliver(ALICE, WIRE + b"%d\r\n" % i, "") for i in range(5)]
+        self.assertEqual(synced, [])
+        reactor.advance(0)
+        self.assertEqual(len({self.successResultOf(d) for d in results}), 5)
+        self.assertEqual(synced, [self.root + "/example.com/alice/new"])
 
     def test_deliver_failure_is_mailbox_unavailable(self):
         os.makedirs(self.root + "/example.com")
