@@ -341,20 +341,19 @@ def _edit_offline(spool_dir: str, action: str, qid: str, path: str) -> str:
         raise CommandError(f"the daemon holds the queue but does not answer on {path}") from None
     except QueueWriteError as exc:
         raise CommandError(f"could not save the change: {exc}") from None
-    past = {"delete": "deleted", "hold": "held", "release": "released"}[action]
-    return f"{past} {qid} (the daemon is not running; the change is in the spool)"
+    return f"{control.ACTIONS[action]} {qid} (the daemon is not running; the change is in the spool)"
 
 
 def queue_listing(envelopes: list[Envelope], now: float) -> list[str]:
     """What `queue list` prints: one line per message, then one per recipient still to deliver."""
     if not envelopes:
         return ["the queue is empty"]
-    lines = [f"{'QUEUE ID':<16} {'AGE':>5} {'SIZE':>9}  SENDER"]
+    lines = [f"{'QUEUE ID':<18} {'AGE':>5} {'SIZE':>9}  SENDER"]
     held = 0
     for envelope in sorted(envelopes, key=lambda e: e.received_at):
         held += envelope.held
         mark = "  (held)" if envelope.held else ""
-        lines.append(f"{envelope.id:<16} {_age(now - envelope.received_at):>5} {envelope.size:>9}  "
+        lines.append(f"{envelope.id:<18} {_age(now - envelope.received_at):>5} {envelope.size:>9}  "
                      f"<{envelope.sender}>{mark}")
         for rcpt in envelope.pending():
             lines.append(f"    {rcpt.address}  ({' '.join(rcpt.last_error.split()) or 'not tried yet'})")

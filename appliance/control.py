@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from appliance import maillog
 
 SOCKET_NAME = "control.sock"
-COMMANDS = ("flush", "delete", "hold", "release")
+ACTIONS = {"delete": "deleted", "hold": "held", "release": "released"}   # commands taking a queue id
 REPLY_TIMEOUT = 30.0
 
 
@@ -49,7 +49,7 @@ class QueueCommands:
         if verb == "flush" and not qid:
             count = self._queue.flush()
             return f"flushing {count} message{'' if count == 1 else 's'}"
-        if verb not in COMMANDS[1:]:
+        if verb not in ACTIONS:
             raise CommandRefused(f"unknown command {line.strip()[:40]!r}")
         if not valid_id(qid):
             raise CommandRefused(f"{verb} needs a queue id (as `queue list` shows it)")
@@ -57,10 +57,9 @@ class QueueCommands:
             done = getattr(self._queue, verb)(qid)
         except KeyError:
             raise CommandRefused(f"{qid}: no such message in the queue") from None
-        past = {"delete": "deleted", "hold": "held", "release": "released"}[verb]
         if isinstance(done, Deferred):
-            return done.addCallback(lambda _: f"{past} {qid}")
-        return f"{past} {qid}"
+            return done.addCallback(lambda _: f"{ACTIONS[verb]} {qid}")
+        return f"{ACTIONS[verb]} {qid}"
 
 
 class ControlProtocol(LineReceiver):

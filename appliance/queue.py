@@ -768,6 +768,8 @@ class QueueService(Service):
 
     def _settle(self, message: bytes | None, envelope: Envelope, due: list[Recipient]) -> Deferred:
         """Queue the DSNs first, then mark the message done or persist its state, so nothing is lost."""
+        if self._spool.get(envelope.id) is None:
+            return succeed(None)    # deleted by the operator during this round: nothing to report
         headers = bounce.headers_of(message) if message is not None else b""
         notices = []
         failed = [r for r in due if r.state == FAILED]
@@ -797,8 +799,6 @@ class QueueService(Service):
         return queued
 
     def _record(self, envelope: Envelope) -> Deferred | None:
-        if self._spool.get(envelope.id) is None:
-            return None     # deleted by the operator while it was being delivered
         if envelope.pending():
             d = self._spool.update(envelope)
             d.addErrback(lambda f: log.failure("could not save the state of {id}", f, id=envelope.id))

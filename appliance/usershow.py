@@ -130,7 +130,7 @@ def _from_ldap(cfg: Config, key: str) -> Found:
         user = client.find_user(key, time.monotonic() + settings.timeout)
         targets = client.find_alias(key, time.monotonic() + settings.timeout)
     except DirectoryUnavailable as exc:
-        raise ShowError(f"the directory does not answer: {exc}") from None
+        raise ShowError(f"the directory could not tell: {exc}") from None
     finally:
         client.close()
     directory_targets = tuple(targets) if targets is not None else None

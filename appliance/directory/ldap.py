@@ -647,8 +647,13 @@ class LDAPDirectory:
         return d.addCallback(lambda entry: [entry.forward] if entry and entry.forward not in ("", key) else None)
 
     def _call(self, method: Callable, *args) -> Deferred:
-        """Run a client method in the pool; requests queued past `timeout` give up there."""
-        deadline = time.monotonic() + self._settings.timeout
+        """Run a client method in the pool; requests queued past half a `timeout` give up there.
+
+        Half, because the requests ahead of one started their own `timeout` slightly before it
+        was queued: with a whole `timeout` it could still start just in time and wait a second
+        full one, so a hung directory answered callers after two timeouts instead of about one.
+        """
+        deadline = time.monotonic() + self._settings.timeout / 2
         d = deferToThreadPool(self._reactor, self._pool, method, *args, deadline)
         d.addCallbacks(self._answered, self._unanswered)
         return d

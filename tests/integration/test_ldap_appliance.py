@@ -168,8 +168,9 @@ def test_nis_mail_alias_and_group_give_each_member_one_copy(ldap, slapd):
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_submission_auth_with_ssha_and_crypt_passwords(ldap, slapd, mechanism):
     app = ldap.appliance(slapd.url)
-    for login, password, primary in ((ALICE, PASSWORDS["alice"], ALICE), ("a.smith@example.test", PASSWORDS["alice"], ALICE),
-                                     (BOB, PASSWORDS["bob"], BOB)):
+    logins = ((ALICE, PASSWORDS["alice"], ALICE), ("a.smith@example.test", PASSWORDS["alice"], ALICE),
+              (BOB, PASSWORDS["bob"], BOB))
+    for login, password, primary in logins:
         with submission(app) as client:
             assert auth(client, login, password, mechanism)[0] == 235, login
             client.sendmail(primary, [ALICE], make_message(f"from {login}", sender=primary))
@@ -257,7 +258,8 @@ def test_slapd_stopped_mid_session_gives_4xx_and_loses_nothing(ldap, slapd):
     with submission(app) as client:
         code, text = auth(client, ALICE, PASSWORDS["alice"])
         assert (code, text[:5]) == (454, b"4.7.0")
-    wait_for(lambda: "deferred" in app.log() and f"rcpt={ALICE}" in app.log())
+    wait_for(lambda: any(line.split("] ", 1)[-1].startswith("deferred ") and f"rcpt={ALICE}" in line
+                         for line in app.log().splitlines()))
     assert app.messages("alice") == []
     assert "ldap-unavailable" in app.log()
 

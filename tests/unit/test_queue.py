@@ -457,3 +457,173 @@ def test_concurrent_deliveries_are_bounded(tmp_path):
         if not d.called:
             d.callback("/mail/x")
     assert len(local.calls) == 30 and env.done()
+
+
+# --- delay notices ----------------------------------------------------------------------------------
+
+NOTICE_SETTINGS = QueueSection(retry_initial=300, retry_max=300, max_queue_lifetime=10_000, delay_warning=1000)
+
+
+def dsns(courier: FakeCourier, action: bytes) -> list[bytes]:
+    return [c[2] for c in courier.calls if c[1] == "alice@example.test" and b"Action: " + action in c[2]]
+
+
+def test_one_delay_notice_after_delay_warning_and_it_survives_a_restart(tmp_path):
+    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.2.0 mx said: 450 busy")})
+    local = FakeCourier()
+    service, spool, reactor, _ = make_service(tmp_path, local=local, remote=remote, settings=NOTICE_SETTINGS)
+    env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    reactor.pump([300] * 3)                               # 900 s: not yet
+    assert dsns(local, b"delayed") == []
+    reactor.pump([300] * 2)                               # past 1000 s: one notice
+    [notice] = dsns(local, b"delayed")
+    assert b"Final-Recipient: rfc822; zed@elsewhere.test" in notice and b"Status: 4.2.0" in notice
+    assert b"Subject: test 0" in notice                   # the original headers
+    reactor.pump([300] * 5)
+    assert len(dsns(local, b"delayed")) == 1              # once only
+    (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
+    assert back.delay_notified is True                    # recorded, so a restart does not repeat it
+
+
+def test_no_delay_notice_for_the_null_sender_or_when_delivered_in_time(tmp_path):
+    remote = FakeCourier({"zed@elsewhere.test": [TemporaryFailure("4.2.0 busy")]})
+    local = FakeCourier()
+    service, spool, reactor, _ = make_service(tmp_path, local=local, remote=remote, settings=NOTICE_SETTINGS)
+    service.put(envelope("zed@elsewhere.test", received_at=reactor.seconds()), message(1))
+    bounce_env = envelope("yan@elsewhere.test", sender="", received_at=reactor.seconds())
+    remote.outcomes["yan@elsewhere.test"] = TemporaryFailure("4.2.0 busy")
+    service.put(bounce_env, message(2))
+    reactor.advance(0)
+    reactor.pump([300] * 6)
+    assert [c for c in local.calls if b"multipart/report" in c[2]] == []
+
+
+# --- the operator's queue commands ------------------------------------------------------------------
+
+def stuck(tmp_path, settings=SETTINGS):
+    """A service with one message whose remote recipient keeps failing temporarily."""
+    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.2.0 busy")})
+    service, spool, reactor, couriers = make_service(tmp_path, remote=remote, settings=settings)
+    env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    return service, spool, reactor, remote, env
+
+
+def test_flush_retries_deferred_messages_at_once(tmp_path):
+    service, spool, reactor, remote, env = stuck(tmp_path)
+    assert len(remote.calls) == 1
+    assert service.flush() == 1
+    assert len(remote.calls) == 2                         # no 300 s wait
+    assert env.recipients[0].attempts == 2
+
+
+def test_a_held_message_is_not_tried_until_released(tmp_path):
+    service, spool, reactor, remote, env = stuck(tmp_path)
+    held = service.hold(env.id)
+    reactor.advance(0)
+    assert result_of(held) is None                        # fires once the state is on disk
+    reactor.pump([300] * 10)
+    assert service.flush() == 0
+    assert len(remote.calls) == 1
+    (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
+    assert back.held is True                              # on disk: held across a restart
+    remote.outcomes.clear()
+    service.release(env.id)
+    reactor.advance(0)
+    assert len(remote.calls) == 2 and env.done()          # released: tried at once, delivered
+    assert spool.list() == []
+
+
+def test_delete_drops_the_message_without_a_dsn(tmp_path):
+    service, spool, reactor, remote, env = stuck(tmp_path)
+    local = service._couriers["local"]
+    service.delete(env.id)
+    reactor.pump([300] * 10)
+    assert spool.list() == [] and len(remote.calls) == 1 and local.calls == []
+    reactor.advance(0)
+    assert Spool(str(tmp_path), reactor, SyncPool()).recover() == []
+
+
+def test_delete_while_a_delivery_is_in_flight_stays_deleted(tmp_path):
+    pending = Deferred()
+    remote = FakeCourier({"zed@elsewhere.test": pending})
+    service, spool, reactor, _ = make_service(tmp_path, remote=remote)
+    env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    service.delete(env.id)
+    pending.errback(TemporaryFailure("4.2.0 busy"))
+    reactor.pump([300] * 5)
+    assert len(remote.calls) == 1 and spool.list() == []
+
+
+def test_unknown_ids_raise_key_error(tmp_path):
+    service, *_ = make_service(tmp_path)
+    for action in (service.delete, service.hold, service.release):
+        with pytest.raises(KeyError):
+            action("NOSUCHID")
+
+
+def test_a_second_process_cannot_take_a_running_spool(tmp_path):
+    make_service(tmp_path)
+    with pytest.raises(queue.SpoolLocked):
+        Spool(str(tmp_path), FakeReactor(), SyncPool()).lock()
+
+
+# --- the queue command without a daemon -------------------------------------------------------------
+
+def queued_on_disk(tmp_path) -> Envelope:
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    env = envelope("zed@elsewhere.test")
+    spool.put(env, message())
+    reactor.advance(0)
+    result_of(spool.close())
+    return env
+
+
+def test_read_queue_lists_without_changing_anything(tmp_path):
+    env = queued_on_disk(tmp_path)
+    before = sorted(os.walk(tmp_path))
+    assert [e.id for e in queue.read_queue(str(tmp_path))] == [env.id]
+    assert sorted(os.walk(tmp_path)) == before
+    assert queue.read_queue(str(tmp_path / "never-used")) == []
+    assert not os.path.exists(tmp_path / "never-used")
+
+
+def test_edit_offline_holds_releases_and_deletes(tmp_path):
+    env = queued_on_disk(tmp_path)
+    queue.edit_offline(str(tmp_path), env.id, "hold")
+    [back] = queue.read_queue(str(tmp_path))
+    assert back.held is True
+    queue.edit_offline(str(tmp_path), env.id, "release")
+    [back] = queue.read_queue(str(tmp_path))
+    assert back.held is False
+    queue.edit_offline(str(tmp_path), env.id, "delete")
+    assert queue.read_queue(str(tmp_path)) == []
+    with pytest.raises(KeyError):
+        queue.edit_offline(str(tmp_path), env.id, "hold")
+
+
+def test_edit_offline_refuses_while_a_daemon_holds_the_spool(tmp_path):
+    env = queued_on_disk(tmp_path)
+    Spool(str(tmp_path), FakeReactor(), SyncPool()).lock()      # the "daemon"
+    with pytest.raises(queue.SpoolLocked):
+        queue.edit_offline(str(tmp_path), env.id, "hold")
+
+
+def test_a_message_deleted_in_flight_gets_no_dsn_for_that_attempt(tmp_path):
+    pending = Deferred()
+    local = FakeCourier()
+    service, spool, reactor, _ = make_service(tmp_path, local=local,
+                                              remote=FakeCourier({"zed@elsewhere.test": pending}))
+    env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    service.delete(env.id)
+    pending.errback(NoSuchMailbox("5.1.1 no such user"))
+    reactor.advance(0)
+    assert local.calls == [] and spool.list() == []

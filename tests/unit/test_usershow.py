@@ -176,6 +176,6 @@ def test_ldap_group_shows_its_members(ldap_cfg):
 def test_ldap_unavailable_is_one_line_and_the_client_is_closed(ldap_cfg, monkeypatch):
     monkeypatch.setattr(FakeClient, "failure", DirectoryUnavailable("ldap://ldap.example.test: connection refused"))
     closed = FakeClient.closed
-    with pytest.raises(ShowError, match="^the directory does not answer: ldap://ldap.example.test: connection refused$"):
+    with pytest.raises(ShowError, match="^the directory could not tell: ldap://ldap.example.test: connection refused$"):
         show_user(ldap_cfg, "alice@example.test")
     assert FakeClient.closed == closed + 1
