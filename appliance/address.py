@@ -1,6 +1,7 @@
 """The only place that parses, normalises and compares mail addresses and domains."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -9,8 +10,11 @@ class AddressSyntaxError(ValueError):
     """The text is not an address we accept."""
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_domain(domain: str) -> str:
-    """Lower-case, strip a trailing dot, and encode international names as IDNA (A-labels)."""
+    """Lower-case, strip a trailing dot, and encode international names as IDNA (A-labels).
+
+    Cached: the same few domains come back on every command, and IDNA encoding is slow."""
     domain = domain.strip().rstrip(".").lower()
     if domain.startswith("[") and domain.endswith("]"):
         return domain
