@@ -147,7 +147,10 @@ class RecipientResolver:
 
     @defer.inlineCallbacks
     def _final(self, target: str, rcpt: str) -> Any:
-        """One expanded target: a local user that must exist, or a remote address to forward to."""
+        """One expanded target: a local user that must exist, a remote address to forward to, or a
+        command (`|cmd`) or file (`/path`) that the aliases file may name when allow_commands is on."""
+        if target.startswith(("|", "/")):
+            return Recipient(address=target, local=True, original=rcpt)
         if not address.in_domains(target, self.domains):
             return Recipient(address=address.normalise(target), local=False, original=_unless_same(rcpt, target))
         user = yield self.directory.lookup(target)
