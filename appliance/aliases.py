@@ -1,26 +1,33 @@
-"""aliases(5) expansion: which final addresses a mail for an alias goes to.
+"""aliases(5) expansion: which final addresses (or commands and files) a mail for an alias goes to.
 
-The file format, as in sendmail and Postfix::
+The file format, as in sendmail and Postfix (docs/aliases.md is the operator's guide)::
 
     # comment
     postmaster: root
     root: admin@example.test
     team: alice, bob@example.test,
-          carol                         # <- a line starting with whitespace continues the previous one
-    staff: :include:staff.list          # one address per line; relative to this file's folder
-    info@example.org: alice             # a full address applies to that address only
+          carol
+    staff: :include:staff.list
+    info@example.org: alice
+    archive: |/usr/local/bin/archive --folder inbox     (only with [aliases] allow_commands = yes)
+    backup: "|/usr/bin/filter one, two", /var/mail/backup.mbox
 
+- A line starting with whitespace continues the previous definition; comment lines are whole lines.
 - A bare name (``team``) is an alias in every local domain; a full address only for itself and
   takes precedence over the bare name there.
 - A bare target (``carol``) is in the domain of the address being resolved, so ``team@example.org``
   reaches ``carol@example.org``.
-- Targets are separated by commas (whitespace works too).
-- Commands (``|cmd``) and files (``/path``) are refused: deliveries here only go to addresses.
+- Targets are separated by commas (whitespace works too, except inside a command). Double quotes
+  keep commas and spaces inside one target.
+- ``:include:FILE`` reads one or more targets a line; a relative FILE is relative to this file's folder.
+- ``|command`` (to the next comma outside quotes) and ``/absolute/file`` are refused unless
+  allow_commands is on; in an include file only when that file is owned by root or by the user
+  reading it, so whoever may edit a list cannot run commands as the appliance's user.
 
 Resolution expands aliases of aliases up to MAX_DEPTH levels, drops duplicates (keeping the
 first), and keeps a target that names the alias itself as a real mailbox (``bob: bob, bob@elsewhere``
 delivers to the local bob *and* a copy elsewhere -- the sendmail convention). A loop raises
-AliasLoopError.
+AliasLoopError. Commands and files are final targets, returned as written.
 
 ``postmaster`` and ``abuse`` (RFC 5321 4.5.1, RFC 2142) must always reach somebody: when the file
 does not define them, they go wherever ``root`` goes if ``root`` is defined; otherwise they stay
@@ -42,6 +49,10 @@ MAX_DEPTH = 10
 ALWAYS_ANSWERED = ("postmaster", "abuse")
 FALLBACK = "root"
 INCLUDE = ":include:"
+COMMAND, FILE = "|", "/"
+ALLOW_HINT = "set [aliases] allow_commands = yes to allow them"
+REFUSED_FILE_DIRS = ("/dev", "/proc", "/sys")   # appending there is never a mailbox, often a disaster
+_PLAIN_ITEM = re.compile(r'[^,\s"]+')
 
 
 class AliasesError(Exception):
@@ -121,6 +132,9 @@ class AliasTable:
             raise AliasLoopError(f"aliases nested deeper than {MAX_DEPTH} levels: {' -> '.join(chain)}")
         domain = key.rsplit("@", 1)[1]
         for target in targets:
+            if is_command_or_file(target):
+                found.setdefault(target, target)
+                continue
             final = target if "@" in target else f"{target}@{domain}"
             norm = addr.normalise(final)
             deeper = None if norm == key else self._targets(norm)
@@ -132,8 +146,17 @@ class AliasTable:
                 self._expand(norm, deeper, (*chain, norm), found)
 
 
-def load_aliases(path: str, local_domains: Iterable[str]) -> AliasTable:
-    """Parse an aliases file (blocking); AliasesError with every problem found. Missing file = no aliases."""
+def is_command_or_file(target: str) -> bool:
+    """A `|command` or `/file` target, which the local courier hands to a command or an mbox file."""
+    return target.startswith((COMMAND, FILE))
+
+
+def load_aliases(path: str, local_domains: Iterable[str], allow_commands: bool = False) -> AliasTable:
+    """Parse an aliases file (blocking); AliasesError with every problem found. Missing file = no aliases.
+
+    `allow_commands` is `[aliases] allow_commands`: without it `|command` and `/file` targets
+    are errors, since they run or write with the appliance's rights.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -141,7 +164,7 @@ def load_aliases(path: str, local_domains: Iterable[str]) -> AliasTable:
         return AliasTable({}, {}, local_domains)
     except (OSError, UnicodeDecodeError) as e:
         raise AliasesError([f"{path}: cannot read: {_reason(e)}"]) from None
-    parser = _Parser(path)
+    parser = _Parser(path, allow_commands)
     parser.parse(lines)
     if parser.problems:
         raise AliasesError(parser.problems)
@@ -174,18 +197,60 @@ def _logical_lines(lines: list[str]) -> Iterator[tuple[int, str, bool]]:
 
 
 def _items(text: str) -> list[str]:
-    """Targets are separated by commas and/or whitespace, as Postfix reads them."""
-    return [item for item in re.split(r"[,\s]+", text) if item]
+    """Split a target list as sendmail and Postfix read it; ValueError on an unclosed quote.
+
+    Commas separate targets, and so does whitespace, except in a `|command`, which runs to the
+    next comma outside double quotes so that `|prog -x "a, b"` stays one target. A target in
+    double quotes (`"|prog with, commas"`) is taken as written between them.
+    """
+    items, at = [], 0
+    while at < len(text):
+        char = text[at]
+        if char == "," or char.isspace():
+            at += 1
+        elif char == '"':
+            end = text.find('"', at + 1)
+            if end < 0:
+                raise ValueError(f"missing closing double quote: {text[at:]}")
+            items.append(text[at + 1:end].strip())
+            at = end + 1
+        elif char == COMMAND:
+            end = _unquoted_comma(text, at)
+            items.append(text[at:end].strip())
+            at = end
+        else:
+            match = _PLAIN_ITEM.match(text, at)
+            items.append(match.group())
+            at = match.end()
+    return items
+
+
+def _unquoted_comma(text: str, start: int) -> int:
+    """The index of the first comma after `start` outside double quotes (len(text) when none)."""
+    quoted = False
+    for at in range(start, len(text)):
+        if text[at] == '"':
+            quoted = not quoted
+        elif text[at] == "," and not quoted:
+            return at
+    if quoted:
+        raise ValueError(f"missing closing double quote: {text[start:]}")
+    return len(text)
 
 
 def _valid_local(local: str) -> bool:
     return "@" not in local and addr.is_valid(f"{local}@example.invalid")
 
 
-def _target(item: str) -> str:
-    """A checked target: a bare local part, or a full address with its domain normalised."""
-    if item.startswith(("|", '"|', "/", '"/')):
-        raise ValueError(f"commands and files are not allowed: {item}")
+def _target(item: str, refusal: str | None) -> str:
+    """A checked target: a bare local part, a full address with its domain normalised, or a
+    command or file. `refusal` says why commands and files are not allowed here (None: they are)."""
+    if item.startswith((COMMAND, FILE)):
+        if refusal is not None:
+            raise ValueError(f"commands and files are not allowed: {item} ({refusal})")
+        return _command(item) if item.startswith(COMMAND) else _file(item)
+    if item.startswith(("./", "../", "~/")):
+        raise ValueError(f"a file target needs an absolute path: {item}")
     if "@" not in item:
         if not _valid_local(item):
             raise ValueError(f"bad address: {item!r}")
@@ -196,11 +261,49 @@ def _target(item: str) -> str:
     return f"{local}@{domain}"
 
 
+def _command(item: str) -> str:
+    if not item[1:].strip():
+        raise ValueError("empty command after |")
+    if any(ord(c) < 32 and c != "\t" for c in item):
+        raise ValueError(f"control character in command: {item!r}")
+    return item
+
+
+def _file(item: str) -> str:
+    """An absolute, plain path outside /dev, /proc and /sys; plain, so that the check below
+    cannot be walked around with `..` or `//` (symbolic links are the file owner's business)."""
+    if any(part in ("", ".", "..") for part in item.split("/")[1:]):
+        raise ValueError(f"write the file path without //, ., .. or a trailing /: {item}")
+    if any(item == d or item.startswith(d + "/") for d in REFUSED_FILE_DIRS):
+        raise ValueError(f"files in {', '.join(REFUSED_FILE_DIRS)} are not allowed: {item}")
+    if any(ord(c) < 32 for c in item):
+        raise ValueError(f"control character in file name: {item!r}")
+    return item
+
+
+def _owner_refusal(path: str, allow_commands: bool) -> str | None:
+    """Why an include file may not name commands and files (None: it may).
+
+    Whoever can edit the file could otherwise run commands as the appliance's user, so it must
+    belong to root or to the user reading it (the appliance's own).
+    """
+    if not allow_commands:
+        return ALLOW_HINT
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return "include file cannot be checked"
+    if owner in (0, os.geteuid()):
+        return None
+    return f"include file owned by uid {owner}, not by root or uid {os.geteuid()}"
+
+
 class _Parser:
     """Collects aliases and every problem of one file, so the operator sees them all at once."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, allow_commands: bool = False):
         self.path = path
+        self.allow_commands = allow_commands
         self.by_address: dict[str, _Alias] = {}
         self.by_local: dict[str, _Alias] = {}
         self.problems: list[str] = []
@@ -241,17 +344,22 @@ class _Parser:
 
     def _targets(self, number: int, text: str) -> list[str] | None:
         """The checked targets of one definition, or None after a problem."""
-        items = _items(text)
+        try:
+            items = _items(text)
+        except ValueError as e:
+            self._problem(number, str(e))
+            return None
         if not items:
             self._problem(number, "empty target list")
             return None
+        refusal = None if self.allow_commands else ALLOW_HINT
         targets, ok = [], True
         for item in items:
             try:
                 if item.lower().startswith(INCLUDE):
                     targets.extend(self._include(number, item[len(INCLUDE):].strip()))
                 else:
-                    targets.append(_target(item))
+                    targets.append(_target(item, refusal))
             except ValueError as e:
                 self._problem(number, str(e))
                 ok = False
@@ -265,18 +373,19 @@ class _Parser:
                 lines = f.read().splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"cannot read include file {path}: {_reason(e)}") from None
+        refusal = _owner_refusal(path, self.allow_commands)
         targets, ok = [], True
         for line_number, line in enumerate(lines, start=1):
             if line.strip().startswith("#"):
                 continue
-            for item in _items(line):
-                try:
+            try:
+                for item in _items(line):
                     if item.lower().startswith(INCLUDE):
                         raise ValueError(f"{INCLUDE} inside an include file is not allowed")
-                    targets.append(_target(item))
-                except ValueError as e:
-                    self._problem(line_number, str(e), path)
-                    ok = False
+                    targets.append(_target(item, refusal))
+            except ValueError as e:
+                self._problem(line_number, str(e), path)
+                ok = False
         if not ok:
             raise ValueError(f"problems in include file {path}")
         return targets
@@ -286,10 +395,11 @@ class _Parser:
 class AliasResolver:
     """Holds the current AliasTable; a reload that finds problems keeps the previous table."""
 
-    def __init__(self, path: str, local_domains: Iterable[str]):
+    def __init__(self, path: str, local_domains: Iterable[str], allow_commands: bool = False):
         """Load the file; raises AliasesError when it has problems (a daemon must not start half-aliased)."""
         self._path = path
         self._domains = tuple(local_domains)
+        self._allow_commands = allow_commands
         self._table = AliasTable({}, {}, self._domains)
         problems = self.reload()
         if problems:
@@ -298,7 +408,7 @@ class AliasResolver:
     def reload(self) -> list[str]:
         """Re-read the file (blocking, small); the problems found, empty when the new table is in use."""
         try:
-            table = load_aliases(self._path, self._domains)
+            table = load_aliases(self._path, self._domains, self._allow_commands)
         except AliasesError as e:
             return e.problems
         problems = table.loop_problems()

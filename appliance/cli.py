@@ -18,6 +18,7 @@ from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, DirectoryUnavailable, QueueWriteError
 from appliance.smtp.delivery import has_header, header_block
+from appliance.usershow import ShowError, show_user
 
 DEMO_USER = "demo@example.test"
 DEMO_DOMAIN = "example.test"
@@ -97,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="also keep a cleartext-equivalent secret, for CRAM-MD5 and APOP")
     _command(user_commands, "del", _user_del, "delete a user (the mailbox stays)").add_argument("address")
     _command(user_commands, "list", _user_list, "list users")
+    _command(user_commands, "show", _user_show,
+             "show what the appliance sees for an address (file or LDAP), never a password").add_argument("address")
 
     demo = _command(commands, "demo", _demo, "write a ready-to-run demo setup into a new folder")
     demo.add_argument("dir")
@@ -238,6 +241,16 @@ def _user_list(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     for user in list_users(_users_file(cfg)):
         print(user)
+    return 0
+
+
+def _user_show(args: argparse.Namespace) -> int:
+    """Works for both backends: unlike the other user commands it only reads."""
+    cfg = config.load(args.config)
+    try:
+        print("\n".join(show_user(cfg, args.address)))
+    except ShowError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 

@@ -72,6 +72,7 @@ class AliasesSection:
     recipient_delimiter: str = "+"    # alice+tag@ reaches alice; "" turns plus-addressing off
     catch_all: tuple[tuple[str, str], ...] = ()   # (domain, target): unknown users of domain go to target
     restricted: tuple[str, ...] = ()  # lists open only to our own senders (full addresses)
+    allow_commands: bool = False      # aliases may name |command and /file targets (docs/aliases.md)
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,7 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
         "recipient_delimiter": _Key("recipient_delimiter", _delimiter, "+"),
         "catch_all": _Key("catch_all", _catch_all),
         "restricted": _Key("restricted", _addresses),
+        "allow_commands": _Key("allow_commands", _bool, "no"),
     },
     "masquerade": {
         "domains": _Key("domains", _domains),
@@ -533,7 +535,16 @@ def check_files(config: Config) -> list[str]:
     _check_tls(config, problems)
     _check_users_file(config, problems)
     _check_aliases(config, problems)
+    _check_relay_files(config, problems)
     return problems.lines
+
+
+def _check_relay_files(config: Config, problems: _Problems) -> None:
+    """The smarthost's password and CA files are read at start: say so now, not with a traceback."""
+    for key in ("smarthost_password_file", "smarthost_ca_file"):
+        path = getattr(config.relay, key)
+        if path and not os.access(path, os.R_OK):
+            problems.add("relay", key, f"{path} cannot be read")
 
 
 def _template_root(template: str) -> str:
@@ -584,7 +595,7 @@ def _check_aliases(config: Config, problems: _Problems) -> None:
         problems.add("aliases", "file", f"{path} does not exist; create it, or write `file =` for no aliases")
         return
     try:
-        table = aliases.load_aliases(path, config.appliance.domains)
+        table = aliases.load_aliases(path, config.appliance.domains, config.aliases.allow_commands)
     except aliases.AliasesError as exc:
         for problem in exc.problems:
             problems.add("aliases", "file", problem)
@@ -598,7 +609,8 @@ def role_warnings(config: Config, known_users: set[str]) -> list[str]:
 
     Warnings, not errors: the server runs, but complaints about it would go nowhere.
     """
-    table = aliases.load_aliases(config.aliases.file, config.appliance.domains) if config.aliases.file else None
+    table = (aliases.load_aliases(config.aliases.file, config.appliance.domains, config.aliases.allow_commands)
+             if config.aliases.file else None)
     warnings = []
     for domain in config.appliance.domains:
         for role in aliases.ALWAYS_ANSWERED:

@@ -100,6 +100,8 @@ def _queue(cfg: configmod.Config, reactor: Any, top: ApplianceService, pool: Any
                          is_local=lambda a: address.in_domains(a, cfg.appliance.domains))
     queue.setName("queue")
     queue.setServiceParent(top)
+    from appliance.control import ControlService, socket_path
+    ControlService(socket_path(cfg.appliance.state_dir), queue, reactor).setServiceParent(top)
     return queue
 
 
@@ -114,8 +116,20 @@ def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
     if relay.smarthost_user:
         with open(relay.smarthost_password_file, encoding="utf-8") as f:
             auth = (relay.smarthost_user, f.readline().strip())
+    tls_options = None
+    if relay.smarthost and relay.smarthost_ca_file:
+        from twisted.internet import ssl
+        with open(relay.smarthost_ca_file, "rb") as f:
+            authorities = [ssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())]
+        tls_options = ssl.optionsForClientTLS(relay.smarthost[0], trustRoot=ssl.trustRootFromCertificates(authorities))
     return OutboundCourier(router, reactor, cfg.appliance.hostname, port=cfg.delivery.port,
-                           smarthost=relay.smarthost, smarthost_auth=auth)
+                           smarthost=relay.smarthost, smarthost_auth=auth, client_tls_options=tls_options)
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    """Every certificate of a PEM bundle (a CA file often holds several)."""
+    end = b"-----END CERTIFICATE-----"
+    return [block + end for block in data.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
 
 
 def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
@@ -128,6 +142,10 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
                                  delimiter=cfg.aliases.recipient_delimiter, catch_all=dict(cfg.aliases.catch_all),
                                  restricted=frozenset(cfg.aliases.restricted), masquerader=parts.masquerader)
     acceptor = Acceptor(parts.queue, cfg.appliance.hostname, parts.masquerader)
+    from appliance.pickup import FOLDER, PickupService
+    PickupService(os.path.join(cfg.appliance.state_dir, FOLDER), parts.queue, resolver, acceptor,
+                  cfg.appliance.hostname, parts.reactor, top.getServiceNamed("pool-disk").pool,
+                  max_message_size=cfg.limits.max_message_size).setServiceParent(top)
     for name, (kind, implicit) in SMTP_LISTENERS.items():
         description = getattr(cfg.listen, name)
         if not description:

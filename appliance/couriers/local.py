@@ -1,11 +1,15 @@
-"""Local delivery of one queued recipient: directory lookup, trace headers, then the mail store."""
+"""Local delivery of one queued recipient: directory lookup, trace headers, then the mail store.
+
+Alias targets that are commands or files go to the courier given as `programs` instead.
+"""
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
+from appliance.aliases import is_command_or_file
 from appliance.envelope import Envelope, Recipient
-from appliance.errors import NoSuchMailbox
+from appliance.errors import NoSuchMailbox, PermanentFailure
 from appliance.interfaces import ICourier, IDirectory, IMailStore, UserRecord
 
 
@@ -16,14 +20,24 @@ class LocalCourier:
     The user is looked up again at delivery time because accounts change while mail waits in
     the queue: a vanished user bounces (5.1.1), while a directory that cannot answer fails with
     DirectoryUnavailable, a temporary failure, so the queue retries instead of bouncing.
+
+    `programs` (couriers/command.py's CommandCourier) takes `|command` and `/file` recipients;
+    None when `[aliases] allow_commands` is off, and then such a recipient still in the queue
+    from before bounces rather than running.
     """
 
-    def __init__(self, directory: IDirectory, store: IMailStore):
+    def __init__(self, directory: IDirectory, store: IMailStore, programs: ICourier | None = None):
         self._directory = directory
         self._store = store
+        self._programs = programs
 
     def deliver(self, envelope: Envelope, recipient: Recipient, message: bytes) -> Deferred:
-        """Deferred[str]: the path written in the mailbox."""
+        """Deferred[str]: the path written in the mailbox (or the command or file delivered to)."""
+        if is_command_or_file(recipient.address):
+            if self._programs is None:
+                return fail(PermanentFailure("5.7.1 delivery to commands and files is turned off "
+                                             "([aliases] allow_commands = no)"))
+            return self._programs.deliver(envelope, recipient, message)
         d = self._directory.lookup(recipient.address)
         d.addCallback(self._store_for, envelope, recipient, message)
         return d

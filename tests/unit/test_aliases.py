@@ -10,6 +10,7 @@ from appliance.aliases import AliasesError, AliasLoopError, AliasResolver, load_
 from appliance.interfaces import IAliasResolver
 
 DOMAINS = ("example.test", "example.org")
+OFF = " (set [aliases] allow_commands = yes to allow them)"
 
 
 @pytest.fixture
@@ -21,14 +22,14 @@ def write(tmp_path):
     return write
 
 
-def table(write, text):
-    return load_aliases(write(text), DOMAINS)
+def table(write, text, allow_commands=False):
+    return load_aliases(write(text), DOMAINS, allow_commands)
 
 
-def problems(write, text):
+def problems(write, text, allow_commands=False):
     path = write(text)
     with pytest.raises(AliasesError) as info:
-        load_aliases(path, DOMAINS)
+        load_aliases(path, DOMAINS, allow_commands)
     return [p.replace(path, "FILE") for p in info.value.problems]
 
 
@@ -91,9 +92,9 @@ def test_every_error_is_reported_with_its_line(write):
         "FILE:5: empty target list",
         "FILE:6: bad address: 'alice@'",
         "FILE:7: missing alias name",
-        "FILE:8: commands and files are not allowed: |/usr/bin/procmail",
-        "FILE:9: commands and files are not allowed: /var/mail/box",
-        "FILE:10: commands and files are not allowed: \"|cmd",
+        f"FILE:8: commands and files are not allowed: |/usr/bin/procmail{OFF}",
+        f"FILE:9: commands and files are not allowed: /var/mail/box{OFF}",
+        f"FILE:10: commands and files are not allowed: |cmd arg{OFF}",
         "FILE:11: bad alias name: 'b@d@'",
     ]
 
@@ -106,7 +107,7 @@ def test_continuation_without_alias_and_duplicate_full_address(write):
 
 
 def test_error_in_a_continued_definition_names_its_first_line(write):
-    assert problems(write, "ok: a\nteam: alice,\n   |cmd\n") == ["FILE:2: commands and files are not allowed: |cmd"]
+    assert problems(write, "ok: a\nteam: alice,\n   |cmd\n") == [f"FILE:2: commands and files are not allowed: |cmd{OFF}"]
 
 
 # -- :include: ---------------------------------------------------------------------------------
@@ -132,10 +133,98 @@ def test_bad_entries_in_include_name_the_include_file_and_line(write, tmp_path):
     found = problems(write, "staff: :include:staff.list\n")
     include = f"{tmp_path}/staff.list"
     assert found == [
-        f"{include}:2: commands and files are not allowed: |cmd",
+        f"{include}:2: commands and files are not allowed: |cmd{OFF}",
         f"{include}:3: bad address: 'bad@'",
         f"FILE:1: problems in include file {include}",
     ]
+
+
+# -- commands and files ([aliases] allow_commands = yes) -----------------------------------------
+
+def test_commands_and_files_when_allowed(write):
+    t = table(write, (
+        'archive: |/usr/bin/archive --folder "in box", bob\n'          # a command runs to the next comma
+        'filter: "|/usr/bin/filter one, two" /var/mail/filtered.mbox\n'  # quotes keep commas in
+        'old: |/bin/sh -c "cat >> /srv/old, mail"\n'
+        'all: archive, filter, "/srv/all mail.mbox"\n'
+    ), allow_commands=True)
+    assert t.resolve("archive@example.test") == ['|/usr/bin/archive --folder "in box"', "bob@example.test"]
+    assert t.resolve("filter@example.org") == ["|/usr/bin/filter one, two", "/var/mail/filtered.mbox"]
+    assert t.resolve("old@example.test") == ['|/bin/sh -c "cat >> /srv/old, mail"']
+    assert t.resolve("all@example.test") == ['|/usr/bin/archive --folder "in box"', "bob@example.test",
+                                             "|/usr/bin/filter one, two", "/var/mail/filtered.mbox",
+                                             "/srv/all mail.mbox"]
+
+
+def test_command_continued_on_the_next_line(write):
+    t = table(write, "archive: bob,\n  |/usr/bin/archive\n  --quiet\n", allow_commands=True)
+    assert t.resolve("archive@example.test") == ["bob@example.test", "|/usr/bin/archive --quiet"]
+
+
+def test_bad_commands_and_files_even_when_allowed(write):
+    assert problems(write, (
+        "a: ./box\n"
+        "b: ~/box\n"
+        "c: /dev/null\n"
+        "d: /proc/self/fd/1\n"
+        "e: /var/mail/../../etc/passwd\n"
+        "f: //dev/sda\n"
+        "g: /var/mail/\n"
+        'h: "|unclosed, bob\n'
+        "i: |\n"
+        "j: |/bin/filter \"a, b\n"
+        "k: /sys/kernel\n"
+    ), allow_commands=True) == [
+        "FILE:1: a file target needs an absolute path: ./box",
+        "FILE:2: a file target needs an absolute path: ~/box",
+        "FILE:3: files in /dev, /proc, /sys are not allowed: /dev/null",
+        "FILE:4: files in /dev, /proc, /sys are not allowed: /proc/self/fd/1",
+        "FILE:5: write the file path without //, ., .. or a trailing /: /var/mail/../../etc/passwd",
+        "FILE:6: write the file path without //, ., .. or a trailing /: //dev/sda",
+        "FILE:7: write the file path without //, ., .. or a trailing /: /var/mail/",
+        'FILE:8: missing closing double quote: "|unclosed, bob',
+        "FILE:9: empty command after |",
+        'FILE:10: missing closing double quote: |/bin/filter "a, b',
+        "FILE:11: files in /dev, /proc, /sys are not allowed: /sys/kernel",
+    ]
+
+
+def test_include_file_of_ours_may_name_commands(write):
+    write("|/usr/bin/archive\n/srv/staff.mbox, alice\n", name="staff.list")
+    t = table(write, "staff: :include:staff.list\n", allow_commands=True)
+    assert t.resolve("staff@example.test") == ["|/usr/bin/archive", "/srv/staff.mbox", "alice@example.test"]
+
+
+def test_include_file_of_another_user_may_not_name_commands(write, tmp_path, monkeypatch):
+    members = write("alice\n|/usr/bin/archive\n", name="staff.list")
+    if os.geteuid() == 0:
+        os.chown(members, 65534, 65534)                   # root reads a file that nobody may edit
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)   # the file is not ours any more
+    owner, reader = os.stat(members).st_uid, os.geteuid()
+    assert problems(write, "staff: :include:staff.list\n", allow_commands=True) == [
+        f"{members}:2: commands and files are not allowed: |/usr/bin/archive "
+        f"(include file owned by uid {owner}, not by root or uid {reader})",
+        f"FILE:1: problems in include file {members}",
+    ]
+
+
+def test_include_file_commands_need_allow_commands_too(write):
+    members = write("|/usr/bin/archive\n", name="staff.list")
+    assert problems(write, "staff: :include:staff.list\n") == [
+        f"{members}:1: commands and files are not allowed: |/usr/bin/archive{OFF}",
+        f"FILE:1: problems in include file {members}",
+    ]
+
+
+def test_resolver_keeps_allow_commands_across_reloads(write):
+    path = write("archive: |/usr/bin/archive\n")
+    with pytest.raises(AliasesError):
+        AliasResolver(path, DOMAINS)
+    resolver = AliasResolver(path, DOMAINS, allow_commands=True)
+    write("archive: /srv/archive.mbox\n")
+    assert resolver.reload() == []
+    assert resolver.resolve("archive@example.test") == ["/srv/archive.mbox"]
 
 
 # -- expansion ---------------------------------------------------------------------------------

@@ -257,9 +257,11 @@ def test_demo_as_root_uses_standard_ports():
         "imap": "tcp:143", "imaps": "tcp:993"}
 
 
-# ---------------------------------------------------------------- later commands
-
-@pytest.mark.parametrize("argv", [("queue", "list"), ("queue", "delete", "ABC"), ("sendmail", "-f", "a@b", "c@d")])
-def test_outbound_commands_are_not_there_yet(capsys, conf, argv):
-    code, out, err = run(capsys, "--config", conf, *argv)
-    assert (code, out, err) == (2, "", "mailappliance: not available yet: arrives with outbound delivery\n")
+def test_user_show_prints_the_entry_and_fails_in_one_line(capsys, conf, tmp_path):
+    run(capsys, "--config", conf, "user", "add", "alice@example.test", stdin="pw\n")
+    code, out, err = run(capsys, "--config", conf, "user", "show", "Alice@example.test")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1] == f"{'entry':<14} {tmp_path / 'users'} line 1"
+    assert "pw" not in out.split() and "$scrypt$" not in out
+    code, out, err = run(capsys, "--config", conf, "user", "show", "nobody@example.test")
+    assert (code, out, err) == (1, "", "mailappliance: nobody@example.test: no user, alias or list has this address\n")

@@ -7,7 +7,8 @@ from twisted.python.failure import Failure
 from appliance.couriers.local import LocalCourier
 from appliance.couriers.remote import RemoteCourier
 from appliance.envelope import Envelope, Recipient
-from appliance.errors import DirectoryUnavailable, MailboxUnavailable, NoSuchMailbox, TemporaryFailure
+from appliance.errors import (DirectoryUnavailable, MailboxUnavailable, NoSuchMailbox, PermanentFailure,
+                              TemporaryFailure)
 from appliance.interfaces import UserRecord
 
 BOB = UserRecord(address="bob@example.test", addresses=frozenset({"bob@example.test", "robert@example.test"}))
@@ -82,3 +83,29 @@ def test_a_store_failure_passes_through():
 def test_remote_courier_waits_for_outbound_delivery():
     result = outcome(RemoteCourier().deliver(ENV, ENV.recipients[0], MESSAGE))
     assert result.check(TemporaryFailure) and str(result.value).startswith("4.4.0")
+
+
+class FakePrograms:
+    def __init__(self):
+        self.given = []
+
+    def deliver(self, envelope, recipient, message):
+        self.given.append((recipient.address, message))
+        return succeed(recipient.address)
+
+
+def test_commands_and_files_go_to_the_programs_courier_without_a_directory_lookup():
+    programs, store = FakePrograms(), FakeStore()
+    courier = LocalCourier(FakeDirectory(DirectoryUnavailable("must not be asked")), store, programs)
+    for target in ("|/usr/bin/archive -q", "/var/mail/archive.mbox"):
+        rcpt = Recipient(address=target, original="archive@example.test")
+        assert outcome(courier.deliver(ENV, rcpt, MESSAGE)) == target
+    assert programs.given == [("|/usr/bin/archive -q", MESSAGE), ("/var/mail/archive.mbox", MESSAGE)]
+    assert store.delivered == []
+
+
+def test_commands_bounce_when_allow_commands_is_off():
+    rcpt = Recipient(address="|/usr/bin/archive", original="archive@example.test")
+    result = outcome(LocalCourier(FakeDirectory(BOB), FakeStore()).deliver(ENV, rcpt, MESSAGE))
+    assert result.check(PermanentFailure)
+    assert str(result.value) == "5.7.1 delivery to commands and files is turned off ([aliases] allow_commands = no)"
