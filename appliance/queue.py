@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults, succeed
-from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,6 +29,7 @@ from appliance.config import QueueSection
 from appliance.envelope import DELIVERED, FAILED, Envelope, Recipient
 from appliance.errors import PermanentFailure, QueueWriteError, TemporaryFailure
 from appliance.interfaces import ICourier, IQueue
+from appliance.inline import InlinePool, InlineReactor
 
 log = Logger()
 
@@ -525,25 +525,6 @@ class Spool:
 
 # --- the `queue` command without a daemon -------------------------------------------------------
 
-class _Inline(Clock):
-    """A reactor stand-in for one-shot command-line use: time stands still, thread calls run inline."""
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class _InlinePool:
-    """A thread pool stand-in that runs each job at once, in the calling thread."""
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except Exception:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
 def read_queue(directory: str) -> list[Envelope]:
     """Every queued message, read from disk without changing anything (`queue list`).
 
@@ -552,7 +533,7 @@ def read_queue(directory: str) -> list[Envelope]:
     """
     if not os.path.isdir(os.path.join(directory, "segments")):
         return []
-    spool = Spool(directory, _Inline(), _InlinePool())
+    spool = Spool(directory, InlineReactor(), InlinePool())
     return [envelope for envelope, _ in spool.recover()]
 
 
@@ -564,7 +545,7 @@ def edit_offline(directory: str, qid: str, action: str) -> None:
     """
     if not os.path.isdir(os.path.join(directory, "segments")):
         raise KeyError(qid)     # nothing was ever queued here
-    spool = Spool(directory, _Inline(), _InlinePool())
+    spool = Spool(directory, InlineReactor(), InlinePool())
     spool.lock()
     outcome: list[object] = []
     try:

@@ -107,7 +107,8 @@ def test_continuation_without_alias_and_duplicate_full_address(write):
 
 
 def test_error_in_a_continued_definition_names_its_first_line(write):
-    assert problems(write, "ok: a\nteam: alice,\n   |cmd\n") == [f"FILE:2: commands and files are not allowed: |cmd{OFF}"]
+    found = problems(write, "ok: a\nteam: alice,\n   |cmd\n")
+    assert found == [f"FILE:2: commands and files are not allowed: |cmd{OFF}"]
 
 
 # -- :include: ---------------------------------------------------------------------------------

@@ -7,12 +7,11 @@ import pwd
 import sys
 
 import pytest
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from appliance import cli, pickup
 from appliance.envelope import Envelope, Recipient
 from appliance.queue import Spool
+from appliance.inline import InlineReactor, InlinePool
 
 CONF = """\
 [appliance]
@@ -44,19 +43,6 @@ def run(capsys, *argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
         sys.stdin = old
     out, err = capsys.readouterr()
     return code, out, err
-
-
-class InlineReactor(Clock):
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class InlinePool:
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            on_result(True, f(*args, **kwargs))
-        except BaseException:
-            on_result(False, Failure())
 
 
 def queue_one(tmp_path, qid: str = "ABC123", error: str = "") -> None:

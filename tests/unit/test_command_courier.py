@@ -6,10 +6,11 @@ import os
 import time
 
 from twisted.internet import reactor
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from appliance.couriers.command import (CommandCourier, child_credentials, command_environment, run_command)
+from appliance.couriers.command import CommandCourier, child_credentials, command_environment, run_command
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import MailboxUnavailable, PermanentFailure, TemporaryFailure
 
@@ -28,7 +29,6 @@ class SyncPool:
         try:
             onResult(True, f(*args, **kwargs))
         except Exception as e:
-            from twisted.python.failure import Failure
             onResult(False, Failure(e))
 
 
@@ -126,7 +126,8 @@ class FileTargetTests(TestCase):
         messages = [box.get_bytes(key) for key in box.iterkeys()]
         box.close()
         self.assertEqual(len(messages), 2)
-        self.assertTrue(messages[0].startswith(b"Return-Path: <alice@example.org>\nDelivered-To: archive@example.test\n"))
+        self.assertTrue(messages[0].startswith(
+            b"Return-Path: <alice@example.org>\nDelivered-To: archive@example.test\n"))
         self.assertIn(b"\n>From the start\n", messages[0])    # quoted by mboxrd, un-quoted by readers: stored form
         with open(path, "rb") as f:
             self.assertTrue(f.read().startswith(b"From alice@example.org "))

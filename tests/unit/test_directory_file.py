@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -19,16 +18,10 @@ from appliance.directory.file import (FileDirectory, UserFileError, add_user, ch
                                       list_users, set_password)
 from appliance.interfaces import IDirectory
 from appliance.passwords import hash_password, verify_password
+from appliance.inline import InlinePool, InlineReactor as FakeReactor
 
 
-class FakeReactor(Clock):
-    """A clock that also runs callFromThread at once, as deferToThreadPool needs."""
-
-    def callFromThread(self, f, *args, **kw):
-        f(*args, **kw)
-
-
-class SyncPool:
+class SyncPool(InlinePool):
     """Runs the "thread" work immediately and records what ran there."""
 
     def __init__(self):

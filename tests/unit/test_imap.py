@@ -7,7 +7,6 @@ import pytest
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
@@ -16,26 +15,9 @@ from appliance.config import TLSSection
 from appliance.errors import DirectoryUnavailable
 from appliance.imap import make_imap_factory
 from appliance.store.maildir import MaildirStore, write
+from appliance.inline import InlineReactor as SyncReactor, InlinePool as SyncPool
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-
-
-class SyncReactor(Clock):
-    """A clock whose callFromThread runs at once, so deferToThreadPool finishes synchronously."""
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class SyncPool:
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except Exception:
-            from twisted.python.failure import Failure
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
 
 
 class Checker:

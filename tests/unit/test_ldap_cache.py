@@ -5,12 +5,11 @@ The pool runs work synchronously and time is a task.Clock, so no socket and no s
 from __future__ import annotations
 
 import pytest
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from appliance.directory.ldap import LDAPDirectory, LDAPSection, UserEntry
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import UserRecord
+from appliance.inline import InlineReactor as ThreadlessReactor, InlinePool
 
 ALICE = UserEntry(dn="uid=alice,dc=example,dc=test",
                   record=UserRecord("alice@example.test", frozenset({"alice@example.test", "a@example.test"})))
@@ -18,21 +17,6 @@ CAROL = UserEntry(dn="uid=carol,dc=example,dc=test",
                   record=UserRecord("carol@example.test", frozenset({"carol@example.test"}), enabled=False))
 DAVE = UserEntry(dn="uid=dave,dc=example,dc=test", record=UserRecord("dave@example.test"),
                  forward="dave@elsewhere.test")
-
-
-class ThreadlessReactor(Clock):
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class InlinePool:
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except Exception:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
 
 
 class FakeClient:

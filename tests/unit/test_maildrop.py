@@ -4,35 +4,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from appliance.maildrop import (MaildirFormat, MaildropLocks, MboxFormat, MessageGone, NoSuchMessage, SIZE_CACHE,
                                 open_maildrop, to_wire, wire_size)
 from appliance.errors import MailboxUnavailable
 from appliance.store import maildir, mbox
+from appliance.inline import InlineReactor as SyncReactor, InlinePool as SyncPool
 
 HELLO = b"From: a@example.test\r\nSubject: hello\r\n\r\nHello.\r\n"
 TRICKY = b"Subject: quoting\r\n\r\nFrom here on\r\n>From there\r\n.starts with a dot\r\nlast"
-
-
-class SyncReactor(Clock):
-    """A clock that also runs callFromThread at once, as deferToThreadPool needs."""
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class SyncPool:
-    """Runs 'thread' work at once, so Deferreds from the pool have fired when the call returns."""
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
 
 
 def result_of(d):

@@ -6,28 +6,12 @@ import os
 import stat
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from appliance import pickup, replies
 from appliance.envelope import Recipient
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.replies import SMTPReplyError
-
-
-class FakeReactor(Clock):
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class SyncPool:
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
+from appliance.inline import InlineReactor as FakeReactor, InlinePool as SyncPool
 
 
 class FakeQueue:

@@ -5,7 +5,6 @@ import os
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from appliance import queue
@@ -13,25 +12,7 @@ from appliance.config import QueueSection
 from appliance.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient, new_id
 from appliance.errors import NoSuchMailbox, QueueWriteError, TemporaryFailure
 from appliance.queue import QueueService, Spool
-
-
-class FakeReactor(Clock):
-    """task.Clock plus callFromThread, which deferToThreadPool needs."""
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class SyncPool:
-    """A thread pool whose jobs run inline."""
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
+from appliance.inline import InlineReactor as FakeReactor, InlinePool as SyncPool
 
 
 class ManualPool:
