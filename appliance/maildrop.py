@@ -18,6 +18,7 @@ from twisted.internet import defer, threads
 from zope.interface import Interface, implementer
 
 from appliance.store import maildir as maildir_store, mbox as mbox_store
+from appliance.durable import replace_file
 
 # RFC 1939 7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 _UID_OK = re.compile(r"[\x21-\x7e]{1,70}")
@@ -210,7 +211,7 @@ class MboxFormat:
             if len(kept) < len(current):
                 before_first = data[:current[0].where[0]]      # anything not an entry is kept as is
                 kept_bytes = b"".join(data[entry.where[0]:entry.where[2]] for entry in kept)
-                _replace(path, before_first + kept_bytes, os.fstat(fd).st_mode & 0o7777)
+                replace_file(path, before_first + kept_bytes, os.fstat(fd).st_mode & 0o7777)
 
 
 def parse_mbox(data: bytes) -> list[Entry]:
@@ -253,24 +254,6 @@ def _body(stored: bytes) -> bytes:
     return stored[:-1] if stored.endswith(b"\n\n") or stored == b"\n" else stored
 
 
-def _replace(path: str, data: bytes, mode: int) -> None:
-    """Write the new mbox beside the old one, fsync, and rename it into place (crash-safe).
-
-    The temporary name starts with a dot, which no mailbox name from the path template can.
-    """
-    folder, name = os.path.split(path)
-    temporary = os.path.join(folder, f".{name}.pop3-rewrite")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode or 0o600)
-    try:
-        mbox_store.write_all(fd, data)
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        _unlink_quietly(temporary)
-        raise
-    os.close(fd)
-    os.replace(temporary, path)
-    maildir_store.fsync_dir(folder or ".")
 
 
 def _read_fd(fd: int) -> bytes:

@@ -32,6 +32,7 @@ from appliance import address, bounce, maillog
 from appliance.envelope import FAILED, Envelope, Recipient, new_id
 from appliance.errors import TemporaryFailure
 from appliance.replies import SMTPReplyError
+from appliance.durable import fsync_dir
 
 FOLDER = "pickup"
 BAD = "bad"
@@ -97,11 +98,7 @@ def write(folder: str, sender: str, recipients: list[str], message: bytes) -> st
         raise
     os.close(fd)
     os.rename(tmp, final)
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(folder)
     return final
 
 

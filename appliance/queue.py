@@ -30,6 +30,7 @@ from appliance.envelope import DELIVERED, FAILED, Envelope, Recipient
 from appliance.errors import PermanentFailure, QueueWriteError, TemporaryFailure
 from appliance.interfaces import ICourier, IQueue
 from appliance.inline import InlinePool, InlineReactor
+from appliance.durable import fsync_dir, replace_file
 
 log = Logger()
 
@@ -98,15 +99,6 @@ def read_body(path: str, location: Location) -> bytes:
     return data
 
 
-def _fsync_dir(path: str) -> None:
-    """Make a created, renamed or removed name in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_done(path: str) -> set[str]:
     try:
         with open(path, "rb") as f:
@@ -173,7 +165,7 @@ class _Writer:
             self._fd = os.open(segment_path(self.segments, segment),
                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
             self._segment = segment
-            _fsync_dir(self.segments)
+            fsync_dir(self.segments)
         assert self._fd is not None
         try:
             view = memoryview(data)
@@ -189,16 +181,8 @@ class _Writer:
 
     def _write_states(self, states: dict[str, bytes]) -> None:
         for qid, data in states.items():
-            final = os.path.join(self.state, qid + ".json")
-            tmp = final + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-        _fsync_dir(self.state)
+            replace_file(os.path.join(self.state, qid + ".json"), data, sync_dir=False)
+        fsync_dir(self.state)
 
     def _cleanup(self, job: _Job, out: _Outcome) -> None:
         """Done marks and deletions need no fsync: losing one only repeats a delivery."""

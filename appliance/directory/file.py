@@ -41,6 +41,7 @@ from appliance import address as addr
 from appliance import maillog
 from appliance.interfaces import IDirectory, UserRecord
 from appliance.passwords import hash_password, verify_password, verify_unknown_user
+from appliance.durable import fsync_dir
 
 FILE_MODE = 0o600
 DISABLED = "!"            # in front of a hash: logins refused, mail still delivered
@@ -186,7 +187,7 @@ def _write_atomically(users_file: str, lines: list[str]) -> None:
             _keep_owner(users_file, f.fileno())
             os.fsync(f.fileno())
         os.replace(tmp, users_file)
-        _fsync_folder(folder)
+        fsync_dir(folder)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -200,14 +201,6 @@ def _keep_owner(users_file: str, fd: int) -> None:
         os.fchown(fd, st.st_uid, st.st_gid)
     except OSError:
         pass
-
-
-def _fsync_folder(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _edit(users_file: str, change: Callable[[list[str]], list[str]]) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from appliance.mailbox import Meta
+from appliance.durable import replace_file
 
 UIDLIST = "mailappliance-uidlist"
 INDEX = "mailappliance-index"
@@ -67,13 +68,10 @@ def save_uids(path: str, state: UidState) -> None:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` whole: readers see the old file or the new one, never half of either."""
-    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(temporary, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Replace `path` whole: readers see the old file or the new one, never half of either.
+
+    The folder is not synced: an index or uid list lost to a power cut is rebuilt or re-read."""
+    replace_file(path, data, sync_dir=False)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 
+from appliance.durable import fsync_dir
 from appliance.errors import MailboxUnavailable
 from appliance.store import FileStore, make_dirs, unavailable
 
@@ -27,15 +28,6 @@ def unique_name(size: int) -> str:
     """`<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>`: unique per process and readable by Dovecot's S=."""
     secs, usecs = divmod(time.time_ns() // 1000, 1_000_000)
     return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename durable: the directory entry lives in the directory, not in the file."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: str, data: bytes) -> None:
