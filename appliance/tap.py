@@ -70,7 +70,8 @@ def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
     from appliance import aliases as aliasesmod, tls as tlsmod
     server_tls = tlsmod.ServerTLS(cfg.tls, source=cfg.path)
     try:
-        aliases = aliasesmod.AliasResolver(cfg.aliases.file, cfg.appliance.domains) if cfg.aliases.file else None
+        aliases = (aliasesmod.AliasResolver(cfg.aliases.file, cfg.appliance.domains, cfg.aliases.allow_commands)
+                   if cfg.aliases.file else None)
     except aliasesmod.AliasesError as e:
         raise ConfigError(e.problems)
     top = ApplianceService(cfg, reactor, server_tls, aliases)
@@ -92,9 +93,11 @@ def _pool(top: ApplianceService, name: str, size: int) -> Any:
 
 
 def _queue(cfg: configmod.Config, reactor: Any, top: ApplianceService, pool: Any, directory: Any, store: Any) -> Any:
+    from appliance.couriers.command import CommandCourier
     from appliance.couriers.local import LocalCourier
     from appliance.queue import QueueService, Spool
-    couriers = {"local": LocalCourier(directory, store), "remote": _outbound(cfg, reactor)}
+    programs = CommandCourier(reactor, top.getServiceNamed("pool-disk").pool) if cfg.aliases.allow_commands else None
+    couriers = {"local": LocalCourier(directory, store, programs), "remote": _outbound(cfg, reactor)}
     spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, pool)
     queue = QueueService(spool, couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
                          is_local=lambda a: address.in_domains(a, cfg.appliance.domains))

@@ -88,7 +88,7 @@ def _file_alias_targets(cfg: Config, key: str) -> list[str] | str | None:
     if not cfg.aliases.file:
         return None
     try:
-        return load_aliases(cfg.aliases.file, cfg.appliance.domains).resolve(key)
+        return load_aliases(cfg.aliases.file, cfg.appliance.domains, cfg.aliases.allow_commands).resolve(key)
     except AliasesError as exc:
         return f"unknown: the aliases file has problems ({exc.problems[0]}); run `mailappliance check`"
     except AliasLoopError as exc:

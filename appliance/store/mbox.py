@@ -15,6 +15,7 @@ from appliance.store import FileStore, make_dirs, unavailable
 LOCK_TIMEOUT = 10.0    # seconds a delivery waits for a busy mailbox before it is retried later
 LOCK_POLL = 0.1        # seconds between two attempts at a busy lock
 STALE_LOCK_AGE = 300.0  # a dot-lock older than this was left by a crashed writer: steal it
+EMPTY_LOCK_AGE = 10.0   # a lock without a readable pid this old is stale too
 
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
 _BLANKS = re.compile(r"[\s\x00-\x1f\x7f]+")
@@ -57,7 +58,8 @@ def _is_stale(lock: str) -> bool:
         with open(lock, "rb") as f:
             pid = int(f.read(32).split()[0])
     except (ValueError, IndexError, OSError):
-        return False          # unreadable or being written: let the age rule decide
+        # No pid: another program's lock, or one killed while writing it. Give it a moment.
+        return time.time() - os.stat(lock).st_mtime > EMPTY_LOCK_AGE
     if pid == os.getpid():
         return True
     try:
@@ -70,9 +72,20 @@ def _is_stale(lock: str) -> bool:
 
 
 def _try_dot_lock(lock: str) -> bool:
-    """Create `<mbox>.lock` exclusively; remove it first when a crashed writer left it stale."""
+    """Create `<mbox>.lock` exclusively; remove it first when a crashed writer left it stale.
+
+    The lock is made by linking a finished file holding our pid to the lock name, so the lock
+    never exists without its pid in it, even if we are killed half-way (the NFS-safe way too).
+    """
+    mine = f"{lock}.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(mine, lock)
+        return True
     except FileExistsError:
         try:
             if _is_stale(lock):
@@ -80,9 +93,8 @@ def _try_dot_lock(lock: str) -> bool:
         except FileNotFoundError:
             pass  # its owner released it meanwhile: just try again
         return False
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.close(fd)
-    return True
+    finally:
+        os.unlink(mine)
 
 
 _local_locks: dict[str, threading.Lock] = {}

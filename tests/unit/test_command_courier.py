@@ -6,13 +6,13 @@ import os
 import time
 
 from twisted.internet import reactor
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from appliance.couriers.command import CommandCourier, child_credentials, command_environment, run_command
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import MailboxUnavailable, PermanentFailure, TemporaryFailure
+from appliance.inline import InlinePool
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\nFrom the start\r\n"
 ENV = Envelope(id="Q1", sender="alice@example.org", recipients=[])
@@ -20,16 +20,6 @@ ENV = Envelope(id="Q1", sender="alice@example.org", recipients=[])
 
 def command(cmd: str) -> Recipient:
     return Recipient(address="|" + cmd, original="archive@example.test")
-
-
-class SyncPool:
-    """deferToThreadPool's pool, running the call at once: the file tests need no real threads."""
-
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        try:
-            onResult(True, f(*args, **kwargs))
-        except Exception as e:
-            onResult(False, Failure(e))
 
 
 class RunCommandTests(TestCase):
@@ -72,7 +62,7 @@ class CommandCourierTests(TestCase):
     """Exit statuses as the queue sees them: delivered, retried, or bounced with the output."""
 
     def deliver(self, cmd, **kwargs):
-        return CommandCourier(reactor, SyncPool(), **kwargs).deliver(ENV, command(cmd), MESSAGE)
+        return CommandCourier(reactor, InlinePool(), **kwargs).deliver(ENV, command(cmd), MESSAGE)
 
     async def test_exit_0_is_delivered(self):
         self.assertEqual(await self.deliver("cat >/dev/null; exit 0"), "|cat >/dev/null; exit 0")
@@ -118,7 +108,7 @@ class FileTargetTests(TestCase):
 
     async def test_appends_in_mbox_format(self):
         path = os.path.join(self.mktemp(), "archive.mbox")
-        courier = CommandCourier(reactor, SyncPool())
+        courier = CommandCourier(reactor, InlinePool())
         recipient = Recipient(address=path, original="archive@example.test")
         self.assertEqual(await courier.deliver(ENV, recipient, MESSAGE), path)
         await courier.deliver(ENV, recipient, b"Subject: two\r\n\r\nsecond\r\n")
@@ -135,7 +125,7 @@ class FileTargetTests(TestCase):
     async def test_unwritable_file_is_retried(self):
         folder = self.mktemp()
         os.makedirs(folder)
-        courier = CommandCourier(reactor, SyncPool())
+        courier = CommandCourier(reactor, InlinePool())
         with self.assertRaises(MailboxUnavailable):
             await courier.deliver(ENV, Recipient(address=folder, original="archive@example.test"), MESSAGE)
 

@@ -229,3 +229,20 @@ def test_dot_lock_of_a_dead_process_is_taken_at_once(tmp_path, monkeypatch):
     mbox.append(path, b"Subject: x\r\n\r\nbody\r\n", "a@b.test")
     assert not os.path.exists(path + ".lock")
     assert b"body" in open(path, "rb").read()
+
+
+def test_a_lock_left_empty_by_a_kill_is_taken_after_a_short_wait(tmp_path, monkeypatch):
+    path = str(tmp_path / "mbox")
+    open(path + ".lock", "w").close()
+    old = time.time() - mbox.EMPTY_LOCK_AGE - 1
+    os.utime(path + ".lock", (old, old))
+    monkeypatch.setattr(mbox, "LOCK_TIMEOUT", 0.5)
+    mbox.append(path, b"Subject: x\r\n\r\nbody\r\n", "a@b.test")
+    assert not os.path.exists(path + ".lock")
+
+
+def test_our_dot_lock_always_holds_our_pid(tmp_path):
+    lock = str(tmp_path / "mbox.lock")
+    assert mbox._try_dot_lock(lock)
+    assert open(lock).read() == f"{os.getpid()}\n"
+    assert os.listdir(tmp_path) == ["mbox.lock"]
