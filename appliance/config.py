@@ -259,7 +259,8 @@ def _delimiter(value: str, base: str) -> str:
     return value
 
 
-def _bool(value: str, base: str) -> bool:
+def parse_bool(value: str, base: str = "") -> bool:
+    """yes/no, true/false, on/off, 1/0, as INI files and their readers expect."""
     words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
     if value.lower() not in words:
         raise ValueError(f"{value!r} is not yes or no")
@@ -375,7 +376,7 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
         "recipient_delimiter": _Key("recipient_delimiter", _delimiter, "+"),
         "catch_all": _Key("catch_all", _catch_all),
         "restricted": _Key("restricted", _addresses),
-        "allow_commands": _Key("allow_commands", _bool, "no"),
+        "allow_commands": _Key("allow_commands", parse_bool, "no"),
     },
     "masquerade": {
         "domains": _Key("domains", _domains),
@@ -392,7 +393,7 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
     "delivery": {
         "nameservers": _Key("nameservers", _nameservers),
         "port": _Key("port", _port, "25"),
-        "allow_address_literals": _Key("allow_address_literals", _bool, "no"),
+        "allow_address_literals": _Key("allow_address_literals", parse_bool, "no"),
     },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),

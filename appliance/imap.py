@@ -37,7 +37,7 @@ from appliance.mailbox import SYSTEM_FLAGS, MailboxError, Meta, mime, search
 from appliance.mailbox.account import DELIMITER, Account, normalise, open_account
 from appliance.mailbox.folder import Folder
 from appliance.mailbox.view import SequenceError, View, format_flags, parse_set
-from appliance.tls import session_info
+from appliance.tls import log_once
 
 SERVICE = "imap"
 IDLE_POLL = 1.0                 # seconds between checks of an idling folder (RFC 2177: new mail within 2 s)
@@ -226,7 +226,7 @@ class IMAPServer(IMAP4Server):
     # ---- one command at a time ---------------------------------------------------------------------
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
-        self._log_tls()
+        log_once(self, self.factory.service)
         if self.parseState == "command":
             self._busy = True
         try:
@@ -283,13 +283,6 @@ class IMAPServer(IMAP4Server):
 
     def _run(self, fn: Callable, *args: Any) -> defer.Deferred:
         return threads.deferToThreadPool(self.factory.reactor, self.factory.pool, fn, *args)
-
-    def _log_tls(self) -> None:
-        if self.secure and not self._tls_logged:
-            info = session_info(self.transport)
-            if info:
-                self._tls_logged = True
-                maillog.tls(self.factory.service, self.peer, *info)
 
     # ---- argument parsers (replacing the stock ones that accept any literal size) ---------------------
     def _literal_size(self, token: bytes, limit: int) -> tuple[int, bool]:

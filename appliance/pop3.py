@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appliance import address, maillog
+from appliance.tls import log_once
 from appliance.errors import DirectoryUnavailable, MailboxUnavailable
 from appliance.maildrop import (IMaildrop, MaildropLocks, MessageGone, NoSuchMessage, format_for,
                                 open_maildrop)
@@ -211,7 +212,7 @@ class POP3Server(pop3.POP3):
     def lineReceived(self, line: bytes) -> None:
         if self._discarding or self._gone:
             return
-        self._log_tls_once()
+        log_once(self, self.factory.service)
         super().lineReceived(line)
 
     # ---- dispatch -------------------------------------------------------------------------------
@@ -497,15 +498,6 @@ class POP3Server(pop3.POP3):
     def _commit_failed(self, failure: Failure) -> None:
         maillog.error("pop3-update-failed", peer=self.peer, reason=failure.getErrorMessage())
         self._send(NOT_KEPT)
-
-    # ---- logging ----------------------------------------------------------------------------------
-    def _log_tls_once(self) -> None:
-        if self.secure and not self._tls_logged:
-            from appliance.tls import session_info
-            info = session_info(self.transport)
-            if info:
-                self._tls_logged = True
-                maillog.tls(self.factory.service, self.peer, *info)
 
 
 def _no_delay(transport: Any) -> None:

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtoc
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from appliance import maillog
 from appliance.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -187,3 +188,15 @@ def _write(path: str, data: bytes, mode: int) -> None:
         os.fchmod(handle.fileno(), mode)
         handle.write(data)
     os.replace(temporary, path)
+
+
+def log_once(conn: object, service: str) -> None:
+    """Log a connection's TLS version and cipher once, as soon as the handshake has made them known.
+
+    `conn` is a protocol with `transport`, `peer` and `secure` (SMTP, POP3 and IMAP all have them).
+    """
+    if getattr(conn, "secure", False) and not getattr(conn, "_tls_logged", False):
+        info = session_info(conn.transport)  # type: ignore[attr-defined]
+        if info:
+            conn._tls_logged = True  # type: ignore[attr-defined]
+            maillog.tls(service, conn.peer, *info)  # type: ignore[attr-defined]

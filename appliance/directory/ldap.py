@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from appliance import address as addr
 from appliance import maillog
+from appliance.config import parse_bool
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IDirectory, UserRecord
 
@@ -127,13 +128,6 @@ def _readable_file(value: str, base: str) -> str:
     return path
 
 
-def _bool(value: str, base: str) -> bool:
-    words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
-    if value.lower() not in words:
-        raise ValueError(f"{value!r} is not yes or no")
-    return words[value.lower()]
-
-
 def _count(minimum: int, maximum: int) -> Callable[[str, str], int]:
     def convert(value: str, base: str) -> int:
         if not value.isdigit() or not minimum <= int(value) <= maximum:
@@ -174,7 +168,7 @@ def _text(value: str, base: str) -> str:
 
 _CONVERTERS: dict[str, Callable[[str, str], object]] = {
     "url": _urls, "bind_dn": _dn, "bind_password_file": _readable_file, "base_dn": _dn,
-    "starttls": _bool, "ca_file": _readable_file, "timeout": _count(1, 300),
+    "starttls": parse_bool, "ca_file": _readable_file, "timeout": _count(1, 300),
     "cache_ttl": _count(0, 86400), "pool_size": _count(1, 64),
     "user_filter": _filter(False), "mail_attribute": _attribute(False),
     "alias_attribute": _attribute(True), "forward_attribute": _attribute(True),

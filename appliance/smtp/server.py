@@ -31,6 +31,7 @@ from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
 from appliance import address, maillog, replies
+from appliance.tls import log_once, session_info
 from appliance.errors import DirectoryUnavailable
 from appliance.replies import Reply, SMTPReplyError
 
@@ -297,16 +298,8 @@ class ApplianceSMTP(ESMTP):
         self.helo, self.esmtp, self.session = None, False, Session()   # RFC 3207 4.2: forget everything
         self._tls_logged = False
 
-    def _log_tls_once(self) -> None:
-        if self.secure and not getattr(self, "_tls_logged", False):
-            from appliance.tls import session_info
-            info = session_info(self.transport)
-            if info:
-                self._tls_logged = True
-                maillog.tls(self.factory.policy.name, self.peer, *info)
-
     def lookupMethod(self, command: bytes) -> Callable[[bytes], Any] | None:
-        self._log_tls_once()
+        log_once(self, self.factory.policy.name)
         return super().lookupMethod(command)
 
     # ---- AUTH (RFC 4954) -------------------------------------------------------------------
@@ -521,7 +514,6 @@ class ApplianceSMTP(ESMTP):
         return "ESMTP" + ("S" if self.secure else "") + ("A" if self.user is not None else "")
 
     def tls_description(self) -> str:
-        from appliance.tls import session_info
         info = session_info(self.transport) if self.secure else None
         return f"version={info[0]} cipher={info[1]}" if info else ""
 
