@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from appliance import address, config, control, pickup, queue, tls
-from appliance.directory.file import UserFileError, add_user, delete_user, list_users, set_password
+from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
 from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, DirectoryUnavailable, QueueWriteError
@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--shared-secret", action="store_true", default=None,
                          help="also keep a cleartext-equivalent secret, for CRAM-MD5 and APOP")
     _command(user_commands, "del", _user_del, "delete a user (the mailbox stays)").add_argument("address")
+    for verb, text in (("grant", "give a user another address: mail to it arrives, and they may send as it"),
+                       ("revoke", "take back an address given with grant")):
+        sub = _command(user_commands, verb, _user_grant, text)
+        sub.add_argument("address")
+        sub.add_argument("extra")
     _command(user_commands, "list", _user_list, "list users")
     _command(user_commands, "show", _user_show,
              "show what the appliance sees for an address (file or LDAP), never a password").add_argument("address")
@@ -226,6 +231,14 @@ def _user_passwd(args: argparse.Namespace) -> int:
     users_file, user = _users_file(cfg), _local_address(cfg, args.address)
     set_password(users_file, user, _read_password(), shared_secret=args.shared_secret)
     print(f"changed the password of {user}")
+    return 0
+
+
+def _user_grant(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    granted = args.user_command == "grant"
+    grant_address(_users_file(cfg), args.address, args.extra, granted=granted)
+    print(f"{'gave' if granted else 'took back'} {args.extra} {'to' if granted else 'from'} {args.address}")
     return 0
 
 

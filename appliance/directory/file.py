@@ -259,6 +259,28 @@ def set_password(users_file: str, address: str, password: str, *, shared_secret:
     _edit(users_file, change)
 
 
+def grant_address(users_file: str, address: str, extra: str, *, granted: bool = True) -> None:
+    """Give a user one more address (or take it back): mail to it reaches them, and they may send
+    as it. An address already someone else's is refused."""
+    primary, extra = _operator_address(address), _operator_address(extra)
+
+    def change(lines: list[str]) -> list[str]:
+        i = _find(lines, primary, primary_only=True)
+        if i is None:
+            raise UserFileError(f"{primary}: no such user")
+        old = parse_line(lines[i])
+        owner = _find(lines, extra, primary_only=False)
+        if granted and owner is not None:
+            raise UserFileError(f"{extra}: already belongs to {parse_line(lines[owner]).address}")
+        if not granted and extra not in old.extra_addresses:
+            raise UserFileError(f"{extra}: not one of {primary}'s addresses")
+        extras = (*old.extra_addresses, extra) if granted else tuple(a for a in old.extra_addresses if a != extra)
+        lines[i] = format_entry(UserEntry(old.address, old.password_hash, old.shared_secret, extras))
+        return lines
+
+    _edit(users_file, change)
+
+
 def delete_user(users_file: str, address: str) -> None:
     """Remove a user (the mailbox stays on disk); UserFileError when there is no such user."""
     primary = _operator_address(address)

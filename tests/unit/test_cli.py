@@ -265,3 +265,16 @@ def test_user_show_prints_the_entry_and_fails_in_one_line(capsys, conf, tmp_path
     assert "pw" not in out.split() and "$scrypt$" not in out
     code, out, err = run(capsys, "--config", conf, "user", "show", "nobody@example.test")
     assert (code, out, err) == (1, "", "mailappliance: nobody@example.test: no user, alias or list has this address\n")
+
+
+def test_user_grant_and_revoke_an_address(capsys, conf, tmp_path):
+    run(capsys, "--config", conf, "user", "add", "alice@example.test", stdin="pw\n")
+    run(capsys, "--config", conf, "user", "add", "bob@example.test", stdin="pw\n")
+    assert run(capsys, "--config", conf, "user", "grant", "alice@example.test", "sales@example.test")[0] == 0
+    assert "sales@example.test" in (tmp_path / "users").read_text()
+    code, out, err = run(capsys, "--config", conf, "user", "grant", "bob@example.test", "sales@example.test")
+    assert code == 1 and "already belongs to alice@example.test" in err
+    assert run(capsys, "--config", conf, "user", "revoke", "alice@example.test", "sales@example.test")[0] == 0
+    assert "sales@example.test" not in (tmp_path / "users").read_text()
+    code, out, err = run(capsys, "--config", conf, "user", "revoke", "alice@example.test", "sales@example.test")
+    assert code == 1 and "not one of" in err
