@@ -38,6 +38,7 @@ from appliance.mailbox.account import DELIMITER, Account, normalise, open_accoun
 from appliance.mailbox.folder import Folder
 from appliance.mailbox.view import SequenceError, View, format_flags, parse_set
 from appliance.tls import log_once
+from appliance.transport import no_delay
 
 SERVICE = "imap"
 IDLE_POLL = 1.0                 # seconds between checks of an idling folder (RFC 2177: new mail within 2 s)
@@ -194,6 +195,7 @@ class IMAPServer(IMAP4Server):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.secure = self.factory.implicit_tls
+        no_delay(self.transport)
         maillog.connect(self.factory.service, self.peer)
         super().connectionMade()
 

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from appliance import address, maillog
 from appliance.tls import log_once
+from appliance.transport import no_delay
 from appliance.errors import DirectoryUnavailable, MailboxUnavailable
 from appliance.maildrop import (IMaildrop, MaildropLocks, MessageGone, NoSuchMessage, format_for,
                                 open_maildrop)
@@ -167,7 +168,7 @@ class POP3Server(pop3.POP3):
         self.peer = getattr(peer, "host", str(peer))
         self.secure = self.factory.implicit_tls
         maillog.connect(self.factory.service, self.peer)
-        _no_delay(self.transport)
+        no_delay(self.transport)
         greeting = b"+OK " + self.factory.hostname.encode("idna") + b" POP3 server ready"
         if self.factory.offers_apop:
             self.magic = self.generateMagic()
@@ -498,20 +499,6 @@ class POP3Server(pop3.POP3):
     def _commit_failed(self, failure: Failure) -> None:
         maillog.error("pop3-update-failed", peer=self.peer, reason=failure.getErrorMessage())
         self._send(NOT_KEPT)
-
-
-def _no_delay(transport: Any) -> None:
-    """Set TCP_NODELAY on the socket below any TLS wrapper: a response's last segment must not wait
-    for the client's delayed ACK (Nagle)."""
-    for _ in range(4):
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if callable(set_no_delay):
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass
-            return
-        transport = getattr(transport, "transport", None)
 
 
 class POP3Factory(protocol.ServerFactory):

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from appliance import address, maillog, replies
 from appliance.tls import log_once, session_info
+from appliance.transport import no_delay
 from appliance.errors import DirectoryUnavailable
 from appliance.replies import Reply, SMTPReplyError
 
@@ -90,6 +91,7 @@ class ApplianceSMTP(ESMTP):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.timeout = f.limits.command_timeout
+        no_delay(self.transport)
         maillog.connect(f.policy.name, self.peer)
         if not f.connection_opened(self.peer):
             self._reply(replies.TOO_MANY_CONNECTIONS)
