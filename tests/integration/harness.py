@@ -259,14 +259,7 @@ class Appliance:
 
     def mbox_messages(self, user: str) -> list[bytes]:
         """Raw messages in the user's mbox file (without the From_ separator line)."""
-        path = self.mailbox_path(user)
-        if not os.path.isfile(path):
-            return []
-        box = mailbox.mbox(path, create=False)
-        try:
-            return [box.get_bytes(key) for key in box.iterkeys()]
-        finally:
-            box.close()
+        return read_mbox(self.mailbox_path(user))
 
     def messages(self, user: str) -> list[bytes]:
         return self.mbox_messages(user) if self.storage == "mbox" else self.maildir_messages(user)
@@ -310,6 +303,17 @@ class SMTP(_Loopback, smtplib.SMTP):
 
 class SMTP_SSL(_Loopback, smtplib.SMTP_SSL):
     pass
+
+
+def read_mbox(path: str) -> list[bytes]:
+    """Raw messages of an mbox file (without the From_ separator lines); [] when there is none."""
+    if not os.path.isfile(path):
+        return []
+    box = mailbox.mbox(path, create=False)
+    try:
+        return [box.get_bytes(key) for key in box.iterkeys()]
+    finally:
+        box.close()
 
 
 def make_message(subject: str, body: str = "Hello.\r\n", sender: str = "someone@outside.example",

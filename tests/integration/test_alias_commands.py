@@ -1,14 +1,14 @@
 """Aliases that pipe into a command or append to a file ([aliases] allow_commands), through the real twistd."""
 from __future__ import annotations
 
-import mailbox
 import os
 import shutil
 import tempfile
 
 import pytest
 
-from tests.integration.harness import DOMAIN, SMTP_SERVICES, Appliance, ApplianceError, make_message, wait_for
+from tests.integration.harness import (DOMAIN, SMTP_SERVICES, Appliance, ApplianceError, make_message, read_mbox,
+                                       wait_for)
 
 
 @pytest.fixture
@@ -78,15 +78,7 @@ def test_append_to_a_file_in_mbox_format(make_appliance, aliases_file, tmp_path)
     send(appliance, f"keep@{DOMAIN}", "second-kept")
     path = str(tmp_path / "kept.mbox")
 
-    def messages() -> list[bytes]:
-        if not os.path.exists(path):
-            return []
-        box = mailbox.mbox(path, create=False)
-        try:
-            return [box.get_bytes(key) for key in box.iterkeys()]
-        finally:
-            box.close()
-    found = wait_for(lambda: len(messages()) == 2 and messages())
+    found = wait_for(lambda: len(read_mbox(path)) == 2 and read_mbox(path))
     assert [b"Subject: first-kept" in m for m in found].count(True) == 1
     assert all(m.startswith(f"Return-Path: <someone@outside.example>\nDelivered-To: keep@{DOMAIN}\n".encode())
                for m in found)
