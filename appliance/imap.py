@@ -31,10 +31,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appliance import address, maillog
-from appliance.errors import DirectoryUnavailable
-from appliance.interfaces import UserRecord
+from appliance.interfaces import IAccount
+from appliance.realm import LoggedIn, Login
 from appliance.mailbox import SYSTEM_FLAGS, MailboxError, Meta, mime, search
-from appliance.mailbox.account import DELIMITER, Account, normalise, open_account
+from appliance.mailbox.account import DELIMITER, Account, normalise
 from appliance.mailbox.folder import Folder
 from appliance.mailbox.view import SequenceError, View, format_flags, parse_set
 from appliance.tls import log_once
@@ -181,6 +181,7 @@ class IMAPServer(IMAP4Server):
         self.secure = False
         self.user = ""
         self.account: Account | None = None
+        self._login_pending: defer.Deferred | None = None
         self.folder: Folder | None = None
         self.view: View | None = None
         self._busy = False
@@ -200,6 +201,8 @@ class IMAPServer(IMAP4Server):
         super().connectionMade()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._login_pending is not None:
+            self._login_pending.cancel()      # a login held back by the throttle: nobody to answer
         self._leave_folder()
         maillog.disconnect(self.factory.service, self.peer)
         super().connectionLost(reason)
@@ -434,44 +437,41 @@ class IMAPServer(IMAP4Server):
             self.sendBadResponse(tag, b"Malformed PLAIN response")
             return
         if authzid and authzid != login:
-            self._login_failed(Failure(UnauthorizedLogin("authzid differs")), tag, login, "PLAIN")
+            refused = self.factory.login.refuse(service=self.factory.service, peer=self.peer, mechanism="PLAIN",
+                                                login=login.decode("utf-8", "replace"),
+                                                reason="authorization identity refused")
+            self._answer_login(refused, tag)
             return
         self._login(tag, login, password, "PLAIN")
 
+    # ---- the login: through the one login path (appliance.realm) ------------------------------
     def _login(self, tag: bytes, login: bytes, password: bytes, mechanism: str) -> None:
-        d = defer.maybeDeferred(self.factory.checker.requestAvatarId, UsernamePassword(login, password))
-        d.addCallback(lambda avatar_id: self._run(self.factory.open_account, avatar_id).addCallback(
-            lambda account: (avatar_id, account)))
-        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(tag, mechanism),
-                       errbackArgs=(tag, login, mechanism))
+        d = self.factory.login.attempt(UsernamePassword(login, password), IAccount, service=self.factory.service,
+                                       peer=self.peer, login=login.decode("utf-8", "replace"), mechanism=mechanism)
+        self._answer_login(d, tag)
 
-    def _logged_in(self, result: tuple[str, Account], tag: bytes, mechanism: str) -> None:
+    def _answer_login(self, d: defer.Deferred, tag: bytes) -> None:
+        self._login_pending = d
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(tag,), errbackArgs=(tag,))
+
+    def _logged_in(self, logged_in: LoggedIn, tag: bytes) -> None:
+        self._login_pending = None
         if self.transport.disconnecting:
             return
-        self.user, self.account = result
-        self.factory.throttle.succeeded(self.peer)
-        maillog.auth(self.factory.service, self.peer, self.user, True, mechanism)
+        self.user, self.account = logged_in.user.address, logged_in.avatar
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)
         self.sendPositiveResponse(tag, b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in")
 
-    def _login_failed(self, failure: Failure, tag: bytes, login: bytes, mechanism: str) -> None:
-        name = login.decode("utf-8", "replace")
-        if failure.check(UnauthorizedLogin):
-            self.factory.throttle.failed(self.peer)
-            maillog.auth(self.factory.service, self.peer, name, False, mechanism, "bad credentials")
-            delay = self.factory.throttle.delay(self.peer)
-            reply = b"[AUTHENTICATIONFAILED] Authentication failed"
-            if delay:
-                self.factory.reactor.callLater(delay, self._late_reply, tag, reply)
-            else:
-                self._late_reply(tag, reply)
+    def _login_failed(self, failure: Failure, tag: bytes) -> None:
+        """Words to the client stay generic; the story went to the log in appliance.realm."""
+        self._login_pending = None
+        if failure.check(defer.CancelledError):
             return
-        if failure.check(DirectoryUnavailable):
-            maillog.auth(self.factory.service, self.peer, name, False, mechanism, "directory unavailable")
+        if failure.check(UnauthorizedLogin):
+            self._late_reply(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
         else:
-            maillog.log.failure("IMAP login failed unexpectedly", failure, peer=self.peer)
-        self._late_reply(tag, b"[UNAVAILABLE] Temporary authentication failure, try again later")
+            self._late_reply(tag, b"[UNAVAILABLE] Temporary authentication failure, try again later")
 
     def _late_reply(self, tag: bytes, message: bytes) -> None:
         if self.transport.connected and not self.transport.disconnecting:
@@ -1109,13 +1109,10 @@ class IMAPFactory(ServerFactory):
 
     protocol = IMAPServer
 
-    def __init__(self, *, directory: Any, checker: Any, throttle: Any, store: Any, hostname: str, tls: Any,
-                 tls_settings: Any, implicit_tls: bool, reactor: Any, pool: Any,
-                 max_message_size: int = 26214400, watcher: FolderWatcher | None = None):
-        self.directory = directory
-        self.checker = checker
-        self.throttle = throttle
-        self.store = store
+    def __init__(self, *, login: Login, hostname: str, tls: Any, tls_settings: Any, implicit_tls: bool,
+                 reactor: Any, pool: Any, max_message_size: int = 26214400,
+                 watcher: FolderWatcher | None = None):
+        self.login = login
         self.hostname = hostname
         self.tls = tls
         self.tls_settings = tls_settings
@@ -1125,20 +1122,3 @@ class IMAPFactory(ServerFactory):
         self.max_message_size = max_message_size
         self.service = "imaps" if implicit_tls else "imap"
         self.watcher = watcher or FolderWatcher(reactor, pool)
-
-    def open_account(self, avatar_id: str) -> Account:
-        """Blocking: the user's folders, with the special-use ones created on first login."""
-        from appliance.store.mbox import MboxStore
-        storage_format = "mbox" if isinstance(self.store, MboxStore) else "maildir"
-        account = open_account(storage_format, self.store.path_for(UserRecord(address=avatar_id)))
-        account.ensure_special()
-        return account
-
-
-def make_imap_factory(*, directory: Any, checker: Any, throttle: Any, store: Any, hostname: str, tls: Any,
-                      tls_settings: Any, implicit_tls: bool, reactor: Any, pool: Any,
-                      max_message_size: int = 26214400, watcher: FolderWatcher | None = None) -> IMAPFactory:
-    """The factory for the `imap` (STARTTLS) or `imaps` listener; wrap imaps with tls.implicit()."""
-    return IMAPFactory(directory=directory, checker=checker, throttle=throttle, store=store, hostname=hostname,
-                       tls=tls, tls_settings=tls_settings, implicit_tls=implicit_tls, reactor=reactor, pool=pool,
-                       max_message_size=max_message_size, watcher=watcher)

@@ -33,6 +33,18 @@ class IDirectory(Interface):
         """Deferred[UserRecord | None]; None = unknown login, wrong password or disabled user."""
 
 
+class IMailUser(Interface):
+    """The avatar of an SMTP AUTH login: the user's UserRecord (who may send as which addresses)."""
+
+
+class IMaildrop(Interface):
+    """The avatar of a POP3 login: one session's snapshot of the user's maildrop (RFC 1939)."""
+
+
+class IAccount(Interface):
+    """The avatar of an IMAP login: the user's folders."""
+
+
 class IQueue(Interface):
     """The durable spool."""
 

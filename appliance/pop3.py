@@ -15,43 +15,18 @@ from typing import Any
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
-from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, protocol
 from twisted.mail import pop3
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from appliance import address, maillog
+from appliance.errors import DirectoryUnavailable
+from appliance.interfaces import IMaildrop
+from appliance.maildrop import MessageGone, NoSuchMessage
+from appliance.realm import LoggedIn, Login, MaildropInUse
+from appliance.replies import POP3
 from appliance.tls import log_once
 from appliance.transport import no_delay
-from appliance.errors import DirectoryUnavailable, MailboxUnavailable
-from appliance.maildrop import (IMaildrop, MaildropLocks, MessageGone, NoSuchMessage, format_for,
-                                open_maildrop)
-
-# Replies. The bracketed codes are RFC 3206's (announced by RESP-CODES and AUTH-RESP-CODE).
-PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication is not allowed without TLS; use STLS"
-AUTH_FAILED = b"-ERR [AUTH] Authentication failed"
-DIRECTORY_DOWN = b"-ERR [SYS/TEMP] Directory temporarily unavailable, try again later"
-MAILDROP_DOWN = b"-ERR [SYS/TEMP] Maildrop temporarily unavailable, try again later"
-IN_USE = b"-ERR [IN-USE] Maildrop is in use by another session"
-NOT_KEPT = b"-ERR [SYS/TEMP] Some deleted messages were not removed"
-READ_FAILED = b"-ERR [SYS/TEMP] Cannot read the message now, try again later"
-MESSAGE_GONE = b"-ERR Message no longer available"
-NO_SUCH_MESSAGE = b"-ERR No such message"
-BAD_NUMBER = b"-ERR Invalid message number"
-SYNTAX = b"-ERR Syntax error"
-UNKNOWN = b"-ERR Unknown command"
-WRONG_STATE = b"-ERR Command not valid in this state"
-USER_FIRST = b"-ERR Send USER first"
-NO_APOP = b"-ERR APOP is not available"
-UNKNOWN_MECHANISM = b"-ERR Unsupported authentication mechanism"
-BAD_BASE64 = b"-ERR Cannot decode the authentication response"
-AUTH_CANCELLED = b"-ERR Authentication cancelled"
-TLS_ACTIVE = b"-ERR TLS is already active"
-TLS_UNAVAILABLE = b"-ERR TLS is not available"
-LINE_TOO_LONG = b"-ERR Line too long"
-TOO_MANY_ERRORS = b"-ERR Too many errors, closing connection"
-TIMEOUT = b"-ERR Autologout timer expired, closing connection"
 
 # (fewest, most) arguments; PASS takes the rest of the line, spaces included.
 ARGUMENTS = {
@@ -64,10 +39,6 @@ TRANSACTION = frozenset({b"CAPA", b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP", b
 
 MAX_PIPELINED = 256      # commands queued behind a slow one before we stop reading the socket
 _magic_counter = itertools.count()
-
-
-class MaildropInUse(Exception):
-    """Another session holds this maildrop (RFC 3206 [IN-USE])."""
 
 
 def multiline(first: bytes, body: bytes) -> bytes:
@@ -106,42 +77,6 @@ def parse_number(text: bytes) -> int | None:
     return number - 1 if number > 0 else None
 
 
-@implementer(IRealm)
-class MaildropRealm:
-    """Avatar id (primary address) -> the user's maildrop, locked for the session and scanned in the pool."""
-
-    def __init__(self, directory: Any, store: Any, locks: MaildropLocks, reactor: Any, pool: Any) -> None:
-        self._directory = directory
-        self._store = store
-        self._format = format_for(store)
-        self._locks = locks
-        self._reactor = reactor
-        self._pool = pool
-
-    def requestAvatar(self, avatar_id: str, mind: object, *interfaces: Any) -> defer.Deferred:
-        if IMaildrop not in interfaces:
-            return defer.fail(NotImplementedError("only IMaildrop avatars"))
-        d = self._directory.lookup(avatar_id)
-        return d.addCallback(self._open)
-
-    def _open(self, user: Any) -> defer.Deferred:
-        if user is None:
-            raise cred_error.UnauthorizedLogin("user removed during login")
-        try:
-            path = self._store.path_for(user)
-        except ValueError as exc:
-            raise MailboxUnavailable("unsafe mailbox name") from exc
-        if not self._locks.acquire(path):
-            raise MaildropInUse(path)
-
-        def unlock(failure: Failure) -> Failure:
-            self._locks.release(path)
-            return failure
-
-        d = open_maildrop(self._format, path, self._reactor, self._pool)
-        return d.addCallbacks(lambda drop: (IMaildrop, drop, lambda: self._locks.release(path)), unlock)
-
-
 class POP3Server(pop3.POP3):
     """One POP3 session. `self.mbox` is the Maildrop once logged in (the TRANSACTION state)."""
 
@@ -158,7 +93,7 @@ class POP3Server(pop3.POP3):
         self._paused = False
         self._errors = 0
         self._tls_logged = False
-        self._calls: list[Any] = []
+        self._login_pending: defer.Deferred | None = None
         self._committing: defer.Deferred | None = None
 
     # ---- connection ---------------------------------------------------------------------------
@@ -184,9 +119,8 @@ class POP3Server(pop3.POP3):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         """A dropped connection deletes nothing: the marks die with the session, the lock is freed."""
         self._gone = True
-        for call in self._calls:
-            if call.active():
-                call.cancel()
+        if self._login_pending is not None:
+            self._login_pending.cancel()       # a login held back by the throttle: nobody to answer
         logout, self._onLogout = self._onLogout, None
         if logout is not None:
             if self._committing is not None:      # keep the maildrop locked until the deletions are done
@@ -197,11 +131,11 @@ class POP3Server(pop3.POP3):
         maillog.disconnect(self.factory.service, self.peer)
 
     def timeoutConnection(self) -> None:
-        self.transport.write(TIMEOUT + b"\r\n")
+        self.transport.write(POP3.TIMEOUT + b"\r\n")
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.transport.write(LINE_TOO_LONG + b"\r\n")
+        self.transport.write(POP3.LINE_TOO_LONG + b"\r\n")
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -224,7 +158,7 @@ class POP3Server(pop3.POP3):
             self.processCommand(command, *args)
         except Exception:
             maillog.log.failure("POP3 command failed", peer=self.peer)
-            self._error(b"-ERR [SYS/TEMP] Local error, try again later")
+            self._error(POP3.LOCAL_ERROR)
 
     def processCommand(self, command: bytes, *args: bytes) -> Any:
         if self._discarding or self._quitting or self._gone:
@@ -237,12 +171,12 @@ class POP3Server(pop3.POP3):
             return None
         name = command.upper()
         if name not in ARGUMENTS:
-            return self._error(UNKNOWN)
+            return self._error(POP3.UNKNOWN)
         if name not in (TRANSACTION if self.mbox is not None else AUTHORIZATION):
-            return self._error(WRONG_STATE)
+            return self._error(POP3.WRONG_STATE)
         fewest, most = ARGUMENTS[name]
         if not fewest <= len(args) <= most:
-            return self._error(SYNTAX)
+            return self._error(POP3.SYNTAX)
         return getattr(self, "do_" + name.decode("ascii"))(*args)
 
     def _unblock(self, result: object) -> None:
@@ -258,7 +192,7 @@ class POP3Server(pop3.POP3):
         """An -ERR for a client mistake; too many of them end the session (DESIGN: too many errors)."""
         self._errors += 1
         if self._errors > self.factory.max_errors:
-            self._send(TOO_MANY_ERRORS)
+            self._send(POP3.TOO_MANY_ERRORS)
             self.transport.loseConnection()
             return
         self._send(line)
@@ -285,9 +219,9 @@ class POP3Server(pop3.POP3):
 
     def do_STLS(self) -> None:
         if self.secure:
-            return self._error(TLS_ACTIVE)
+            return self._error(POP3.TLS_ACTIVE)
         if not self._can_start_tls():
-            return self._error(TLS_UNAVAILABLE)
+            return self._error(POP3.TLS_UNAVAILABLE)
         self._send(b"+OK Begin TLS negotiation")
         self._discarding = True
         self._buffer = b""                 # LineOnlyReceiver's partial line: plaintext, dropped too
@@ -298,16 +232,16 @@ class POP3Server(pop3.POP3):
 
     def do_USER(self, user: bytes) -> None:
         if not self._may_send_password():
-            return self._error(PLAINTEXT_REFUSED)
+            return self._error(POP3.PLAINTEXT_REFUSED)
         self._userIs = user
         self._send(b"+OK Send PASS")
         return None
 
     def do_PASS(self, password: bytes) -> Any:
         if not self._may_send_password():
-            return self._error(PLAINTEXT_REFUSED)
+            return self._error(POP3.PLAINTEXT_REFUSED)
         if self._userIs is None:
-            return self._error(USER_FIRST)
+            return self._error(POP3.USER_FIRST)
         user, self._userIs = self._userIs, None
         return self._login(UsernamePassword(user, password), user, "USER")
 
@@ -318,18 +252,18 @@ class POP3Server(pop3.POP3):
         str with bytes on Python 3 and rejects every good digest).
         """
         if not self.factory.offers_apop:
-            return self._error(NO_APOP)
+            return self._error(POP3.NO_APOP)
         return self._login(pop3.APOPCredentials(self.magic, user, digest), user, "APOP")
 
     def do_AUTH(self, mechanism: bytes | None = None, initial: bytes | None = None) -> Any:
         """SASL PLAIN only (RFC 5034), with or without an initial response."""
         if not self._may_send_password():
-            return self._error(PLAINTEXT_REFUSED)
+            return self._error(POP3.PLAINTEXT_REFUSED)
         if mechanism is None:
             self.transport.write(multiline(b"Supported mechanisms follow", b"PLAIN\r\n"))
             return None
         if mechanism.upper() != b"PLAIN":
-            return self._error(UNKNOWN_MECHANISM)
+            return self._error(POP3.UNKNOWN_MECHANISM)
         if initial is not None:
             return self._sasl_plain(initial)
         self.state = "AUTH"
@@ -339,70 +273,55 @@ class POP3Server(pop3.POP3):
     def state_AUTH(self, line: bytes) -> Any:
         self.state = "COMMAND"
         if line.strip() == b"*":
-            return self._error(AUTH_CANCELLED)
+            return self._error(POP3.AUTH_CANCELLED)
         return self._sasl_plain(line.strip())
 
     def _sasl_plain(self, response: bytes) -> Any:
         try:
             decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
         except (binascii.Error, ValueError):
-            return self._error(BAD_BASE64)
+            return self._error(POP3.BAD_BASE64)
         parts = decoded.split(b"\0")
         if len(parts) != 3:
-            return self._error(BAD_BASE64)
+            return self._error(POP3.BAD_BASE64)
         authzid, login, password = parts
         if authzid and authzid != login:        # acting for someone else is not offered
-            held = self._reply_after_failure(login, "PLAIN", "authorization identity refused")
-            return None if held is None else self._longOperation(held)
+            refused = self.factory.login.refuse(service=self.factory.service, peer=self.peer, mechanism="PLAIN",
+                                                login=login.decode("utf-8", "replace"),
+                                                reason="authorization identity refused")
+            return self._longOperation(self._answer_login(refused))
         return self._login(UsernamePassword(login, password), login, "PLAIN")
 
     def _login(self, credentials: Any, login: bytes, mechanism: str) -> defer.Deferred:
-        """Check credentials and open the maildrop; later commands wait for the answer (PIPELINING)."""
-        name = login.decode("utf-8", "replace")
-        d = defer.maybeDeferred(self.factory.portal.login, credentials, None, IMaildrop)
-        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(name, mechanism),
-                       errbackArgs=(name, mechanism))
-        return self._longOperation(d)
+        """Through the one login path (appliance.realm); later commands wait for the answer (PIPELINING)."""
+        d = self.factory.login.attempt(credentials, IMaildrop, service=self.factory.service, peer=self.peer,
+                                       login=login.decode("utf-8", "replace"), mechanism=mechanism)
+        return self._longOperation(self._answer_login(d))
 
-    def _logged_in(self, result: tuple[Any, Any, Any], login: str, mechanism: str) -> None:
-        _, drop, logout = result
+    def _answer_login(self, d: defer.Deferred) -> defer.Deferred:
+        self._login_pending = d
+        return d.addCallbacks(self._logged_in, self._login_failed)
+
+    def _logged_in(self, logged_in: LoggedIn) -> None:
+        self._login_pending = None
         if self._gone:
-            logout()
+            logged_in.logout()
             return
-        self.mbox, self._onLogout = drop, logout
-        self.factory.throttle.succeeded(self.peer)
-        maillog.auth(self.factory.service, self.peer, login, True, mechanism)
-        self._send(b"+OK Maildrop has %d messages (%d octets)" % (drop.count(), drop.octets()))
+        self.mbox, self._onLogout = logged_in.avatar, logged_in.logout
+        self._send(b"+OK Maildrop has %d messages (%d octets)" % (self.mbox.count(), self.mbox.octets()))
 
-    def _login_failed(self, failure: Failure, login: str, mechanism: str) -> Any:
-        """Words to the client stay generic; the story goes to the log."""
+    def _login_failed(self, failure: Failure) -> None:
+        """Words to the client stay generic; the story went to the log in appliance.realm."""
+        self._login_pending = None
         if self._gone:
             return None
-        if failure.check(cred_error.LoginFailed, cred_error.LoginDenied):
-            return self._reply_after_failure(login.encode("utf-8", "replace"), mechanism, "bad credentials")
+        if failure.check(cred_error.UnauthorizedLogin):
+            return self._send(POP3.AUTH_FAILED)
         if failure.check(MaildropInUse):
-            maillog.auth(self.factory.service, self.peer, login, False, mechanism, "maildrop in use")
-            return self._send(IN_USE)
+            return self._send(POP3.IN_USE)
         if failure.check(DirectoryUnavailable):
-            maillog.auth(self.factory.service, self.peer, login, False, mechanism, "directory unavailable")
-            return self._send(DIRECTORY_DOWN)
-        if not failure.check(MailboxUnavailable, OSError):
-            maillog.log.failure("POP3 login failed unexpectedly", failure, peer=self.peer)
-        maillog.auth(self.factory.service, self.peer, login, False, mechanism, "maildrop unavailable")
-        return self._send(MAILDROP_DOWN)
-
-    def _reply_after_failure(self, login: bytes, mechanism: str, reason: str) -> defer.Deferred | None:
-        """-ERR [AUTH], held back by the throttle so guessing gets slow: a Deferred while it waits."""
-        maillog.auth(self.factory.service, self.peer, login.decode("utf-8", "replace"), False, mechanism, reason)
-        throttle = self.factory.throttle
-        throttle.failed(self.peer)
-        delay = throttle.delay(self.peer)
-        if delay <= 0:
-            self._send(AUTH_FAILED)
-            return None
-        d = defer.Deferred()
-        self._calls.append(self.factory.reactor.callLater(delay, d.callback, None))
-        return d.addCallback(lambda _: None if self._gone else self._send(AUTH_FAILED))
+            return self._send(POP3.DIRECTORY_DOWN)
+        return self._send(POP3.MAILDROP_DOWN)
 
     # ---- TRANSACTION state -------------------------------------------------------------------
     def do_STAT(self) -> None:
@@ -438,7 +357,7 @@ class POP3Server(pop3.POP3):
         if n is None:
             return None
         if not lines.isdigit():
-            return self._error(SYNTAX)
+            return self._error(POP3.SYNTAX)
         count = int(lines)
         return self._send_message(n, lambda message: multiline(b"Top of message follows", top(message, count)))
 
@@ -452,10 +371,10 @@ class POP3Server(pop3.POP3):
         if self._gone:
             return
         if failure.check(MessageGone):
-            return self._send(MESSAGE_GONE)
+            return self._send(POP3.MESSAGE_GONE)
         if not failure.check(OSError):
             maillog.log.failure("POP3 read failed", failure, peer=self.peer)
-        return self._send(READ_FAILED)
+        return self._send(POP3.READ_FAILED)
 
     def do_DELE(self, number: bytes) -> None:
         n = self._message(number)
@@ -474,12 +393,12 @@ class POP3Server(pop3.POP3):
         """The 0-based number of a live message, or None after answering -ERR."""
         n = parse_number(number)
         if n is None:
-            self._error(BAD_NUMBER)
+            self._error(POP3.BAD_NUMBER)
             return None
         try:
             self.mbox.entry(n)
         except NoSuchMessage:
-            self._error(NO_SUCH_MESSAGE)
+            self._error(POP3.NO_SUCH_MESSAGE)
             return None
         return n
 
@@ -498,7 +417,7 @@ class POP3Server(pop3.POP3):
 
     def _commit_failed(self, failure: Failure) -> None:
         maillog.error("pop3-update-failed", peer=self.peer, reason=failure.getErrorMessage())
-        self._send(NOT_KEPT)
+        self._send(POP3.NOT_KEPT)
 
 
 class POP3Factory(protocol.ServerFactory):
@@ -506,11 +425,10 @@ class POP3Factory(protocol.ServerFactory):
 
     protocol = POP3Server
 
-    def __init__(self, *, portal: Portal, directory: Any, throttle: Any, hostname: str, tls: Any,
-                 tls_settings: Any, implicit_tls: bool, reactor: Any, max_errors: int) -> None:
-        self.portal = portal
+    def __init__(self, *, login: Login, directory: Any, hostname: str, tls: Any, tls_settings: Any,
+                 implicit_tls: bool, reactor: Any, max_errors: int = 10) -> None:
+        self.login = login
         self.directory = directory
-        self.throttle = throttle
         self.hostname = hostname
         self.tls = tls
         self.tls_settings = tls_settings
@@ -523,18 +441,3 @@ class POP3Factory(protocol.ServerFactory):
     def offers_apop(self) -> bool:
         """Asked per connection: the directory may gain or lose its first shared secret at any time."""
         return bool(getattr(self.directory, "supports_shared_secrets", False))
-
-
-# One process serves every POP3 session on both ports, so this one table is the whole lock.
-PROCESS_LOCKS = MaildropLocks()
-
-
-def make_pop3_factory(*, directory: Any, checker: Any, throttle: Any, store: Any, hostname: str, tls: Any,
-                      tls_settings: Any, implicit_tls: bool, reactor: Any, pool: Any,
-                      locks: MaildropLocks | None = None, max_errors: int = 10) -> POP3Factory:
-    """The factory for the `pop3` listener (implicit_tls False, STLS offered) or `pop3s` (True; the
-    caller wraps it with appliance.tls.implicit). APOP is offered when the directory can hold
-    shared secrets; the checker refuses it for users without one."""
-    realm = MaildropRealm(directory, store, PROCESS_LOCKS if locks is None else locks, reactor, pool)
-    return POP3Factory(portal=Portal(realm, [checker]), directory=directory, throttle=throttle, hostname=hostname, tls=tls, tls_settings=tls_settings,
-                       implicit_tls=implicit_tls, reactor=reactor, max_errors=max_errors)

@@ -90,3 +90,36 @@ BAD_RECIPIENT_SYNTAX = Reply(553, "5.1.3", "Bad recipient address syntax")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by user")
 BAD_MESSAGE = Reply(554, "5.6.0", "Message content rejected")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
+
+
+class POP3:
+    """Named POP3 refusals (RFC 1939; the bracketed response codes are RFC 2449 8 and RFC 3206,
+    announced by RESP-CODES and AUTH-RESP-CODE). Words stay generic: details go to the log."""
+
+    # Login (RFC 1939 7, RFC 2595 4, RFC 5034; DESIGN.md's policy table)
+    PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication is not allowed without TLS; use STLS"
+    AUTH_FAILED = b"-ERR [AUTH] Authentication failed"
+    DIRECTORY_DOWN = b"-ERR [SYS/TEMP] Directory temporarily unavailable, try again later"
+    MAILDROP_DOWN = b"-ERR [SYS/TEMP] Maildrop temporarily unavailable, try again later"
+    IN_USE = b"-ERR [IN-USE] Maildrop is in use by another session"
+    USER_FIRST = b"-ERR Send USER first"
+    NO_APOP = b"-ERR APOP is not available"
+    UNKNOWN_MECHANISM = b"-ERR Unsupported authentication mechanism"
+    BAD_BASE64 = b"-ERR Cannot decode the authentication response"
+    AUTH_CANCELLED = b"-ERR Authentication cancelled"
+    TLS_ACTIVE = b"-ERR TLS is already active"
+    TLS_UNAVAILABLE = b"-ERR TLS is not available"
+    # Transaction and update (RFC 1939 5, 6)
+    NOT_KEPT = b"-ERR [SYS/TEMP] Some deleted messages were not removed"
+    READ_FAILED = b"-ERR [SYS/TEMP] Cannot read the message now, try again later"
+    LOCAL_ERROR = b"-ERR [SYS/TEMP] Local error, try again later"
+    MESSAGE_GONE = b"-ERR Message no longer available"
+    NO_SUCH_MESSAGE = b"-ERR No such message"
+    BAD_NUMBER = b"-ERR Invalid message number"
+    # Any state
+    SYNTAX = b"-ERR Syntax error"
+    UNKNOWN = b"-ERR Unknown command"
+    WRONG_STATE = b"-ERR Command not valid in this state"
+    LINE_TOO_LONG = b"-ERR Line too long"
+    TOO_MANY_ERRORS = b"-ERR Too many errors, closing connection"
+    TIMEOUT = b"-ERR Autologout timer expired, closing connection"

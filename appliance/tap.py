@@ -47,7 +47,8 @@ class Parts:
     """The shared objects every listener is built from."""
 
     def __init__(self, cfg: configmod.Config, reactor: Any, top: ApplianceService) -> None:
-        from appliance import auth, tls as tlsmod
+        from appliance import tls as tlsmod
+        from appliance.realm import make_login
         from appliance.directory import make_directory
         from appliance.masquerade import Masquerader
         from appliance.store import make_store
@@ -57,8 +58,7 @@ class Parts:
         pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
         self.directory = make_directory(cfg, reactor, pools["directory"])
         self.store = make_store(cfg.storage, reactor, pools["disk"])
-        self.checker = auth.DirectoryChecker(self.directory)
-        self.throttle = auth.AuthThrottle(reactor)
+        self.login = make_login(self.directory, self.store, reactor)
         m = cfg.masquerade
         self.masquerader = Masquerader(m.domains, m.as_domain, m.exceptions)
         self.queue = _queue(cfg, reactor, top, pools["queue"], self.directory, self.store)
@@ -157,8 +157,8 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
             policy: Any = MXPolicy(resolver, cfg.relay.trusted_networks)
         else:
             policy = SubmissionPolicy(name, resolver, cfg.appliance.hostname)
-        factory = SMTPFactory(policy=policy, acceptor=acceptor, directory=parts.directory, checker=parts.checker,
-                              throttle=parts.throttle, hostname=cfg.appliance.hostname,
+        factory = SMTPFactory(policy=policy, acceptor=acceptor, directory=parts.directory, login=parts.login,
+                              hostname=cfg.appliance.hostname,
                               domains=cfg.appliance.domains, limits=cfg.limits, tls=parts.tls, tls_settings=cfg.tls,
                               implicit_tls=implicit, clock=parts.reactor,
                               unlimited_networks=cfg.relay.trusted_networks)
@@ -166,23 +166,27 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
 
 
 def _access_listeners(top: ApplianceService, parts: Parts) -> None:
-    """POP3 and IMAP, each with a plain (STLS/STARTTLS) and an implicit-TLS listener."""
-    from appliance.imap import FolderWatcher, make_imap_factory
-    from appliance.pop3 import make_pop3_factory
+    """POP3 and IMAP, each with a plain (STLS/STARTTLS) and an implicit-TLS listener, all logging in
+    through the one Login (so the POP3 maildrop lock covers both POP3 ports)."""
+    from appliance.imap import FolderWatcher, IMAPFactory
+    from appliance.pop3 import POP3Factory
     cfg = parts.cfg
     pool = top.getServiceNamed("pool-disk").pool
-    pop3_extra = {"max_errors": cfg.limits.max_errors}
-    imap_extra = {"max_message_size": cfg.limits.max_message_size, "watcher": FolderWatcher(parts.reactor, pool)}
-    makers = {"pop3": (make_pop3_factory, False, pop3_extra), "pop3s": (make_pop3_factory, True, pop3_extra),
-              "imap": (make_imap_factory, False, imap_extra), "imaps": (make_imap_factory, True, imap_extra)}
-    for name, (maker, implicit, extra) in makers.items():
+    common = dict(login=parts.login, hostname=cfg.appliance.hostname, tls=parts.tls, tls_settings=cfg.tls,
+                  reactor=parts.reactor)
+    watcher = FolderWatcher(parts.reactor, pool)
+    makers = {
+        "pop3": lambda implicit: POP3Factory(directory=parts.directory, implicit_tls=implicit,
+                                             max_errors=cfg.limits.max_errors, **common),
+        "imap": lambda implicit: IMAPFactory(implicit_tls=implicit, pool=pool, watcher=watcher,
+                                             max_message_size=cfg.limits.max_message_size, **common),
+    }
+    for name in ("pop3", "pop3s", "imap", "imaps"):
         description = getattr(cfg.listen, name)
         if not description:
             continue
-        factory = maker(directory=parts.directory, checker=parts.checker, throttle=parts.throttle,
-                        store=parts.store, hostname=cfg.appliance.hostname, tls=parts.tls,
-                        tls_settings=cfg.tls, implicit_tls=implicit, reactor=parts.reactor, pool=pool, **extra)
-        _listen(top, parts, name, description, factory, implicit)
+        implicit = name.endswith("s")
+        _listen(top, parts, name, description, makers[name.rstrip("s")](implicit), implicit)
 
 
 def _listen(top: ApplianceService, parts: Parts, name: str, description: str, factory: Any, implicit: bool) -> None:

@@ -34,6 +34,8 @@ from appliance import address, maillog, replies
 from appliance.tls import log_once, session_info
 from appliance.transport import no_delay
 from appliance.errors import DirectoryUnavailable
+from appliance.interfaces import IMailUser
+from appliance.realm import LoggedIn
 from appliance.replies import Reply, SMTPReplyError
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ class ApplianceSMTP(ESMTP):
         self.esmtp = False
         self.secure = False
         self.user = None                      # interfaces.UserRecord after AUTH
+        self._login_pending: defer.Deferred | None = None
         self.session = Session()
         self.peer = ""
 
@@ -103,6 +106,8 @@ class ApplianceSMTP(ESMTP):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         self.setTimeout(None)
+        if self._login_pending is not None:
+            self._login_pending.cancel()        # a login held back by the throttle: nobody to answer
         if getattr(self, "_counted", False):
             self.factory.connection_closed(self.peer)
         maillog.disconnect(self.factory.policy.name, self.peer)
@@ -351,38 +356,27 @@ class ApplianceSMTP(ESMTP):
         return self._check_credentials(exchange.mechanism, credentials)
 
     def _check_credentials(self, mechanism: str, credentials: Any) -> defer.Deferred:
+        """Through the one login path (appliance.realm); later commands wait for the answer."""
         login = credentials.username.decode("utf-8", "replace") if isinstance(credentials.username, bytes) \
             else str(credentials.username)
-        d = defer.maybeDeferred(self.factory.checker.requestAvatarId, credentials)
-        d.addCallback(self.factory.directory.lookup)
-        d.addCallbacks(self._auth_ok, self._auth_failed, callbackArgs=(login, mechanism),
-                       errbackArgs=(login, mechanism))
+        d = self.factory.login.attempt(credentials, IMailUser, service=self.factory.policy.name, peer=self.peer,
+                                       login=login, mechanism=mechanism)
+        self._login_pending = d
+        d.addCallbacks(self._auth_ok, self._auth_failed)
         return d
 
-    def _auth_ok(self, user: Any, login: str, mechanism: str) -> None:
-        if user is None:
-            return self._auth_failed(Failure(UnauthorizedLogin()), login, mechanism)
-        self.user = user
-        self.factory.throttle.succeeded(self.peer)
-        maillog.auth(self.factory.policy.name, self.peer, user.address, True, mechanism)
+    def _auth_ok(self, logged_in: LoggedIn) -> None:
+        self._login_pending = None
+        self.user = logged_in.user
         self._reply(replies.AUTH_OK)
 
-    def _auth_failed(self, failure: Failure, login: str, mechanism: str) -> Any:
-        if not failure.check(UnauthorizedLogin):
-            if not failure.check(DirectoryUnavailable):
-                maillog.log.failure("AUTH failed unexpectedly", failure)
-            maillog.auth(self.factory.policy.name, self.peer, login, False, mechanism, "directory unavailable")
-            return self._reply(replies.AUTH_TEMPORARY)
-        maillog.auth(self.factory.policy.name, self.peer, login, False, mechanism, "bad credentials")
-        self.factory.throttle.failed(self.peer)
-        delay = self.factory.throttle.delay(self.peer)
-        if delay <= 0:
+    def _auth_failed(self, failure: Failure) -> None:
+        self._login_pending = None
+        if failure.check(defer.CancelledError):
+            return None
+        if failure.check(UnauthorizedLogin):
             return self._reply_error(replies.AUTH_FAILED)
-        d = defer.Deferred()
-        call = self.factory.clock.callLater(delay, d.callback, None)
-        self._pending_calls = getattr(self, "_pending_calls", []) + [call]
-        d.addCallback(lambda _: None if self.transport.disconnecting else self._reply_error(replies.AUTH_FAILED))
-        return d
+        return self._reply(replies.AUTH_TEMPORARY)
 
     # ---- mail transaction ---------------------------------------------------------------------
     def do_MAIL(self, rest: bytes) -> Any:
@@ -607,14 +601,13 @@ class SMTPFactory(ServerFactory):
 
     protocol = ApplianceSMTP
 
-    def __init__(self, *, policy: "Policy", acceptor: "Acceptor", directory: Any, checker: Any, throttle: Any,
+    def __init__(self, *, policy: "Policy", acceptor: "Acceptor", directory: Any, login: Any,
                  hostname: str, domains: tuple[str, ...], limits: Any, tls: Any, tls_settings: Any,
                  implicit_tls: bool, clock: Any, unlimited_networks: tuple[Any, ...] = ()) -> None:
         self.policy = policy
         self.acceptor = acceptor
         self.directory = directory
-        self.checker = checker
-        self.throttle = throttle
+        self.login = login
         self.hostname = hostname
         self.domains = domains
         self.limits = limits

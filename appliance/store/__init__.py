@@ -124,6 +124,22 @@ class FileStore:
         """Blocking: store one wire-form message at `path`; runs in a worker thread."""
         raise NotImplementedError
 
+    def open_maildrop(self, path: str) -> defer.Deferred:
+        """Deferred[Maildrop]: POP3's snapshot of the mailbox at `path`, scanned in the pool."""
+        from appliance.maildrop import format_for, open_maildrop
+        return open_maildrop(format_for(self), path, self.reactor, self.pool)
+
+    def open_account(self, path: str) -> defer.Deferred:
+        """Deferred[Account]: IMAP's folders of the mailbox at `path`, special-use ones made, in the pool."""
+        from appliance.mailbox.account import open_account
+        from appliance.store.mbox import MboxStore
+
+        def open_now():
+            account = open_account("mbox" if isinstance(self, MboxStore) else "maildir", path)
+            account.ensure_special()
+            return account
+        return threads.deferToThreadPool(self.reactor, self.pool, open_now)
+
 
 def make_store(storage: StorageSection, reactor, pool) -> IMailStore:
     """The store for `[storage] format`; the config loader has already refused unknown formats."""

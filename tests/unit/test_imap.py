@@ -4,16 +4,19 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from appliance.auth import AuthThrottle
 from appliance.config import TLSSection
 from appliance.errors import DirectoryUnavailable
-from appliance.imap import make_imap_factory
+from appliance.imap import IMAPFactory
+from appliance.interfaces import UserRecord
+from appliance.realm import AuthThrottle, Login, MailRealm
 from appliance.store.maildir import MaildirStore, write
 from appliance.inline import InlineReactor as SyncReactor, InlinePool as SyncPool
 
@@ -23,11 +26,13 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 class Checker:
     """alice@example.test / secret; the login `down@example.test` finds the directory unreachable."""
 
+    credentialInterfaces = (IUsernamePassword,)
+
     def requestAvatarId(self, credentials):
         if credentials.username == b"down@example.test":
             return defer.fail(DirectoryUnavailable("ldap://10.0.0.1 timed out"))
         if (credentials.username, credentials.password) == (b"alice@example.test", b"secret"):
-            return defer.succeed("alice@example.test")
+            return defer.succeed(UserRecord("alice@example.test"))
         return defer.fail(UnauthorizedLogin("no"))
 
 
@@ -53,10 +58,10 @@ def reactor():
 
 def connect(reactor, tmp_path, peer="192.0.2.1", plaintext=(), implicit=False):
     store = MaildirStore(str(tmp_path / "mail" / "{domain}" / "{local}"), reactor, SyncPool())
-    factory = make_imap_factory(directory=None, checker=Checker(), throttle=AuthThrottle(reactor), store=store,
-                                hostname="mail.example.test", tls=FakeTLS(),
-                                tls_settings=TLSSection("", "", plaintext_auth_networks=plaintext),
-                                implicit_tls=implicit, reactor=reactor, pool=SyncPool())
+    login = Login(Portal(MailRealm(store), [Checker()]), AuthThrottle(reactor), reactor)
+    factory = IMAPFactory(login=login, hostname="mail.example.test", tls=FakeTLS(),
+                          tls_settings=TLSSection("", "", plaintext_auth_networks=plaintext),
+                          implicit_tls=implicit, reactor=reactor, pool=SyncPool())
     protocol = factory.buildProtocol(None)
     transport = TLSTransport(peer)
     protocol.makeConnection(transport)

@@ -12,12 +12,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from appliance.auth import AuthThrottle, DirectoryChecker
 from appliance.config import TLSSection
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IDirectory, UserRecord
-from appliance.maildrop import Entry, IMaildrop, Maildrop, MaildropLocks, to_wire
-from appliance.pop3 import MaildropInUse, POP3Factory, make_pop3_factory, multiline, top
+from appliance.interfaces import IMaildrop
+from appliance.maildrop import Entry, Maildrop, to_wire
+from appliance.pop3 import POP3Factory, multiline, top
+from appliance.realm import AuthThrottle, DirectoryChecker, Login, MaildropInUse, MaildropLocks, make_login
 from appliance.store.maildir import MaildirStore
 from tests.unit.test_maildrop import SyncPool, SyncReactor
 
@@ -84,13 +85,15 @@ class FakeRealm:
         self.fmt, self.reactor, self.locks = fmt, reactor, locks
         self.broken = False
 
-    def requestAvatar(self, avatar_id, mind, *interfaces):
+    def requestAvatar(self, user, mind, *interfaces):
+        mind.user = user
         if self.broken:
             raise RuntimeError("secret internal detail /var/mail/alice")
-        if not self.locks.acquire(avatar_id):
-            raise MaildropInUse(avatar_id)
-        drop = Maildrop(self.fmt, avatar_id, self.fmt.scan(avatar_id), self.reactor, SyncPool())
-        return IMaildrop, drop, lambda: self.locks.release(avatar_id)
+        path = user.address
+        if not self.locks.acquire(path):
+            raise MaildropInUse(path)
+        drop = Maildrop(self.fmt, path, self.fmt.scan(path), self.reactor, SyncPool())
+        return IMaildrop, drop, lambda: self.locks.release(path)
 
 
 class FakeTLS:
@@ -124,8 +127,8 @@ class World:
         self.realm = FakeRealm(self.fmt, self.reactor, self.locks)
         self.throttle = AuthThrottle(self.reactor)
         self.factory = POP3Factory(
-            portal=Portal(self.realm, [DirectoryChecker(self.directory)]), directory=self.directory,
-            throttle=self.throttle, hostname="mail.example.test", tls=FakeTLS(),
+            login=Login(Portal(self.realm, [DirectoryChecker(self.directory)]), self.throttle, self.reactor),
+            directory=self.directory, hostname="mail.example.test", tls=FakeTLS(),
             tls_settings=TLSSection("cert", "key", plaintext_auth_networks=tuple(map(ipaddress.ip_network,
                                                                                      plaintext_networks))),
             implicit_tls=implicit_tls, reactor=self.reactor, max_errors=10)
@@ -350,11 +353,10 @@ def test_a_dropped_connection_frees_the_lock(world):
 def test_lock_is_shared_between_the_pop3_and_pop3s_factories(tmp_path):
     reactor, locks, directory = SyncReactor(), MaildropLocks(), FakeDirectory()
     store = MaildirStore(str(tmp_path / "{domain}/{local}"), reactor, SyncPool())
-    common = dict(directory=directory, checker=DirectoryChecker(directory), throttle=AuthThrottle(reactor),
-                  store=store, hostname="mail.example.test", tls=FakeTLS(), tls_settings=TLSSection("c", "k"),
-                  reactor=reactor, pool=SyncPool(), locks=locks)
-    plain = Session(make_pop3_factory(implicit_tls=False, **common), OUTSIDE)
-    implicit = Session(make_pop3_factory(implicit_tls=True, **common), OUTSIDE)
+    common = dict(directory=directory, login=make_login(directory, store, reactor, locks),
+                  hostname="mail.example.test", tls=FakeTLS(), tls_settings=TLSSection("c", "k"), reactor=reactor)
+    plain = Session(POP3Factory(implicit_tls=False, **common), OUTSIDE)
+    implicit = Session(POP3Factory(implicit_tls=True, **common), OUTSIDE)
     assert plain.login() == b"+OK Maildrop has 0 messages (0 octets)\r\n"
     implicit.command(f"USER {ALICE}")
     assert implicit.command("PASS alice-pw").startswith(b"-ERR [IN-USE]")

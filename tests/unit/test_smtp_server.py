@@ -4,7 +4,9 @@ from __future__ import annotations
 import base64
 
 import pytest
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -13,6 +15,7 @@ from appliance import address
 from appliance.config import LimitsSection, TLSSection
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.interfaces import UserRecord
+from appliance.realm import Login, MailRealm
 from appliance.smtp.delivery import Acceptor, RecipientResolver
 from appliance.smtp.mx import MXPolicy
 from appliance.smtp.server import SMTPFactory, unstuff
@@ -38,9 +41,11 @@ class FakeDirectory:
 
 
 class FakeChecker:
+    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+
     def requestAvatarId(self, creds):
         if creds.username == b"alice@example.test" and creds.checkPassword(b"secret"):
-            return defer.succeed("alice@example.test")
+            return defer.succeed(ALICE)
         return defer.fail(UnauthorizedLogin())
 
 
@@ -79,7 +84,8 @@ class Rig:
             policy = SubmissionPolicy("submission", resolver, "mail.example.test")
         self.factory = SMTPFactory(
             policy=policy, acceptor=Acceptor(self.queue, "mail.example.test"), directory=self.directory,
-            checker=FakeChecker(), throttle=self.throttle, hostname="mail.example.test",
+            login=Login(Portal(MailRealm(store=None), [FakeChecker()]), self.throttle, self.clock),
+            hostname="mail.example.test",
             domains=("example.test",), limits=LimitsSection(**limits),
             tls=None, tls_settings=TLSSection("", "", plaintext_auth_networks=address.parse_networks(plaintext_ok)),
             implicit_tls=False, clock=self.clock)

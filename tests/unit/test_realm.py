@@ -15,7 +15,7 @@ from twisted.mail.pop3 import APOPCredentials
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from appliance.auth import AuthThrottle, DirectoryChecker
+from appliance.realm import AuthThrottle, DirectoryChecker
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import UserRecord
 
@@ -83,9 +83,10 @@ def test_checker_provides_the_interface(checker):
     assert verifyObject(ICredentialsChecker, checker)
 
 
-def test_good_password_gives_the_primary_address(checker):
-    assert outcome(checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"s3cret"))) == "alice@example.test"
-    assert outcome(checker.requestAvatarId(UsernamePassword("info@example.test", "s3cret"))) == "alice@example.test"
+def test_good_password_gives_the_users_record(checker):
+    """The record itself is the avatar id: the realm never asks the directory a second time."""
+    assert outcome(checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"s3cret"))) == ALICE
+    assert outcome(checker.requestAvatarId(UsernamePassword("info@example.test", "s3cret"))) == ALICE
 
 
 @pytest.mark.parametrize("username, password", [
@@ -105,7 +106,7 @@ def test_disabled_user_is_unauthorized(checker, directory):
 
 
 def test_cram_md5_with_stored_secret(checker):
-    assert outcome(checker.requestAvatarId(cram(b"alice@example.test", b"s3cret"))) == "alice@example.test"
+    assert outcome(checker.requestAvatarId(cram(b"alice@example.test", b"s3cret"))) == ALICE
     assert rejected(checker.requestAvatarId(cram(b"alice@example.test", b"guess")))
 
 
@@ -116,7 +117,7 @@ def test_cram_md5_without_secret_or_user_is_unauthorized(checker):
 
 def test_apop_with_bytes_from_the_wire(checker):
     """Stock Twisted rejects every good APOP digest (str vs bytes); ours must accept it."""
-    assert outcome(checker.requestAvatarId(apop(b"alice@example.test", b"s3cret"))) == "alice@example.test"
+    assert outcome(checker.requestAvatarId(apop(b"alice@example.test", b"s3cret"))) == ALICE
     assert rejected(checker.requestAvatarId(apop(b"alice@example.test", b"guess")))
     assert rejected(checker.requestAvatarId(apop(b"bob@example.test", b"hunter2")))
 
@@ -124,7 +125,7 @@ def test_apop_with_bytes_from_the_wire(checker):
 def test_apop_digest_in_upper_case_is_accepted(checker):
     credentials = apop(b"alice@example.test", b"s3cret")
     credentials.digest = credentials.digest.upper()
-    assert outcome(checker.requestAvatarId(credentials)) == "alice@example.test"
+    assert outcome(checker.requestAvatarId(credentials)) == ALICE
 
 
 @pytest.mark.parametrize("credentials", [
