@@ -33,9 +33,11 @@ from zope.interface import implementer
 from appliance import address, maillog
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import UserRecord
-from appliance.mailbox import SYSTEM_FLAGS, MailboxError, Meta, mime, search
-from appliance.mailbox.account import DELIMITER, Account, normalise, open_account
-from appliance.mailbox.folder import Folder
+from appliance import mime
+from appliance.mailbox import search
+from appliance.store import SYSTEM_FLAGS, MailboxError, Meta
+from appliance.store.account import DELIMITER, Account, normalise
+from appliance.store.folder import Folder
 from appliance.mailbox.view import SequenceError, View, format_flags, parse_set
 from appliance.tls import log_once
 from appliance.transport import no_delay
@@ -1128,9 +1130,7 @@ class IMAPFactory(ServerFactory):
 
     def open_account(self, avatar_id: str) -> Account:
         """Blocking: the user's folders, with the special-use ones created on first login."""
-        from appliance.store.mbox import MboxStore
-        storage_format = "mbox" if isinstance(self.store, MboxStore) else "maildir"
-        account = open_account(storage_format, self.store.path_for(UserRecord(address=avatar_id)))
+        account = self.store.account(self.store.path_for(UserRecord(address=avatar_id)))
         account.ensure_special()
         return account
 

@@ -25,8 +25,7 @@ from appliance import address, maillog
 from appliance.tls import log_once
 from appliance.transport import no_delay
 from appliance.errors import DirectoryUnavailable, MailboxUnavailable
-from appliance.maildrop import (IMaildrop, MaildropLocks, MessageGone, NoSuchMessage, format_for,
-                                open_maildrop)
+from appliance.store.pop3view import IMaildrop, MaildropLocks, MessageGone, NoSuchMessage
 
 # Replies. The bracketed codes are RFC 3206's (announced by RESP-CODES and AUTH-RESP-CODE).
 PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication is not allowed without TLS; use STLS"
@@ -113,7 +112,6 @@ class MaildropRealm:
     def __init__(self, directory: Any, store: Any, locks: MaildropLocks, reactor: Any, pool: Any) -> None:
         self._directory = directory
         self._store = store
-        self._format = format_for(store)
         self._locks = locks
         self._reactor = reactor
         self._pool = pool
@@ -138,7 +136,7 @@ class MaildropRealm:
             self._locks.release(path)
             return failure
 
-        d = open_maildrop(self._format, path, self._reactor, self._pool)
+        d = self._store.open_maildrop(path)
         return d.addCallbacks(lambda drop: (IMaildrop, drop, lambda: self._locks.release(path)), unlock)
 
 

@@ -16,10 +16,10 @@ from appliance.auth import AuthThrottle, DirectoryChecker
 from appliance.config import TLSSection
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IDirectory, UserRecord
-from appliance.maildrop import Entry, IMaildrop, Maildrop, MaildropLocks, to_wire
+from appliance.store.pop3view import Entry, IMaildrop, Maildrop, MaildropLocks, to_wire
 from appliance.pop3 import MaildropInUse, POP3Factory, make_pop3_factory, multiline, top
 from appliance.store.maildir import MaildirStore
-from tests.unit.test_maildrop import SyncPool, SyncReactor
+from appliance.inline import InlinePool as SyncPool, InlineReactor as SyncReactor
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
