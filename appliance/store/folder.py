@@ -82,6 +82,9 @@ class Folder:
         """Mark fresh messages as seen by a session; return the keys this call claimed."""
         return []
 
+    def _prepare_pop3(self) -> None:
+        """Called before the scan of a POP3 login: a format may gather POP3 facts during the scan."""
+
     def _pop3_describe(self, keys: list[str]) -> dict[str, tuple[str, int]]:
         """key -> (POP3 UIDL, CRLF size) of present messages, cheaply. Called with the folder locked."""
         raise NotImplementedError
@@ -180,6 +183,7 @@ class Folder:
         login costs a directory listing (Maildir, with a size cache) or one read of the file (mbox).
         """
         with locked(self._lock):
+            self._prepare_pop3()
             self._refresh_locked()
             keys = [(uid, self._keys[uid]) for uid in self.state.uids if uid in self._keys]
             described = self._pop3_describe([key for _, key in keys])

@@ -288,7 +288,7 @@ def _read_fd(fd: int) -> bytes:
 
 # ---- the folder ------------------------------------------------------------------------------------
 FLAGS_FILE = "flags"
-Located = tuple[int, int, int, float]      # (From_ line start, body start, end, From_ line date)
+Located = tuple[bytes, int, int]      # (From_ line, body start, end); the date is parsed only when asked
 
 
 def open_folder(path: str, meta_dir: str) -> "MboxFolder":
@@ -355,7 +355,7 @@ class MboxFolder(Folder):
             stored = data[body_start:end]
             digest = _key_digest(stored)
             key = f"{digest}-{_numbered(digest, keys_seen)}"
-            entries[key] = (start, body_start, end, _from_line_date(data[start:body_start]))
+            entries[key] = (data[start:body_start], body_start, end)
             order[key] = index
             if pop3 is not None:
                 raw = hashlib.md5(data[start:end]).hexdigest()
@@ -370,7 +370,7 @@ class MboxFolder(Folder):
         """The message of `key`, checked against its digest: a file rewritten by another program is re-read."""
         for attempt in range(2):
             if key in self._entries:
-                _, start, end, _ = self._entries[key]
+                _, start, end = self._entries[key]
                 with open(self.path, "rb") as handle:
                     handle.seek(start)
                     stored = handle.read(end - start)
@@ -381,7 +381,7 @@ class MboxFolder(Folder):
         raise FileNotFoundError(key)
 
     def _mtime(self, key: str) -> float:
-        return self._entries[key][3]
+        return _from_line_date(self._entries[key][0])
 
     def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
         letters = self._sidecar.setdefault("flags", {})
@@ -426,11 +426,13 @@ class MboxFolder(Folder):
         self._claim([key])
         return key
 
-    def _pop3_describe(self, keys: list[str]) -> dict[str, tuple[str, int]]:
-        """UIDLs and sizes come from the parse; the first POP3 login on this folder parses once more."""
+    def _prepare_pop3(self) -> None:
+        """From now on every parse of this folder also computes POP3 UIDLs and sizes (IMAP alone skips them)."""
         if self._pop3 is None:
             self._pop3 = {}
-            self._parse()
+            self._stamp = None
+
+    def _pop3_describe(self, keys: list[str]) -> dict[str, tuple[str, int]]:
         pop3 = self._pop3 or {}
         return {key: pop3[key] for key in keys if key in pop3}
 
