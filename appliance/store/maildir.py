@@ -157,7 +157,7 @@ def pop3_uidl(name: str) -> str:
 
     Used as is when RFC 1939 allows it, else its MD5 (still stable: the name is).
     """
-    base = re.split(r"[,:]", name, maxsplit=1)[0]
+    base = name.partition(":")[0].partition(",")[0]
     if _UIDL_OK.fullmatch(base):
         return base
     return hashlib.md5(base.encode("utf-8", "surrogateescape")).hexdigest()
@@ -312,8 +312,9 @@ class MaildirFolder(Folder):
         cache_path = os.path.join(self.path, SIZE_CACHE)
         cache = read_size_cache(cache_path)
         described: dict[str, tuple[str, int]] = {}
+        names = self._names
         for key in keys:
-            uidl = pop3_uidl(self._names[key][1])
+            uidl = pop3_uidl(names[key][1])
             size = cache.get(uidl)
             if size is None:
                 try:
