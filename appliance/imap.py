@@ -31,11 +31,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appliance import address, maillog
+from appliance import mime
 from appliance.interfaces import IAccount
+from appliance.mailbox import search
 from appliance.realm import LoggedIn, Login
-from appliance.mailbox import SYSTEM_FLAGS, MailboxError, Meta, mime, search
-from appliance.mailbox.account import DELIMITER, Account, normalise
-from appliance.mailbox.folder import Folder
+from appliance.store import SYSTEM_FLAGS, MailboxError, Meta
+from appliance.store.account import DELIMITER, Account, normalise
+from appliance.store.folder import Folder
 from appliance.mailbox.view import SequenceError, View, format_flags, parse_set
 from appliance.tls import log_once
 from appliance.transport import no_delay

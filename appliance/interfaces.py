@@ -75,6 +75,18 @@ class IMailStore(Interface):
     def path_for(user: UserRecord) -> str:
         """The mailbox path of a user, from the [storage] path template."""
 
+    def account(path: str):
+        """The folders of the mailbox at `path`, for IMAP (an appliance.store.account.Account).
+
+        Blocking calls only (run them in the pool); the format stays the store's business.
+        """
+
+    def open_maildrop(path: str):
+        """Deferred[Maildrop]: a POP3 snapshot of the INBOX at `path`, the same messages IMAP sees.
+
+        Fails with MailboxUnavailable when the mailbox stays locked by a writer.
+        """
+
 
 class IAliasResolver(Interface):
     """aliases(5) expansion, reloaded atomically."""

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from appliance import address, maillog
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IMaildrop
-from appliance.maildrop import MessageGone, NoSuchMessage
+from appliance.store.pop3view import MessageGone, NoSuchMessage
 from appliance.realm import LoggedIn, Login, MaildropInUse
 from appliance.replies import POP3
 from appliance.tls import log_once

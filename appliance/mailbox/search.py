@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from twisted.mail.imap4 import parseNestedParens
 
-from appliance.mailbox import Meta, mime
+from appliance import mime
+from appliance.store import Meta
 from appliance.mailbox.view import Range, SequenceError, _bounds, parse_set
 
 MAX_DEPTH = 32

@@ -1,10 +1,17 @@
-"""Mailbox stores (the write side): pick the format, map a user to a path, run writes off the reactor."""
+"""The mail store: pick the format, map a user to a path, and hand POP3 and IMAP the same folders.
+
+One module per format owns everything about it (store/maildir.py, store/mbox.py): writing,
+the one reader, UIDs, flags and folders. POP3 and IMAP never learn the format: IMAP asks
+`FileStore.account(path)`, POP3 asks `FileStore.open_maildrop(path)`, and both end up on the
+same process-wide Folder objects (store/folder.py), so they see exactly the same messages.
+"""
 from __future__ import annotations
 
 import errno
 import os
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet import defer, threads
 from zope.interface import implementer
@@ -15,6 +22,50 @@ from appliance.interfaces import IMailStore, UserRecord
 
 if TYPE_CHECKING:
     from appliance.config import StorageSection
+    from appliance.store.account import Account
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+class MailboxError(Exception):
+    """A refusal the client may read (NO); its text never holds paths or exception details."""
+
+    def __init__(self, text: str, code: str = ""):
+        super().__init__(text)
+        self.code = code            # an RFC 5530 response code such as "NONEXISTENT", or ""
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What FETCH needs without opening the message file; cached in the folder's index."""
+
+    size: int                 # RFC822.SIZE: octets in CRLF form
+    internaldate: float       # seconds since the epoch
+    envelope: bytes           # the ENVELOPE response, ready to send
+    bodystructure: bytes      # the extended BODYSTRUCTURE response, ready to send
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A folder's messages at one moment, in UID order; shared read-only between sessions."""
+
+    uidvalidity: int
+    uidnext: int
+    uids: tuple[int, ...] = ()
+    flags: tuple[frozenset[str], ...] = ()
+    fresh: frozenset[int] = frozenset()      # UIDs nobody has claimed as \\Recent yet
+    position: dict[int, int] = field(default_factory=dict, compare=False)   # uid -> index
+
+    @classmethod
+    def build(cls, uidvalidity: int, uidnext: int, messages: list[tuple[int, frozenset[str]]],
+              fresh: frozenset[int] = frozenset()) -> "Snapshot":
+        messages.sort()
+        uids = tuple(uid for uid, _ in messages)
+        return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
+                   {uid: i for i, uid in enumerate(uids)})
+
+    def flags_of(self, uid: int) -> frozenset[str]:
+        return self.flags[self.position[uid]]
 
 _PLACEHOLDER = re.compile(r"\{(domain|local)\}")
 _FORBIDDEN = ("/", "\\", "\0")
@@ -71,6 +122,8 @@ class FileStore:
     fsyncs (Maildir syncs each new/ folder once per batch).
     """
 
+    account_class: ClassVar[type["Account"]]     # the format's Account (set by each format's store)
+
     def __init__(self, template: str, reactor, pool):
         self.template = template
         self.reactor = reactor
@@ -79,6 +132,28 @@ class FileStore:
 
     def path_for(self, user: UserRecord) -> str:
         return mailbox_path(self.template, user.address)
+
+    def account(self, path: str) -> "Account":
+        """The folders of the mailbox at `path` (for IMAP). Cheap: nothing is read until asked."""
+        return self.account_class(path)
+
+    def open_maildrop(self, path: str) -> defer.Deferred:
+        """Deferred[Maildrop]: a POP3 session's snapshot of the INBOX at `path`, scanned in the pool.
+
+        The snapshot is taken from the same Folder object IMAP uses, so both protocols see the
+        same messages in the same (UID) order; it needs no MIME parsing and no metadata index.
+        """
+        from appliance.store.pop3view import open_maildrop
+        return open_maildrop(self.account(path), self.reactor, self.pool)
+
+    def open_account(self, path: str) -> defer.Deferred:
+        """Deferred[Account]: an IMAP login's folders, with the special-use ones made on first login
+        (that touches the disk, so it runs in the pool)."""
+        def open_now() -> "Account":
+            account = self.account(path)
+            account.ensure_special()
+            return account
+        return threads.deferToThreadPool(self.reactor, self.pool, open_now)
 
     def deliver(self, user: UserRecord, message: bytes, sender: str) -> defer.Deferred:
         try:
@@ -123,22 +198,6 @@ class FileStore:
     def write(self, path: str, message: bytes, sender: str) -> str:
         """Blocking: store one wire-form message at `path`; runs in a worker thread."""
         raise NotImplementedError
-
-    def open_maildrop(self, path: str) -> defer.Deferred:
-        """Deferred[Maildrop]: POP3's snapshot of the mailbox at `path`, scanned in the pool."""
-        from appliance.maildrop import format_for, open_maildrop
-        return open_maildrop(format_for(self), path, self.reactor, self.pool)
-
-    def open_account(self, path: str) -> defer.Deferred:
-        """Deferred[Account]: IMAP's folders of the mailbox at `path`, special-use ones made, in the pool."""
-        from appliance.mailbox.account import open_account
-        from appliance.store.mbox import MboxStore
-
-        def open_now():
-            account = open_account("mbox" if isinstance(self, MboxStore) else "maildir", path)
-            account.ensure_special()
-            return account
-        return threads.deferToThreadPool(self.reactor, self.pool, open_now)
 
 
 def make_store(storage: StorageSection, reactor, pool) -> IMailStore:

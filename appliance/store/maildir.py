@@ -1,14 +1,26 @@
-"""Maildir delivery: write in tmp/, fsync, rename into new/, so readers never see half a message."""
+"""Everything Maildir: names, the arrival order, delivery (tmp/ -> new/), flag letters, folders, POP3 UIDLs.
+
+Delivery writes in tmp/, fsyncs and renames into new/, so readers never see half a message.
+A message's IMAP key is its file name up to `:` (what stays when flags change); its POP3 UIDL
+is the name up to the first `,` or `:` (RFC 1939-valid, or its MD5). Folders are Maildir++
+(`.Lists.Twisted/`); flags live in the `:2,` info of the names, \\Recent is "still in new/".
+"""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import re
+import shutil
 import socket
 import time
 
+from appliance import mime
 from appliance.durable import fsync_dir
 from appliance.errors import MailboxUnavailable
 from appliance.store import FileStore, make_dirs, unavailable
+from appliance.store.account import Account
+from appliance.store.folder import Folder, shared
 
 SUBDIRS = ("cur", "new", "tmp")
 
@@ -109,8 +121,270 @@ def _place(path: str, message: bytes) -> str:
     return final
 
 
+# ---- names, order, flags ---------------------------------------------------------------------------
+# Maildir info letters (https://cr.yp.to/proto/maildir.html), kept in ASCII order in names.
+LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+FLAGS = {letter: flag for flag, letter in LETTERS.items()}
+_ARRIVAL = re.compile(r"(\d+)(?:\.M(\d+))?")
+_UIDL_OK = re.compile(r"[\x21-\x7e]{1,70}")          # RFC 1939 7: 1 to 70 printable characters
+SIZE_CACHE = "appliance-pop3.sizes"                    # "<uidl> <wire size>" per line, beside cur/ new/ tmp/
+
+
+def arrival_order(name: str) -> tuple[int, int, str]:
+    """THE delivery order of Maildir names (`<secs>.M<usecs>...`); names of another shape go last."""
+    match = _ARRIVAL.match(name)
+    if match is None:
+        return (1 << 62, 0, name)
+    return (int(match.group(1)), int(match.group(2) or 0), name)
+
+
+def split_name(name: str) -> tuple[str, frozenset[str]]:
+    """`base:2,FS` -> (base, {\\Flagged, \\Seen}); unknown letters (keywords, P) are kept on disk only."""
+    base, _, info = name.partition(":")
+    letters = info[2:] if info.startswith("2,") else ""
+    return base, frozenset(FLAGS[c] for c in letters if c in FLAGS)
+
+
+def info_letters(flags: frozenset[str], old_name: str = "") -> str:
+    """The `:2,` letters for `flags`, keeping letters we do not map (such as P, Passed) from the old name."""
+    _, _, info = old_name.partition(":")
+    kept = {c for c in info[2:] if c not in FLAGS} if info.startswith("2,") else set()
+    return "".join(sorted(kept | {LETTERS[f] for f in flags if f in LETTERS}))
+
+
+def pop3_uidl(name: str) -> str:
+    """The name up to the first `,` or `:` -- unchanged by moves to cur/, flags and size hints.
+
+    Used as is when RFC 1939 allows it, else its MD5 (still stable: the name is).
+    """
+    base = name.partition(":")[0].partition(",")[0]
+    if _UIDL_OK.fullmatch(base):
+        return base
+    return hashlib.md5(base.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+# ---- the POP3 size cache --------------------------------------------------------------------------
+def read_size_cache(cache: str) -> dict[str, int]:
+    """uidl -> CRLF size; computing a size reads the whole file, so POP3 logins keep them here."""
+    sizes: dict[str, int] = {}
+    try:
+        with open(cache, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                uid, _, size = line.rstrip("\n").rpartition(" ")
+                if uid and size.isdigit():
+                    sizes[uid] = int(size)
+    except OSError:
+        pass      # no cache yet, or unreadable: sizes are computed again
+    return sizes
+
+
+def write_size_cache(cache: str, sizes: dict[str, int]) -> None:
+    """Replace the cache whole (tmp + rename); failing to write it only costs time at the next login."""
+    temporary = cache + ".tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8", opener=lambda p, f: os.open(p, f | os.O_CLOEXEC, 0o600)) as out:
+            out.writelines(f"{uid} {size}\n" for uid, size in sizes.items())
+        os.replace(temporary, cache)
+    except OSError:
+        _remove(temporary)
+
+
+# ---- the folder ------------------------------------------------------------------------------------
+def open_folder(path: str) -> "MaildirFolder":
+    """The process-wide MaildirFolder of the Maildir at `path`."""
+    return shared(os.path.realpath(path), lambda: MaildirFolder(path))  # type: ignore[return-value]
+
+
+class MaildirFolder(Folder):
+    """One Maildir (INBOX or a Maildir++ `.Folder`); message keys are the file names up to `:`."""
+
+    def __init__(self, path: str):
+        super().__init__(path, path)
+        self._names: dict[str, tuple[str, str]] = {}      # key -> (subdir, file name)
+        self._seen_stamp: tuple[int, ...] | None = None
+
+    def _dir_stamp(self) -> tuple[int, ...]:
+        stamp = []
+        for sub in ("new", "cur"):
+            try:
+                info = os.stat(os.path.join(self.path, sub))
+                stamp += [info.st_mtime_ns, info.st_ino]
+            except OSError:
+                stamp += [0, 0]
+        return tuple(stamp)
+
+    def changed(self) -> bool:
+        return self._dir_stamp() != self._seen_stamp
+
+    def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
+        self._seen_stamp = self._dir_stamp()       # before listing: a change during the scan is seen next time
+        names: dict[str, tuple[str, str]] = {}
+        found: dict[str, tuple[frozenset[str], bool]] = {}
+        for sub in ("new", "cur"):
+            for name in _message_files(os.path.join(self.path, sub)):
+                key, flags = split_name(name)
+                names[key] = (sub, name)
+                found[key] = (flags, sub == "new")
+        self._names = names
+        return found
+
+    def _order(self, key: str) -> object:
+        return arrival_order(key)
+
+    def _file(self, key: str) -> str:
+        sub, name = self._names[key]
+        return os.path.join(self.path, sub, name)
+
+    def _read(self, key: str) -> bytes:
+        try:
+            path = self._file(key)
+        except KeyError:
+            raise FileNotFoundError(key) from None
+        try:
+            return _read_file(path)
+        except FileNotFoundError:
+            # Renamed by a flag change in another process since our scan: look once more.
+            self._scan()
+            try:
+                return _read_file(self._file(key))
+            except KeyError:
+                raise FileNotFoundError(key) from None
+
+    def _mtime(self, key: str) -> float:
+        return os.stat(self._file(key)).st_mtime
+
+    def _move(self, key: str, flags: frozenset[str]) -> bool:
+        """Rename a message to cur/ with `flags`; False when it has vanished."""
+        for attempt in range(2):
+            sub, name = self._names.get(key, ("", ""))
+            if not name:
+                return False
+            target = f"{key}:2,{info_letters(flags, name)}"
+            try:
+                os.rename(os.path.join(self.path, sub, name), os.path.join(self.path, "cur", target))
+                self._names[key] = ("cur", target)
+                return True
+            except FileNotFoundError:
+                if attempt == 0:
+                    self._scan()
+        return False
+
+    def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
+        for key, flags in changes.items():
+            self._move(key, flags)
+
+    def _claim(self, keys: list[str]) -> list[str]:
+        claimed = []
+        for key in keys:
+            sub, name = self._names.get(key, ("", ""))
+            if sub == "new" and self._move(key, split_name(name)[1]):
+                claimed.append(key)
+        return claimed
+
+    def _remove(self, keys: list[str]) -> None:
+        """Unlink; a file renamed since the scan (another reader set a flag) is looked up once more."""
+        for attempt in range(2):
+            missed = []
+            for key in keys:
+                try:
+                    os.unlink(self._file(key))
+                except KeyError:
+                    pass
+                except FileNotFoundError:
+                    missed.append(key)
+            if not missed or attempt:
+                return
+            self._scan()
+            keys = missed
+
+    def _add(self, message: bytes, flags: frozenset[str], date: float | None) -> str:
+        written = write(self.path, message)
+        key, _ = split_name(os.path.basename(written))
+        target = os.path.join(self.path, "cur", f"{key}:2,{info_letters(flags)}")
+        os.rename(written, target)
+        if date is not None:
+            os.utime(target, (date, date))
+        self._scan()
+        return key
+
+    def _pop3_describe(self, keys: list[str]) -> dict[str, tuple[str, int]]:
+        """UIDL from the name; the CRLF size from the size cache, reading only files it lacks."""
+        cache_path = os.path.join(self.path, SIZE_CACHE)
+        cache = read_size_cache(cache_path)
+        described: dict[str, tuple[str, int]] = {}
+        names = self._names
+        for key in keys:
+            uidl = pop3_uidl(names[key][1])
+            size = cache.get(uidl)
+            if size is None:
+                try:
+                    size = mime.wire_size(_read_file(self._file(key)))
+                except FileNotFoundError:
+                    continue      # deleted by another reader while we looked
+            described[key] = (uidl, size)
+        sizes = dict(described.values())
+        if sizes != cache:
+            write_size_cache(cache_path, sizes)
+        return described
+
+
+def _message_files(folder: str) -> list[str]:
+    """The message files of new/ or cur/: regular files only, dot files are not mail."""
+    try:
+        with os.scandir(folder) as found:
+            return [item.name for item in found
+                    if not item.name.startswith(".") and item.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+# ---- the account -----------------------------------------------------------------------------------
+class MaildirAccount(Account):
+    """Maildir++: INBOX is the Maildir itself, folder `A.B` is the Maildir `<root>/.A.B/`."""
+
+    def _disk_names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return [entry[1:] for entry in entries
+                if entry.startswith(".") and len(entry) > 1 and entry not in (".", "..")
+                and os.path.isdir(os.path.join(self.root, entry, "cur"))]
+
+    def _path(self, disk: str) -> str:
+        return os.path.join(self.root, "." + disk)
+
+    def _make(self, disk: str) -> None:
+        for sub in SUBDIRS:
+            make_dirs(os.path.join(self._path(disk), sub))
+        open(os.path.join(self._path(disk), "maildirfolder"), "ab").close()
+
+    def _remove(self, disk: str) -> None:
+        shutil.rmtree(self._path(disk))
+
+    def _move(self, old: str, new: str) -> None:
+        os.rename(self._path(old), self._path(new))
+
+    def _open(self, disk: str | None) -> Folder:
+        if disk is None:
+            for sub in SUBDIRS:
+                make_dirs(os.path.join(self.root, sub))
+            return open_folder(self.root)
+        return open_folder(self._path(disk))
+
+    def _meta_dir(self) -> str:
+        return self.root
+
+
 class MaildirStore(FileStore):
     """IMailStore over one Maildir per user."""
+
+    account_class = MaildirAccount
 
     def write(self, path: str, message: bytes, sender: str) -> str:
         return write(path, message)

@@ -1,16 +1,39 @@
-"""mbox delivery (mboxrd): append under fcntl and dot-lock, truncating back if the append fails."""
+"""Everything mbox: the one splitter and quoting rule, locking, append, folders, flags side files, POP3 UIDLs.
+
+Written as mboxrd: a From_ line, the message with every `>*From ` line quoted once more, and a
+blank line. Read the same way everywhere (POP3 and IMAP, mboxrd, mboxo and mboxcl2 alike): a
+From_ line starts a message only at the start of the file or after a blank line, so an unquoted
+`From ` line written by another program inside a paragraph stays in its message; one `>` is
+stripped from `>*From ` lines. The file is read and rewritten only under the delivery locks
+(thread lock, dot-lock, fcntl), so no reader ever sees a half-appended message.
+
+A message's IMAP key is sha1(stored body)[:20] plus its occurrence number among identical
+bodies, so UIDs survive other programs rewriting the file around it; its POP3 UIDL is the MD5
+of the whole entry (From_ line through the blank line) with `-2`, `-3` for exact duplicates.
+INBOX's side folder `<mbox>.imap/` holds the UID list, the index and `flags` (JSON: key ->
+Maildir letters, and the keys claimed as \\Recent); other folders are mbox files in `<mbox>.folders/`.
+"""
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
 
+from appliance import mime
+from appliance.durable import replace_file
 from appliance.errors import MailboxUnavailable
 from appliance.store import FileStore, make_dirs, unavailable
+from appliance.store.account import Account
+from appliance.store.folder import Folder, shared
+from appliance.store.index import thread_lock, write_atomic
+from appliance.store.maildir import FLAGS as LETTER_FLAGS, LETTERS
 
 LOCK_TIMEOUT = 10.0    # seconds a delivery waits for a busy mailbox before it is retried later
 LOCK_POLL = 0.1        # seconds between two attempts at a busy lock
@@ -97,15 +120,10 @@ def _try_dot_lock(lock: str) -> bool:
         os.unlink(mine)
 
 
-_local_locks: dict[str, threading.Lock] = {}
-_local_locks_guard = threading.Lock()
-
-
 @contextlib.contextmanager
 def _local_lock(path: str) -> Iterator[None]:
     """Serialise our own worker threads on one mbox without polling the dot-lock."""
-    with _local_locks_guard:
-        lock = _local_locks.setdefault(path, threading.Lock())
+    lock = thread_lock(path)
     if not lock.acquire(timeout=LOCK_TIMEOUT):
         raise MailboxUnavailable("mailbox locked (busy)")
     try:
@@ -138,7 +156,7 @@ def _try_fcntl_lock(fd: int) -> bool:
 def locked(path: str, flags: int = os.O_RDWR) -> Iterator[int]:
     """Hold our thread lock, the dot-lock and the fcntl lock on `path`; yield it open with `flags`.
 
-    Blocking. Delivery appends under it, and POP3/IMAP rewrite the file under it.
+    Blocking. Delivery appends under it; folders read and rewrite the file under it.
     """
     with _local_lock(path), _dot_lock(path):
         fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
@@ -183,8 +201,287 @@ def append(path: str, message: bytes, sender: str, now: float | None = None) -> 
     return path
 
 
+# ---- THE reader --------------------------------------------------------------------------------------
+_FROM_START = b"\n\nFrom "
+_QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
+_QUOTED_COUNT = re.compile(rb"^>+From ", re.MULTILINE)
+
+
+def split(data: bytes) -> list[tuple[int, int, int]]:
+    """(From_ line start, message start, end) of each entry: THE mbox splitter.
+
+    A From_ line starts an entry only at the start of the file or after a blank line. An entry
+    ends where the next begins, so it keeps its trailing blank line (`body` removes it).
+    bytes.find is used rather than a regular expression: far quicker on large files.
+    """
+    starts = [0] if data.startswith(b"From ") else []
+    position = data.find(_FROM_START)
+    while position >= 0:
+        starts.append(position + 2)
+        position = data.find(_FROM_START, position + 1)
+    entries = []
+    for number, start in enumerate(starts):
+        end = starts[number + 1] if number + 1 < len(starts) else len(data)
+        line_end = data.find(b"\n", start, end)
+        entries.append((start, end if line_end < 0 else line_end + 1, end))
+    return entries
+
+
+def body(stored: bytes) -> bytes:
+    """The stored message without the blank line the writer puts after each entry."""
+    return stored[:-1] if stored.endswith(b"\n\n") or stored == b"\n" else stored
+
+
+def unquote(stored: bytes) -> bytes:
+    """mboxrd: strip one `>` from each `>*From ` line (the regex is slow, so look before using it)."""
+    return _QUOTED_FROM.sub(rb"\1", stored) if b">From " in stored else stored
+
+
+def message_of(stored: bytes) -> bytes:
+    """What a reader gets from an entry's stored body: the separating blank line dropped, unquoted."""
+    return unquote(body(stored))
+
+
+def wire_size_of(stored: bytes) -> int:
+    """len(crlf(message_of(stored))) without building it: unquoting drops one `>` per quoted line."""
+    kept = body(stored)
+    quoted = len(_QUOTED_COUNT.findall(kept)) if b">From " in kept else 0
+    return mime.wire_size(kept) - quoted
+
+
+def _key_digest(stored: bytes) -> str:
+    return hashlib.sha1(stored).hexdigest()[:20]
+
+
+def _numbered(digest: str, seen: dict[str, int]) -> int:
+    seen[digest] = seen.get(digest, 0) + 1
+    return seen[digest]
+
+
+def _from_line_date(line: bytes) -> float:
+    """The asctime date at the end of a From_ line (UTC, as delivery writes it); now when unreadable."""
+    try:
+        text = line.decode("ascii").split(None, 2)[2].strip()
+        return float(time.mktime(time.strptime(text[-24:], "%a %b %d %H:%M:%S %Y")) - time.timezone)
+    except (UnicodeDecodeError, IndexError, ValueError, OverflowError):
+        return time.time()
+
+
+def read_locked(path: str) -> bytes:
+    """The whole mbox, read under the writer's locks (b"" when there is none): never half an append."""
+    if not os.path.exists(path):
+        return b""
+    try:
+        with locked(path) as fd:
+            return _read_fd(fd)
+    except FileNotFoundError:
+        return b""
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---- the folder ------------------------------------------------------------------------------------
+FLAGS_FILE = "flags"
+Located = tuple[bytes, int, int]      # (From_ line, body start, end); the date is parsed only when asked
+
+
+def open_folder(path: str, meta_dir: str) -> "MboxFolder":
+    """The process-wide MboxFolder of the mbox file at `path`."""
+    return shared(os.path.realpath(path), lambda: MboxFolder(path, meta_dir))  # type: ignore[return-value]
+
+
+class MboxFolder(Folder):
+    """One mbox file; flags and \\Recent claims in the side folder's `flags` JSON."""
+
+    def __init__(self, path: str, meta_dir: str):
+        make_dirs(meta_dir)
+        super().__init__(path, meta_dir)
+        self._flags_path = os.path.join(meta_dir, FLAGS_FILE)
+        self._entries: dict[str, Located] = {}
+        self._order_of: dict[str, int] = {}
+        self._pop3: dict[str, tuple[str, int]] | None = None    # key -> (UIDL, size), kept once POP3 asked
+        self._stamp: tuple[int, int] | None = None
+        self._seen_stamp: tuple[int, int] | None = None
+        self._sidecar: dict = {}
+
+    def _file_stamp(self) -> tuple[int, int]:
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return (0, 0)
+        return info.st_mtime_ns, info.st_size
+
+    def changed(self) -> bool:
+        return self._file_stamp() != self._seen_stamp
+
+    def _load_sidecar(self) -> dict:
+        try:
+            with open(self._flags_path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            if isinstance(data, dict):
+                return data
+        except (OSError, ValueError):
+            pass
+        return {"flags": {}, "claimed": []}
+
+    def _save_sidecar(self) -> None:
+        write_atomic(self._flags_path, json.dumps(self._sidecar).encode("utf-8"))
+
+    def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
+        self._seen_stamp = self._file_stamp()
+        if self._seen_stamp != self._stamp:
+            self._parse()
+        self._sidecar = self._load_sidecar()
+        letters, claimed = self._sidecar.get("flags", {}), set(self._sidecar.get("claimed", []))
+        return {key: (frozenset(LETTER_FLAGS[c] for c in letters.get(key, "") if c in LETTER_FLAGS),
+                      key not in claimed) for key in self._entries}
+
+    def _parse(self) -> None:
+        """Split the file (under the locks) and key its entries; POP3's UIDLs too once a POP3 login asked."""
+        stamp = self._file_stamp()          # before reading: a change meanwhile makes the next scan parse again
+        data = read_locked(self.path)
+        entries: dict[str, Located] = {}
+        order: dict[str, int] = {}
+        keys_seen: dict[str, int] = {}
+        pop3: dict[str, tuple[str, int]] | None = {} if self._pop3 is not None else None
+        uidls_seen: dict[str, int] = {}
+        for index, (start, body_start, end) in enumerate(split(data)):
+            stored = data[body_start:end]
+            digest = _key_digest(stored)
+            key = f"{digest}-{_numbered(digest, keys_seen)}"
+            entries[key] = (data[start:body_start], body_start, end)
+            order[key] = index
+            if pop3 is not None:
+                raw = hashlib.md5(data[start:end]).hexdigest()
+                number = _numbered(raw, uidls_seen)
+                pop3[key] = (raw if number == 1 else f"{raw}-{number}", wire_size_of(stored))
+        self._entries, self._order_of, self._pop3, self._stamp = entries, order, pop3, stamp
+
+    def _order(self, key: str) -> object:
+        return self._order_of.get(key, 1 << 62)
+
+    def _read(self, key: str) -> bytes:
+        """The message of `key`, checked against its digest: a file rewritten by another program is re-read."""
+        for attempt in range(2):
+            if key in self._entries:
+                _, start, end = self._entries[key]
+                with open(self.path, "rb") as handle:
+                    handle.seek(start)
+                    stored = handle.read(end - start)
+                if _key_digest(stored) == key.rpartition("-")[0]:
+                    return message_of(stored)
+            if attempt == 0:
+                self._parse()
+        raise FileNotFoundError(key)
+
+    def _mtime(self, key: str) -> float:
+        return _from_line_date(self._entries[key][0])
+
+    def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
+        letters = self._sidecar.setdefault("flags", {})
+        for key, flags in changes.items():
+            letters[key] = "".join(sorted(LETTERS[f] for f in flags if f in LETTERS))
+        self._save_sidecar()
+
+    def _claim(self, keys: list[str]) -> list[str]:
+        claimed = set(self._sidecar.get("claimed", []))
+        new = [key for key in keys if key not in claimed]
+        self._sidecar["claimed"] = sorted((claimed | set(new)) & set(self._entries))
+        self._save_sidecar()
+        return new
+
+    def _remove(self, keys: list[str]) -> None:
+        """Rewrite the file without `keys`, under the delivery locks, re-reading it there: mail
+        appended meanwhile is kept, and so is anything before the first entry."""
+        doomed = set(keys)
+        with locked(self.path) as fd:
+            data = _read_fd(fd)
+            entries = split(data)
+            seen: dict[str, int] = {}
+            kept = []
+            for _, body_start, end in entries:
+                digest = _key_digest(data[body_start:end])
+                kept.append(f"{digest}-{_numbered(digest, seen)}" not in doomed)
+            if not all(kept):
+                head = data[:entries[0][0]]
+                rest = b"".join(data[start:end] for (start, _, end), keep in zip(entries, kept) if keep)
+                replace_file(self.path, head + rest, os.fstat(fd).st_mode & 0o7777)
+        self._stamp = None
+        letters = self._sidecar.get("flags", {})
+        for key in doomed:
+            letters.pop(key, None)
+        self._save_sidecar()
+
+    def _add(self, message: bytes, flags: frozenset[str], date: float | None) -> str:
+        append(self.path, message, "MAILER-DAEMON", now=date)
+        self._scan()
+        key = max(self._order_of, key=self._order_of.get)
+        self._set_flags({key: flags})
+        self._claim([key])
+        return key
+
+    def _prepare_pop3(self) -> None:
+        """From now on every parse of this folder also computes POP3 UIDLs and sizes (IMAP alone skips them)."""
+        if self._pop3 is None:
+            self._pop3 = {}
+            self._stamp = None
+
+    def _pop3_describe(self, keys: list[str]) -> dict[str, tuple[str, int]]:
+        pop3 = self._pop3 or {}
+        return {key: pop3[key] for key in keys if key in pop3}
+
+
+# ---- the account -----------------------------------------------------------------------------------
+class MboxAccount(Account):
+    """INBOX is the mbox file at `root`; folder `X` is the mbox file `<root>.folders/X`."""
+
+    def _folders(self) -> str:
+        return self.root + ".folders"
+
+    def _disk_names(self) -> list[str]:
+        try:
+            entries = os.listdir(self._folders())
+        except FileNotFoundError:
+            return []
+        return [e for e in entries if not e.startswith(".") and not e.endswith(".imap")
+                and os.path.isfile(os.path.join(self._folders(), e))]
+
+    def _path(self, disk: str) -> str:
+        return os.path.join(self._folders(), disk)
+
+    def _make(self, disk: str) -> None:
+        make_dirs(self._folders())
+        open(self._path(disk), "ab").close()
+
+    def _remove(self, disk: str) -> None:
+        os.unlink(self._path(disk))
+        shutil.rmtree(self._path(disk) + ".imap", ignore_errors=True)
+
+    def _move(self, old: str, new: str) -> None:
+        os.rename(self._path(old), self._path(new))
+        if os.path.isdir(self._path(old) + ".imap"):
+            os.rename(self._path(old) + ".imap", self._path(new) + ".imap")
+
+    def _open(self, disk: str | None) -> Folder:
+        if disk is None:
+            make_dirs(os.path.dirname(self.root))
+            return open_folder(self.root, self.root + ".imap")
+        return open_folder(self._path(disk), self._path(disk) + ".imap")
+
+    def _meta_dir(self) -> str:
+        return self.root + ".imap"
+
+
 class MboxStore(FileStore):
     """IMailStore over one mbox file per user."""
+
+    account_class = MboxAccount
 
     def write(self, path: str, message: bytes, sender: str) -> str:
         return append(path, message, sender)

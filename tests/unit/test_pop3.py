@@ -16,11 +16,11 @@ from appliance.config import TLSSection
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IDirectory, UserRecord
 from appliance.interfaces import IMaildrop
-from appliance.maildrop import Entry, Maildrop, to_wire
 from appliance.pop3 import POP3Factory, multiline, top
 from appliance.realm import AuthThrottle, DirectoryChecker, Login, MaildropInUse, MaildropLocks, make_login
+from appliance.store.pop3view import Entry, Maildrop, to_wire
 from appliance.store.maildir import MaildirStore
-from tests.unit.test_maildrop import SyncPool, SyncReactor
+from appliance.inline import InlinePool as SyncPool, InlineReactor as SyncReactor
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"

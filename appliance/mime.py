@@ -266,3 +266,8 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
 def crlf(data: bytes) -> bytes:
     """Stored form (LF) to wire form (CRLF), leaving lines that already end in CRLF alone."""
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def wire_size(data: bytes) -> int:
+    """len(crlf(data)) without building it: every bare LF becomes CRLF (POP3 LIST, RFC822.SIZE)."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")

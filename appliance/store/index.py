@@ -1,4 +1,4 @@
-"""Per-folder files beside the messages: the UID list (authoritative), the metadata index (a cache), the lock.
+"""Per-folder files beside the messages: the UID list (authoritative), the metadata index (a cache), the locks.
 
 The UID list is what makes UIDs stable: `V<uidvalidity> N<uidnext>` on the first line, then
 `<uid> <key>` per message, as Dovecot's dovecot-uidlist and Courier's courierimapuiddb do.
@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from appliance.mailbox import Meta
 from appliance.durable import replace_file
+from appliance.store import Meta
 
 UIDLIST = "mailappliance-uidlist"
 INDEX = "mailappliance-index"
@@ -74,12 +74,20 @@ def write_atomic(path: str, data: bytes) -> None:
     replace_file(path, data, sync_dir=False)
 
 
+def thread_lock(path: str) -> threading.Lock:
+    """The process-wide lock of one file path: the one table both folder and mbox locks use.
+
+    File locks (flock, fcntl, dot-locks) keep other processes out; our own worker threads queue
+    here first, so they never poll a file lock held by a sibling thread.
+    """
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(path, threading.Lock())
+
+
 @contextlib.contextmanager
 def locked(lock_path: str) -> Iterator[None]:
     """Exclusive access to one folder's files: a thread lock within the process, flock across processes."""
-    with _thread_locks_guard:
-        thread_lock = _thread_locks.setdefault(lock_path, threading.Lock())
-    with thread_lock:
+    with thread_lock(lock_path):
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,20 +1,20 @@
-"""A user's folders: names, hierarchy, subscriptions and the special-use folders, over Maildir++ or mbox.
+"""The Account base: a user's folder names, hierarchy, subscriptions and special-use folders, for every format.
 
 Folder names arrive decoded from modified UTF-7; on disk they are kept in modified UTF-7 (ASCII),
 as Dovecot does, so any file name we make is plain ASCII. The hierarchy delimiter is ".",
-which maps one to one onto Maildir++ (`.Lists.Twisted/`). All methods block (worker thread).
+which maps one to one onto Maildir++ (`.Lists.Twisted/`). Each format's module subclasses Account
+to map names to files (MaildirAccount, MboxAccount). All methods block (worker thread).
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
-from appliance.mailbox import MailboxError
-from appliance.mailbox.folder import Folder
-from appliance.store import make_dirs
+from appliance.store import MailboxError, make_dirs
+from appliance.store.folder import Folder
+from appliance.store.index import write_atomic
 
 DELIMITER = "."
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk"}
@@ -146,7 +146,6 @@ class Account:
             return set()
 
     def _save_subscriptions(self, names: set[str]) -> None:
-        from appliance.mailbox.index import write_atomic
         make_dirs(self._meta_dir())
         write_atomic(self._subscriptions_path(), "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
 
@@ -165,49 +164,3 @@ class Account:
             self._make(check_name(name))
         if missing or not os.path.exists(self._subscriptions_path()):
             self._save_subscriptions(self.subscriptions() | set(missing) | {"INBOX"})
-
-
-class MaildirAccount(Account):
-    """Maildir++: INBOX is the Maildir itself, folder `A.B` is the Maildir `<root>/.A.B/`."""
-
-    def _disk_names(self) -> list[str]:
-        try:
-            entries = os.listdir(self.root)
-        except FileNotFoundError:
-            return []
-        return [entry[1:] for entry in entries
-                if entry.startswith(".") and len(entry) > 1 and entry not in (".", "..")
-                and os.path.isdir(os.path.join(self.root, entry, "cur"))]
-
-    def _path(self, disk: str) -> str:
-        return os.path.join(self.root, "." + disk)
-
-    def _make(self, disk: str) -> None:
-        for sub in ("cur", "new", "tmp"):
-            make_dirs(os.path.join(self._path(disk), sub))
-        open(os.path.join(self._path(disk), "maildirfolder"), "ab").close()
-
-    def _remove(self, disk: str) -> None:
-        shutil.rmtree(self._path(disk))
-
-    def _move(self, old: str, new: str) -> None:
-        os.rename(self._path(old), self._path(new))
-
-    def _open(self, disk: str | None) -> Folder:
-        from appliance.mailbox.maildir import open_folder
-        if disk is None:
-            for sub in ("cur", "new", "tmp"):
-                make_dirs(os.path.join(self.root, sub))
-            return open_folder(self.root)
-        return open_folder(self._path(disk))
-
-    def _meta_dir(self) -> str:
-        return self.root
-
-
-def open_account(storage_format: str, path: str) -> Account:
-    """The account for a user's mailbox path (the [storage] path template filled in)."""
-    if storage_format == "mbox":
-        from appliance.mailbox.mbox import MboxAccount
-        return MboxAccount(path)
-    return MaildirAccount(path)

@@ -1,9 +1,9 @@
-"""What every folder format shares: UIDs from the UID list, the metadata index, the shared Snapshot.
+"""The Folder base every format builds on: UIDs from the UID list, the metadata index, the shared Snapshot.
 
-One Folder object exists per folder path in the process (see `shared`), so sessions on the same
-mailbox see each other's changes at once; other processes' changes (delivery, a second server)
-are found by `refresh`. Every method here blocks and runs in a worker thread, except reading
-`state`, which the reactor may do at any time.
+One Folder object exists per folder path in the process (see `shared`), so IMAP sessions and
+POP3 sessions on the same mailbox see each other's changes at once and the same messages;
+other processes' changes (delivery, a second server) are found by `refresh`. Every method here
+blocks and runs in a worker thread, except reading `state`, which the reactor may do at any time.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from appliance.mailbox import Meta, Snapshot, mime
-from appliance.mailbox.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
+from appliance import mime
+from appliance.store import Meta, Snapshot
+from appliance.store.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
 
 _registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()
 _registry_guard = threading.Lock()
@@ -80,6 +81,13 @@ class Folder:
     def _claim(self, keys: list[str]) -> list[str]:
         """Mark fresh messages as seen by a session; return the keys this call claimed."""
         return []
+
+    def _prepare_pop3(self) -> None:
+        """Called before the scan of a POP3 login: a format may gather POP3 facts during the scan."""
+
+    def _pop3_describe(self, keys: list[str]) -> dict[str, tuple[str, int]]:
+        """key -> (POP3 UIDL, CRLF size) of present messages, cheaply. Called with the folder locked."""
+        raise NotImplementedError
 
     def changed(self) -> bool:
         """Cheap check (a few stat calls) whether a refresh could find anything new."""
@@ -166,6 +174,20 @@ class Folder:
             self._save_uids()
             self._refresh_locked()
         return uid
+
+    def pop3_listing(self) -> list[tuple[int, str, int]]:
+        """(UID, UIDL, CRLF size) of every message, in UID order: a POP3 session's snapshot at login.
+
+        Built from the same scan and UID list IMAP uses, so both protocols list the same messages
+        in the same order. It never parses MIME nor loads the metadata index: a 10,000-message
+        login costs a directory listing (Maildir, with a size cache) or one read of the file (mbox).
+        """
+        with locked(self._lock):
+            self._prepare_pop3()
+            self._refresh_locked()
+            keys = [(uid, self._keys[uid]) for uid in self.state.uids if uid in self._keys]
+            described = self._pop3_describe([key for _, key in keys])
+        return [(uid, *described[key]) for uid, key in keys if key in described]
 
     # ---- reading ------------------------------------------------------------------------------------
     def read(self, uid: int) -> bytes:
