@@ -167,14 +167,14 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
 
 def _access_listeners(top: ApplianceService, parts: Parts) -> None:
     """POP3 and IMAP, each with a plain (STLS/STARTTLS) and an implicit-TLS listener."""
-    from appliance.imap import FolderWatcher, make_imap_factory
+    from appliance.imap import FolderWatcher, IMAPFactory
     from appliance.pop3 import make_pop3_factory
     cfg = parts.cfg
     pool = top.getServiceNamed("pool-disk").pool
     pop3_extra = {"max_errors": cfg.limits.max_errors}
     imap_extra = {"max_message_size": cfg.limits.max_message_size, "watcher": FolderWatcher(parts.reactor, pool)}
     makers = {"pop3": (make_pop3_factory, False, pop3_extra), "pop3s": (make_pop3_factory, True, pop3_extra),
-              "imap": (make_imap_factory, False, imap_extra), "imaps": (make_imap_factory, True, imap_extra)}
+              "imap": (IMAPFactory, False, imap_extra), "imaps": (IMAPFactory, True, imap_extra)}
     for name, (maker, implicit, extra) in makers.items():
         description = getattr(cfg.listen, name)
         if not description:

@@ -13,7 +13,7 @@ from zope.interface import implementer
 from appliance.auth import AuthThrottle
 from appliance.config import TLSSection
 from appliance.errors import DirectoryUnavailable
-from appliance.imap import make_imap_factory
+from appliance.imap import IMAPFactory
 from appliance.store.maildir import MaildirStore, write
 from appliance.inline import InlineReactor as SyncReactor, InlinePool as SyncPool
 
@@ -53,7 +53,7 @@ def reactor():
 
 def connect(reactor, tmp_path, peer="192.0.2.1", plaintext=(), implicit=False):
     store = MaildirStore(str(tmp_path / "mail" / "{domain}" / "{local}"), reactor, SyncPool())
-    factory = make_imap_factory(directory=None, checker=Checker(), throttle=AuthThrottle(reactor), store=store,
+    factory = IMAPFactory(directory=None, checker=Checker(), throttle=AuthThrottle(reactor), store=store,
                                 hostname="mail.example.test", tls=FakeTLS(),
                                 tls_settings=TLSSection("", "", plaintext_auth_networks=plaintext),
                                 implicit_tls=implicit, reactor=reactor, pool=SyncPool())

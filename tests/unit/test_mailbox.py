@@ -9,7 +9,7 @@ from appliance.mailbox import mime
 from appliance.mailbox.account import MaildirAccount, MailboxError
 from appliance.mailbox.maildir import MaildirFolder
 from appliance.mailbox.mbox import MboxAccount, MboxFolder
-from appliance.mailbox.view import SequenceError, View, parse_set
+from appliance.imap.view import SequenceError, View, parse_set
 from appliance.store.maildir import write
 from appliance.store.mbox import append
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import re
 
-from appliance.mailbox import Snapshot
+from appliance.imap.backend import Snapshot
 
 MAX_NUMBER = 0xFFFFFFFF
 _SET = re.compile(rb"^(?:(?:\d+|\*)(?::(?:\d+|\*))?)(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*$")
