@@ -5,9 +5,10 @@ does the blocking work in the disk pool; names arrive in modified UTF-7 and leav
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
-from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from appliance import replies
@@ -15,6 +16,17 @@ from appliance.imap.backend import DELIMITER, SYSTEM_FLAGS, Account, MailboxErro
 from appliance.imap.parse import Arguments, mailbox_name, quote_name
 
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+
+
+def list_matcher(pattern: str) -> Callable[[str], bool]:
+    """RFC 3501 6.3.8: `*` matches anything, `%` anything but the hierarchy delimiter, the rest itself.
+
+    The whole name must match, case-sensitively; only INBOX is matched in any case (RFC 3501 5.1).
+    """
+    regex = "".join(".*" if char == "*" else "[^" + re.escape(DELIMITER) + "]*" if char == "%" else re.escape(char)
+                    for char in pattern)
+    exact, folded = re.compile(regex, re.S), re.compile(regex, re.S | re.I)
+    return lambda name: bool((folded if name == "INBOX" else exact).fullmatch(name))
 
 
 class MailboxCommands:
@@ -84,12 +96,18 @@ class MailboxCommands:
         assert account is not None
         if not pattern:
             return [(["\\Noselect"], "")]
-        regex = imap4.wildcardToRegexp(reference + pattern, DELIMITER)
+        matches = list_matcher(reference + pattern)
         names = account.names()
         chosen = account.subscriptions() if subscribed_only else set(names)
-        found = []
+        found: list[tuple[list[str], str]] = []
+        shown: set[str] = set()
         for name in names:
-            if name in chosen and regex.match(name):
+            if name not in chosen:
+                continue
+            if pattern.endswith("%"):
+                found += [(["\\Noselect", "\\HasChildren"], level) for level in _levels(name, chosen, shown)
+                          if matches(level)]
+            if matches(name):
                 attributes = ["\\HasChildren" if account.has_children(name) else "\\HasNoChildren"]
                 special = account.special_use(name)
                 if special:
@@ -153,3 +171,15 @@ class MailboxCommands:
         d.addErrback(self._fail, tag)
 
     auth_APPEND = select_APPEND = (do_APPEND, Arguments.arg_astring, Arguments.opt_flags_date, Arguments.arg_literal)
+
+
+def _levels(name: str, listed: set[str], shown: set[str]) -> list[str]:
+    """The levels above `name` not listed themselves, each reported once (RFC 3501 6.3.8, 6.3.9)."""
+    parts = name.split(DELIMITER)
+    levels = []
+    for depth in range(1, len(parts)):
+        level = DELIMITER.join(parts[:depth])
+        if level not in listed and level not in shown:
+            shown.add(level)
+            levels.append(level)
+    return levels
