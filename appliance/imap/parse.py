@@ -89,6 +89,7 @@ class Arguments:
     transport: Any
     parseState: str
     _pendingLiteral: Any
+    _announced: int | None
 
     def _literal_size(self, token: bytes, limit: int) -> tuple[int, bool]:
         match = _LITERAL.match(token)
@@ -105,6 +106,7 @@ class Arguments:
 
     def _read_literal(self, size: int, nonsync: bool, holder: Any) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
+        self._announced = None           # this literal is read: nothing to skip if the command fails
         self.parseState = "pending"
         self._pendingLiteral = holder(size, d)
         if not nonsync:

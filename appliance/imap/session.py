@@ -32,7 +32,7 @@ from appliance.imap import search
 from appliance.imap.backend import Account, Folder, MailboxError, open_user_account
 from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
-from appliance.imap.parse import Arguments
+from appliance.imap.parse import Arguments, Discard, nonsync_literal_size
 from appliance.imap.selected import SelectedCommands
 from appliance.imap.view import SequenceError, View
 from appliance.imap.watcher import FolderWatcher
@@ -193,12 +193,14 @@ class IMAPServer(Login, MailboxCommands, SelectedCommands, FetchCommand, Argumen
         self._idle_tag: bytes | None = None
         self._syncing = False
         self._selected_name = ""
+        self._announced: int | None = None     # size of a LITERAL+ literal the current line announced
 
     # ---- connection --------------------------------------------------------------------------------
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.secure = self.factory.implicit_tls
+        self.callLater = self.factory.reactor.callLater     # idle timeouts on the factory's clock
         no_delay(self.transport)
         maillog.connect(self.factory.service, self.peer)
         super().connectionMade()
@@ -229,6 +231,8 @@ class IMAPServer(Login, MailboxCommands, SelectedCommands, FetchCommand, Argumen
         log_once(self, self.factory.service)
         if self.parseState == "command":
             self._busy = True
+        if not isinstance(self._pendingLiteral, Discard):
+            self._announced = nonsync_literal_size(line)
         try:
             getattr(self, "parse_" + self.parseState)(line)
         except Exception:
@@ -290,16 +294,39 @@ class IMAPServer(Login, MailboxCommands, SelectedCommands, FetchCommand, Argumen
             self._command_done(state)
 
     def _command_done(self, state: bytes) -> None:
-        """A tagged reply ends the command: count BADs, and read the next command."""
+        """A tagged reply ends the command: count BADs, skip a literal nobody read, read the next command."""
         if state == b"BAD":
             self._errors += 1
             if self._errors >= MAX_ERRORS:
                 self.sendLine(replies.IMAP_TOO_MANY_ERRORS.line())
                 self.transport.loseConnection()
                 return
+        unread, self._announced = self._announced, None
+        if unread and not self.transport.disconnecting:
+            self._skip_literal(unread)
         self._busy = False
         if self.paused and not self.transport.disconnecting:
             self.resumeProducing()
+
+    def _skip_literal(self, size: int) -> None:
+        """Swallow the octets of a LITERAL+ literal whose command was refused before reading it.
+
+        The client sends them without waiting (RFC 7888 4), so unless they are read as a literal
+        they would run as commands: an APPEND refused before login would execute its message.
+        """
+        if size > self.factory.max_message_size:
+            self.sendLine(replies.IMAP_LITERAL_TOO_LARGE.line())
+            self.transport.loseConnection()
+            return
+        self.parseState = "pending"
+        self._pendingLiteral = Discard(size, self._after_skipped)
+        self.setRawMode()
+
+    def _after_skipped(self, rest: bytes) -> None:
+        """The rest of a refused command's line after its literal: it may announce one more."""
+        size = nonsync_literal_size(rest)
+        if size:
+            self._skip_literal(size)
 
     def _fail(self, failure: Failure, tag: bytes) -> None:
         """The one place command failures become replies; details go to the log only."""
