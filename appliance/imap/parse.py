@@ -156,6 +156,8 @@ class Arguments:
         return parser.result, b""
 
     def arg_flaglist(self, line: bytes) -> tuple[list, bytes]:
+        if not line.strip():
+            raise IllegalClientResponse("Missing flag list")     # `()` is a list; nothing is not
         flags, rest = IMAP4Server.arg_flaglist(self, line)
         return [flag.decode("ascii", "replace") for flag in flags], rest
 

@@ -263,7 +263,16 @@ class IMAPServer(Login, MailboxCommands, SelectedCommands, FetchCommand, Argumen
         if not entry:
             self._reply(tag, replies.IMAP_UNSUPPORTED)
             return
-        self._IMAP4Server__doCommand(tag, entry[0], [self, tag], entry[1:], rest, uid)
+        # The stock parsers fail with a TypeError on None: a command with its arguments missing
+        # would be logged as our bug and answered "Internal error" instead of "Missing argument".
+        self._IMAP4Server__doCommand(tag, entry[0], [self, tag], entry[1:], rest or b"", uid)
+
+    def _IMAP4Server__cbDispatch(self, result: tuple[Any, bytes | None], tag: bytes, fn: Callable, args: list,
+                                 parseargs: tuple, uid: int | None) -> None:
+        """One argument parsed: parse the rest (never None: see dispatchCommand)."""
+        arg, rest = result
+        args.append(arg)
+        self._IMAP4Server__doCommand(tag, fn, args, parseargs, rest or b"", uid)
 
     def _IMAP4Server__ebDispatch(self, failure: Failure, tag: bytes) -> None:
         """Replaces the stock errback, which sends the exception text to the client."""

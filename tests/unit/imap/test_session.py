@@ -96,3 +96,14 @@ def test_after_login_the_timeout_is_thirty_minutes(authed, reactor):
     assert authed.alive
     reactor.advance(31 * 60)
     assert authed.transport.disconnecting
+
+
+@pytest.mark.parametrize("command", [
+    b"LOGIN", b"SELECT", b"EXAMINE", b"CREATE", b"DELETE", b"RENAME x", b"SUBSCRIBE", b"LIST", b"LIST \"\"",
+    b"STATUS", b"STATUS INBOX", b"APPEND", b"APPEND INBOX", b"FETCH", b"FETCH 1", b"STORE 1", b"STORE 1 +FLAGS",
+    b"COPY", b"COPY 1", b"MOVE 1", b"UID", b"UID FETCH", b"UID EXPUNGE", b"SEARCH",
+])
+def test_missing_arguments_are_bad_not_internal_errors(selected, command):
+    reply = selected.cmd(b"m " + command)
+    assert reply.startswith(b"m BAD ") and b"Internal error" not in reply, reply
+    assert selected.alive
