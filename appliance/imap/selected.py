@@ -158,7 +158,12 @@ class SelectedCommands:
 
     # ---- IDLE (RFC 2177) ---------------------------------------------------------------------------------
     def folder_changed(self) -> None:
-        """Called by the FolderWatcher while this session idles."""
+        """Called by the FolderWatcher after each poll: catch up if the folder moved past our view."""
+        if self.view is not None and self.folder is not None and self.view.known is not self.folder.state:
+            self._idle_sync()
+
+    def _idle_sync(self) -> None:
+        """Refresh and report while idling, one refresh at a time."""
         if self._idle_tag is not None and not self._syncing:
             self._syncing = True
             d = self._sync()
@@ -171,7 +176,7 @@ class SelectedCommands:
         self.sendLine(replies.IMAP_IDLING.line())
         if self.folder is not None:
             self.factory.watcher.watch(self.folder, self)
-            self.folder_changed()
+            self._idle_sync()
 
     auth_IDLE = select_IDLE = (do_IDLE,)
 

@@ -18,14 +18,17 @@ IDLE_POLL = 1.0                 # seconds between checks of an idling folder (RF
 class Idler(Protocol):
     """What the watcher needs of a session."""
 
-    def folder_changed(self) -> None: ...
+    def folder_changed(self) -> None:
+        """The folder was polled: report to the client whatever it has not been told yet."""
 
 
 class FolderWatcher:
-    """Polls the folders that sessions are idling on, and tells those sessions when one changed.
+    """Polls the folders that sessions are idling on, and tells those sessions after each poll.
 
     One timer for the whole server; each folder is checked with a few stat calls in the pool and
-    rescanned only when its new/ or cur/ changed.
+    rescanned only when its files changed. Every idler hears of every poll, not only of a rescan:
+    another session of this server changes the shared folder without touching what is polled,
+    and only the idler knows which snapshot its client has seen.
     """
 
     def __init__(self, reactor: Any, pool: Any, interval: float = IDLE_POLL):
@@ -61,15 +64,12 @@ class FolderWatcher:
             d.addErrback(lambda failure: maillog.log.failure("IMAP folder poll failed", failure))
             d.addBoth(lambda _, f=folder: self._busy.discard(f))
 
-    def _checked(self, changed: bool, folder: Folder) -> None:
-        if changed:
-            for session in list(self._watchers.get(folder, ())):
-                session.folder_changed()
+    def _checked(self, _: None, folder: Folder) -> None:
+        for session in list(self._watchers.get(folder, ())):
+            session.folder_changed()
 
 
-def _refresh_if_changed(folder: Folder) -> bool:
-    """Blocking: rescan `folder` if its files changed; True when its snapshot is new."""
-    before = folder.state
+def _refresh_if_changed(folder: Folder) -> None:
+    """Blocking: rescan `folder` if its files changed (delivery, other programs)."""
     if folder.changed():
         folder.refresh()
-    return folder.state is not before
