@@ -58,9 +58,6 @@ class View:
     def exists(self) -> int:
         return len(self.known.uids)
 
-    def flags_of(self, uid: int) -> bytes:
-        return format_flags(self.known.flags_of(uid), uid in self.recent)
-
     def first_unseen(self) -> int | None:
         for index, flags in enumerate(self.known.flags):
             if "\\Seen" not in flags:
