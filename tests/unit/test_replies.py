@@ -1,6 +1,6 @@
 """The reply table: every named reply is well-formed, so no client ever sees a malformed line."""
 from appliance import replies
-from appliance.replies import Reply
+from appliance.replies import IMAPReply, Reply
 
 TABLE = {name: value for name, value in vars(replies).items() if isinstance(value, Reply)}
 
@@ -38,8 +38,6 @@ def test_detail_is_appended():
 
 
 # ---- IMAP ---------------------------------------------------------------------------------------------
-from appliance.replies import IMAPReply  # noqa: E402  (the IMAP half of the table)
-
 IMAP_TABLE = {name: value for name, value in vars(replies).items() if isinstance(value, IMAPReply)}
 # RFC 3501 7.1, RFC 4315 (APPENDUID, COPYUID), RFC 5530 (AUTHENTICATIONFAILED ... ALREADYEXISTS)
 IMAP_CODES = {"ALERT", "BADCHARSET", "CAPABILITY", "PARSE", "PERMANENTFLAGS", "READ-ONLY", "READ-WRITE",

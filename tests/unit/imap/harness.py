@@ -25,10 +25,6 @@ USER = b"alice@example.test"
 PASSWORD = b"secret"
 PLAIN_TOKEN = base64.b64encode(b"\0" + USER + b"\0" + PASSWORD)
 
-__all__ = ["LOOPBACK", "PLAIN_TOKEN", "Checker", "FakeTLS", "Session", "SyncReactor", "TLSTransport", "connect",
-           "talk"]
-
-
 class Checker:
     """alice@example.test / secret; the login `down@example.test` finds the directory unreachable."""
 
