@@ -1,7 +1,9 @@
-"""Named SMTP replies with their RFC references, so wording and codes live in one table.
+"""Named SMTP, POP3 and IMAP replies with their RFC references, so wording and codes live in one table.
 
-Codes: RFC 5321 4.2; enhanced status codes: RFC 3463 and RFC 5248; AUTH: RFC 4954 6;
+SMTP codes: RFC 5321 4.2; enhanced status codes: RFC 3463 and RFC 5248; AUTH: RFC 4954 6;
 STARTTLS: RFC 3207 4; SIZE: RFC 1870 6.
+IMAP status responses: RFC 3501 7.1; response codes: RFC 3501 7.1, RFC 4315 (UIDPLUS),
+RFC 5530 (AUTHENTICATIONFAILED, UNAVAILABLE, PRIVACYREQUIRED, SERVERBUG, CANNOT).
 """
 from __future__ import annotations
 
@@ -123,3 +125,93 @@ class POP3:
     LINE_TOO_LONG = b"-ERR Line too long"
     TOO_MANY_ERRORS = b"-ERR Too many errors, closing connection"
     TIMEOUT = b"-ERR Autologout timer expired, closing connection"
+
+
+# ---- IMAP ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IMAPReply:
+    """An IMAP status response (RFC 3501 7.1) or continuation request (7.5): status, [code], text.
+
+    Tagged replies name the command in their text ("FETCH completed"): `command` puts it there,
+    so one reply serves every command. `data` follows the code inside the brackets.
+    """
+
+    status: str          # OK, NO, BAD, BYE, or "+" for a continuation request
+    text: str
+    code: str = ""       # a response code, sent as `[code data]`
+
+    def message(self, data: bytes = b"", command: bytes = b"", detail: bytes | None = None) -> bytes:
+        """What follows `tag STATUS `: `[CODE data] COMMAND text: detail`."""
+        parts = []
+        if self.code:
+            parts.append(b"[" + self.code.encode("ascii") + (b" " + data if data else b"") + b"]")
+        if command:
+            parts.append(command)
+        text = self.text.encode("ascii")
+        if detail is not None:
+            text += b": " + detail
+        if text:
+            parts.append(text)
+        return b" ".join(parts)
+
+    def line(self, tag: bytes = b"*", **kwargs: bytes) -> bytes:
+        """The whole line without CRLF: `tag STATUS message`, or `+ text` for a continuation."""
+        if self.status == "+":
+            return b"+ " + self.message(**kwargs)
+        return tag + b" " + self.status.encode("ascii") + b" " + self.message(**kwargs)
+
+
+# OK (RFC 3501 7.1.1); "completed" takes the command's name.
+IMAP_GREETING = IMAPReply("OK", "mailappliance IMAP4rev1 ready", "CAPABILITY")          # 7.1.1, 7.2.1
+IMAP_COMPLETED = IMAPReply("OK", "completed")
+IMAP_BEGIN_TLS = IMAPReply("OK", "Begin TLS negotiation now")                          # 6.2.1
+IMAP_LOGGED_IN = IMAPReply("OK", "Logged in", "CAPABILITY")                            # 6.2.3, 7.1
+IMAP_SELECTED = IMAPReply("OK", "completed", "READ-WRITE")                             # 6.3.1
+IMAP_EXAMINED = IMAPReply("OK", "completed", "READ-ONLY")                              # 6.3.2
+IMAP_PERMANENT_FLAGS = IMAPReply("OK", "Flags permitted", "PERMANENTFLAGS")            # 6.3.1
+IMAP_FIRST_UNSEEN = IMAPReply("OK", "First unseen", "UNSEEN")                          # 6.3.1
+IMAP_UIDVALIDITY = IMAPReply("OK", "UIDs valid", "UIDVALIDITY")                        # 6.3.1
+IMAP_UIDNEXT = IMAPReply("OK", "Predicted next UID", "UIDNEXT")                        # 6.3.1
+IMAP_APPENDED = IMAPReply("OK", "APPEND completed", "APPENDUID")                       # RFC 4315 3
+IMAP_COPIED = IMAPReply("OK", "COPY completed", "COPYUID")                             # RFC 4315 3
+IMAP_MOVED_UIDS = IMAPReply("OK", "", "COPYUID")                                       # RFC 6851 3.3 (untagged)
+IMAP_IDLE_DONE = IMAPReply("OK", "IDLE terminated")                                    # RFC 2177 3
+
+# NO (RFC 3501 7.1.2): the command was understood and refused.
+IMAP_LOGIN_DISABLED = IMAPReply("NO", "LOGIN is disabled before STARTTLS", "PRIVACYREQUIRED")    # 6.2.3, RFC 5530
+IMAP_AUTHENTICATE_DISABLED = IMAPReply("NO", "Authentication is disabled before STARTTLS", "PRIVACYREQUIRED")
+IMAP_UNKNOWN_MECHANISM = IMAPReply("NO", "Unsupported authentication mechanism")                # 6.2.2
+IMAP_AUTH_FAILED = IMAPReply("NO", "Authentication failed", "AUTHENTICATIONFAILED")             # RFC 5530 3
+IMAP_AUTH_UNAVAILABLE = IMAPReply("NO", "Temporary authentication failure, try again later", "UNAVAILABLE")
+IMAP_READ_ONLY = IMAPReply("NO", "Mailbox is read-only", "READ-ONLY")                            # 6.4.6, 6.4.3
+IMAP_BAD_CHARSET = IMAPReply("NO", "Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")        # 6.4.4, 7.1
+IMAP_NO_MAILBOX = IMAPReply("NO", "Mailbox does not exist", "TRYCREATE")                        # 6.3.11, 6.4.7
+IMAP_NAME_ENCODING = IMAPReply("NO", "Invalid mailbox name encoding", "CANNOT")                 # 5.1.3, RFC 5530
+IMAP_SERVER_BUG = IMAPReply("NO", "Internal error; the log has the details", "SERVERBUG")       # RFC 5530 3
+
+# BAD (RFC 3501 7.1.3): not understood, or not valid in this state.
+IMAP_UNSUPPORTED = IMAPReply("BAD", "Unsupported command")
+IMAP_EMPTY_LINE = IMAPReply("BAD", "Empty command line")
+IMAP_MISSING_COMMAND = IMAPReply("BAD", "Missing command")
+IMAP_ILLEGAL_SYNTAX = IMAPReply("BAD", "Illegal syntax")
+IMAP_INVALID_ARGUMENTS = IMAPReply("BAD", "Invalid arguments")
+IMAP_BAD_NAME_ENCODING = IMAPReply("BAD", "Invalid mailbox name encoding")
+IMAP_INTERNAL_ERROR = IMAPReply("BAD", "Internal error")
+IMAP_TLS_UNAVAILABLE = IMAPReply("BAD", "TLS not available")             # 6.2.1: STARTTLS answers OK or BAD only
+IMAP_TLS_ACTIVE = IMAPReply("BAD", "TLS already active")
+IMAP_AUTH_CANCELLED = IMAPReply("BAD", "Authentication cancelled")       # 6.2.2: "*" cancels with BAD
+IMAP_BAD_PLAIN = IMAPReply("BAD", "Malformed PLAIN response")            # RFC 4616 2
+IMAP_BAD_STATUS_ITEMS = IMAPReply("BAD", "Invalid STATUS items")         # 6.3.10
+IMAP_BAD_STORE_ITEM = IMAPReply("BAD", "Invalid STORE item")             # 6.4.6
+IMAP_EXPECTED_DONE = IMAPReply("BAD", "Expected DONE")                   # RFC 2177 3
+
+# BYE (RFC 3501 7.1.5): the server is closing the connection.
+IMAP_LOGGING_OUT = IMAPReply("BYE", "Logging out")                       # 6.1.3
+IMAP_LINE_TOO_LONG = IMAPReply("BYE", "Command line too long")
+IMAP_TOO_MANY_ERRORS = IMAPReply("BYE", "Too many errors")
+IMAP_LITERAL_TOO_LARGE = IMAPReply("BYE", "Literal too large")           # RFC 7888 4: a literal we will not read
+
+# Continuation requests (RFC 3501 7.5).
+IMAP_SEND_LITERAL = IMAPReply("+", "Ready for literal data")
+IMAP_SEND_AUTH_RESPONSE = IMAPReply("+", "")                             # 6.2.2: empty challenge for PLAIN
+IMAP_IDLING = IMAPReply("+", "idling")                                   # RFC 2177 3

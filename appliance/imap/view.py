@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import re
 
-from appliance.store import Snapshot
+from appliance.imap.backend import Snapshot
 
 MAX_NUMBER = 0xFFFFFFFF
 _SET = re.compile(rb"^(?:(?:\d+|\*)(?::(?:\d+|\*))?)(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*$")
@@ -57,9 +57,6 @@ class View:
     @property
     def exists(self) -> int:
         return len(self.known.uids)
-
-    def flags_of(self, uid: int) -> bytes:
-        return format_flags(self.known.flags_of(uid), uid in self.recent)
 
     def first_unseen(self) -> int | None:
         for index, flags in enumerate(self.known.flags):

@@ -1,9 +1,9 @@
-"""IMAP's per-session view of a folder (appliance/mailbox/view.py) over a real Maildir (moved from test_mailbox.py)."""
+"""IMAP's per-session view of a folder (appliance/imap/view.py) over a real Maildir (moved from test_mailbox.py)."""
 from __future__ import annotations
 
 import pytest
 
-from appliance.mailbox.view import SequenceError, View, parse_set
+from appliance.imap.view import SequenceError, View, parse_set
 from appliance.store.maildir import MaildirFolder, write
 
 SEEN = frozenset({"\\Seen"})

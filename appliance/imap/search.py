@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 from twisted.mail.imap4 import parseNestedParens
 
-from appliance import mime
-from appliance.store import Meta
-from appliance.mailbox.view import Range, SequenceError, _bounds, parse_set
+from appliance.imap.backend import Meta, mime
+from appliance.imap.view import Range, SequenceError, _bounds, parse_set
 
 MAX_DEPTH = 32
 _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),

@@ -1,0 +1,186 @@
+"""IMAP command arguments: literals capped before a byte is read, sequence sets, flags, dates, mailbox names.
+
+These replace the stock IMAP4Server parsers, which accept a literal of any size and expand
+sequence sets; they are mixed into the session, because reading a literal switches the line
+protocol into raw mode.
+"""
+from __future__ import annotations
+
+import calendar
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.mail import imap4
+from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
+
+from appliance import replies
+from appliance.imap.backend import MailboxError, normalise
+from appliance.imap.view import SequenceError, parse_set
+
+MAX_STRING_LITERAL = 65536      # a literal that is not a message (names, passwords, search strings)
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+_LITERAL = re.compile(rb"^\{(\d{1,30})(\+?)\}$")
+_NONSYNC_AT_END = re.compile(rb"\{(\d{1,30})\+\}$")
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"(?: |$)')
+
+
+def parse_date(text: bytes) -> float | None:
+    """APPEND's date-time `"dd-Mon-yyyy hh:mm:ss +zzzz"` as epoch seconds; None when malformed."""
+    try:
+        return _parse_date(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError, IndexError):
+        return None
+
+
+def _parse_date(text: str) -> float:
+    day_part, clock, zone = text.strip().split(" ")
+    day, month, year = day_part.split("-")
+    hour, minute, second = (int(v) for v in clock.split(":"))
+    when = calendar.timegm((int(year), MONTHS.index(month.capitalize()) + 1, int(day), hour, minute, second))
+    sign = -1 if zone[0] == "-" else 1
+    offset = sign * (int(zone[1:3]) * 3600 + int(zone[3:5]) * 60)
+    return float(when - offset)
+
+
+def mailbox_name(raw: bytes) -> str:
+    """A client's mailbox name (modified UTF-7, RFC 3501 5.1.3) as the store's normal form."""
+    try:
+        return normalise(raw.decode("imap4-utf-7"))
+    except Exception:
+        reply = replies.IMAP_NAME_ENCODING
+        raise MailboxError(reply.text, reply.code) from None
+
+
+def quote_name(name: str) -> bytes:
+    """A mailbox name as an IMAP quoted string in modified UTF-7."""
+    encoded = name.encode("imap4-utf-7")
+    return b'"' + encoded.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def nonsync_literal_size(line: bytes) -> int | None:
+    """The size of the LITERAL+ literal announced at the end of `line`, if one is."""
+    match = _NONSYNC_AT_END.search(line)
+    return int(match.group(1)) if match else None
+
+
+class Discard:
+    """Takes the octets of a LITERAL+ literal whose command was refused, so they never run as commands."""
+
+    def __init__(self, size: int, on_line: Any):
+        self.size = size
+        self._on_line = on_line
+
+    def write(self, data: bytes) -> bytes | None:
+        self.size -= len(data)
+        if self.size > 0:
+            return None
+        return data[len(data) + self.size:] if self.size else b""
+
+    def callback(self, line: bytes) -> None:
+        """The rest of the refused command's line after the literal."""
+        self._on_line(line)
+
+
+class Arguments:
+    """The argument parsers named in the command tables (`(handler, arg_x, arg_y)`); a session mixin."""
+
+    factory: Any
+    transport: Any
+    parseState: str
+    _pendingLiteral: Any
+    _announced: int | None
+
+    def _literal_size(self, token: bytes, limit: int) -> tuple[int, bool]:
+        match = _LITERAL.match(token)
+        if not match:
+            raise IllegalClientResponse("Malformed literal")
+        size, nonsync = int(match.group(1)), bool(match.group(2))
+        if size > limit:
+            if nonsync:
+                # The client sends the octets without waiting: the only safe answer is to hang up.
+                self.sendLine(replies.IMAP_LITERAL_TOO_LARGE.line())
+                self.transport.loseConnection()
+            raise IllegalClientResponse("Literal too large")
+        return size, nonsync
+
+    def _read_literal(self, size: int, nonsync: bool, holder: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._announced = None           # this literal is read: nothing to skip if the command fails
+        self.parseState = "pending"
+        self._pendingLiteral = holder(size, d)
+        if not nonsync:
+            self.sendLine(replies.IMAP_SEND_LITERAL.line())
+        self.setRawMode()
+        return d
+
+    def arg_astring(self, line: bytes, final: bool = False) -> Any:
+        line = line.lstrip(b" ")
+        if line.startswith(b"{"):
+            token, _, rest = line.partition(b" ")
+            if rest:
+                raise IllegalClientResponse("A literal must end the line")
+            size, nonsync = self._literal_size(token, MAX_STRING_LITERAL)
+            if final and size == 0:
+                return (b"", b"")
+            return self._read_literal(size, nonsync, imap4.LiteralString)
+        if line.startswith(b'"'):
+            match = _QUOTED.match(line)
+            if not match:
+                raise IllegalClientResponse("Unmatched quotes")
+            return re.sub(rb"\\(.)", rb"\1", match.group(1)), line[match.end():]
+        return IMAP4Server.arg_astring(self, line, final)
+
+    def arg_finalastring(self, line: bytes) -> Any:
+        return self.arg_astring(line, final=True)
+
+    def arg_literal(self, line: bytes) -> Any:
+        size, nonsync = self._literal_size(line.strip(), self.factory.max_message_size)
+        return self._read_literal(size, nonsync, imap4.LiteralFile)
+
+    def arg_seqset(self, line: bytes) -> tuple[list, bytes]:
+        token, _, rest = line.partition(b" ")
+        try:
+            return parse_set(token), rest
+        except SequenceError as exc:
+            raise IllegalClientResponse(str(exc)) from None
+
+    def arg_fetchatt(self, line: bytes) -> tuple[list, bytes]:
+        parser = imap4._FetchParser()
+        try:
+            parser.parseString(line)
+        except Exception:
+            raise IllegalClientResponse("Invalid fetch attributes") from None
+        if not parser.result:
+            raise IllegalClientResponse("Missing fetch attributes")
+        return parser.result, b""
+
+    def arg_flaglist(self, line: bytes) -> tuple[list, bytes]:
+        if not line.strip():
+            raise IllegalClientResponse("Missing flag list")     # `()` is a list; nothing is not
+        flags, rest = IMAP4Server.arg_flaglist(self, line)
+        return [flag.decode("ascii", "replace") for flag in flags], rest
+
+    def opt_flags_date(self, line: bytes) -> tuple[tuple, bytes]:
+        """APPEND's optional `(flags)` and `"date-time"`."""
+        flags: list[str] = []
+        if line.startswith(b"("):
+            end = line.find(b")")
+            if end < 0:
+                raise IllegalClientResponse("Mismatched parenthesis")
+            flags = [f.decode("ascii", "replace") for f in line[1:end].split()]
+            line = line[end + 1:].lstrip(b" ")
+        date = None
+        if line.startswith(b'"'):
+            end = line.find(b'"', 1)
+            date = parse_date(line[1:end]) if end > 0 else None
+            if date is None:
+                raise IllegalClientResponse("Invalid date-time")
+            line = line[end + 1:].lstrip(b" ")
+        return (flags, date), line
+
+    # Stock parsers used as they are, named here so every command table reads from one class.
+    arg_atom = IMAP4Server.arg_atom
+    arg_line = IMAP4Server.arg_line
+    arg_plist = IMAP4Server.arg_plist
+    opt_charset = IMAP4Server.opt_charset

@@ -1,0 +1,75 @@
+"""The FolderWatcher: one timer that polls the folders sessions IDLE on, and wakes those sessions.
+
+RFC 2177 wants new mail reported to an idling client promptly; polling a few stat calls a second
+per watched folder does it without a file-notification API, over Maildir and mbox alike.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet import task, threads
+
+from appliance import maillog
+from appliance.imap.backend import Folder
+
+IDLE_POLL = 1.0                 # seconds between checks of an idling folder (RFC 2177: new mail within 2 s)
+
+
+class Idler(Protocol):
+    """What the watcher needs of a session."""
+
+    def folder_changed(self) -> None:
+        """The folder was polled: report to the client whatever it has not been told yet."""
+
+
+class FolderWatcher:
+    """Polls the folders that sessions are idling on, and tells those sessions after each poll.
+
+    One timer for the whole server; each folder is checked with a few stat calls in the pool and
+    rescanned only when its files changed. Every idler hears of every poll, not only of a rescan:
+    another session of this server changes the shared folder without touching what is polled,
+    and only the idler knows which snapshot its client has seen.
+    """
+
+    def __init__(self, reactor: Any, pool: Any, interval: float = IDLE_POLL):
+        self._reactor = reactor
+        self._pool = pool
+        self._watchers: dict[Folder, set[Idler]] = {}
+        self._busy: set[Folder] = set()
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = reactor
+        self._interval = interval
+
+    def watch(self, folder: Folder, session: Idler) -> None:
+        self._watchers.setdefault(folder, set()).add(session)
+        if not self._loop.running:
+            self._loop.start(self._interval, now=False)
+
+    def unwatch(self, folder: Folder, session: Idler) -> None:
+        sessions = self._watchers.get(folder)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._watchers[folder]
+        if not self._watchers and self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> None:
+        for folder in list(self._watchers):
+            if folder in self._busy:
+                continue
+            self._busy.add(folder)
+            d = threads.deferToThreadPool(self._reactor, self._pool, _refresh_if_changed, folder)
+            d.addCallback(self._checked, folder)
+            d.addErrback(lambda failure: maillog.log.failure("IMAP folder poll failed", failure))
+            d.addBoth(lambda _, f=folder: self._busy.discard(f))
+
+    def _checked(self, _: None, folder: Folder) -> None:
+        for session in list(self._watchers.get(folder, ())):
+            session.folder_changed()
+
+
+def _refresh_if_changed(folder: Folder) -> None:
+    """Blocking: rescan `folder` if its files changed (delivery, other programs)."""
+    if folder.changed():
+        folder.refresh()

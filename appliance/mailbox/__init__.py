@@ -1,1 +1,0 @@
-"""IMAP's SEARCH and view helpers, on their way to appliance/imap/ (the stores live in appliance/store/)."""
