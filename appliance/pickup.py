@@ -269,13 +269,15 @@ class PickupService(Service):
         failed: list[Recipient] = []
         for rcpt in given:
             if not address.is_valid(rcpt):
-                failed.append(Recipient(address=rcpt, state=FAILED, last_error="5.1.3 bad recipient address syntax"))
+                failed.append(Recipient(address=rcpt, state=FAILED, status="5.1.3",
+                                        last_error="5.1.3 bad recipient address syntax"))
                 continue
             try:
                 found = await self._resolver.resolve(address.normalise(rcpt), insider=True)
             except SMTPReplyError as e:
                 reply = e.reply
-                failed.append(Recipient(address=rcpt, state=FAILED, last_error=f"{reply.enhanced} {reply.text}"))
+                failed.append(Recipient(address=rcpt, state=FAILED, status=reply.enhanced,
+                                        last_error=f"{reply.enhanced} {reply.text}"))
                 continue
             recipients += [r for r in found if r.address not in {known.address for known in recipients}]
         return recipients, failed

@@ -35,7 +35,7 @@ class LocalCourier:
         """Deferred[str]: the path written in the mailbox (or the command or file delivered to)."""
         if is_command_or_file(recipient.address):
             if self._programs is None:
-                return fail(PermanentFailure("5.7.1 delivery to commands and files is turned off "
+                return fail(PermanentFailure("5.7.1", "delivery to commands and files is turned off "
                                              "([aliases] allow_commands = no)"))
             return self._programs.deliver(envelope, recipient, message)
         d = self._directory.lookup(recipient.address)
@@ -45,7 +45,7 @@ class LocalCourier:
     def _store_for(self, user: UserRecord | None, envelope: Envelope, recipient: Recipient,
                    message: bytes) -> Deferred:
         if user is None:
-            raise NoSuchMailbox("5.1.1 no such user")
+            raise NoSuchMailbox("no such user")
         return self._store.deliver(user, trace_headers(envelope, recipient) + message, envelope.sender)
 
 
