@@ -8,20 +8,15 @@ from collections.abc import Callable
 from email.utils import formatdate
 
 from appliance.envelope import Envelope, Recipient, new_id
+from appliance.message import split
 
 # A diagnostic that is an SMTP reply ("550 ...") is labelled "smtp" (RFC 3464 2.3.6); ours are not.
 _SMTP_REPLY = re.compile(r"^[245]\d\d[ -]")
 
 
 def headers_of(message: bytes) -> bytes:
-    """The header block of a message (up to the first empty line), with CRLF line ends."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        end = message.find(separator)
-        if end >= 0:
-            break
-    else:
-        end = len(message)
-    lines = message[:end].replace(b"\r\n", b"\n").split(b"\n")
+    """The text/rfc822-headers part: the message's header block, with CRLF line ends."""
+    lines = split(message)[0].replace(b"\r\n", b"\n").split(b"\n")
     return b"".join(line + b"\r\n" for line in lines if line)
 
 
