@@ -13,7 +13,7 @@ from appliance import address
 from appliance.config import LimitsSection, TLSSection
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.interfaces import UserRecord
-from appliance.smtp.delivery import Acceptor, RecipientResolver
+from appliance.intake import Intake, RecipientResolver
 from appliance.smtp.mx import MXPolicy
 from appliance.smtp.server import SMTPFactory, unstuff
 from appliance.smtp.submission import SubmissionPolicy
@@ -76,10 +76,10 @@ class Rig:
         if kind == "mx":
             policy = MXPolicy(resolver, address.parse_networks("127.0.0.1/32"))
         else:
-            policy = SubmissionPolicy("submission", resolver, "mail.example.test")
+            policy = SubmissionPolicy("submission", resolver)
         self.factory = SMTPFactory(
-            policy=policy, acceptor=Acceptor(self.queue, "mail.example.test"), directory=self.directory,
-            checker=FakeChecker(), throttle=self.throttle, hostname="mail.example.test",
+            policy=policy, acceptor=Intake(self.queue, "mail.example.test", resolver, clock=self.clock),
+            directory=self.directory, checker=FakeChecker(), throttle=self.throttle, hostname="mail.example.test",
             domains=("example.test",), limits=LimitsSection(**limits),
             tls=None, tls_settings=TLSSection("", "", plaintext_auth_networks=address.parse_networks(plaintext_ok)),
             implicit_tls=False, clock=self.clock)
