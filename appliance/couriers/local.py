@@ -11,6 +11,7 @@ from appliance.aliases import is_command_or_file
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import NoSuchMailbox, PermanentFailure
 from appliance.interfaces import ICourier, IDirectory, IMailStore, UserRecord
+from appliance.message import field
 
 
 @implementer(ICourier)
@@ -61,4 +62,4 @@ def trace_headers(envelope: Envelope, recipient: Recipient) -> bytes:
     """Return-Path and Delivered-To (RFC 5321 4.4 / Postfix's loop marker), in wire form."""
     sender = " ".join(envelope.sender.split())
     rcpt = " ".join(_with_extension(recipient).split())
-    return f"Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n".encode("utf-8")
+    return field("Return-Path", f"<{sender}>") + field("Delivered-To", rcpt)
