@@ -133,12 +133,18 @@ class _Connection(LineReceiver):
             waiter, timer = self._waiting.popleft()
             if timer.active():
                 timer.cancel()
-            waiter.errback(self.problem)
+            waiter.errback(self.failure())
+
+    def failure(self) -> TemporaryFailure:
+        """Why the session ended, as a fresh exception for each waiter: one instance raised in many
+        coroutines would collect all their tracebacks."""
+        assert self.problem is not None
+        return TemporaryFailure(self.problem.status, self.problem.text)
 
     def expect(self, timeout: float) -> defer.Deferred:
         """Deferred[Reply] for the next reply not yet claimed."""
         if self.problem is not None:
-            return defer.fail(self.problem)
+            return defer.fail(self.failure())
         waiter: defer.Deferred = defer.Deferred()
         timer = self._clock.callLater(timeout, self.abort, "4.4.2", f"timeout waiting for {self.peer}")
         self._waiting.append((waiter, timer))
@@ -206,8 +212,10 @@ class _BodyWriter:
     def stopProducing(self) -> None:
         self._stop_timer()
         if not self.finished.called:
-            lost = TemporaryFailure("4.4.2", f"connection to {self._connection.peer} lost in DATA")
-            self.finished.errback(self._connection.problem or lost)
+            if self._connection.problem is not None:
+                self.finished.errback(self._connection.failure())
+            else:
+                self.finished.errback(TemporaryFailure("4.4.2", f"connection to {self._connection.peer} lost in DATA"))
 
     def _stalled(self) -> None:
         self._timer = None

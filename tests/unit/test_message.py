@@ -98,7 +98,8 @@ def test_prepend_a_folded_field_and_nothing():
 
 
 @pytest.mark.parametrize("raw, names, expected", [
-    (b"To: a\r\nBcc: b,\r\n c\r\nSubject: s\r\n\r\nBcc: body\r\n", ("bcc",), b"To: a\r\nSubject: s\r\n\r\nBcc: body\r\n"),
+    (b"To: a\r\nBcc: b,\r\n c\r\nSubject: s\r\n\r\nBcc: body\r\n", ("bcc",),
+     b"To: a\r\nSubject: s\r\n\r\nBcc: body\r\n"),
     (b"To: a\nBCC: b\n\nx\n", ("Bcc",), b"To: a\n\nx\n"),
     (b"To: a\r\nCc: b\r\nBcc: c\r\n", ("cc", "bcc"), b"To: a\r\n"),
     (b"To: a\r\n\r\nx", ("bcc",), b"To: a\r\n\r\nx"),
