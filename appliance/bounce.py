@@ -8,27 +8,15 @@ from collections.abc import Callable
 from email.utils import formatdate
 
 from appliance.envelope import Envelope, Recipient, new_id
+from appliance.message import split
 
-# An enhanced status code (RFC 3463), optionally after a three-digit SMTP reply code.
-_STATUS = re.compile(r"^(?:[245]\d\d[ -])?([245]\.\d{1,3}\.\d{1,3})(?!\S)")
+# A diagnostic that is an SMTP reply ("550 ...") is labelled "smtp" (RFC 3464 2.3.6); ours are not.
 _SMTP_REPLY = re.compile(r"^[245]\d\d[ -]")
 
 
-def status_of(error: str, default: str) -> str:
-    """The enhanced status code at the start of an error text, or `default`."""
-    match = _STATUS.match(error)
-    return match.group(1) if match else default
-
-
 def headers_of(message: bytes) -> bytes:
-    """The header block of a message (up to the first empty line), with CRLF line ends."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        end = message.find(separator)
-        if end >= 0:
-            break
-    else:
-        end = len(message)
-    lines = message[:end].replace(b"\r\n", b"\n").split(b"\n")
+    """The text/rfc822-headers part: the message's header block, with CRLF line ends."""
+    lines = split(message)[0].replace(b"\r\n", b"\n").split(b"\n")
     return b"".join(line + b"\r\n" for line in lines if line)
 
 
@@ -112,7 +100,7 @@ def _status_part(envelope: Envelope, failed: list[Recipient], hostname: str, act
             lines.append(f"Original-Recipient: rfc822; {_clean(rcpt.original)}\r\n")
         lines.append(f"Final-Recipient: rfc822; {_clean(rcpt.address)}\r\n")
         lines.append(f"Action: {action}\r\n")
-        lines.append(f"Status: {status_of(error, default_status)}\r\n")
+        lines.append(f"Status: {rcpt.status or default_status}\r\n")
         if error:
             kind = "smtp" if _SMTP_REPLY.match(error) else "X-mailappliance"
             lines.append(f"Diagnostic-Code: {kind}; {error}\r\n")

@@ -17,7 +17,7 @@ from appliance.directory.file import UserFileError, add_user, delete_user, grant
 from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, DirectoryUnavailable, QueueWriteError
-from appliance.smtp.delivery import has_header, header_block
+from appliance.message import has, headers, prepend, remove
 from appliance.usershow import ShowError, show_user
 
 DEMO_USER = "demo@example.test"
@@ -453,50 +453,25 @@ def _read_message(stream, ignore_dots: bool) -> bytes:
     return data[: match.start()] if match else data
 
 
-def _split_message(message: bytes) -> tuple[bytes, bytes]:
-    """(header block with its CRLFs, the rest from the blank line on); no header block gives (b"", message)."""
-    head = header_block(message)
-    return head, message[len(head):]
-
-
 def _recipients_from_headers(message: bytes) -> tuple[list[str], bytes]:
     """The To, Cc and Bcc addresses, and the message without its Bcc header (sendmail -t)."""
-    head, rest = _split_message(message)
-    fields, current = [], b""
-    for line in head.split(b"\r\n")[:-1]:
-        if line[:1] in (b" ", b"\t") and current:
-            current += b"\r\n" + line
-            continue
-        if current:
-            fields.append(current)
-        current = line
-    if current:
-        fields.append(current)
-    values, kept = [], []
-    for field in fields:
-        name, _, value = field.partition(b":")
-        if name.strip().lower() in (b"to", b"cc", b"bcc"):
-            values.append(" ".join(value.decode("utf-8", "replace").split()))
-        if name.strip().lower() != b"bcc":
-            kept.append(field + b"\r\n")
+    values = [" ".join(value.decode("utf-8", "replace").split())
+              for name, value in headers(message) if name.lower() in (b"to", b"cc", b"bcc")]
     addresses = [addr for _, addr in email.utils.getaddresses(values) if addr]
-    return addresses, b"".join(kept) + rest
+    return addresses, remove(message, "bcc")
 
 
 def _complete_headers(message: bytes, sender: str, full_name: str | None, hostname: str) -> bytes:
     """Add the From, Date and Message-ID a script left out (RFC 5322 requires From and Date)."""
-    head, _ = _split_message(message)
+    present = headers(message)
     added = []
-    if not has_header(head, b"From"):
-        added.append(f"From: {email.utils.formataddr((full_name or '', sender))}")
-    if not has_header(head, b"Date"):
-        added.append(f"Date: {email.utils.formatdate(localtime=True)}")
-    if not has_header(head, b"Message-ID"):
-        added.append(f"Message-ID: {email.utils.make_msgid(domain=hostname)}")
-    if not added:
-        return message
-    prefix = "".join(line + "\r\n" for line in added).encode("utf-8")
-    return prefix + message if head else prefix + b"\r\n" + message
+    if not has(present, "From"):
+        added.append(("From", email.utils.formataddr((full_name or "", sender))))
+    if not has(present, "Date"):
+        added.append(("Date", email.utils.formatdate(localtime=True)))
+    if not has(present, "Message-ID"):
+        added.append(("Message-ID", email.utils.make_msgid(domain=hostname)))
+    return prepend(message, *added)
 
 
 def _pickup_folder(state_dir: str) -> str:

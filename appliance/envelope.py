@@ -9,6 +9,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from appliance.errors import is_status
+
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
@@ -21,7 +23,17 @@ class Recipient:
     state: str = PENDING               # pending | delivered | failed
     attempts: int = 0
     next_attempt: float = 0.0          # unix time of the next try
-    last_error: str = ""
+    last_error: str = ""               # "status text" of the last failure, as logged and listed
+    status: str = ""                   # its RFC 3463 status ("4.4.3"), what a DSN reports
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Recipient":
+        """A recipient as stored; envelopes written before `status` was stored get it from `last_error`,
+        which that code always began with the status (the one place an old status is read from text)."""
+        if "status" not in fields:
+            first = fields.get("last_error", "").split(" ", 1)[0]
+            fields = {**fields, "status": first if is_status(first) else ""}
+        return cls(**fields)
 
 
 @dataclass
@@ -51,7 +63,7 @@ class Envelope:
     @classmethod
     def from_json(cls, data: bytes) -> "Envelope":
         raw = json.loads(data)
-        raw["recipients"] = [Recipient(**r) for r in raw["recipients"]]
+        raw["recipients"] = [Recipient.from_dict(r) for r in raw["recipients"]]
         return cls(**raw)
 
 

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 
 from appliance import address
+from appliance.message import rewrite
 
 HEADERS = (b"from", b"sender", b"reply-to", b"resent-from", b"resent-sender")
 # An addr-spec in a header: a dot-atom local part, "@", a domain. Quoted local parts are left alone.
 _ADDR = re.compile(rb"(?<![\w.!#$%&'*+/=?^`{|}~-])([\w.!#$%&'*+/=?^`{|}~-]+)@([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)")
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,9 @@ class Masquerader:
         """Rewrite the address headers; return the new message and (old, new) pairs for the log."""
         if not self.enabled:
             return message, []
-        end = message.find(b"\r\n\r\n")
-        head, rest = (message[: end + 2], message[end + 2:]) if end >= 0 else (message, b"")
         changes: list[tuple[str, str]] = []
-        fields = _split_fields(head)
-        for i, field in enumerate(fields):
-            match = _FIELD.match(field)
-            if match and match.group(1).lower() in HEADERS:
-                fields[i] = _ADDR.sub(lambda m: self._swap(m, changes), field)
-        if not changes:
-            return message, []
-        return b"".join(fields) + rest, changes
+        message = rewrite(message, HEADERS, lambda field: _ADDR.sub(lambda m: self._swap(m, changes), field))
+        return message, changes
 
     def _swap(self, match: re.Match, changes: list[tuple[str, str]]) -> bytes:
         old = match.group(0).decode("ascii", "replace")
@@ -69,14 +61,3 @@ class Masquerader:
             return match.group(0)
         changes.append((old, new))
         return new.encode("ascii", "replace")
-
-
-def _split_fields(head: bytes) -> list[bytes]:
-    """Header fields with their folded continuation lines kept together."""
-    fields: list[bytes] = []
-    for line in head.splitlines(keepends=True):
-        if fields and line[:1] in (b" ", b"\t"):
-            fields[-1] += line
-        else:
-            fields.append(line)
-    return fields

@@ -2,15 +2,15 @@
 
 Why a folder: a cron job must be able to send mail while the daemon is stopped or restarting.
 The command only writes a file (temporary name, fsync, rename); the daemon drains the folder at
-start and every second, puts each message through the same steps as SMTP (recipients resolved,
-masquerading, a Received line, the durable queue) and deletes the file only after the queue's
-put has fired. A file it cannot use is moved to pickup/bad/ with a log line, never dropped.
+start and every second, hands each message to intake.py, the path SMTP takes too (recipients
+resolved, checks, masquerading, a Received line, the durable queue), and deletes the file only
+after the queue's put has fired. A file it cannot use is moved to pickup/bad/ with a log line,
+never dropped.
 
 A pickup file is one JSON line (sender, recipients) followed by the message in wire form.
 """
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import pwd
@@ -28,11 +28,11 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from appliance import address, bounce, maillog
-from appliance.envelope import FAILED, Envelope, Recipient, new_id
-from appliance.errors import TemporaryFailure
-from appliance.replies import SMTPReplyError
+from appliance import address, maillog
 from appliance.durable import fsync_dir
+from appliance.errors import TemporaryFailure
+from appliance.intake import Arrival, Intake
+from appliance.replies import SMTPReplyError
 
 FOLDER = "pickup"
 BAD = "bad"
@@ -160,23 +160,20 @@ def prepare_folder(folder: str) -> None:
 # --- the daemon side -------------------------------------------------------------------------------
 
 class PickupService(Service):
-    """Drains the pickup folder at start and every `interval` seconds into the queue.
+    """Drains the pickup folder at start and every `interval` seconds into the intake.
 
-    Each message is handled as if a trusted local client had sent it over SMTP: recipients are
-    resolved with the sender an insider (aliases and remote recipients allowed), the
-    masquerading of `acceptor` applies, and a Received line says where it came from. Recipients
-    that do not exist are bounced to the sender, as the sendmail command cannot refuse them.
+    Each message is taken in as a submission from a trusted local user: recipients are resolved
+    with the sender an insider (aliases and remote recipients allowed), masquerading applies, and
+    the Received line names the file's owner. Recipients that do not exist are bounced by the
+    intake, as the sendmail command cannot refuse them.
     """
 
     name = "pickup"
 
-    def __init__(self, folder: str, queue: Any, resolver: Any, acceptor: Any, hostname: str, reactor: Any,
-                 pool: Any, *, max_message_size: int, interval: float = 1.0) -> None:
+    def __init__(self, folder: str, intake: Intake, reactor: Any, pool: Any, *, max_message_size: int,
+                 interval: float = 1.0) -> None:
         self._folder = folder
-        self._queue = queue
-        self._resolver = resolver
-        self._acceptor = acceptor
-        self._hostname = hostname
+        self._intake = intake
         self._reactor = reactor
         self._pool = pool
         self._max_size = max_message_size
@@ -230,73 +227,32 @@ class PickupService(Service):
         return d
 
     def _not_taken(self, failure: Failure, name: str) -> defer.Deferred | None:
-        if failure.check(BadPickupFile):
+        """Set aside what will never be taken (a bad file, a 5xx from a check); keep the rest for the next tick."""
+        if failure.check(BadPickupFile) or _refused_for_good(failure):
             d = self._in_pool(set_aside, self._folder, name)
             d.addCallback(lambda where: maillog.error("pickup file set aside", file=name,
                                                       reason=failure.getErrorMessage(), moved_to=where))
             d.addErrback(lambda f: maillog.error("pickup file unusable, cannot move it", file=name,
                                                  reason=failure.getErrorMessage(), problem=f.getErrorMessage()))
             return d
-        if failure.check(TemporaryFailure):
+        if failure.check(TemporaryFailure, SMTPReplyError):
             maillog.error("pickup deferred", file=name, reason=failure.getErrorMessage())
         else:
             maillog.log.failure("pickup of {name} failed; the file stays for the next try", failure, name=name)
         return None
 
     async def _inject(self, picked: Picked) -> None:
-        """Resolve, bounce the unknown, queue the rest; raises BadPickupFile or TemporaryFailure."""
+        """Hand one file's message to the intake; raises BadPickupFile, TemporaryFailure or a check's SMTPReplyError."""
         sender, given, message = decode(picked.data)
         message = wire_form(message)
         if len(message) > self._max_size:
             raise BadPickupFile(f"{len(message)} bytes is more than [limits] max_message_size")
-        qid = new_id()
-        recipients, failed = await self._resolve(given)
-        if self._acceptor.masquerader is not None and self._acceptor.masquerader.enabled:
-            sender, message = self._acceptor.masquerade(qid, sender, message)
-        message = self.received_header(qid, picked.user, recipients) + message
-        if recipients:
-            envelope = Envelope(id=qid, sender=sender, recipients=recipients, protocol="local",
-                                login=picked.user, size=len(message))
-            await self._queue.put(envelope, message)
-            maillog.received(qid, "pickup", "local", sender, envelope.size, [r.address for r in recipients],
-                             "local", picked.user)
-        if failed:
-            await self._bounce(qid, sender, failed, message)
+        recipients, refused = await self._intake.resolve_all(given)
+        await self._intake.accept(Arrival(sender=sender, recipients=recipients, refused=refused, message=message,
+                                          service="pickup", protocol="local", login=picked.user, insider=True,
+                                          submission=True))
 
-    async def _resolve(self, given: list[str]) -> tuple[list[Recipient], list[Recipient]]:
-        """(recipients to queue, recipients that failed for good); a directory outage raises."""
-        recipients: list[Recipient] = []
-        failed: list[Recipient] = []
-        for rcpt in given:
-            if not address.is_valid(rcpt):
-                failed.append(Recipient(address=rcpt, state=FAILED, last_error="5.1.3 bad recipient address syntax"))
-                continue
-            try:
-                found = await self._resolver.resolve(address.normalise(rcpt), insider=True)
-            except SMTPReplyError as e:
-                reply = e.reply
-                failed.append(Recipient(address=rcpt, state=FAILED, last_error=f"{reply.enhanced} {reply.text}"))
-                continue
-            recipients += [r for r in found if r.address not in {known.address for known in recipients}]
-        return recipients, failed
 
-    async def _bounce(self, qid: str, sender: str, failed: list[Recipient], message: bytes) -> None:
-        for rcpt in failed:
-            maillog.bounced(qid, rcpt.address, rcpt.last_error)
-        if not sender:
-            return
-        original = Envelope(id=qid, sender=sender, recipients=failed, protocol="local")
-        dsn, data = bounce.make_dsn(original, failed, self._hostname, bounce.headers_of(message),
-                                    is_local=self._resolver.is_local, now=self._reactor.seconds())
-        await self._queue.put(dsn, data)
-
-    def received_header(self, qid: str, user: str, rcpts: list[Recipient]) -> bytes:
-        """The trace line of a locally injected message: who (the file's owner), no network peer."""
-        stamp = email.utils.formatdate(self._reactor.seconds(), localtime=True)
-        lines = ["Received: from local (pickup)", f"\tby {self._hostname} (mailappliance) with local id {qid}",
-                 f"\t(user {''.join(c if c.isalnum() or c in '-_.' else '?' for c in user)})"]
-        if len(rcpts) == 1:
-            lines.append(f"\tfor <{rcpts[0].original or rcpts[0].address}>; {stamp}")
-        else:
-            lines[-1] += f"; {stamp}"
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+def _refused_for_good(failure: Failure) -> bool:
+    """A check refused the message with a 5xx: retrying the file would never help."""
+    return bool(failure.check(SMTPReplyError)) and failure.value.reply.code >= 500

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from appliance import bounce, maillog
 from appliance.config import QueueSection
 from appliance.envelope import DELIVERED, FAILED, Envelope, Recipient
-from appliance.errors import PermanentFailure, QueueWriteError, TemporaryFailure
+from appliance.errors import ApplianceError, QueueWriteError, TemporaryFailure
 from appliance.interfaces import ICourier, IQueue
 from appliance.inline import InlinePool, InlineReactor
 from appliance.durable import fsync_dir, replace_file
@@ -552,13 +552,10 @@ def edit_offline(directory: str, qid: str, action: str) -> None:
 
 # --- the runner ---------------------------------------------------------------------------------
 
-def describe(error: BaseException) -> str:
-    """An error as stored in `last_error`: always led by an enhanced status code."""
-    text = " ".join(str(error).split())
-    if bounce.status_of(text, "") or text[:3].isdigit():
-        return text
-    code = getattr(error, "enhanced", "4.3.0")
-    return f"{code} {text}" if text else code
+def describe(status: str, text: str) -> str:
+    """A failure as stored in `last_error`, logged and listed: its status, then its text on one line."""
+    text = " ".join(text.split())
+    return f"{status} {text}" if text else status
 
 
 @implementer(IQueue)
@@ -686,7 +683,7 @@ class QueueService(Service):
     def _deliver_one(self, envelope: Envelope, rcpt: Recipient, message: bytes) -> Deferred:
         courier = self._couriers.get("local" if rcpt.local else "remote")
         if courier is None:
-            d = fail(TemporaryFailure("4.3.5 no courier configured for this recipient"))
+            d = fail(TemporaryFailure("4.3.5", "no courier configured for this recipient"))
         else:
             d = self._deliveries.run(courier.deliver, envelope, rcpt, message)
         return d.addCallbacks(self._delivered, self._failed, (envelope, rcpt), None, (envelope, rcpt))
@@ -694,7 +691,7 @@ class QueueService(Service):
     def _unreadable(self, failure: Failure, envelope: Envelope, due: list[Recipient]) -> None:
         log.failure("cannot read queued message {id}", failure, id=envelope.id)
         for rcpt in due:
-            self._temporary(envelope, rcpt, "4.3.0 queued message unreadable")
+            self._temporary(envelope, rcpt, "4.3.0", "queued message unreadable")
         return None
 
     def _delivered(self, where: str, envelope: Envelope, rcpt: Recipient) -> None:
@@ -703,29 +700,31 @@ class QueueService(Service):
         maillog.delivered(envelope.id, rcpt.address, str(where), self._reactor.seconds() - envelope.received_at)
 
     def _failed(self, failure: Failure, envelope: Envelope, rcpt: Recipient) -> None:
-        if failure.check(PermanentFailure):
-            self._permanent(envelope, rcpt, describe(failure.value))
-        elif failure.check(TemporaryFailure):
-            self._temporary(envelope, rcpt, describe(failure.value))
+        """A courier's failure: its status says retry (4.x.y) or bounce (5.x.y); anything else is our bug."""
+        if failure.check(ApplianceError):
+            error = failure.value
+            record = self._temporary if error.temporary else self._permanent
+            record(envelope, rcpt, error.status, error.text)
         else:
             log.failure("unexpected error delivering {id} to {rcpt}", failure, id=envelope.id, rcpt=rcpt.address)
-            self._temporary(envelope, rcpt, "4.3.0 internal error")
+            self._temporary(envelope, rcpt, "4.3.0", "internal error")
 
-    def _temporary(self, envelope: Envelope, rcpt: Recipient, reason: str) -> None:
+    def _temporary(self, envelope: Envelope, rcpt: Recipient, status: str, text: str) -> None:
         now = self._reactor.seconds()
         rcpt.attempts += 1
         if now - envelope.received_at >= self._settings.max_queue_lifetime:
-            self._permanent(envelope, rcpt, f"4.4.7 delivery time expired; last error: {reason}")
+            self._permanent(envelope, rcpt, "4.4.7", f"delivery time expired; last error: {describe(status, text)}")
             return
         delay = self.backoff(rcpt.attempts)
         rcpt.next_attempt = now + delay
-        rcpt.last_error = reason
-        maillog.deferred(envelope.id, rcpt.address, reason, delay)
+        rcpt.status, rcpt.last_error = status, describe(status, text)
+        maillog.deferred(envelope.id, rcpt.address, rcpt.last_error, delay)
 
-    def _permanent(self, envelope: Envelope, rcpt: Recipient, reason: str) -> None:
+    def _permanent(self, envelope: Envelope, rcpt: Recipient, status: str, text: str) -> None:
+        """Bounce the recipient; `status` may be 4.x.y (4.4.7: retried until the queue lifetime ran out)."""
         rcpt.state = FAILED
-        rcpt.last_error = reason
-        maillog.bounced(envelope.id, rcpt.address, reason)
+        rcpt.status, rcpt.last_error = status, describe(status, text)
+        maillog.bounced(envelope.id, rcpt.address, rcpt.last_error)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number `attempts`: retry_initial doubling, capped at retry_max."""

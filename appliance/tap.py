@@ -136,7 +136,7 @@ def _pem_blocks(data: bytes) -> list[bytes]:
 
 
 def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
-    from appliance.smtp.delivery import Acceptor, RecipientResolver
+    from appliance.intake import Intake, RecipientResolver
     from appliance.smtp.mx import MXPolicy
     from appliance.smtp.server import SMTPFactory
     from appliance.smtp.submission import SubmissionPolicy
@@ -144,10 +144,10 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
     resolver = RecipientResolver(parts.directory, aliases, cfg.appliance.domains,
                                  delimiter=cfg.aliases.recipient_delimiter, catch_all=dict(cfg.aliases.catch_all),
                                  restricted=frozenset(cfg.aliases.restricted), masquerader=parts.masquerader)
-    acceptor = Acceptor(parts.queue, cfg.appliance.hostname, parts.masquerader)
+    intake = Intake(parts.queue, cfg.appliance.hostname, resolver, clock=parts.reactor, masquerader=parts.masquerader)
     from appliance.pickup import FOLDER, PickupService
-    PickupService(os.path.join(cfg.appliance.state_dir, FOLDER), parts.queue, resolver, acceptor,
-                  cfg.appliance.hostname, parts.reactor, top.getServiceNamed("pool-disk").pool,
+    PickupService(os.path.join(cfg.appliance.state_dir, FOLDER), intake, parts.reactor,
+                  top.getServiceNamed("pool-disk").pool,
                   max_message_size=cfg.limits.max_message_size).setServiceParent(top)
     for name, (kind, implicit) in SMTP_LISTENERS.items():
         description = getattr(cfg.listen, name)
@@ -156,8 +156,8 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
         if kind == "mx":
             policy: Any = MXPolicy(resolver, cfg.relay.trusted_networks)
         else:
-            policy = SubmissionPolicy(name, resolver, cfg.appliance.hostname)
-        factory = SMTPFactory(policy=policy, acceptor=acceptor, directory=parts.directory, login=parts.login,
+            policy = SubmissionPolicy(name, resolver)
+        factory = SMTPFactory(policy=policy, intake=intake, directory=parts.directory, login=parts.login,
                               hostname=cfg.appliance.hostname,
                               domains=cfg.appliance.domains, limits=cfg.limits, tls=parts.tls, tls_settings=cfg.tls,
                               implicit_tls=implicit, clock=parts.reactor,

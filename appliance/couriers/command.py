@@ -127,7 +127,7 @@ def child_credentials() -> Credentials:
     try:
         user = pwd.getpwnam(UNPRIVILEGED_USER)
     except KeyError:
-        raise TemporaryFailure(f"4.3.0 no user {UNPRIVILEGED_USER!r} to run commands as") from None
+        raise TemporaryFailure("4.3.0", f"no user {UNPRIVILEGED_USER!r} to run commands as") from None
     try:
         gid = grp.getgrnam(UNPRIVILEGED_GROUP).gr_gid
     except KeyError:
@@ -150,14 +150,14 @@ def _failure(result: CommandResult, time_limit: float) -> Exception | None:
     """None for success, else the Temporary- or PermanentFailure the queue retries or bounces."""
     said = f": {result.first_line()}" if result.first_line() else ""
     if result.timed_out:
-        return TemporaryFailure(f"4.3.0 command timed out after {time_limit:g} s{said}")
+        return TemporaryFailure("4.3.0", f"command timed out after {time_limit:g} s{said}")
     if result.status == 0:
         return None
     if result.status == EX_TEMPFAIL:
-        return TemporaryFailure(f"4.3.0 command failed with status {EX_TEMPFAIL} (try again later){said}")
+        return TemporaryFailure("4.3.0", f"command failed with status {EX_TEMPFAIL} (try again later){said}")
     if result.status is None:
-        return PermanentFailure(f"5.3.0 command killed by signal {result.signal}{said}")
-    return PermanentFailure(f"5.3.0 command failed with status {result.status}{said}")
+        return PermanentFailure("5.3.0", f"command killed by signal {result.signal}{said}")
+    return PermanentFailure("5.3.0", f"command failed with status {result.status}{said}")
 
 
 @implementer(ICourier)

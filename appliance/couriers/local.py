@@ -11,6 +11,7 @@ from appliance.aliases import is_command_or_file
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import NoSuchMailbox, PermanentFailure
 from appliance.interfaces import ICourier, IDirectory, IMailStore, UserRecord
+from appliance.message import field
 
 
 @implementer(ICourier)
@@ -35,7 +36,7 @@ class LocalCourier:
         """Deferred[str]: the path written in the mailbox (or the command or file delivered to)."""
         if is_command_or_file(recipient.address):
             if self._programs is None:
-                return fail(PermanentFailure("5.7.1 delivery to commands and files is turned off "
+                return fail(PermanentFailure("5.7.1", "delivery to commands and files is turned off "
                                              "([aliases] allow_commands = no)"))
             return self._programs.deliver(envelope, recipient, message)
         d = self._directory.lookup(recipient.address)
@@ -45,7 +46,7 @@ class LocalCourier:
     def _store_for(self, user: UserRecord | None, envelope: Envelope, recipient: Recipient,
                    message: bytes) -> Deferred:
         if user is None:
-            raise NoSuchMailbox("5.1.1 no such user")
+            raise NoSuchMailbox("no such user")
         return self._store.deliver(user, trace_headers(envelope, recipient) + message, envelope.sender)
 
 
@@ -61,4 +62,4 @@ def trace_headers(envelope: Envelope, recipient: Recipient) -> bytes:
     """Return-Path and Delivered-To (RFC 5321 4.4 / Postfix's loop marker), in wire form."""
     sender = " ".join(envelope.sender.split())
     rcpt = " ".join(_with_extension(recipient).split())
-    return f"Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n".encode("utf-8")
+    return field("Return-Path", f"<{sender}>") + field("Delivered-To", rcpt)

@@ -70,7 +70,7 @@ class MXRouter:
         self._timeout = timeout
 
     def route(self, domain: str) -> defer.Deferred:
-        """Deferred[Route], or a TemporaryFailure/PermanentFailure whose text starts with the status."""
+        """Deferred[Route], or a TemporaryFailure/PermanentFailure carrying its status."""
         return defer.ensureDeferred(self._route(normalise_domain(domain)))
 
     async def _route(self, domain: str) -> Route:
@@ -87,14 +87,14 @@ class MXRouter:
     def _literal_address(self, domain: str) -> str:
         """`[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 4.1.3), when the operator allows them."""
         if not self._allow_literals:
-            raise PermanentFailure(f"5.7.1 delivery to address literals like {domain} is disabled")
+            raise PermanentFailure("5.7.1", f"delivery to address literals like {domain} is disabled")
         text = domain[1:-1]
         if text.startswith("ipv6:"):
             text = text[len("ipv6:"):]
         try:
             return str(ipaddress.ip_address(text))
         except ValueError:
-            raise PermanentFailure(f"5.1.2 {domain} is not a valid address literal") from None
+            raise PermanentFailure("5.1.2", f"{domain} is not a valid address literal") from None
 
     async def _query(self, lookup: Callable[[str], defer.Deferred], name: str) -> list[dns.RRHeader]:
         """The answer section of one query, bounded by our own timeout."""
@@ -108,13 +108,13 @@ class MXRouter:
         try:
             answers = await self._query(self._resolver.lookupMailExchange, domain)
         except error.DNSNameError:
-            raise PermanentFailure(f"5.1.2 domain {domain} does not exist (NXDOMAIN)") from None
+            raise PermanentFailure("5.1.2", f"domain {domain} does not exist (NXDOMAIN)") from None
         except Exception as problem:
-            raise TemporaryFailure(f"4.4.3 MX lookup for {domain} failed: {_describe(problem)}") from None
+            raise TemporaryFailure("4.4.3", f"MX lookup for {domain} failed: {_describe(problem)}") from None
         records = [(rr.payload.preference, normalise_domain(rr.payload.name.name.decode("ascii", "replace")))
                    for rr in answers if rr.type == dns.MX]
         if records and all(name == "" for _, name in records):
-            raise PermanentFailure(f"5.1.10 domain {domain} does not accept mail (null MX)")
+            raise PermanentFailure("5.1.10", f"domain {domain} does not accept mail (null MX)")
         records = [record for record in records if record[1]]
         return sorted(records, key=lambda record: (record[0], self._rng.random()))
 
@@ -142,12 +142,12 @@ class MXRouter:
         if ours:
             hosts = [host for host in hosts if host[0] < min(ours)]
             if not hosts:
-                raise PermanentFailure(f"5.4.6 mail for {domain} loops back to myself")
+                raise PermanentFailure("5.4.6", f"mail for {domain} loops back to myself")
         route = [(name, ip) for _, name, addresses in hosts for ip in addresses or ()]
         if route:
             return route
         if any(addresses is None for _, _, addresses in hosts):
-            raise TemporaryFailure(f"4.4.3 could not resolve the mail hosts of {domain}")
+            raise TemporaryFailure("4.4.3", f"could not resolve the mail hosts of {domain}")
         if implicit:
-            raise PermanentFailure(f"5.4.4 domain {domain} has neither MX nor address records")
-        raise PermanentFailure(f"5.4.4 no mail host of {domain} has an address")
+            raise PermanentFailure("5.4.4", f"domain {domain} has neither MX nor address records")
+        raise PermanentFailure("5.4.4", f"no mail host of {domain} has an address")

@@ -60,9 +60,9 @@ class OutboundCourier:
         self._gathering: dict[tuple[str, str], _Batch] = {}
 
     def deliver(self, envelope: Envelope, recipient: Recipient, message: bytes) -> defer.Deferred:
-        """Deferred[str] "host[ip]:port 250 ...", or a Temporary/PermanentFailure "x.y.z ... said: ..."."""
+        """Deferred[str] "host[ip]:port 250 ...", or a Temporary/PermanentFailure (x.y.z, "... said: ...")."""
         if not address.is_valid(recipient.address):
-            return defer.fail(PermanentFailure(f"5.1.3 bad recipient address {recipient.address!r}"))
+            return defer.fail(PermanentFailure("5.1.3", f"bad recipient address {recipient.address!r}"))
         domain = address.domain_of(recipient.address)
         key = (envelope.id, "" if self._smarthost else domain)
         batch = self._gathering.get(key)
@@ -83,7 +83,7 @@ class OutboundCourier:
     def _internal_error(failure: Failure, batch: _Batch) -> dict[str, Outcome]:
         """A bug must not lose mail: log it, and let the queue try again later."""
         maillog.error("outbound delivery", id=batch.envelope.id, domain=batch.domain, problem=repr(failure.value))
-        return dict.fromkeys(batch.waiters, TemporaryFailure("4.3.0 internal error in outbound delivery"))
+        return dict.fromkeys(batch.waiters, TemporaryFailure("4.3.0", "internal error in outbound delivery"))
 
     @staticmethod
     def _fan_out(outcomes: dict[str, Outcome], batch: _Batch) -> None:
@@ -105,12 +105,12 @@ class OutboundCourier:
         """Try each host in turn with the recipients still undecided."""
         pending = list(batch.waiters)
         if batch.envelope.sender and not address.is_valid(batch.envelope.sender):
-            return dict.fromkeys(pending, PermanentFailure(f"5.1.7 bad sender address {batch.envelope.sender!r}"))
+            return dict.fromkeys(pending, PermanentFailure("5.1.7", f"bad sender address {batch.envelope.sender!r}"))
         try:
             route = await self._route(batch.domain)
         except ApplianceError as problem:
             return dict.fromkeys(pending, problem)
-        outcomes: dict[str, Outcome] = dict.fromkeys(pending, TemporaryFailure("4.4.4 no host to try"))
+        outcomes: dict[str, Outcome] = dict.fromkeys(pending, TemporaryFailure("4.4.4", "no host to try"))
         for host, ip in route:
             try:
                 replies = await self._send(host, ip, batch, pending)
@@ -149,8 +149,8 @@ def _judge(replies: smtpclient.Results, where: str) -> dict[str, Outcome]:
         if code // 100 == 2:
             outcomes[rcpt] = f"{where} {code} {text}"
         elif code // 100 == 5:
-            outcomes[rcpt] = PermanentFailure(f"{status} {where} said: {code} {text}")
+            outcomes[rcpt] = PermanentFailure(status, f"{where} said: {code} {text}")
         else:                                   # 4xx, or a 1xx/3xx that has no business here
             status = status if code // 100 == 4 else "4.5.0"
-            outcomes[rcpt] = TemporaryFailure(f"{status} {where} said: {code} {text}")
+            outcomes[rcpt] = TemporaryFailure(status, f"{where} said: {code} {text}")
     return outcomes

@@ -15,4 +15,4 @@ class RemoteCourier:
     bounced, and is delivered once outbound delivery exists (or bounced at max_queue_lifetime)."""
 
     def deliver(self, envelope: Envelope, recipient: Recipient, message: bytes) -> Deferred:
-        return fail(TemporaryFailure("4.4.0 remote delivery not available yet"))
+        return fail(TemporaryFailure("4.4.0", "remote delivery not available yet"))

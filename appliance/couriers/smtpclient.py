@@ -60,7 +60,10 @@ class Reply:
 
 
 def status_of(code: int, text: str) -> str:
-    """The RFC 3463 status a reply carries (RFC 2034), or the generic one of its class."""
+    """The RFC 3463 status a peer's reply carries (RFC 2034), or the generic one of its class.
+
+    This reads the peer's words off the wire; our own failures carry their status as an attribute.
+    """
     match = _ENHANCED.match(text)
     if match and match.group(1) == str(code // 100):
         return match.group(0)
@@ -90,14 +93,14 @@ class _Connection(LineReceiver):
         self.peer = peer
         self._waiting: deque[tuple[defer.Deferred, IDelayedCall]] = deque()
         self._lines: list[str] = []
-        self.problem: str | None = None    # why the session ended, once it has
+        self.problem: TemporaryFailure | None = None    # why the session ended, once it has
         self.secure = False
         self.closed: defer.Deferred = defer.Deferred()   # fires when the connection is gone
 
     def lineReceived(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
-            self.abort(f"4.5.0 {self.peer} sent a malformed reply")
+            self.abort("4.5.0", f"{self.peer} sent a malformed reply")
             return
         self._lines.append(text[4:])
         if text[3:4] == "-":
@@ -109,19 +112,19 @@ class _Connection(LineReceiver):
             waiter.callback(reply)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.abort(f"4.5.0 {self.peer} sent an overlong reply line")
+        self.abort("4.5.0", f"{self.peer} sent an overlong reply line")
 
     def connectionLost(self, reason: Failure) -> None:
         if self.problem is None and reason.check(SSL.Error):
-            self.problem = f"4.7.5 TLS with {self.peer} failed: {reason.getErrorMessage()}"
-        self.problem = self.problem or f"4.4.2 connection to {self.peer} lost"
+            self.problem = TemporaryFailure("4.7.5", f"TLS with {self.peer} failed: {reason.getErrorMessage()}")
+        self.problem = self.problem or TemporaryFailure("4.4.2", f"connection to {self.peer} lost")
         self._fail_waiters()
         self.closed.callback(None)
 
-    def abort(self, why: str) -> None:
-        """Give up on the session: every waiter fails with `why`."""
+    def abort(self, status: str, why: str) -> None:
+        """Give up on the session: every waiter fails with `why` (a TemporaryFailure of `status`)."""
         if self.problem is None:
-            self.problem = why
+            self.problem = TemporaryFailure(status, why)
             self._fail_waiters()
             self.transport.abortConnection()
 
@@ -130,14 +133,20 @@ class _Connection(LineReceiver):
             waiter, timer = self._waiting.popleft()
             if timer.active():
                 timer.cancel()
-            waiter.errback(TemporaryFailure(self.problem))
+            waiter.errback(self.failure())
+
+    def failure(self) -> TemporaryFailure:
+        """Why the session ended, as a fresh exception for each waiter: one instance raised in many
+        coroutines would collect all their tracebacks."""
+        assert self.problem is not None
+        return TemporaryFailure(self.problem.status, self.problem.text)
 
     def expect(self, timeout: float) -> defer.Deferred:
         """Deferred[Reply] for the next reply not yet claimed."""
         if self.problem is not None:
-            return defer.fail(TemporaryFailure(self.problem))
+            return defer.fail(self.failure())
         waiter: defer.Deferred = defer.Deferred()
-        timer = self._clock.callLater(timeout, self.abort, f"4.4.2 timeout waiting for {self.peer}")
+        timer = self._clock.callLater(timeout, self.abort, "4.4.2", f"timeout waiting for {self.peer}")
         self._waiting.append((waiter, timer))
         return waiter
 
@@ -167,7 +176,7 @@ class _Connection(LineReceiver):
         is cut off after `timeout`.
         """
         if self.problem is None:
-            self.problem = f"4.4.2 session with {self.peer} closed"
+            self.problem = TemporaryFailure("4.4.2", f"session with {self.peer} closed")
             self.transport.write(b"QUIT\r\n")
             self.transport.loseConnection()
         if not self.closed.called:
@@ -203,12 +212,14 @@ class _BodyWriter:
     def stopProducing(self) -> None:
         self._stop_timer()
         if not self.finished.called:
-            why = self._connection.problem or f"4.4.2 connection to {self._connection.peer} lost in DATA"
-            self.finished.errback(TemporaryFailure(why))
+            if self._connection.problem is not None:
+                self.finished.errback(self._connection.failure())
+            else:
+                self.finished.errback(TemporaryFailure("4.4.2", f"connection to {self._connection.peer} lost in DATA"))
 
     def _stalled(self) -> None:
         self._timer = None
-        self._connection.abort(f"4.4.2 timeout sending the message to {self._connection.peer}")
+        self._connection.abort("4.4.2", f"timeout sending the message to {self._connection.peer}")
         self.stopProducing()
 
     def _stop_timer(self) -> None:
@@ -242,7 +253,7 @@ async def _hello(connection: _Connection, request: _Request) -> dict[str, str]:
         reply = await connection.command(f"HELO {request.helo_name}", request.timeouts.command)
         if reply.code == 250:
             return {}
-    raise TemporaryFailure(f"4.4.2 {request.peer} refused our greeting: {reply}")
+    raise TemporaryFailure("4.4.2", f"{request.peer} refused our greeting: {reply}")
 
 
 async def _start_tls(connection: _Connection, request: _Request, extensions: dict[str, str]) -> dict[str, str]:
@@ -252,10 +263,10 @@ async def _start_tls(connection: _Connection, request: _Request, extensions: dic
     reply = await connection.command("STARTTLS", request.timeouts.command)
     if reply.code != 220:
         if request.tls_policy == "required":
-            raise TemporaryFailure(f"4.7.4 {request.peer} refused STARTTLS: {reply}")
+            raise TemporaryFailure("4.7.4", f"{request.peer} refused STARTTLS: {reply}")
         return extensions
     if connection.clearLineBuffer():
-        raise TemporaryFailure(f"4.7.0 {request.peer} sent data after its STARTTLS reply")
+        raise TemporaryFailure("4.7.0", f"{request.peer} sent data after its STARTTLS reply")
     connection.transport.startTLS(request.tls_options or ssl.CertificateOptions())
     connection.secure = True
     return await _hello(connection, request)
@@ -266,24 +277,24 @@ async def _authenticate(connection: _Connection, request: _Request, extensions: 
     if request.auth is None:
         return
     if not connection.secure:
-        raise TemporaryFailure(f"4.7.4 not sending credentials to {request.peer} without TLS")
+        raise TemporaryFailure("4.7.4", f"not sending credentials to {request.peer} without TLS")
     if "PLAIN" not in extensions.get("AUTH", "").upper().split():
-        raise TemporaryFailure(f"4.7.0 {request.peer} does not offer AUTH PLAIN")
+        raise TemporaryFailure("4.7.0", f"{request.peer} does not offer AUTH PLAIN")
     user, password = request.auth
     token = base64.b64encode(b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8")).decode("ascii")
     reply = await connection.command(f"AUTH PLAIN {token}", request.timeouts.command)
     if reply.code != 235:
-        raise TemporaryFailure(f"4.7.0 {request.peer} refused our credentials: {reply}")
+        raise TemporaryFailure("4.7.0", f"{request.peer} refused our credentials: {reply}")
 
 
 def _check_limits(request: _Request, extensions: dict[str, str], eight_bit: bool) -> None:
     """Refuse before sending what the peer said it cannot take."""
     size = extensions.get("SIZE", "")
     if size.isdigit() and int(size) > 0 and len(request.message) > int(size):
-        raise PermanentFailure(f"5.3.4 message size {len(request.message)} exceeds the limit {size} "
+        raise PermanentFailure("5.3.4", f"message size {len(request.message)} exceeds the limit {size} "
                                f"of {request.peer}")
     if eight_bit and "8BITMIME" not in extensions:
-        raise PermanentFailure(f"5.6.3 message has 8-bit data and {request.peer} does not support 8BITMIME")
+        raise PermanentFailure("5.6.3", f"message has 8-bit data and {request.peer} does not support 8BITMIME")
 
 
 async def _envelope(connection: _Connection, request: _Request, extensions: dict[str, str],
@@ -312,10 +323,10 @@ async def _session(connection: _Connection, request: _Request) -> Results:
     timeouts = request.timeouts
     greeting = await connection.expect(timeouts.greeting)
     if greeting.code != 220:
-        raise TemporaryFailure(f"4.4.2 {request.peer} refused to talk to us: {greeting}")
+        raise TemporaryFailure("4.4.2", f"{request.peer} refused to talk to us: {greeting}")
     extensions = await _start_tls(connection, request, await _hello(connection, request))
     if request.tls_policy == "required" and not connection.secure:
-        raise TemporaryFailure(f"4.7.4 TLS is required but {request.peer} does not offer STARTTLS")
+        raise TemporaryFailure("4.7.4", f"TLS is required but {request.peer} does not offer STARTTLS")
     await _authenticate(connection, request, extensions)
     eight_bit = not request.message.isascii()
     _check_limits(request, extensions, eight_bit)
@@ -346,7 +357,7 @@ async def _run(reactor, host: str, port: int, request: _Request) -> Results:
         endpoint = _endpoint(reactor, host, port, request.timeouts.connect)
         connection = await connectProtocol(endpoint, _Connection(reactor, request.peer))
     except Exception as problem:
-        raise TemporaryFailure(f"4.4.1 cannot connect to {request.peer}: {problem}") from None
+        raise TemporaryFailure("4.4.1", f"cannot connect to {request.peer}: {problem}") from None
     try:
         return await _session(connection, request)
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 
 from appliance import address, replies
 from appliance.replies import SMTPReplyError
-from appliance.smtp.delivery import RecipientResolver
+from appliance.intake import RecipientResolver
 
 
 class MXPolicy:
@@ -17,6 +17,7 @@ class MXPolicy:
 
     name = "smtp"
     offers_auth = False
+    submission = False
 
     def __init__(self, resolver: RecipientResolver, trusted_networks: tuple[Any, ...]) -> None:
         self.resolver = resolver
@@ -36,6 +37,3 @@ class MXPolicy:
     def insider(self, conn: Any) -> bool:
         """Hosts of our own network: they may relay, use restricted lists, and are masqueraded."""
         return address.in_networks(conn.peer, self.trusted_networks)
-
-    def prepare(self, conn: Any, message: bytes) -> bytes:
-        return message

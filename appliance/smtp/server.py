@@ -12,7 +12,7 @@ stock class lacks on the open Internet:
 - SIZE, recipient, line-length and error limits, each with its RFC reply.
 
 What a listener accepts (MX: local recipients; submission: AUTH required, own senders) is a
-`Policy`; what happens to an accepted message is the `Acceptor` (smtp/delivery.py).
+`Policy` (smtp/policy.py); what happens to an accepted message is the `Intake` (intake.py).
 """
 from __future__ import annotations
 
@@ -33,13 +33,15 @@ from twisted.python.failure import Failure
 from appliance import address, maillog, replies
 from appliance.tls import log_once, session_info
 from appliance.transport import no_delay
-from appliance.errors import DirectoryUnavailable
+from appliance.errors import DirectoryUnavailable, QueueWriteError
+from appliance.intake import Arrival
 from appliance.interfaces import IMailUser
 from appliance.realm import LoggedIn
 from appliance.replies import Reply, SMTPReplyError
 
 if TYPE_CHECKING:
-    from appliance.smtp.delivery import Acceptor, Policy
+    from appliance.intake import Intake
+    from appliance.smtp.policy import Policy
 
 MAX_LINE = 2048              # command line limit (RFC 5321 4.5.3.1.4 says 512; extensions need more)
 MAX_PENDING_INPUT = 1 << 20  # pause reading when this much pipelined input waits
@@ -60,7 +62,7 @@ class Session:
 
 
 class ApplianceSMTP(ESMTP):
-    """One SMTP connection. The factory supplies policy, acceptor, TLS and limits."""
+    """One SMTP connection. The factory supplies policy, intake, TLS and limits."""
 
     factory: "SMTPFactory"
 
@@ -494,14 +496,32 @@ class ApplianceSMTP(ESMTP):
         if b"\0" in body:
             maillog.rejected(self.factory.policy.name, self.peer, "DATA", "554 5.6.0 NUL", sender=session.sender)
             return self._reply_error(replies.BAD_MESSAGE, "message contains NUL characters")
-        d = defer.maybeDeferred(self.factory.acceptor.accept, self, session, body)
+        arrival = self._arrival(session, body)
+        d = defer.maybeDeferred(self.factory.intake.accept, arrival)
+        d.addErrback(self._not_queued, arrival.id)
         d.addCallbacks(self._queued, self._fail, errbackArgs=("DATA",), errbackKeywords={"sender": session.sender})
         return d
+
+    def _arrival(self, session: Session, body: bytes) -> Arrival:
+        """The message and what intake records about this session (envelope, Received, log)."""
+        policy = self.factory.policy
+        return Arrival(sender=session.sender or "", recipients=list(session.recipients), message=body,
+                       service=policy.name, protocol=self.protocol_name, peer=self.peer, helo=self.helo or "",
+                       tls=self.tls_description(), login=self.user.address if self.user is not None else "",
+                       insider=policy.insider(self), submission=policy.submission)
+
+    @staticmethod
+    def _not_queued(failure: Failure, qid: str) -> Failure:
+        """The queue could not make the message durable: 451, so the client keeps it and tries again."""
+        if failure.check(QueueWriteError):
+            maillog.log.failure("queue write failed id={qid}", failure, qid=qid)
+            raise SMTPReplyError(replies.LOCAL_ERROR)
+        return failure
 
     def _queued(self, qid: str) -> None:
         self.sendLine(replies.QUEUED.line().rstrip() + b" " + qid.encode())
 
-    # ---- facts the policy and the acceptor read -------------------------------------------------
+    # ---- facts the policy and the intake read ---------------------------------------------------
     @property
     def protocol_name(self) -> str:
         """RFC 3848 WITH values for Received: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
@@ -601,11 +621,11 @@ class SMTPFactory(ServerFactory):
 
     protocol = ApplianceSMTP
 
-    def __init__(self, *, policy: "Policy", acceptor: "Acceptor", directory: Any, login: Any,
+    def __init__(self, *, policy: "Policy", intake: "Intake", directory: Any, login: Any,
                  hostname: str, domains: tuple[str, ...], limits: Any, tls: Any, tls_settings: Any,
                  implicit_tls: bool, clock: Any, unlimited_networks: tuple[Any, ...] = ()) -> None:
         self.policy = policy
-        self.acceptor = acceptor
+        self.intake = intake
         self.directory = directory
         self.login = login
         self.hostname = hostname

@@ -1,27 +1,26 @@
 """The submission policy (587 with STARTTLS, 465 implicit TLS): RFC 6409 message submission.
 
 AUTH is required before MAIL; a user may send only as an address that is theirs; relaying
-is then allowed. Missing Message-ID and Date are added (RFC 6409 8.2, 8.3).
+is then allowed. Missing Message-ID and Date are added by the intake (RFC 6409 8.2, 8.3).
 """
 from __future__ import annotations
 
-import email.utils
 from typing import Any
 
 from appliance import replies
+from appliance.intake import RecipientResolver
 from appliance.replies import SMTPReplyError
-from appliance.smtp.delivery import RecipientResolver, has_header, header_block
 
 
 class SubmissionPolicy:
     """Authenticated users only; senders they own; any recipient."""
 
     offers_auth = True
+    submission = True
 
-    def __init__(self, name: str, resolver: RecipientResolver, hostname: str) -> None:
+    def __init__(self, name: str, resolver: RecipientResolver) -> None:
         self.name = name
         self.resolver = resolver
-        self.hostname = hostname
 
     def check_sender(self, conn: Any, sender: str) -> Any:
         """A user sends as their own addresses (primary, and extra ones an admin granted in the
@@ -47,17 +46,3 @@ class SubmissionPolicy:
 
     def insider(self, conn: Any) -> bool:
         return conn.user is not None
-
-    def prepare(self, conn: Any, message: bytes) -> bytes:
-        """Add the Message-ID and Date a careless client left out."""
-        head = header_block(message)
-        added = b""
-        if not has_header(head, b"Date"):
-            added += b"Date: " + email.utils.formatdate(localtime=True).encode() + b"\r\n"
-        if not has_header(head, b"Message-ID"):
-            added += b"Message-ID: " + email.utils.make_msgid(domain=self.hostname).encode() + b"\r\n"
-        if not added:
-            return message
-        if not head:
-            added += b"\r\n"      # the message had no header section: keep the body a body
-        return added + message

@@ -4,15 +4,18 @@ from __future__ import annotations
 import email
 from email import policy
 
-from appliance.bounce import headers_of, make_dsn, status_of
+from appliance.bounce import headers_of, make_dsn
 from appliance.envelope import FAILED, Envelope, Recipient
 
 ORIGINAL = (b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: lunch?\r\n"
             b"Message-ID: <1@example.test>\r\n\r\nSee you at noon.\r\n")
 
 
-def failed(address: str, error: str, original: str = "") -> Recipient:
-    return Recipient(address=address, original=original, state=FAILED, last_error=error)
+def failed(address: str, error: str, original: str = "", status: str | None = None) -> Recipient:
+    """A bounced recipient as the queue records it: the status, and "status text" for the log and DSN."""
+    if status is None:
+        status = error.split(" ", 1)[0] if error[:1] in "45" else ""
+    return Recipient(address=address, original=original, state=FAILED, last_error=error, status=status)
 
 
 def dsn_for(recipients, **kwargs):
@@ -23,7 +26,7 @@ def dsn_for(recipients, **kwargs):
 
 def test_dsn_structure_is_a_delivery_status_report():
     rcpts = [failed("bob@example.test", "5.1.1 no such user", original="info@example.test"),
-             failed("zed@elsewhere.test", "550 5.7.1 relaying denied\r\nby policy")]
+             failed("zed@elsewhere.test", "550 5.7.1 relaying denied\r\nby policy", status="5.7.1")]
     dsn_env, data = dsn_for(rcpts)
     msg = email.message_from_bytes(data, policy=policy.default)
 
@@ -78,9 +81,14 @@ def test_delayed_dsn():
     assert msg["Subject"].startswith("Delayed Mail")
 
 
-def test_status_of_and_headers_of():
-    assert status_of("4.4.7 expired", "5.0.0") == "4.4.7"
-    assert status_of("451 4.3.0 try later", "5.0.0") == "4.3.0"
-    assert status_of("no code here", "5.0.0") == "5.0.0"
+def test_the_status_reported_is_the_recipients_not_one_read_from_the_text():
+    _, data = dsn_for([failed("bob@example.test", "4.4.7 delivery time expired", status="4.4.7"),
+                       failed("carol@example.test", "5.1.1 said 5.7.1", status="5.2.2")])
+    _, bob, carol = email.message_from_bytes(data, policy=policy.default).get_payload()[1].get_payload()
+    assert (bob["Action"], bob["Status"]) == ("failed", "4.4.7")
+    assert (carol["Status"], carol["Diagnostic-Code"]) == ("5.2.2", "X-mailappliance; 5.1.1 said 5.7.1")
+
+
+def test_headers_of():
     assert headers_of(b"A: 1\nB: 2\n\nbody") == b"A: 1\r\nB: 2\r\n"
     assert headers_of(b"A: 1\r\n") == b"A: 1\r\n"

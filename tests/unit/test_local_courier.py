@@ -64,7 +64,7 @@ def test_unknown_user_is_a_permanent_5_1_1():
     store = FakeStore()
     result = outcome(LocalCourier(FakeDirectory(None), store).deliver(ENV, ENV.recipients[0], MESSAGE))
     assert isinstance(result, Failure) and result.check(NoSuchMailbox)
-    assert str(result.value).startswith("5.1.1") and not result.value.temporary
+    assert result.value.status == "5.1.1" and not result.value.temporary
     assert store.delivered == []
 
 

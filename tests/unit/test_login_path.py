@@ -24,7 +24,7 @@ from appliance.inline import InlinePool, InlineReactor
 from appliance.interfaces import IDirectory, UserRecord
 from appliance.pop3 import POP3Factory
 from appliance.realm import AuthThrottle, make_login
-from appliance.smtp.delivery import Acceptor, RecipientResolver
+from appliance.intake import Intake, RecipientResolver
 from appliance.smtp.server import SMTPFactory
 from appliance.smtp.submission import SubmissionPolicy
 from appliance.store.maildir import MaildirStore
@@ -76,8 +76,9 @@ class World:
                       reactor=self.reactor, implicit_tls=False)
         resolver = RecipientResolver(self.directory, None, ("example.test",))
         self.factories = {
-            "smtp": SMTPFactory(policy=SubmissionPolicy("submission", resolver, "mail.example.test"),
-                                acceptor=Acceptor(Queue(), "mail.example.test"), directory=self.directory,
+            "smtp": SMTPFactory(policy=SubmissionPolicy("submission", resolver),
+                                intake=Intake(Queue(), "mail.example.test", resolver, clock=self.reactor),
+                                directory=self.directory,
                                 login=self.login, hostname="mail.example.test", domains=("example.test",),
                                 limits=LimitsSection(), tls=None, tls_settings=tls, implicit_tls=False,
                                 clock=self.reactor),

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from appliance import pickup, replies
 from appliance.envelope import Recipient
 from appliance.errors import DirectoryUnavailable, QueueWriteError
+from appliance.intake import Intake
 from appliance.replies import SMTPReplyError
 from appliance.inline import InlineReactor as FakeReactor, InlinePool as SyncPool
 
@@ -45,18 +46,14 @@ class FakeResolver:
         return succeed([Recipient(rcpt, local=self.is_local(rcpt))])
 
 
-class FakeAcceptor:
-    masquerader = None
-
-
 MESSAGE = b"From: alice@example.test\r\nSubject: cron\r\n\r\nok\r\n"
 
 
 def service(tmp_path, max_size=10_000):
     folder = str(tmp_path / "pickup")
     reactor, queue, resolver = FakeReactor(), FakeQueue(), FakeResolver()
-    svc = pickup.PickupService(folder, queue, resolver, FakeAcceptor(), "mail.example.test", reactor, SyncPool(),
-                               max_message_size=max_size)
+    intake = Intake(queue, "mail.example.test", resolver, clock=reactor)
+    svc = pickup.PickupService(folder, intake, reactor, SyncPool(), max_message_size=max_size)
     svc.startService()
     return svc, folder, reactor, queue, resolver
 

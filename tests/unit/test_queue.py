@@ -330,7 +330,7 @@ def test_recipients_go_to_the_courier_their_local_flag_names(tmp_path):
 
 
 def test_a_temporary_failure_is_retried_with_doubling_backoff(tmp_path):
-    local = FakeCourier({"bob@example.test": [TemporaryFailure("4.2.0 mailbox busy")] * 4})
+    local = FakeCourier({"bob@example.test": [TemporaryFailure("4.2.0", "mailbox busy")] * 4})
     service, spool, reactor, _ = make_service(tmp_path, local=local)
     env = envelope("bob@example.test", received_at=reactor.seconds())
     service.put(env, message())
@@ -351,8 +351,32 @@ def test_a_temporary_failure_is_retried_with_doubling_backoff(tmp_path):
     assert all(call[2] == message() for call in local.calls)   # later attempts read the body back
 
 
+def test_the_failure_status_is_recorded_apart_from_the_text(tmp_path):
+    local = FakeCourier({"bob@example.test": TemporaryFailure("4.2.0", "mx said: 450\n  4.7.1 busy")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    bob = env.recipients[0]
+    assert (bob.status, bob.last_error) == ("4.2.0", "4.2.0 mx said: 450 4.7.1 busy")
+    (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
+    assert back.recipients[0].status == "4.2.0"
+
+
+def test_an_envelope_written_before_statuses_were_stored_still_loads():
+    old = (b'{"id":"A1","sender":"a@example.test","recipients":[{"address":"b@example.test","original":"",'
+           b'"extension":"","local":true,"state":"pending","attempts":1,"next_attempt":300.0,'
+           b'"last_error":"4.2.0 mailbox busy"},{"address":"c@example.test","original":"","extension":"",'
+           b'"local":true,"state":"pending","attempts":0,"next_attempt":0.0,"last_error":""}],'
+           b'"received_at":0.0,"peer":"","helo":"","protocol":"ESMTP","login":"","size":10,"held":false,'
+           b'"delay_notified":false}')
+    env = Envelope.from_json(old)
+    assert [(r.status, r.last_error) for r in env.recipients] == [("4.2.0", "4.2.0 mailbox busy"), ("", "")]
+    assert Envelope.from_json(env.to_json()) == env
+
+
 def test_retry_state_survives_a_restart(tmp_path):
-    local = FakeCourier({"bob@example.test": TemporaryFailure("4.2.0 mailbox busy")})
+    local = FakeCourier({"bob@example.test": TemporaryFailure("4.2.0", "mailbox busy")})
     service, spool, reactor, _ = make_service(tmp_path, local=local)
     env = envelope("bob@example.test", "carol@example.test", received_at=reactor.seconds())
     service.put(env, message())
@@ -376,7 +400,7 @@ def test_start_delivers_what_was_queued_before_a_restart(tmp_path):
 
 
 def test_a_permanent_failure_bounces_to_the_sender(tmp_path):
-    local = FakeCourier({"bob@example.test": NoSuchMailbox("5.1.1 no such user")})
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("no such user")})
     service, spool, reactor, _ = make_service(tmp_path, local=local)
     env = envelope("bob@example.test", sender="alice@example.test", received_at=reactor.seconds())
     service.put(env, message())
@@ -390,7 +414,7 @@ def test_a_permanent_failure_bounces_to_the_sender(tmp_path):
 
 
 def test_no_dsn_for_the_null_sender(tmp_path):
-    local = FakeCourier({"bob@example.test": NoSuchMailbox("5.1.1 no such user")})
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("no such user")})
     service, spool, reactor, _ = make_service(tmp_path, local=local)
     env = envelope("bob@example.test", sender="", received_at=reactor.seconds())
     service.put(env, message())
@@ -401,7 +425,7 @@ def test_no_dsn_for_the_null_sender(tmp_path):
 
 
 def test_a_message_past_its_lifetime_bounces(tmp_path):
-    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.4.0 remote delivery not available yet")})
+    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.4.0", "remote delivery not available yet")})
     local = FakeCourier()
     service, spool, reactor, _ = make_service(tmp_path, local=local, remote=remote)
     env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
@@ -450,7 +474,7 @@ def dsns(courier: FakeCourier, action: bytes) -> list[bytes]:
 
 
 def test_one_delay_notice_after_delay_warning_and_it_survives_a_restart(tmp_path):
-    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.2.0 mx said: 450 busy")})
+    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.2.0", "mx said: 450 busy")})
     local = FakeCourier()
     service, spool, reactor, _ = make_service(tmp_path, local=local, remote=remote, settings=NOTICE_SETTINGS)
     env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
@@ -469,12 +493,12 @@ def test_one_delay_notice_after_delay_warning_and_it_survives_a_restart(tmp_path
 
 
 def test_no_delay_notice_for_the_null_sender_or_when_delivered_in_time(tmp_path):
-    remote = FakeCourier({"zed@elsewhere.test": [TemporaryFailure("4.2.0 busy")]})
+    remote = FakeCourier({"zed@elsewhere.test": [TemporaryFailure("4.2.0", "busy")]})
     local = FakeCourier()
     service, spool, reactor, _ = make_service(tmp_path, local=local, remote=remote, settings=NOTICE_SETTINGS)
     service.put(envelope("zed@elsewhere.test", received_at=reactor.seconds()), message(1))
     bounce_env = envelope("yan@elsewhere.test", sender="", received_at=reactor.seconds())
-    remote.outcomes["yan@elsewhere.test"] = TemporaryFailure("4.2.0 busy")
+    remote.outcomes["yan@elsewhere.test"] = TemporaryFailure("4.2.0", "busy")
     service.put(bounce_env, message(2))
     reactor.advance(0)
     reactor.pump([300] * 6)
@@ -485,7 +509,7 @@ def test_no_delay_notice_for_the_null_sender_or_when_delivered_in_time(tmp_path)
 
 def stuck(tmp_path, settings=SETTINGS):
     """A service with one message whose remote recipient keeps failing temporarily."""
-    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.2.0 busy")})
+    remote = FakeCourier({"zed@elsewhere.test": TemporaryFailure("4.2.0", "busy")})
     service, spool, reactor, couriers = make_service(tmp_path, remote=remote, settings=settings)
     env = envelope("zed@elsewhere.test", received_at=reactor.seconds())
     service.put(env, message())
@@ -536,7 +560,7 @@ def test_delete_while_a_delivery_is_in_flight_stays_deleted(tmp_path):
     service.put(env, message())
     reactor.advance(0)
     service.delete(env.id)
-    pending.errback(TemporaryFailure("4.2.0 busy"))
+    pending.errback(TemporaryFailure("4.2.0", "busy"))
     reactor.pump([300] * 5)
     assert len(remote.calls) == 1 and spool.list() == []
 
@@ -605,6 +629,6 @@ def test_a_message_deleted_in_flight_gets_no_dsn_for_that_attempt(tmp_path):
     service.put(env, message())
     reactor.advance(0)
     service.delete(env.id)
-    pending.errback(NoSuchMailbox("5.1.1 no such user"))
+    pending.errback(NoSuchMailbox("no such user"))
     reactor.advance(0)
     assert local.calls == [] and spool.list() == []

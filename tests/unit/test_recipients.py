@@ -5,10 +5,10 @@ import pytest
 from twisted.internet import defer
 
 from appliance import aliases as aliasesmod
+from appliance.intake import RecipientResolver
 from appliance.interfaces import UserRecord
 from appliance.masquerade import Masquerader
 from appliance.replies import SMTPReplyError
-from appliance.smtp.delivery import RecipientResolver
 
 USERS = {a: UserRecord(a, frozenset({a})) for a in ("alice@example.test", "bob@example.test", "root@example.test")}
 

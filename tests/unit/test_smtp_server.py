@@ -15,8 +15,8 @@ from appliance import address
 from appliance.config import LimitsSection, TLSSection
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.interfaces import UserRecord
+from appliance.intake import Intake, RecipientResolver
 from appliance.realm import Login, MailRealm
-from appliance.smtp.delivery import Acceptor, RecipientResolver
 from appliance.smtp.mx import MXPolicy
 from appliance.smtp.server import SMTPFactory, unstuff
 from appliance.smtp.submission import SubmissionPolicy
@@ -81,9 +81,10 @@ class Rig:
         if kind == "mx":
             policy = MXPolicy(resolver, address.parse_networks("127.0.0.1/32"))
         else:
-            policy = SubmissionPolicy("submission", resolver, "mail.example.test")
+            policy = SubmissionPolicy("submission", resolver)
         self.factory = SMTPFactory(
-            policy=policy, acceptor=Acceptor(self.queue, "mail.example.test"), directory=self.directory,
+            policy=policy, intake=Intake(self.queue, "mail.example.test", resolver, clock=self.clock),
+            directory=self.directory,
             login=Login(Portal(MailRealm(store=None), [FakeChecker()]), self.throttle, self.clock),
             hostname="mail.example.test",
             domains=("example.test",), limits=LimitsSection(**limits),

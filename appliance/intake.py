@@ -1,0 +1,309 @@
+"""One acceptance path for every message, from SMTP or the pickup folder: recipients, checks, trace, the queue put.
+
+SMTP resolves each RCPT while the client waits (through its listener's policy, with the
+resolver below) and hands the whole message over at the end of DATA; the pickup folder hands
+over each file with its recipients still to resolve (`resolve_all`), since the sendmail command
+cannot be refused. From there one path: the checks, then the Date and Message-ID a submission
+lacks, masquerading, the Received line, and the queue, which fires only once the message is
+durable, so that SMTP answers 250 only then. Recipients refused after the fact are bounced.
+"""
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+
+from appliance import address, bounce, maillog, replies
+from appliance.envelope import FAILED, Envelope, Recipient, new_id
+from appliance.message import has, headers, prepend
+from appliance.message import field as header_field
+from appliance.replies import SMTPReplyError
+
+MAX_DIRECTORY_ALIAS_DEPTH = 5
+
+
+class RecipientResolver:
+    """Turns one RCPT address into final envelope recipients: local users, or remote addresses.
+
+    Aliases are expanded here, at acceptance, so an unknown alias target is refused while the
+    client is still connected, and one message to a list gets one copy per member. Order of
+    lookups, as Postfix does it: the address as given (alias, then user), then without its
+    +extension, then the domain's catch-all.
+    """
+
+    def __init__(self, directory: Any, aliases: Any, domains: tuple[str, ...], *, delimiter: str = "+",
+                 catch_all: dict[str, str] | None = None, restricted: frozenset[str] = frozenset(),
+                 masquerader: Any = None) -> None:
+        self.directory = directory
+        self.aliases = aliases
+        self.domains = domains
+        self.delimiter = delimiter
+        self.catch_all = catch_all or {}
+        self.restricted = restricted
+        self.masquerader = masquerader
+
+    def is_local(self, addr: str) -> bool:
+        return address.in_domains(self.unmasquerade(addr), self.domains)
+
+    def unmasquerade(self, addr: str) -> str:
+        """`user@pc12.lan.example.test` arriving at the MX is `user@example.test` (a hidden host)."""
+        if self.masquerader is None or not self.masquerader.enabled:
+            return addr
+        local, domain = address.split(addr)
+        if self.masquerader.hides(domain) and self.masquerader.as_domain in self.domains:
+            return f"{local}@{self.masquerader.as_domain}"
+        return addr
+
+    @defer.inlineCallbacks
+    def resolve(self, rcpt: str, insider: bool = True) -> Any:
+        """Deferred[list[Recipient]]; fails with SMTPReplyError (550 5.1.1, 5.7.1 or 5.4.6).
+
+        `insider`: the sender is one of ours (authenticated, or on a trusted network), which
+        restricted lists require.
+        """
+        rcpt = self.unmasquerade(rcpt)
+        if not address.in_domains(rcpt, self.domains):
+            return [Recipient(address=rcpt, local=False)]
+        candidates = [(rcpt, "")]
+        base, extension = self._split_extension(rcpt)
+        if base != rcpt:
+            candidates.append((base, extension))
+        for candidate, ext in candidates:
+            if candidate in self.restricted and not insider:
+                raise SMTPReplyError(replies.LIST_RESTRICTED)
+            targets = yield self.expand(candidate)
+            if targets is not None:
+                return (yield self._finals(targets, rcpt))
+            user = yield self.directory.lookup(candidate)
+            if user is not None:
+                return [Recipient(address=user.address, original=_unless_same(rcpt, user.address), extension=ext)]
+        return (yield self._finals(self._catch_all(rcpt), rcpt))
+
+    @defer.inlineCallbacks
+    def _finals(self, targets: list[str], rcpt: str) -> Any:
+        result = []
+        for target in targets:
+            result.append((yield self._final(target, rcpt)))
+        return result
+
+    @defer.inlineCallbacks
+    def expand(self, addr: str, depth: int = 0) -> Any:
+        """Deferred[list[str] | None]: the aliases file first, then the directory's own aliases
+        (LDAP nisMailAlias, groupOfNames, mailRoutingAddress), whose members may be lists too."""
+        if self.aliases is not None:
+            try:
+                targets = self.aliases.resolve(addr)
+            except Exception as e:  # AliasLoopError, or deeper than the aliases file allows
+                maillog.error("alias-loop", rcpt=addr, reason=str(e))
+                raise SMTPReplyError(replies.ALIAS_LOOP)
+            if targets is not None:
+                return targets
+        directory_aliases = getattr(self.directory, "resolve_alias", None)
+        if directory_aliases is None:
+            return None
+        targets = yield directory_aliases(addr)
+        if targets is None:
+            return None
+        if depth >= MAX_DIRECTORY_ALIAS_DEPTH:
+            maillog.error("alias-loop", rcpt=addr, reason="directory lists nested too deep")
+            raise SMTPReplyError(replies.ALIAS_LOOP)
+        final: list[str] = []
+        for target in targets:
+            nested = None
+            if target != addr and address.in_domains(target, self.domains):
+                nested = yield self.expand(target, depth + 1)
+            for item in nested or [target]:
+                if item not in final:
+                    final.append(item)
+        return final
+
+    def _split_extension(self, addr: str) -> tuple[str, str]:
+        """`alice+tag@d` -> (`alice@d`, `+tag`); unchanged when plus-addressing is off or absent."""
+        local, domain = address.split(addr)
+        if not self.delimiter or self.delimiter not in local[1:]:
+            return addr, ""
+        cut = local.index(self.delimiter, 1)
+        return f"{local[:cut]}@{domain}", local[cut:]
+
+    def _catch_all(self, rcpt: str) -> list[str]:
+        target = self.catch_all.get(address.domain_of(rcpt))
+        if target is None:
+            raise SMTPReplyError(replies.UNKNOWN_USER)
+        return [target]
+
+    @defer.inlineCallbacks
+    def _final(self, target: str, rcpt: str) -> Any:
+        """One expanded target: a local user that must exist, a remote address to forward to, or a
+        command (`|cmd`) or file (`/path`) that the aliases file may name when allow_commands is on."""
+        if target.startswith(("|", "/")):
+            return Recipient(address=target, local=True, original=rcpt)
+        if not address.in_domains(target, self.domains):
+            return Recipient(address=address.normalise(target), local=False, original=_unless_same(rcpt, target))
+        user = yield self.directory.lookup(target)
+        if user is None:
+            raise SMTPReplyError(replies.UNKNOWN_USER)
+        return Recipient(address=user.address, local=True, original=_unless_same(rcpt, user.address))
+
+
+def _unless_same(given: str, final: str) -> str:
+    return given if address.normalise(given) != final else ""
+
+
+@dataclass
+class Arrival:
+    """One message handed to intake, with the facts its envelope, Received line and log line record."""
+
+    sender: str                        # "" for the null sender
+    recipients: list[Recipient]        # resolved and accepted
+    message: bytes                     # wire form (CRLF)
+    service: str                       # who took it in, for the log: smtp, submission, smtps, pickup
+    protocol: str                      # Received "with" (RFC 3848): ESMTP, ESMTPSA, ..., or local
+    peer: str = ""                     # the client's IP address; "" for a local program
+    helo: str = ""
+    tls: str = ""                      # the TLS session, for the Received line
+    login: str = ""                    # the authenticated user, or the pickup file's owner
+    insider: bool = False              # one of our users or hosts: masqueraded
+    submission: bool = False           # RFC 6409 submission: a missing Date and Message-ID are added
+    refused: list[Recipient] = field(default_factory=list)   # failed for good after the fact: bounced
+    id: str = field(default_factory=new_id)                  # the queue id, from arrival on
+
+
+# A check sees the arrival before anything is added to it. It returns None (or a Deferred firing
+# None) to let the message through, and raises SMTPReplyError to refuse it: SMTP answers with that
+# reply; the pickup keeps the file for a 4xx and sets it aside for a 5xx. It may add header fields
+# to `arrival.message` (a verdict, a score), through message.py.
+Check = Callable[[Arrival], Any]
+
+
+class Intake:
+    """The one place a message is accepted: SMTP (smtp/server.py) and the pickup (pickup.py) both call `accept`."""
+
+    def __init__(self, queue: Any, hostname: str, resolver: RecipientResolver, *, clock: Any,
+                 masquerader: Any = None, checks: list[Check] | None = None) -> None:
+        self.queue = queue
+        self.hostname = hostname
+        self.resolver = resolver
+        self.masquerader = masquerader
+        # THE PLUG-IN POINT for later checks (spam, viruses, limits): run in this order on every
+        # message, whichever way it came. Empty today.
+        self.checks: list[Check] = list(checks or [])
+        self.clock = clock              # dates in Received and Date: reactor time, so tests can set it
+
+    def accept(self, arrival: Arrival) -> defer.Deferred:
+        """Deferred[queue id], firing only once the queue holds the message durably.
+
+        Fails with a check's SMTPReplyError, or with the queue's own failure (QueueWriteError):
+        each source answers that its own way (SMTP 451, the pickup keeps its file).
+        """
+        return defer.ensureDeferred(self._accept(arrival))
+
+    async def _accept(self, arrival: Arrival) -> str:
+        for check in self.checks:
+            await defer.maybeDeferred(check, arrival)
+        sender, message = self.stamp(arrival)
+        if arrival.recipients:
+            envelope = Envelope(id=arrival.id, sender=sender, recipients=list(arrival.recipients), peer=arrival.peer,
+                                helo=arrival.helo, protocol=arrival.protocol, login=arrival.login, size=len(message))
+            await self.queue.put(envelope, message)
+            maillog.received(arrival.id, arrival.service, arrival.peer or "local", sender, envelope.size,
+                             [r.address for r in envelope.recipients], arrival.protocol, arrival.login)
+        if arrival.refused:
+            await self._bounce(arrival, sender, message)
+        return arrival.id
+
+    def stamp(self, arrival: Arrival) -> tuple[str, bytes]:
+        """(envelope sender, message) as queued: completed, masqueraded, with our Received line on top."""
+        sender, message = arrival.sender, arrival.message
+        if arrival.submission:
+            message = self.complete(message)
+        if arrival.insider and self.masquerader is not None and self.masquerader.enabled:
+            sender, message = self.masquerade(arrival.id, sender, message)
+        # Trace fields go on top of whatever came, as every hop before us put theirs.
+        return sender, header_field("Received", self.received(arrival)) + message
+
+    def complete(self, message: bytes) -> bytes:
+        """Add the Date and Message-ID a careless client left out (RFC 6409 8.2, 8.3)."""
+        present = headers(message)
+        added = []
+        if not has(present, "Date"):
+            added.append(("Date", email.utils.formatdate(self.clock.seconds(), localtime=True)))
+        if not has(present, "Message-ID"):
+            added.append(("Message-ID", email.utils.make_msgid(domain=self.hostname)))
+        return prepend(message, *added)
+
+    def masquerade(self, qid: str, sender: str, message: bytes) -> tuple[str, bytes]:
+        """Hide internal host names on mail our own users and hosts send; log what changed."""
+        new_sender = self.masquerader.rewrite_address(sender)
+        message, changes = self.masquerader.rewrite_headers(message)
+        if new_sender != sender:
+            changes.insert(0, (sender, new_sender))
+        for old, new in changes:
+            maillog.emit("masqueraded", id=qid, original=old, rewritten=new)
+        return new_sender, message
+
+    def received(self, arrival: Arrival) -> str:
+        """The value of our RFC 5321 4.4 trace field; `for` only with one recipient, so a list's members stay private.
+
+        From the network it names the client (HELO and address) and the TLS session; from a local
+        program, the service and the user who ran it.
+        """
+        if arrival.peer:
+            origin, note = f"{_printable(arrival.helo or 'unknown')} ([{arrival.peer}])", arrival.tls
+        else:
+            origin, note = f"local ({arrival.service})", f"user {_user_name(arrival.login)}"
+        lines = [f"from {origin}", f"\tby {self.hostname} (mailappliance) with {arrival.protocol} id {arrival.id}"]
+        if note:
+            lines.append(f"\t({note})")
+        tail = f"; {email.utils.formatdate(self.clock.seconds(), localtime=True)}"
+        if len(arrival.recipients) == 1:
+            rcpt = arrival.recipients[0]
+            lines.append(f"\tfor <{rcpt.original or rcpt.address}>{tail}")
+        else:
+            lines[-1] += tail
+        return "\r\n".join(lines)
+
+    async def resolve_all(self, given: list[str], insider: bool = True) -> tuple[list[Recipient], list[Recipient]]:
+        """(recipients, refused) for a source that cannot be refused while it waits (the pickup).
+
+        A recipient the resolver refuses is returned FAILED with its status, to be bounced; a
+        directory that cannot tell (DirectoryUnavailable) fails the whole call, to be tried again.
+        """
+        recipients: list[Recipient] = []
+        refused: list[Recipient] = []
+        for rcpt in given:
+            if not address.is_valid(rcpt):
+                refused.append(_refused(rcpt, "5.1.3", "bad recipient address syntax"))
+                continue
+            try:
+                found = await self.resolver.resolve(address.normalise(rcpt), insider=insider)
+            except SMTPReplyError as e:
+                refused.append(_refused(rcpt, e.reply.enhanced, e.reply.text))
+                continue
+            recipients += [r for r in found if r.address not in {known.address for known in recipients}]
+        return recipients, refused
+
+    async def _bounce(self, arrival: Arrival, sender: str, message: bytes) -> None:
+        """Tell the sender about the refused recipients (never the null sender: no bounce of a bounce)."""
+        for rcpt in arrival.refused:
+            maillog.bounced(arrival.id, rcpt.address, rcpt.last_error)
+        if not sender:
+            return
+        original = Envelope(id=arrival.id, sender=sender, recipients=arrival.refused, protocol=arrival.protocol)
+        dsn, data = bounce.make_dsn(original, arrival.refused, self.hostname, bounce.headers_of(message),
+                                    is_local=self.resolver.is_local, now=self.clock.seconds())
+        await self.queue.put(dsn, data)
+
+
+def _refused(rcpt: str, status: str, text: str) -> Recipient:
+    return Recipient(address=rcpt, state=FAILED, status=status, last_error=f"{status} {text}")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in text)[:255]
+
+
+def _user_name(user: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "?" for c in user)
