@@ -224,6 +224,15 @@ def test_password_is_not_an_argument(capsys, conf):
         cli.main(["--config", conf, "user", "add", "alice@example.test", "secret"])
 
 
+
+@pytest.mark.parametrize("command", [["check"], ["user", "show", "alice@example.test"]])
+def test_an_unreadable_ldap_password_file_is_one_line(capsys, ldap_conf, command):
+    os.remove(os.path.join(os.path.dirname(ldap_conf), "ldap.secret"))
+    code, out, err = run(capsys, "--config", ldap_conf, *command)
+    assert (code, out) == (1, "")
+    assert err == (f"{ldap_conf}: [ldap] bind_password_file: {os.path.dirname(ldap_conf)}/ldap.secret: "
+                   "not a readable file\n")
+
 # ---------------------------------------------------------------- demo
 
 def test_demo_as_a_normal_user(capsys, tmp_path, monkeypatch):
