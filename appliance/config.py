@@ -299,7 +299,7 @@ def _delimiter(value: str, base: str) -> str:
     return value
 
 
-def parse_bool(value: str, base: str = "") -> bool:
+def _yes_no(value: str, base: str) -> bool:
     """yes/no, true/false, on/off, 1/0, as INI files and their readers expect."""
     words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
     if value.lower() not in words:
@@ -476,7 +476,7 @@ _LDAP_KEYS = _same_names(LDAPSection, {
     "bind_dn": _required(_dn, "the service account's DN, e.g. cn=mailappliance,dc=example,dc=org"),
     "bind_password_file": _required(_path, "a file holding only the service account's password"),
     "base_dn": _required(_dn, "where users and aliases live, e.g. dc=example,dc=org"),
-    "starttls": parse_bool, "ca_file": _optional_path, "timeout": _count(1, 300),
+    "starttls": _yes_no, "ca_file": _optional_path, "timeout": _count(1, 300),
     "cache_ttl": _count(0, 86400), "pool_size": _count(1, 64),
     "user_filter": _filter(False), "mail_attribute": _attribute(False),
     "alias_attribute": _attribute(True), "forward_attribute": _attribute(True),
@@ -514,7 +514,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "recipient_delimiter": _Key("recipient_delimiter", _delimiter, "+"),
         "catch_all": _Key("catch_all", _catch_all),
         "restricted": _Key("restricted", _addresses),
-        "allow_commands": _Key("allow_commands", parse_bool, "no"),
+        "allow_commands": _Key("allow_commands", _yes_no, "no"),
     },
     "masquerade": {
         "domains": _Key("domains", _domains),
@@ -531,7 +531,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "delivery": {
         "nameservers": _Key("nameservers", _nameservers),
         "port": _Key("port", _port, "25"),
-        "allow_address_literals": _Key("allow_address_literals", parse_bool, "no"),
+        "allow_address_literals": _Key("allow_address_literals", _yes_no, "no"),
     },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),
