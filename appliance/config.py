@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from urllib.parse import urlsplit
 
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPException        # ldap3 only parses DNs and filters here
 from ldap3.operation.search import parse_filter
 from ldap3.utils.dn import parse_dn
 from twisted.internet import endpoints
