@@ -3,7 +3,8 @@
 A leaf: it imports no other module of ours but errors and address, so every module may import
 it. Every problem is reported as `FILE: [section] key: what is wrong`, all of them at once.
 What needs the disk or the network beyond reading this file (certificates, folders, the
-aliases file, LDAP) is verified by appliance.checks.
+aliases file, LDAP) is verified by appliance.checks. The one look at the disk here decides a
+value: the default aliases file is used only when it exists.
 """
 from __future__ import annotations
 
