@@ -57,11 +57,6 @@ def domain_of(address: str) -> str:
     return split(address)[1]
 
 
-def local_of(address: str) -> str:
-    """The local part of an address, as sent."""
-    return split(address)[0]
-
-
 def in_domains(address: str, domains: Iterable[str]) -> bool:
     """True when the address's domain is one of `domains` (already normalised)."""
     try:

@@ -357,7 +357,7 @@ class _Parser:
         for item in items:
             try:
                 if item.lower().startswith(INCLUDE):
-                    targets.extend(self._include(number, item[len(INCLUDE):].strip()))
+                    targets.extend(self._include(item[len(INCLUDE):].strip()))
                 else:
                     targets.append(_target(item, refusal))
             except ValueError as e:
@@ -365,7 +365,7 @@ class _Parser:
                 ok = False
         return targets if ok else None
 
-    def _include(self, number: int, name: str) -> list[str]:
+    def _include(self, name: str) -> list[str]:
         """The addresses of an :include: file; problems inside it carry its own name and line."""
         path = os.path.join(os.path.dirname(os.path.abspath(self.path)), name)
         try:

@@ -12,11 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from appliance import address, config, control, pickup, queue, tls
+from appliance import address, checks, config, control, pickup, queue, tls
 from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
-from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.envelope import Envelope
-from appliance.errors import ConfigError, DirectoryUnavailable, QueueWriteError
+from appliance.errors import ConfigError, QueueWriteError
 from appliance.message import has, headers, prepend, remove
 from appliance.usershow import ShowError, show_user
 
@@ -135,27 +134,16 @@ def _command(commands, name: str, run: Callable[[argparse.Namespace], int] | Non
 
 def _check(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    problems = config.check_files(cfg)
+    problems = checks.check_files(cfg)
     if problems:
         raise ConfigError(problems)
-    directory = _ldap_status(cfg) if cfg.ldap else None
+    directory = checks.check_ldap(cfg) if cfg.ldap else None
     for line in summary(cfg, directory):
         print(line)
     if cfg.directory.backend == "file":
-        for line in config.role_warnings(cfg, set(list_users(cfg.directory.users_file))):
+        for line in checks.role_warnings(cfg, set(list_users(cfg.directory.users_file))):
             print(line)
     return 0
-
-
-def _ldap_status(cfg: config.Config) -> str:
-    """Bind and search as the appliance will; a directory that cannot answer is a problem for `check`."""
-    client = LDAPClient(cfg.ldap, read_bind_password(cfg.ldap.bind_password_file))
-    try:
-        return client.check(time.monotonic() + cfg.ldap.timeout)
-    except DirectoryUnavailable as exc:
-        raise ConfigError([f"{cfg.path}: [ldap] url: the directory does not answer as needed: {exc}"]) from None
-    finally:
-        client.close()
 
 
 def summary(cfg: config.Config, directory: str | None = None) -> list[str]:
@@ -260,6 +248,9 @@ def _user_list(args: argparse.Namespace) -> int:
 def _user_show(args: argparse.Namespace) -> int:
     """Works for both backends: unlike the other user commands it only reads."""
     cfg = config.load(args.config)
+    problems = checks.check_ldap_files(cfg)    # LDAP's password is read before the first search
+    if problems:
+        raise ConfigError(problems)
     try:
         print("\n".join(show_user(cfg, args.address)))
     except ShowError as exc:
@@ -283,7 +274,7 @@ def _demo(args: argparse.Namespace) -> int:
     tls.generate_self_signed(cfg.appliance.hostname, cfg.tls.certificate, cfg.tls.key)
     password = secrets.token_urlsafe(12)
     add_user(cfg.directory.users_file, DEMO_USER, password)
-    problems = config.check_files(cfg)
+    problems = checks.check_files(cfg)
     if problems:
         raise ConfigError(problems)
     print("\n".join(_demo_instructions(cfg, listen, password)))

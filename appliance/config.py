@@ -1,6 +1,10 @@
-"""INI -> frozen dataclasses; the whole file is validated before anything binds.
+"""INI -> frozen dataclasses: the configuration's syntax and values, and nothing else.
 
-Every problem is reported as `FILE: [section] key: what is wrong`, all of them at once.
+A leaf: it imports no other module of ours but errors and address, so every module may import
+it. Every problem is reported as `FILE: [section] key: what is wrong`, all of them at once.
+What needs the disk or the network beyond reading this file (certificates, folders, the
+aliases file, LDAP) is verified by appliance.checks. The one look at the disk here decides a
+value: the default aliases file is used only when it exists.
 """
 from __future__ import annotations
 
@@ -11,16 +15,16 @@ import os
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from dataclasses import MISSING, dataclass, field, fields
+from urllib.parse import urlsplit
 
+from ldap3.core.exceptions import LDAPException        # ldap3 only parses DNs and filters here
+from ldap3.operation.search import parse_filter
+from ldap3.utils.dn import parse_dn
 from twisted.internet import endpoints
 
-from appliance import address, aliases, tls
+from appliance import address
 from appliance.errors import ConfigError
-
-if TYPE_CHECKING:
-    from appliance.directory.ldap import LDAPSection
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -116,6 +120,38 @@ class QueueSection:
     delay_warning: int = 14400        # 4 hours undelivered: one "delayed" DSN to the sender
 
 
+DEFAULT_USER_FILTER = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
+DEFAULT_DISABLED_FILTER = "(shadowExpire=1)"
+DEFAULT_ALIAS_FILTER = "(&(objectClass=nisMailAlias)(cn={address}))"
+DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(|(mail={address})(mailLocalAddress={address})))"
+
+
+@dataclass(frozen=True)
+class LDAPSection:
+    """The [ldap] section. Only url, bind_dn, bind_password_file and base_dn have no default."""
+
+    url: tuple[str, ...]                  # tried in order: the first that answers is used (failover)
+    bind_dn: str                          # the service account used for every search
+    bind_password_file: str               # absolute; its content, stripped, is the password
+    base_dn: str
+    starttls: bool = False                # upgrade ldap:// URLs with StartTLS (ldaps:// is TLS already)
+    ca_file: str = ""                     # absolute; "" = the system's CA store
+    timeout: int = 5                      # whole seconds (ldap3's socket option takes no fractions),
+                                          # for connecting and for each answer
+    cache_ttl: int = 60                   # seconds a lookup answer (found or not) is reused; 0 = never
+    pool_size: int = 4                    # worker threads, i.e. LDAP requests in flight at once
+    user_filter: str = DEFAULT_USER_FILTER
+    mail_attribute: str = "mail"                          # primary address: login and mailbox key
+    alias_attribute: str = "mailLocalAddress"             # further addresses of the same user
+    forward_attribute: str = "mailRoutingAddress"         # where the user's mail goes instead; "" = off
+    disabled_filter: str = DEFAULT_DISABLED_FILTER        # a user entry matching it cannot log in; "" = off
+    alias_filter: str = DEFAULT_ALIAS_FILTER              # "" = no nisMailAlias lookups
+    alias_member_attribute: str = "rfc822MailMember"
+    group_filter: str = DEFAULT_GROUP_FILTER              # "" = no group lookups
+    group_member_attribute: str = "member"                # DNs; each member's mail_attribute is the target
+    shared_secret_attribute: str = ""                     # cleartext secret for CRAM-MD5/APOP; "" = none
+
+
 @dataclass(frozen=True)
 class Config:
     path: str                         # absolute path of the file read
@@ -133,17 +169,22 @@ class Config:
     ldap: LDAPSection | None = None   # read only when [directory] backend = ldap
 
 
-TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")   # services that cannot run without a certificate
 LOCAL_NETWORKS = "127.0.0.1/32, ::1/128"
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 _TEMPLATE_FIELDS = ("domain", "local")
+_LDAP_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+")
+# What an LDAP filter's placeholders stand for when it is parsed to check its syntax.
+_LDAP_SAMPLE = {"address": "probe@example.org", "local": "probe", "domain": "example.org"}
 
 # (raw text, folder of the configuration file) -> value; a ValueError's text is the problem.
 Converter = Callable[[str, str], object]
 
 
-class _Problems:
-    """Collects `FILE: [section] key: what is wrong` lines, so every problem is reported at once."""
+class Problems:
+    """Collects `FILE: [section] key: what is wrong` lines, so every problem is reported at once.
+
+    Shared with appliance.checks, so that the operator reads one form of line from both.
+    """
 
     def __init__(self, source: str):
         self.source = source
@@ -259,7 +300,7 @@ def _delimiter(value: str, base: str) -> str:
     return value
 
 
-def parse_bool(value: str, base: str = "") -> bool:
+def _yes_no(value: str, base: str) -> bool:
     """yes/no, true/false, on/off, 1/0, as INI files and their readers expect."""
     words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
     if value.lower() not in words:
@@ -335,6 +376,74 @@ def _template(value: str, base: str) -> str:
     return _path(value, base)
 
 
+def _required(convert: Converter, hint: str) -> Converter:
+    """A key without a usable default: an empty value is reported with what to write there."""
+    def required(value: str, base: str) -> object:
+        if not value:
+            raise ValueError(f"missing; set {hint}")
+        return convert(value, base)
+    return required
+
+
+def _ldap_urls(value: str, base: str) -> tuple[str, ...]:
+    urls = tuple(_words(value))
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("ldap", "ldaps") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL with a host")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"{url!r} has a bad port") from None
+        if parts.path not in ("", "/"):
+            raise ValueError(f"{url!r}: put the base DN in base_dn, not in the URL")
+    return urls
+
+
+def _dn(value: str, base: str) -> str:
+    try:
+        parse_dn(value)
+    except LDAPException:
+        raise ValueError(f"{value!r} is not a DN") from None
+    return value
+
+
+def _count(minimum: int, maximum: int) -> Converter:
+    def convert(value: str, base: str) -> int:
+        if not value.isdigit() or not minimum <= int(value) <= maximum:
+            raise ValueError(f"must be a whole number from {minimum} to {maximum}, not {value!r}")
+        return int(value)
+    return convert
+
+
+def _attribute(optional: bool) -> Converter:
+    def convert(value: str, base: str) -> str:
+        if not value and optional:
+            return ""
+        if not _LDAP_ATTRIBUTE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an attribute name")
+        return value
+    return convert
+
+
+def _filter(optional: bool, placeholder: bool = True) -> Converter:
+    """A search filter; the directory fills in {address}, {local} and {domain}, escaped."""
+    def convert(value: str, base: str) -> str:
+        if not value and optional:
+            return ""
+        if placeholder and not any("{%s}" % name in value for name in _LDAP_SAMPLE):
+            raise ValueError(f"{value!r} must contain {{address}} (or {{local}} and {{domain}})")
+        sample = value
+        for name, text in _LDAP_SAMPLE.items():
+            sample = sample.replace("{%s}" % name, text)
+        try:
+            parse_filter(sample, None, False, False, None, False)
+        except LDAPException as exc:
+            raise ValueError(f"{value!r} is not a valid LDAP filter ({exc})") from None
+        return value
+    return convert
+
+
 # ---------------------------------------------------------------- the schema: every section and key
 
 @dataclass(frozen=True)
@@ -345,11 +454,41 @@ class _Key:
     only_if_exists: bool = False  # a defaulted path that is used only when the file is there
 
 
+def _same_names(section: type, converters: dict[str, Converter]) -> dict[str, _Key]:
+    """Keys named like the dataclass's fields, whose defaults are the fields' defaults written as text."""
+    defaults = {f.name: f.default for f in fields(section)}
+    return {name: _Key(name, convert, _as_text(defaults[name])) for name, convert in converters.items()}
+
+
+def _as_text(default: object) -> str:
+    if default is MISSING:
+        return ""
+    if isinstance(default, bool):
+        return "yes" if default else "no"
+    return str(default)
+
+
 def _int_keys(section: type) -> dict[str, _Key]:
-    return {f.name: _Key(f.name, _positive_int, str(f.default)) for f in fields(section)}
+    return _same_names(section, {f.name: _positive_int for f in fields(section)})
 
 
-_SCHEMA: dict[str, dict[str, _Key] | None] = {
+_LDAP_KEYS = _same_names(LDAPSection, {
+    "url": _required(_ldap_urls, "e.g. ldaps://ldap.example.org (several, separated by commas, for failover)"),
+    "bind_dn": _required(_dn, "the service account's DN, e.g. cn=mailappliance,dc=example,dc=org"),
+    "bind_password_file": _required(_path, "a file holding only the service account's password"),
+    "base_dn": _required(_dn, "where users and aliases live, e.g. dc=example,dc=org"),
+    "starttls": _yes_no, "ca_file": _optional_path, "timeout": _count(1, 300),
+    "cache_ttl": _count(0, 86400), "pool_size": _count(1, 64),
+    "user_filter": _filter(False), "mail_attribute": _attribute(False),
+    "alias_attribute": _attribute(True), "forward_attribute": _attribute(True),
+    "disabled_filter": _filter(True, placeholder=False),
+    "alias_filter": _filter(True), "alias_member_attribute": _attribute(False),
+    "group_filter": _filter(True), "group_member_attribute": _attribute(False),
+    "shared_secret_attribute": _attribute(True),
+})
+
+
+_SCHEMA: dict[str, dict[str, _Key]] = {
     "appliance": {
         "hostname": _Key("hostname", _hostname),
         "domains": _Key("domains", _required_domains),
@@ -366,7 +505,7 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
         "backend": _Key("backend", _choice("file", "ldap"), "file"),
         "users_file": _Key("users_file", _path, "users"),
     },
-    "ldap": None,  # read by appliance.directory.ldap, and only when [directory] backend = ldap
+    "ldap": _LDAP_KEYS,  # read only when [directory] backend = ldap
     "storage": {
         "format": _Key("format", _choice("maildir", "mbox"), "maildir"),
         "path": _Key("path", _template, "var/mail/{domain}/{local}"),
@@ -376,7 +515,7 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
         "recipient_delimiter": _Key("recipient_delimiter", _delimiter, "+"),
         "catch_all": _Key("catch_all", _catch_all),
         "restricted": _Key("restricted", _addresses),
-        "allow_commands": _Key("allow_commands", parse_bool, "no"),
+        "allow_commands": _Key("allow_commands", _yes_no, "no"),
     },
     "masquerade": {
         "domains": _Key("domains", _domains),
@@ -393,7 +532,7 @@ _SCHEMA: dict[str, dict[str, _Key] | None] = {
     "delivery": {
         "nameservers": _Key("nameservers", _nameservers),
         "port": _Key("port", _port, "25"),
-        "allow_address_literals": _Key("allow_address_literals", parse_bool, "no"),
+        "allow_address_literals": _Key("allow_address_literals", _yes_no, "no"),
     },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),
@@ -403,7 +542,7 @@ _SECTION_TYPES: dict[str, type] = {
     "appliance": ApplianceSection, "tls": TLSSection, "listen": ListenSection,
     "directory": DirectorySection, "storage": StorageSection, "aliases": AliasesSection,
     "masquerade": MasqueradeSection, "relay": RelaySection, "limits": LimitsSection, "queue": QueueSection,
-    "delivery": DeliverySection,
+    "delivery": DeliverySection, "ldap": LDAPSection,
 }
 
 
@@ -413,18 +552,19 @@ def load(path: str) -> Config:
     """Read and validate the whole file; raise errors.ConfigError with every problem found."""
     parser = _parse(path)
     base = os.path.dirname(os.path.abspath(path))
-    problems = _Problems(path)
+    problems = Problems(path)
     for section in parser.sections():
         if section not in _SCHEMA:
             problems.add_section(section, "unknown section" + _suggest(section.lower(), _SCHEMA, "[{}]"))
     values = {name: _read_section(parser, name, keys, base, problems)
-              for name, keys in _SCHEMA.items() if keys is not None}
+              for name, keys in _SCHEMA.items() if name != "ldap"}
     _cross_check(values, problems)
-    ldap = _read_ldap(parser, base, problems) if values["directory"].get("backend") == "ldap" else None
+    if values["directory"].get("backend") == "ldap":   # otherwise [ldap] is not read at all
+        values["ldap"] = _read_section(parser, "ldap", _SCHEMA["ldap"], base, problems)
     if problems:
         raise ConfigError(problems.lines)
     sections = {name: _SECTION_TYPES[name](**fields_) for name, fields_ in values.items()}
-    return Config(path=os.path.abspath(path), ldap=ldap, **sections)
+    return Config(path=os.path.abspath(path), **sections)
 
 
 def _parse(path: str) -> configparser.ConfigParser:
@@ -456,7 +596,7 @@ def _parse(path: str) -> configparser.ConfigParser:
 
 
 def _read_section(parser: configparser.ConfigParser, name: str, keys: dict[str, _Key], base: str,
-                  problems: _Problems) -> dict[str, object]:
+                  problems: Problems) -> dict[str, object]:
     """Convert one section's keys to dataclass fields; a key that fails is left out and reported."""
     given = dict(parser.items(name)) if parser.has_section(name) else {}
     for key in given:
@@ -475,22 +615,12 @@ def _read_section(parser: configparser.ConfigParser, name: str, keys: dict[str, 
     return values
 
 
-def _read_ldap(parser: configparser.ConfigParser, base: str, problems: _Problems) -> LDAPSection | None:
-    """The [ldap] section, parsed by the LDAP directory that owns its keys."""
-    # Imported here: appliance.directory imports this module for its Config type.
-    from appliance.directory.ldap import parse_ldap_section
-    items = dict(parser.items("ldap")) if parser.has_section("ldap") else {}
-    section, found = parse_ldap_section(items, base, problems.source)
-    problems.lines.extend(found)
-    return section
-
-
 def _suggest(name: str, choices: object, form: str) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f"; did you mean {form.format(close[0])}?" if close else ""
 
 
-def _cross_check(values: dict[str, dict[str, object]], problems: _Problems) -> None:
+def _cross_check(values: dict[str, dict[str, object]], problems: Problems) -> None:
     """Rules that span keys; a key that already failed is skipped."""
     tls_values, masquerade, queue = values["tls"], values["masquerade"], values["queue"]
     if tls_values.get("certificate") and tls_values.get("key") == "":
@@ -509,7 +639,7 @@ def _cross_check(values: dict[str, dict[str, object]], problems: _Problems) -> N
     _check_ports(values["listen"], problems)
 
 
-def _check_ports(listen: dict[str, object], problems: _Problems) -> None:
+def _check_ports(listen: dict[str, object], problems: Problems) -> None:
     """Two services on one TCP port would fail at bind time; say so before anything starts."""
     taken: dict[int, tuple[str, str]] = {}
     for service, endpoint in listen.items():
@@ -526,102 +656,6 @@ def _check_ports(listen: dict[str, object], problems: _Problems) -> None:
             taken[port] = (service, interface)
 
 
-# ---------------------------------------------------------------- checks that touch the disk
-
-def check_files(config: Config) -> list[str]:
-    """Problems with the files and folders the configuration names, as `FILE: [section] key: ...` lines."""
-    problems = _Problems(config.path)
-    _check_directory(config.appliance.state_dir, "appliance", "state_dir", problems)
-    _check_directory(_template_root(config.storage.path), "storage", "path", problems)
-    _check_tls(config, problems)
-    _check_users_file(config, problems)
-    _check_aliases(config, problems)
-    _check_relay_files(config, problems)
-    return problems.lines
-
-
-def _check_relay_files(config: Config, problems: _Problems) -> None:
-    """The smarthost's password and CA files are read at start: say so now, not with a traceback."""
-    for key in ("smarthost_password_file", "smarthost_ca_file"):
-        path = getattr(config.relay, key)
-        if path and not os.access(path, os.R_OK):
-            problems.add("relay", key, f"{path} cannot be read")
-
-
-def _template_root(template: str) -> str:
-    """The fixed folder above every mailbox: the template's path before its first placeholder."""
-    return os.path.dirname(template[:template.index("{")]) if "{" in template else os.path.dirname(template)
-
-
-def _check_directory(path: str, section: str, key: str, problems: _Problems) -> None:
-    """The appliance must be able to create `path` (or write into it when it exists)."""
-    existing = path
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        problems.add(section, key, f"{existing} is not a folder")
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"is not writable, so {path} cannot be created"
-        problems.add(section, key, f"{existing} {what}")
-
-
-def _check_tls(config: Config, problems: _Problems) -> None:
-    needing = [service for service in TLS_SERVICES if getattr(config.listen, service)]
-    if not config.tls.certificate:
-        if needing:
-            problems.add("tls", "certificate", f"empty, but [listen] {', '.join(needing)} need TLS; "
-                         "set it and run `mailappliance gen-cert` for a self-signed one")
-        return
-    try:
-        tls.load_pair(config.tls.certificate, config.tls.key)
-    except tls.TLSFileError as exc:
-        problems.add("tls", exc.key, str(exc))
-
-
-def _check_users_file(config: Config, problems: _Problems) -> None:
-    """A missing users file only means "no users yet"; one that cannot be read or parsed is a problem."""
-    if config.directory.backend != "file":
-        return
-    # Imported here: appliance.directory imports this module for its Config type.
-    from appliance.directory.file import check_users_file
-    for problem in check_users_file(config.directory.users_file):
-        problems.add("directory", "users_file", problem)
-
-
-def _check_aliases(config: Config, problems: _Problems) -> None:
-    path = config.aliases.file
-    if not path:
-        return
-    if not os.path.exists(path):  # a file named in [aliases] must be there; the default is optional
-        problems.add("aliases", "file", f"{path} does not exist; create it, or write `file =` for no aliases")
-        return
-    try:
-        table = aliases.load_aliases(path, config.appliance.domains, config.aliases.allow_commands)
-    except aliases.AliasesError as exc:
-        for problem in exc.problems:
-            problems.add("aliases", "file", problem)
-        return
-    for problem in table.loop_problems():
-        problems.add("aliases", "file", problem)
-
-
-def role_warnings(config: Config, known_users: set[str]) -> list[str]:
-    """postmaster and abuse must reach a person (RFC 2142, RFC 5321 4.5.1); say when they do not.
-
-    Warnings, not errors: the server runs, but complaints about it would go nowhere.
-    """
-    table = (aliases.load_aliases(config.aliases.file, config.appliance.domains, config.aliases.allow_commands)
-             if config.aliases.file else None)
-    warnings = []
-    for domain in config.appliance.domains:
-        for role in aliases.ALWAYS_ANSWERED:
-            addr = f"{role}@{domain}"
-            targets = (table.resolve(addr) if table else None) or [addr]
-            if not any(t in known_users or not t.endswith("@" + domain) and "@" in t for t in targets):
-                warnings.append(f"warning: {addr} reaches no user; add `{role}: someone` to the aliases file")
-    return warnings
-
-
 # ---------------------------------------------------------------- the effective configuration
 
 def describe(config: Config) -> list[str]:
@@ -629,11 +663,8 @@ def describe(config: Config) -> list[str]:
     lines = []
     for name, keys in _SCHEMA.items():
         section = getattr(config, name)
-        if section is None:
-            continue
-        # [ldap] has no schema here: its INI keys are its dataclass's field names.
-        attributes = {key: spec.field for key, spec in keys.items()} if keys else {f.name: f.name for f in fields(section)}
-        lines += [f"{name}.{key} = {_show(key, getattr(section, attribute))}" for key, attribute in attributes.items()]
+        if section is not None:
+            lines += [f"{name}.{key} = {_show(key, getattr(section, spec.field))}" for key, spec in keys.items()]
     return lines
 
 

@@ -12,7 +12,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from appliance import address, config as configmod
+from appliance import address, checks, config as configmod
 from appliance.errors import ConfigError
 from appliance.service import ApplianceService, ThreadPoolService
 
@@ -26,7 +26,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             cfg = configmod.load(self["config"])
-            problems = configmod.check_files(cfg)
+            problems = checks.check_files(cfg)
         except ConfigError as e:
             raise usage.UsageError("configuration is not valid:\n" + "\n".join(e.problems))
         except OSError as e:

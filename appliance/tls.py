@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -17,10 +16,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from appliance import maillog
+from appliance.config import TLSSection
 from appliance.errors import ConfigError
-
-if TYPE_CHECKING:
-    from appliance.config import TLSSection
 
 # Older versions are never offered: raiseMinimumTo also excludes SSLv3, TLS 1.0 and 1.1.
 _MINIMUM = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from appliance.config import Config
 from appliance.directory.file import FileDirectory
+from appliance.directory.ldap import LDAPDirectory
 from appliance.interfaces import IDirectory
 
 
@@ -15,6 +16,5 @@ def make_directory(config: Config, reactor, pool) -> IDirectory:
     if backend == "file":
         return FileDirectory(config.directory.users_file, reactor, pool)
     if backend == "ldap" and config.ldap is not None:
-        from appliance.directory.ldap import LDAPDirectory
         return LDAPDirectory(config.ldap, reactor, pool)
     raise ValueError(f"[directory] backend: unknown backend {backend!r} (expected file or ldap)")

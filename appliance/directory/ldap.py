@@ -9,6 +9,9 @@ Two halves with a thread boundary between them:
   check binds as the user on a separate, fresh connection that is closed at once, so a user's
   identity never leaks into the service account's searches.
 
+The settings are config.LDAPSection, read and validated with every other section by
+appliance.config; this module only uses them.
+
 Every failure to get an answer (socket error, timeout, TLS error, refused service bind, missing
 base DN) becomes DirectoryUnavailable: "could not tell" is never "unknown user" or "bad password".
 Every value placed in a filter goes through ldap3's `escape_filter_chars`; DNs are only ever
@@ -16,22 +19,17 @@ taken from the directory's own answers, never built from input.
 """
 from __future__ import annotations
 
-import difflib
-import os
 import re
 import ssl
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
-from ldap3.operation.search import parse_filter
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -39,15 +37,10 @@ from zope.interface import implementer
 
 from appliance import address as addr
 from appliance import maillog
-from appliance.config import parse_bool
+from appliance.config import LDAPSection
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IDirectory, UserRecord
 
-DEFAULT_USER_FILTER = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
-DEFAULT_DISABLED_FILTER = "(shadowExpire=1)"
-DEFAULT_ALIAS_FILTER = "(&(objectClass=nisMailAlias)(cn={address}))"
-DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(|(mail={address})(mailLocalAddress={address})))"
-PLACEHOLDERS = ("address", "local", "domain")
 MAX_GROUP_MEMBERS = 1000          # member DNs read per group; a bigger group is an operator mistake
 CACHE_MAX_ENTRIES = 10_000
 FAILBACK_AFTER = 60.0             # seconds a failover URL is tried first, before the list order again
@@ -56,162 +49,9 @@ FAILBACK_AFTER = 60.0             # seconds a failover URL is tried first, befor
 # (AD and ppolicy use 49 and 53 for locked or expired accounts). Anything else: could not tell.
 REFUSED_BIND = frozenset({48, 49, 50, 53})
 _SCHEME = re.compile(r"\{([A-Za-z0-9.-]+)\}")
-_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+")
 
 
-# ================================================================ settings: the [ldap] section
-
-@dataclass(frozen=True)
-class LDAPSection:
-    """The [ldap] section. Only url, bind_dn, bind_password_file and base_dn have no default."""
-
-    url: tuple[str, ...]                  # tried in order: the first that answers is used (failover)
-    bind_dn: str                          # the service account used for every search
-    bind_password_file: str               # absolute; its content, stripped, is the password
-    base_dn: str
-    starttls: bool = False                # upgrade ldap:// URLs with StartTLS (ldaps:// is TLS already)
-    ca_file: str = ""                     # absolute; "" = the system's CA store
-    timeout: int = 5                      # whole seconds (ldap3's socket option takes no fractions),
-                                          # for connecting and for each answer
-    cache_ttl: int = 60                   # seconds a lookup answer (found or not) is reused; 0 = never
-    pool_size: int = 4                    # worker threads, i.e. LDAP requests in flight at once
-    user_filter: str = DEFAULT_USER_FILTER
-    mail_attribute: str = "mail"                          # primary address: login and mailbox key
-    alias_attribute: str = "mailLocalAddress"             # further addresses of the same user
-    forward_attribute: str = "mailRoutingAddress"         # where the user's mail goes instead; "" = off
-    disabled_filter: str = DEFAULT_DISABLED_FILTER        # a user entry matching it cannot log in; "" = off
-    alias_filter: str = DEFAULT_ALIAS_FILTER              # "" = no nisMailAlias lookups
-    alias_member_attribute: str = "rfc822MailMember"
-    group_filter: str = DEFAULT_GROUP_FILTER              # "" = no group lookups
-    group_member_attribute: str = "member"                # DNs; each member's mail_attribute is the target
-    shared_secret_attribute: str = ""                     # cleartext secret for CRAM-MD5/APOP; "" = none
-
-
-REQUIRED_KEYS = ("url", "bind_dn", "bind_password_file", "base_dn")
-_HINTS = {
-    "url": "e.g. ldaps://ldap.example.org (several, separated by commas, for failover)",
-    "bind_dn": "the service account's DN, e.g. cn=mailappliance,dc=example,dc=org",
-    "bind_password_file": "a file holding only the service account's password",
-    "base_dn": "where users and aliases live, e.g. dc=example,dc=org",
-}
-
-
-def _urls(value: str, base: str) -> tuple[str, ...]:
-    urls = tuple(word for word in re.split(r"[,\s]+", value) if word)
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("ldap", "ldaps") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL with a host")
-        try:
-            parts.port
-        except ValueError:
-            raise ValueError(f"{url!r} has a bad port") from None
-        if parts.path not in ("", "/"):
-            raise ValueError(f"{url!r}: put the base DN in base_dn, not in the URL")
-    return urls
-
-
-def _dn(value: str, base: str) -> str:
-    try:
-        parse_dn(value)
-    except LDAPException:
-        raise ValueError(f"{value!r} is not a DN") from None
-    return value
-
-
-def _readable_file(value: str, base: str) -> str:
-    if not value:
-        return ""
-    path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise ValueError(f"{path}: not a readable file")
-    return path
-
-
-def _count(minimum: int, maximum: int) -> Callable[[str, str], int]:
-    def convert(value: str, base: str) -> int:
-        if not value.isdigit() or not minimum <= int(value) <= maximum:
-            raise ValueError(f"must be a whole number from {minimum} to {maximum}, not {value!r}")
-        return int(value)
-    return convert
-
-
-def _attribute(optional: bool) -> Callable[[str, str], str]:
-    def convert(value: str, base: str) -> str:
-        if not value and optional:
-            return ""
-        if not _ATTRIBUTE.fullmatch(value):
-            raise ValueError(f"{value!r} is not an attribute name")
-        return value
-    return convert
-
-
-def _filter(optional: bool, placeholder: bool = True) -> Callable[[str, str], str]:
-    """A search filter; placeholders {address}, {local}, {domain} are filled in escaped."""
-    def convert(value: str, base: str) -> str:
-        if not value and optional:
-            return ""
-        if placeholder and not any("{%s}" % name in value for name in PLACEHOLDERS):
-            raise ValueError(f"{value!r} must contain {{address}} (or {{local}} and {{domain}})")
-        sample = fill_filter(value, "probe@example.org")
-        try:
-            parse_filter(sample, None, False, False, None, False)
-        except LDAPException as exc:
-            raise ValueError(f"{value!r} is not a valid LDAP filter ({exc})") from None
-        return value
-    return convert
-
-
-def _text(value: str, base: str) -> str:
-    return value
-
-
-_CONVERTERS: dict[str, Callable[[str, str], object]] = {
-    "url": _urls, "bind_dn": _dn, "bind_password_file": _readable_file, "base_dn": _dn,
-    "starttls": parse_bool, "ca_file": _readable_file, "timeout": _count(1, 300),
-    "cache_ttl": _count(0, 86400), "pool_size": _count(1, 64),
-    "user_filter": _filter(False), "mail_attribute": _attribute(False),
-    "alias_attribute": _attribute(True), "forward_attribute": _attribute(True),
-    "disabled_filter": _filter(True, placeholder=False),
-    "alias_filter": _filter(True), "alias_member_attribute": _attribute(False),
-    "group_filter": _filter(True), "group_member_attribute": _attribute(False),
-    "shared_secret_attribute": _attribute(True),
-}
-
-
-def parse_ldap_section(items: dict[str, str], base_dir: str,
-                       filename: str) -> tuple[LDAPSection | None, list[str]]:
-    """The [ldap] section from its raw key/value strings, or None and every problem found.
-
-    Problems read `FILE: [ldap] key: what is wrong`; relative paths start at `base_dir`.
-    """
-    problems: list[str] = []
-
-    def problem(key: str, message: str) -> None:
-        problems.append(f"{filename}: [ldap] {key}: {message}")
-
-    for key in items:
-        if key not in _CONVERTERS:
-            close = difflib.get_close_matches(key, list(_CONVERTERS), n=1)
-            problem(key, f"unknown key {key!r}" + (f"; did you mean '{close[0]}'?" if close else ""))
-    defaults = {f.name: f.default for f in fields(LDAPSection)}
-    values: dict[str, object] = {}
-    for key, convert in _CONVERTERS.items():
-        raw = items.get(key, "").strip()
-        if not raw and key in REQUIRED_KEYS:
-            problem(key, f"missing; set {_HINTS[key]}")
-            continue
-        if key not in items:
-            values[key] = defaults[key]
-            continue
-        try:
-            values[key] = convert(raw, base_dir)
-        except ValueError as exc:
-            problem(key, str(exc))
-    if problems:
-        return None, problems
-    return LDAPSection(**values), []
-
+# ================================================================ filters and the service password
 
 def fill_filter(template: str, address: str) -> str:
     """The filter for one address: each placeholder replaced by its value, escaped (RFC 4515).

@@ -13,7 +13,7 @@ from twisted.mail.imap4 import IllegalClientResponse
 from twisted.python.failure import Failure
 
 from appliance import maillog, replies
-from appliance.imap import search
+import appliance.imap.search as search
 from appliance.imap.backend import SYSTEM_FLAGS, Account, Folder, MailboxError
 from appliance.imap.parse import Arguments, mailbox_name
 from appliance.imap.view import SequenceError, View, format_flags

@@ -28,7 +28,7 @@ from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 
 from appliance import address, maillog, replies
-from appliance.imap import search
+import appliance.imap.search as search
 from appliance.imap.backend import Account, Folder, MailboxError
 from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands

@@ -57,8 +57,6 @@ class Session:
         self.sender: str | None = None
         self.recipients: list[Any] = []       # envelope.Recipient
         self.rcpt_addresses: set[str] = set()
-        self.declared_size = 0
-        self.body_8bit = False
 
 
 class ApplianceSMTP(ESMTP):
@@ -408,11 +406,9 @@ class ApplianceSMTP(ESMTP):
                     return replies.SYNTAX, "bad SIZE"
                 if int(value) > self.factory.limits.max_message_size:
                     return replies.MESSAGE_TOO_BIG, ""
-                self.session.declared_size = int(value)
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
                     return replies.UNKNOWN_PARAMETER, f"BODY={value}"
-                self.session.body_8bit = value.upper() == "8BITMIME"
             elif key == "AUTH":
                 continue  # RFC 4954 5: accepted, and not trusted
             else:

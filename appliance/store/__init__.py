@@ -4,208 +4,26 @@ One module per format owns everything about it (store/maildir.py, store/mbox.py)
 the one reader, UIDs, flags and folders. POP3 and IMAP never learn the format: IMAP asks
 `FileStore.account(path)`, POP3 asks `FileStore.open_maildrop(path)`, and both end up on the
 same process-wide Folder objects (store/folder.py), so they see exactly the same messages.
+What the formats share is in store/base.py; the names other parts of the appliance use are
+re-exported here.
 """
 from __future__ import annotations
 
-import errno
-import os
-import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from appliance.config import StorageSection
+from appliance.interfaces import IMailStore
+from appliance.store.base import (SYSTEM_FLAGS, FileStore, MailboxError, Meta, Snapshot, mailbox_path,
+                                  make_dirs)
+from appliance.store.maildir import MaildirStore
+from appliance.store.mbox import MboxStore
 
-from twisted.internet import defer, threads
-from zope.interface import implementer
+__all__ = ["SYSTEM_FLAGS", "FileStore", "MailboxError", "Meta", "Snapshot", "mailbox_path", "make_dirs",
+           "make_store"]
 
-from appliance import address
-from appliance.errors import MailboxUnavailable
-from appliance.interfaces import IMailStore, UserRecord
-
-if TYPE_CHECKING:
-    from appliance.config import StorageSection
-    from appliance.store.account import Account
-
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-
-
-class MailboxError(Exception):
-    """A refusal the client may read (NO); its text never holds paths or exception details."""
-
-    def __init__(self, text: str, code: str = ""):
-        super().__init__(text)
-        self.code = code            # an RFC 5530 response code such as "NONEXISTENT", or ""
-
-
-@dataclass(frozen=True)
-class Meta:
-    """What FETCH needs without opening the message file; cached in the folder's index."""
-
-    size: int                 # RFC822.SIZE: octets in CRLF form
-    internaldate: float       # seconds since the epoch
-    envelope: bytes           # the ENVELOPE response, ready to send
-    bodystructure: bytes      # the extended BODYSTRUCTURE response, ready to send
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A folder's messages at one moment, in UID order; shared read-only between sessions."""
-
-    uidvalidity: int
-    uidnext: int
-    uids: tuple[int, ...] = ()
-    flags: tuple[frozenset[str], ...] = ()
-    fresh: frozenset[int] = frozenset()      # UIDs nobody has claimed as \\Recent yet
-    position: dict[int, int] = field(default_factory=dict, compare=False)   # uid -> index
-
-    @classmethod
-    def build(cls, uidvalidity: int, uidnext: int, messages: list[tuple[int, frozenset[str]]],
-              fresh: frozenset[int] = frozenset()) -> "Snapshot":
-        messages.sort()
-        uids = tuple(uid for uid, _ in messages)
-        return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
-                   {uid: i for i, uid in enumerate(uids)})
-
-    def flags_of(self, uid: int) -> frozenset[str]:
-        return self.flags[self.position[uid]]
-
-_PLACEHOLDER = re.compile(r"\{(domain|local)\}")
-_FORBIDDEN = ("/", "\\", "\0")
-
-
-def _safe_part(part: str, what: str) -> str:
-    """Lower-case one address part, refusing anything that could leave the mail tree."""
-    part = part.lower()
-    if not part or part.startswith(".") or any(c in part for c in _FORBIDDEN):
-        raise ValueError(f"unsafe {what} for a mailbox path: {part!r}")
-    return part
-
-
-def mailbox_path(template: str, addr: str) -> str:
-    """Fill `{domain}` and `{local}` of the template from the user's primary address.
-
-    Both parts come from the directory, which may be LDAP: a crafted `../x` or `a/b` must never
-    steer a write outside the tree, so such parts raise ValueError instead of being cleaned up.
-    """
-    local, domain = address.split(addr)
-    parts = {"local": _safe_part(local, "local part"), "domain": _safe_part(domain, "domain")}
-    return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], template)
-
-
-def make_dirs(path: str) -> None:
-    """Create `path` and every missing parent with mode 0700 (os.makedirs leaves parents at 0777-umask)."""
-    if not path or os.path.isdir(path):
-        return
-    parent = os.path.dirname(path.rstrip("/"))
-    if parent and parent != path:
-        make_dirs(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
-
-
-def unavailable(what: str, exc: OSError) -> MailboxUnavailable:
-    """A short, path-free reason for the log and the retry: `what: ENOSPC`."""
-    name = errno.errorcode.get(exc.errno, "error") if exc.errno else type(exc).__name__
-    return MailboxUnavailable(f"{what}: {name}")
-
-
-Item = tuple[str, bytes, str]          # (mailbox path, wire-form message, envelope sender)
-
-
-@implementer(IMailStore)
-class FileStore:
-    """What both formats share: the path template, and handing blocking writes to the pool.
-
-    Deliveries asked for in the same reactor turn go to the pool as one batch: one thread
-    hand-off instead of one per message, and a format can make the batch durable with fewer
-    fsyncs (Maildir syncs each new/ folder once per batch).
-    """
-
-    account_class: ClassVar[type["Account"]]     # the format's Account (set by each format's store)
-
-    def __init__(self, template: str, reactor, pool):
-        self.template = template
-        self.reactor = reactor
-        self.pool = pool
-        self._batch: list[tuple[Item, defer.Deferred]] = []
-
-    def path_for(self, user: UserRecord) -> str:
-        return mailbox_path(self.template, user.address)
-
-    def account(self, path: str) -> "Account":
-        """The folders of the mailbox at `path` (for IMAP). Cheap: nothing is read until asked."""
-        return self.account_class(path)
-
-    def open_maildrop(self, path: str) -> defer.Deferred:
-        """Deferred[Maildrop]: a POP3 session's snapshot of the INBOX at `path`, scanned in the pool.
-
-        The snapshot is taken from the same Folder object IMAP uses, so both protocols see the
-        same messages in the same (UID) order; it needs no MIME parsing and no metadata index.
-        """
-        from appliance.store.pop3view import open_maildrop
-        return open_maildrop(self.account(path), self.reactor, self.pool)
-
-    def open_account(self, path: str) -> defer.Deferred:
-        """Deferred[Account]: an IMAP login's folders, with the special-use ones made on first login
-        (that touches the disk, so it runs in the pool)."""
-        def open_now() -> "Account":
-            account = self.account(path)
-            account.ensure_special()
-            return account
-        return threads.deferToThreadPool(self.reactor, self.pool, open_now)
-
-    def deliver(self, user: UserRecord, message: bytes, sender: str) -> defer.Deferred:
-        try:
-            path = self.path_for(user)
-        except ValueError:
-            # Retried rather than bounced: the operator can still fix the directory entry.
-            return defer.fail(MailboxUnavailable("unsafe mailbox name"))
-        d: defer.Deferred = defer.Deferred()
-        self._batch.append(((path, message, sender), d))
-        if len(self._batch) == 1:
-            self.reactor.callLater(0, self._flush)
-        return d
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        done = threads.deferToThreadPool(self.reactor, self.pool, self.write_batch, [item for item, _ in batch])
-        done.addCallbacks(self._fire, self._fail_all, callbackArgs=(batch,), errbackArgs=(batch,))
-
-    @staticmethod
-    def _fire(outcomes: list[object], batch: list[tuple[Item, defer.Deferred]]) -> None:
-        for outcome, (_, d) in zip(outcomes, batch):
-            if isinstance(outcome, BaseException):
-                d.errback(outcome)
-            else:
-                d.callback(outcome)
-
-    @staticmethod
-    def _fail_all(failure: object, batch: list[tuple[Item, defer.Deferred]]) -> None:
-        for _, d in batch:
-            d.errback(failure)
-
-    def write_batch(self, items: list[Item]) -> list[object]:
-        """Blocking: store each item; the path written, or the exception, for each."""
-        outcomes: list[object] = []
-        for path, message, sender in items:
-            try:
-                outcomes.append(self.write(path, message, sender))
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    def write(self, path: str, message: bytes, sender: str) -> str:
-        """Blocking: store one wire-form message at `path`; runs in a worker thread."""
-        raise NotImplementedError
+FORMATS = {"maildir": MaildirStore, "mbox": MboxStore}
 
 
 def make_store(storage: StorageSection, reactor, pool) -> IMailStore:
     """The store for `[storage] format`; the config loader has already refused unknown formats."""
-    from appliance.store.maildir import MaildirStore
-    from appliance.store.mbox import MboxStore
-
-    stores = {"maildir": MaildirStore, "mbox": MboxStore}
-    if storage.format not in stores:
+    if storage.format not in FORMATS:
         raise ValueError(f"unknown storage format: {storage.format!r}")
-    return stores[storage.format](storage.path, reactor, pool)
+    return FORMATS[storage.format](storage.path, reactor, pool)

@@ -12,7 +12,7 @@ import re
 
 import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
-from appliance.store import MailboxError, make_dirs
+from appliance.store.base import MailboxError, make_dirs
 from appliance.store.folder import Folder
 from appliance.store.index import write_atomic
 

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable
 
 from appliance import mime
-from appliance.store import Meta, Snapshot
+from appliance.store.base import Meta, Snapshot
 from appliance.store.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
 
 _registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from appliance.durable import replace_file
-from appliance.store import Meta
+from appliance.store.base import Meta
 
 UIDLIST = "mailappliance-uidlist"
 INDEX = "mailappliance-index"

@@ -18,7 +18,7 @@ import time
 from appliance import mime
 from appliance.durable import fsync_dir
 from appliance.errors import MailboxUnavailable
-from appliance.store import FileStore, make_dirs, unavailable
+from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
 from appliance.store.folder import Folder, shared
 

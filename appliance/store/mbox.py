@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from appliance import mime
 from appliance.durable import replace_file
 from appliance.errors import MailboxUnavailable
-from appliance.store import FileStore, make_dirs, unavailable
+from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
 from appliance.store.folder import Folder, shared
 from appliance.store.index import thread_lock, write_atomic

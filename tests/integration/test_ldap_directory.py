@@ -14,7 +14,8 @@ from twisted.internet import defer, reactor, task
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from appliance.directory.ldap import LDAPDirectory, LDAPSection
+from appliance.config import LDAPSection
+from appliance.directory.ldap import LDAPDirectory
 from appliance.errors import DirectoryUnavailable
 from tests.integration.slapd import (BASE_DN, SERVICE_DN, SERVICE_PASSWORD, Slapd, password_hash, require_slapd,
                                      write_test_certificates)

@@ -6,8 +6,6 @@ import re
 import socket
 import subprocess
 
-import pytest
-
 from tests.integration.harness import DOMAIN, HOSTNAME, Appliance, make_message, require_program, wait_for
 
 SENDER = "someone@outside.example"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from appliance import cli, config, tls
+from appliance import checks, cli, config, tls
 from appliance.errors import DirectoryUnavailable
 from appliance.directory.file import index_entries
 from appliance.passwords import verify_password
@@ -198,7 +198,7 @@ class FakeLDAPClient:
 
 
 def test_check_reaches_the_ldap_directory(capsys, ldap_conf, monkeypatch):
-    monkeypatch.setattr(cli, "LDAPClient", FakeLDAPClient)
+    monkeypatch.setattr(checks, "LDAPClient", FakeLDAPClient)
     code, out, err = run(capsys, "--config", ldap_conf, "check")
     assert (code, err) == (0, "")
     assert out.splitlines()[-1] == "directory   ldap: ldap://ldap.example.test: bound"
@@ -206,7 +206,7 @@ def test_check_reaches_the_ldap_directory(capsys, ldap_conf, monkeypatch):
 
 
 def test_check_fails_when_ldap_does_not_answer(capsys, ldap_conf, monkeypatch):
-    monkeypatch.setattr(cli, "LDAPClient", FakeLDAPClient)
+    monkeypatch.setattr(checks, "LDAPClient", FakeLDAPClient)
     monkeypatch.setattr(FakeLDAPClient, "answer", DirectoryUnavailable("ldap://ldap.example.test: timed out"))
     code, out, err = run(capsys, "--config", ldap_conf, "check")
     assert (code, out) == (1, "")
@@ -224,6 +224,15 @@ def test_password_is_not_an_argument(capsys, conf):
         cli.main(["--config", conf, "user", "add", "alice@example.test", "secret"])
 
 
+
+@pytest.mark.parametrize("command", [["check"], ["user", "show", "alice@example.test"]])
+def test_an_unreadable_ldap_password_file_is_one_line(capsys, ldap_conf, command):
+    os.remove(os.path.join(os.path.dirname(ldap_conf), "ldap.secret"))
+    code, out, err = run(capsys, "--config", ldap_conf, *command)
+    assert (code, out) == (1, "")
+    assert err == (f"{ldap_conf}: [ldap] bind_password_file: {os.path.dirname(ldap_conf)}/ldap.secret: "
+                   "not a readable file\n")
+
 # ---------------------------------------------------------------- demo
 
 def test_demo_as_a_normal_user(capsys, tmp_path, monkeypatch):
@@ -231,7 +240,7 @@ def test_demo_as_a_normal_user(capsys, tmp_path, monkeypatch):
     code, out, err = run(capsys, "demo", str(tmp_path / "demo"))
     assert (code, err) == (0, "")
     cfg = config.load(str(tmp_path / "demo/mailappliance.conf"))
-    assert config.check_files(cfg) == []
+    assert checks.check_files(cfg) == []
     assert cfg.appliance.hostname == "mail.example.test" and cfg.appliance.domains == ("example.test",)
     assert cfg.listen.submission == "tcp:5870:interface=127.0.0.1"
     assert cfg.listen.imaps == "tcp:9930:interface=127.0.0.1"

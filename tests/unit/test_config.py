@@ -1,17 +1,16 @@
 """appliance.config: the file an operator writes, the values the appliance gets, and every error line."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import ipaddress
 import os
 import re
-import shutil
 import textwrap
 
 import pytest
 
-from appliance import config, tls
-from appliance.directory.ldap import LDAPSection
+from appliance import config
 from appliance.errors import ConfigError
 
 ETC_CONF = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "mailappliance.conf")
@@ -83,10 +82,6 @@ def problems_of(path: str) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         config.load(path)
     return caught.value.problems
-
-
-def with_pair(tmp_path) -> None:
-    tls.generate_self_signed("mail.example.test", str(tmp_path / "tls/cert.pem"), str(tmp_path / "tls/key.pem"))
 
 
 # ---------------------------------------------------------------- files that load
@@ -266,74 +261,6 @@ def test_missing_file(tmp_path):
     assert problems_of(path) == [f"{path}: cannot read: No such file or directory"]
 
 
-# ---------------------------------------------------------------- check_files: what is on disk
-
-def tls_config(tmp_path, extra: str = "") -> config.Config:
-    return config.load(write(tmp_path, MINIMAL + "[listen]\nsubmission = tcp:587\n" + extra))
-
-
-def test_check_files_passes_with_a_generated_pair(tmp_path):
-    with_pair(tmp_path)
-    assert config.check_files(tls_config(tmp_path)) == []
-
-
-def test_missing_certificate_is_named(tmp_path):
-    cfg = tls_config(tmp_path)
-    [problem] = config.check_files(cfg)
-    assert problem.startswith(f"{cfg.path}: [tls] certificate: cannot read {tmp_path}/tls/cert.pem: "
-                              "No such file or directory")
-
-
-def test_tls_services_need_a_certificate(tmp_path):
-    cfg = tls_config(tmp_path, "[tls]\ncertificate =\nkey =\n")
-    assert config.check_files(cfg) == [
-        f"{cfg.path}: [tls] certificate: empty, but [listen] submission need TLS; "
-        "set it and run `mailappliance gen-cert` for a self-signed one"]
-
-
-def test_plain_services_run_without_tls(tmp_path):
-    cfg = config.load(write(tmp_path, MINIMAL + "[tls]\ncertificate =\nkey =\n[listen]\nsmtp = tcp:25\n"))
-    assert config.check_files(cfg) == []
-
-
-def test_key_of_another_certificate_is_refused(tmp_path):
-    with_pair(tmp_path)
-    tls.generate_self_signed("other.example.test", str(tmp_path / "other.pem"), str(tmp_path / "other.key"))
-    cfg = tls_config(tmp_path, "[tls]\nkey = other.key\n")
-    assert config.check_files(cfg) == [
-        f"{cfg.path}: [tls] key: {tmp_path}/other.key does not match the certificate {tmp_path}/tls/cert.pem"]
-
-
-def test_state_dir_that_is_a_file(tmp_path):
-    with_pair(tmp_path)
-    (tmp_path / "var").write_text("")
-    cfg = tls_config(tmp_path)
-    assert f"{cfg.path}: [appliance] state_dir: {tmp_path}/var is not a folder" in config.check_files(cfg)
-
-
-def test_unreadable_users_file(tmp_path):
-    with_pair(tmp_path)
-    (tmp_path / "users").mkdir()
-    problems = config.check_files(tls_config(tmp_path))
-    assert len(problems) == 1 and "[directory] users_file: " in problems[0]
-
-
-def test_named_aliases_file_must_exist(tmp_path):
-    with_pair(tmp_path)
-    cfg = tls_config(tmp_path, "[aliases]\nfile = my-aliases\n")
-    assert config.check_files(cfg) == [
-        f"{cfg.path}: [aliases] file: {tmp_path}/my-aliases does not exist; create it, or write `file =` "
-        "for no aliases"]
-
-
-def test_aliases_problems_are_passed_on(tmp_path):
-    with_pair(tmp_path)
-    (tmp_path / "aliases").write_text("this line is not an alias\n")
-    problems = config.check_files(tls_config(tmp_path))
-    assert len(problems) == 1
-    assert problems[0].startswith(f"{tmp_path}/mailappliance.conf: [aliases] file: {tmp_path}/aliases:1: ")
-
-
 # ---------------------------------------------------------------- describe and the shipped file
 
 def test_describe_shows_effective_values(tmp_path):
@@ -344,21 +271,29 @@ def test_describe_shows_effective_values(tmp_path):
     assert "queue.retry_max = 3600" in lines
 
 
-def test_shipped_file_loads_and_checks_after_gen_cert(tmp_path):
-    shutil.copy(ETC_CONF, tmp_path / "mailappliance.conf")
-    with_pair(tmp_path)
-    cfg = config.load(str(tmp_path / "mailappliance.conf"))
-    assert config.check_files(cfg) == []
-    assert cfg.listen == config.ListenSection("tcp:25", "tcp:587", "tcp:465", "tcp:110", "tcp:995", "tcp:143",
-                                              "tcp:993")
-
-
 def test_shipped_file_lists_every_key(tmp_path):
     text = open(ETC_CONF).read()
     cfg = config.load(write(tmp_path, MINIMAL))
     names = [line.split(" = ")[0] for line in config.describe(cfg)]
-    names += [f"ldap.{f.name}" for f in dataclasses.fields(LDAPSection)]
+    names += [f"ldap.{f.name}" for f in dataclasses.fields(config.LDAPSection)]
     for name in names:
         section, key = name.split(".")
         body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
         assert re.search(rf"^(# )?{key} =", body, re.MULTILINE), name
+
+
+# ---------------------------------------------------------------- config.py stays a leaf
+
+def test_config_imports_nothing_of_ours_but_errors_and_address():
+    """Every module may import config; config importing them back would make a circle."""
+    source = os.path.join(os.path.dirname(config.__file__), "config.py")
+    tree = ast.parse(open(source, encoding="utf-8").read())
+    ours = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            ours |= {alias.name for alias in node.names if alias.name.split(".")[0] == "appliance"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "appliance":
+            ours |= {node.module} if node.module != "appliance" else {f"appliance.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            ours.add(f"relative import {'.' * node.level}{node.module or ''}")
+    assert ours <= {"appliance.errors", "appliance.address"}, ours

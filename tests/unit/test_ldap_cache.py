@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.directory.ldap import LDAPDirectory, LDAPSection, UserEntry
+from appliance.config import LDAPSection
+from appliance.directory.ldap import LDAPDirectory, UserEntry
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import UserRecord
 from appliance.inline import InlineReactor as ThreadlessReactor, InlinePool

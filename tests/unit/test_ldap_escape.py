@@ -9,8 +9,8 @@ import pytest
 from ldap3.operation.search import parse_filter
 from ldap3.protocol.convert import prepare_filter_for_sending
 
-from appliance.directory.ldap import (DEFAULT_ALIAS_FILTER, DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER,
-                                      fill_filter)
+from appliance.config import DEFAULT_ALIAS_FILTER, DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER
+from appliance.directory.ldap import fill_filter
 
 HOSTILE = ["bob)(uid=*", "*", "alice@example.test)(|(mail=*", "*)(objectClass=*", "x\\2a@example.test",
            "nul\x00@example.test", "bob)(&)@example.test", "(|(mail=*))"]

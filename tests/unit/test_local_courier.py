@@ -5,7 +5,6 @@ from twisted.internet.defer import fail, succeed
 from twisted.python.failure import Failure
 
 from appliance.couriers.local import LocalCourier
-from appliance.couriers.remote import RemoteCourier
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import (DirectoryUnavailable, MailboxUnavailable, NoSuchMailbox, PermanentFailure,
                               TemporaryFailure)
@@ -78,11 +77,6 @@ def test_a_store_failure_passes_through():
     result = outcome(LocalCourier(FakeDirectory(BOB), FakeStore(MailboxUnavailable("disk full")))
                      .deliver(ENV, ENV.recipients[0], MESSAGE))
     assert result.check(MailboxUnavailable)
-
-
-def test_remote_courier_waits_for_outbound_delivery():
-    result = outcome(RemoteCourier().deliver(ENV, ENV.recipients[0], MESSAGE))
-    assert result.check(TemporaryFailure) and str(result.value).startswith("4.4.0")
 
 
 class FakePrograms:
