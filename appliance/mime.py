@@ -1,7 +1,8 @@
 """Raw-byte MIME structure for IMAP: sections, ENVELOPE and BODYSTRUCTURE without re-encoding anything.
 
 Works on the message exactly as stored (CRLF form), so BODY[1.2] returns the octets the sender
-wrote. Stock Twisted builds these from decoded `str` headers: it lower-cases parameter values
+wrote. Header fields are read by the one header parser, appliance.message; this module only
+splits entities and renders what IMAP asks for. Stock Twisted builds these from decoded `str` headers: it lower-cases parameter values
 (breaking boundaries and file names), fails on parameters without `=` and on 8-bit headers.
 """
 from __future__ import annotations
@@ -10,8 +11,9 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 
+from appliance import message
+
 MAX_DEPTH = 16          # nesting beyond this is served as an opaque leaf: no recursion bombs
-_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 _PARAM = re.compile(rb';\s*([^\s=;]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;]*))?')
 
 
@@ -30,9 +32,10 @@ class Part:
     params: list[tuple[bytes, bytes]] = field(default_factory=list)
     children: list["Part"] = field(default_factory=list)
     message: "Part | None" = None     # the encapsulated message of a message/rfc822 part
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)   # parsed once, by appliance.message
 
     def header(self, name: bytes) -> bytes | None:
-        return header_value(self.head, name)
+        return message.get(self.headers, name)
 
 
 def split_head(raw: bytes) -> tuple[bytes, bytes]:
@@ -45,40 +48,15 @@ def split_head(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:end + 4], raw[end + 4:]
 
 
-def header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
-    """(lower-case name, raw field with folding and CRLF) for each header field."""
-    fields: list[tuple[bytes, bytes]] = []
-    for line in head.split(b"\r\n")[:-1]:
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and fields:
-            name, raw = fields[-1]
-            fields[-1] = (name, raw + line + b"\r\n")
-            continue
-        match = _FIELD_NAME.match(line)
-        fields.append((match.group(1).lower() if match else b"", line + b"\r\n"))
-    return fields
-
-
-def header_value(head: bytes, name: bytes) -> bytes | None:
-    """The first field `name`, unfolded and stripped; None when absent."""
-    name = name.lower()
-    for field_name, raw in header_lines(head):
-        if field_name == name:
-            value = raw.split(b":", 1)[1]
-            return re.sub(rb"\r\n(?=[ \t])", b"", value).strip()
-    return None
-
-
 def header_fields(head: bytes, names: list[bytes], negate: bool) -> bytes:
     """HEADER.FIELDS / HEADER.FIELDS.NOT: the chosen fields as stored, then the empty line."""
     wanted = {n.lower() for n in names}
-    kept = [raw for name, raw in header_lines(head) if (name in wanted) != negate]
+    kept = [raw for name, raw in message.fields(head) if name and (name.lower() in wanted) != negate]
     return b"".join(kept) + b"\r\n"
 
 
-def _content_type(head: bytes, default: tuple[bytes, bytes]) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
-    value = header_value(head, b"content-type")
+def _content_type(fields: list[tuple[bytes, bytes]], default: tuple[bytes, bytes]) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    value = message.get(fields, b"content-type")
     if not value:
         return default[0], default[1], []
     kind, _, rest = value.partition(b";")
@@ -109,8 +87,9 @@ def _param(params: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 def parse(raw: bytes, default: tuple[bytes, bytes] = (b"text", b"plain"), depth: int = 0) -> Part:
     """The MIME tree of one entity in CRLF form."""
     head, body = split_head(raw)
-    main, sub, params = _content_type(head, default)
-    part = Part(head, body, main, sub, params)
+    fields = message.headers(head)
+    main, sub, params = _content_type(fields, default)
+    part = Part(head, body, main, sub, params, headers=fields)
     if depth >= MAX_DEPTH:
         return part
     if main == b"multipart":
@@ -208,8 +187,10 @@ def _addresses(value: bytes | None) -> bytes:
 
 def envelope(head: bytes) -> bytes:
     """The ENVELOPE of a header block: date subject from sender reply-to to cc bcc in-reply-to message-id."""
+    fields = message.headers(head)
+
     def get(name: bytes) -> bytes | None:
-        return header_value(head, name)
+        return message.get(fields, name)
 
     sender = get(b"from")
     fields = [

@@ -19,7 +19,7 @@ from twisted.internet import defer, protocol
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from appliance import address, maillog
+from appliance import address, maillog, message
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IMaildrop
 from appliance.store.pop3view import MessageGone, NoSuchMessage
@@ -55,18 +55,22 @@ def multiline(first: bytes, body: bytes) -> bytes:
     return b"+OK " + first + b"\r\n" + body + b".\r\n"
 
 
-def top(message: bytes, lines: int) -> bytes:
-    """The header, the blank line and the first `lines` body lines of a CRLF message (TOP)."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        return message
-    position = end + 4
+def top(raw: bytes, lines: int) -> bytes:
+    """The header, the blank line and the first `lines` body lines of a CRLF message (TOP).
+
+    Where the header ends is decided by the one header parser (appliance.message), as for
+    every other reader of headers.
+    """
+    head, rest = message.split(raw)
+    if head and not rest:
+        return raw                         # all header, no body
+    position = len(head) + (2 if head else 0)
     for _ in range(lines):
-        line_end = message.find(b"\r\n", position)
+        line_end = raw.find(b"\r\n", position)
         if line_end < 0:
-            return message
+            return raw
         position = line_end + 2
-    return message[:position]
+    return raw[:position]
 
 
 def parse_number(text: bytes) -> int | None:
@@ -350,7 +354,7 @@ class POP3Server(pop3.POP3):
         n = self._message(number)
         if n is None:
             return None
-        return self._send_message(n, lambda message: multiline(b"%d octets" % len(message), message))
+        return self._send_message(n, lambda raw: multiline(b"%d octets" % len(raw), raw))
 
     def do_TOP(self, number: bytes, lines: bytes) -> defer.Deferred | None:
         n = self._message(number)
@@ -359,11 +363,11 @@ class POP3Server(pop3.POP3):
         if not lines.isdigit():
             return self._error(POP3.SYNTAX)
         count = int(lines)
-        return self._send_message(n, lambda message: multiline(b"Top of message follows", top(message, count)))
+        return self._send_message(n, lambda raw: multiline(b"Top of message follows", top(raw, count)))
 
     def _send_message(self, n: int, frame: Any) -> defer.Deferred:
         d = self.mbox.read(n)
-        d.addCallback(lambda message: None if self._gone else self.transport.write(frame(message)))
+        d.addCallback(lambda raw: None if self._gone else self.transport.write(frame(raw)))
         d.addErrback(self._read_failed)
         return self._longOperation(d)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from twisted.mail.imap4 import parseNestedParens
 
+from appliance import message
 from appliance.imap.backend import Meta, mime
 from appliance.imap.view import Range, SequenceError, _bounds, parse_set
 
@@ -142,7 +143,7 @@ def _day(seconds: float) -> tuple[int, int, int]:
 
 
 def _sent_day(head: bytes) -> tuple[int, int, int] | None:
-    value = mime.header_value(head, b"date")
+    value = message.get(head, b"date")
     if not value:
         return None
     try:
@@ -185,7 +186,7 @@ def matches(node: Node, m: _Message, last_seq: int, last_uid: int) -> bool:
     if kind == "SEQ":
         return _in_set(m.c.seq, node[1], last_seq)
     if kind == "HEADER":
-        values = [raw.split(b":", 1)[1] for name, raw in mime.header_lines(m.head) if name == node[1]]
+        values = [raw.split(b":", 1)[1] for name, raw in message.fields(m.head) if name.lower() == node[1]]
         return any(_contains(value, node[2]) for value in values)
     if kind == "BODY":
         return _contains(mime.split_head(m.raw)[1], node[1])
@@ -217,8 +218,8 @@ def run(nodes: list[Node], candidates: list[Candidate], read: Callable[[int], by
     last_uid = candidates[-1].uid if candidates else 0
     found = []
     for candidate in candidates:
-        message = _Message(candidate, read, metas.get(candidate.uid))
-        if all(matches(node, message, last_seq, last_uid) for node in nodes):
+        under_test = _Message(candidate, read, metas.get(candidate.uid))
+        if all(matches(node, under_test, last_seq, last_uid) for node in nodes):
             found.append(candidate)
     return found
 

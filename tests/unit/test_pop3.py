@@ -490,3 +490,9 @@ def test_multiline_stuffs_dots_and_terminates():
 def test_top_of_a_message_without_body_is_the_whole_message():
     assert top(b"Subject: x\r\n", 5) == b"Subject: x\r\n"
     assert top(b"A: b\r\n\r\n1\r\n2\r\n", 5) == b"A: b\r\n\r\n1\r\n2\r\n"
+
+
+def test_top_of_a_message_without_header_counts_body_lines_from_the_start():
+    """Where the header ends is the one header parser's rule: a first line that is no field starts the body."""
+    assert top(b"no header here\r\n\r\nsecond\r\nthird\r\n", 1) == b"no header here\r\n"
+    assert top(b"no header here\r\n\r\nsecond\r\nthird\r\n", 3) == b"no header here\r\n\r\nsecond\r\n"
