@@ -45,10 +45,8 @@ class MailboxCommands:
 
     def _account_call(self, tag: bytes, method: str, *names: bytes) -> None:
         """Run `account.<method>(*names)` in the pool and answer `<METHOD> completed` or the refusal."""
-        try:
-            args = [mailbox_name(name) for name in names]
-        except MailboxError as exc:
-            self._fail(Failure(exc), tag)
+        args = self._mailbox_names(tag, *names)
+        if args is None:
             return
         d = self._run(getattr(self.account, method), *args)
         d.addCallbacks(lambda _: self._completed(tag, method.upper().encode()), self._fail, errbackArgs=(tag,))
@@ -126,12 +124,10 @@ class MailboxCommands:
         if not wanted or any(w not in STATUS_ITEMS for w in wanted):
             self._reply(tag, replies.IMAP_BAD_STATUS_ITEMS)
             return
-        try:
-            folder_name = mailbox_name(name)
-        except MailboxError as exc:
-            self._fail(Failure(exc), tag)
+        names = self._mailbox_names(tag, name)
+        if names is None:
             return
-        account = self.account
+        folder_name, account = names[0], self.account
         assert account is not None
         d = self._run(lambda: account.folder(folder_name).refresh())
         d.addCallback(self._status, tag, folder_name, wanted)
@@ -150,12 +146,10 @@ class MailboxCommands:
     def do_APPEND(self, tag: bytes, name: bytes, flags_date: tuple, message: Any) -> None:
         flags, date = flags_date
         data = message.read()
-        try:
-            folder_name = mailbox_name(name)
-        except MailboxError as exc:
-            self._fail(Failure(exc), tag)
+        names = self._mailbox_names(tag, name)
+        if names is None:
             return
-        account = self.account
+        folder_name, account = names[0], self.account
         assert account is not None
 
         def append() -> tuple[int, int]:

@@ -58,12 +58,10 @@ class SelectedCommands:
     def _select(self, tag: bytes, raw_name: bytes, readonly: bool, command: bytes) -> None:
         self._leave_folder()
         self.state = "auth"            # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected
-        try:
-            name = mailbox_name(raw_name)
-        except MailboxError as exc:
-            self._fail(Failure(exc), tag)
+        names = self._mailbox_names(tag, raw_name)
+        if names is None:
             return
-        account = self.account
+        name, account = names[0], self.account
         assert account is not None
 
         def open_folder() -> tuple[Folder, Any, frozenset[int]]:

@@ -32,7 +32,7 @@ import appliance.imap.search as search
 from appliance.imap.backend import Account, Folder, MailboxError
 from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
-from appliance.imap.parse import Arguments, Discard, nonsync_literal_size
+from appliance.imap.parse import Arguments, Discard, mailbox_name, nonsync_literal_size
 from appliance.imap.selected import SelectedCommands
 from appliance.imap.view import SequenceError, View
 from appliance.imap.watcher import FolderWatcher
@@ -344,6 +344,14 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         else:
             maillog.log.failure("IMAP command failed", failure, peer=self.peer, login=self.user)
             self._reply(tag, replies.IMAP_SERVER_BUG)
+
+    def _mailbox_names(self, tag: bytes, *raw: bytes) -> list[str] | None:
+        """Mailbox names decoded from modified UTF-7 (RFC 3501 5.1.3), or None once the command is refused."""
+        try:
+            return [mailbox_name(name) for name in raw]
+        except MailboxError as exc:
+            self._fail(Failure(exc), tag)
+            return None
 
     def _run(self, fn: Callable, *args: Any) -> defer.Deferred:
         """Blocking mailbox work goes to the disk pool; its result comes back in the reactor."""
