@@ -14,6 +14,7 @@ from zope.interface import implementer
 from appliance import address
 from appliance.errors import MailboxUnavailable
 from appliance.interfaces import IMailStore, UserRecord
+from appliance.store.pop3view import open_maildrop
 
 if TYPE_CHECKING:
     from appliance.store.account import Account
@@ -137,7 +138,6 @@ class FileStore:
         The snapshot is taken from the same Folder object IMAP uses, so both protocols see the
         same messages in the same (UID) order; it needs no MIME parsing and no metadata index.
         """
-        from appliance.store.pop3view import open_maildrop
         return open_maildrop(self.account(path), self.reactor, self.pool)
 
     def open_account(self, path: str) -> defer.Deferred:
