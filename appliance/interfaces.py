@@ -87,6 +87,9 @@ class IMailStore(Interface):
         Fails with MailboxUnavailable when the mailbox stays locked by a writer.
         """
 
+    def open_account(path: str):
+        """Deferred[Account]: `account(path)` with the special-use folders made, in the pool (IMAP login)."""
+
 
 class IAliasResolver(Interface):
     """aliases(5) expansion, reloaded atomically."""
