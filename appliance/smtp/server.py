@@ -302,7 +302,10 @@ class ApplianceSMTP(ESMTP):
         self._drop_input = True       # CVE-2011-0411: nothing sent in plaintext survives the handshake
         self.transport.startTLS(self.ctx)
         self.secure = True
-        self.helo, self.esmtp, self.session = None, False, Session()   # RFC 3207 4.2: forget everything
+        # RFC 3207 4.2: discard all knowledge obtained from the client before TLS, the login
+        # included (AUTH from a plaintext_auth_network must not carry over into the TLS session).
+        self.helo, self.esmtp, self.session = None, False, Session()
+        self.user, self._sasl = None, None
         self._tls_logged = False
 
     def lookupMethod(self, command: bytes) -> Callable[[bytes], Any] | None:
