@@ -109,7 +109,10 @@ class LimitsSection:
     max_errors: int = 10              # protocol errors per session before 421 and close
     command_timeout: int = 300        # seconds of silence allowed between commands (RFC 5321 4.5.3.2)
     data_timeout: int = 600           # seconds allowed between two chunks of DATA
-    max_connections_per_ip: int = 20
+    max_connections_per_ip: int = 20    # per client (IPv4 address, IPv6 /64) and service, on every listener
+    max_connections_per_service: int = 1000   # smtp, submission, pop3, imap: each, plain and TLS together
+    descriptor_reserve: int = 128       # file descriptors kept free for queue, mailboxes, logs, LDAP
+    idle_timeout_prelogin: int = 60     # seconds of silence before login (SMTP: before EHLO, or AUTH on submission)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from twisted.internet import defer, protocol
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from appliance import address, maillog, message
+from appliance import address, connlimit, maillog, message
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IMaildrop
 from appliance.store.pop3view import MessageGone, NoSuchMessage
@@ -113,7 +113,7 @@ class POP3Server(pop3.POP3):
             self.magic = self.generateMagic()
             greeting += b" " + self.magic
         self.transport.write(greeting + b"\r\n")
-        self.setTimeout(self.timeOut)
+        self.setTimeout(min(self.factory.prelogin_timeout, self.timeOut))   # RFC 1939's 10 minutes start at login
 
     def generateMagic(self) -> bytes:
         """The APOP timestamp `<pid.clock@hostname>` (RFC 1939 7), unique per greeting."""
@@ -181,7 +181,11 @@ class POP3Server(pop3.POP3):
         fewest, most = ARGUMENTS[name]
         if not fewest <= len(args) <= most:
             return self._error(POP3.SYNTAX)
-        return getattr(self, "do_" + name.decode("ascii"))(*args)
+        errors = self._errors
+        result = getattr(self, "do_" + name.decode("ascii"))(*args)
+        if self._errors == errors:
+            self._errors = 0                   # only consecutive errors end the session
+        return result
 
     def _unblock(self, result: object) -> None:
         if self._paused:
@@ -312,6 +316,7 @@ class POP3Server(pop3.POP3):
             logged_in.logout()
             return
         self.mbox, self._onLogout = logged_in.avatar, logged_in.logout
+        self.setTimeout(self.timeOut)
         self._send(b"+OK Maildrop has %d messages (%d octets)" % (self.mbox.count(), self.mbox.octets()))
 
     def _login_failed(self, failure: Failure) -> None:
@@ -428,9 +433,12 @@ class POP3Factory(protocol.ServerFactory):
     """Shared settings of one POP3 listener; each connection gets a POP3Server."""
 
     protocol = POP3Server
+    # What appliance.connlimit answers a connection it refuses.
+    refusals = {connlimit.PER_CLIENT: POP3.TOO_MANY_CONNECTIONS, connlimit.PER_SERVICE: POP3.SERVER_BUSY,
+                connlimit.DESCRIPTORS: POP3.SERVER_BUSY}
 
     def __init__(self, *, login: Login, directory: Any, hostname: str, tls: Any, tls_settings: Any,
-                 implicit_tls: bool, reactor: Any, max_errors: int = 10) -> None:
+                 implicit_tls: bool, reactor: Any, max_errors: int = 10, prelogin_timeout: int = 60) -> None:
         self.login = login
         self.directory = directory
         self.hostname = hostname
@@ -439,6 +447,7 @@ class POP3Factory(protocol.ServerFactory):
         self.implicit_tls = implicit_tls
         self.reactor = reactor
         self.max_errors = max_errors
+        self.prelogin_timeout = prelogin_timeout
         self.service = "pop3s" if implicit_tls else "pop3"
 
     @property

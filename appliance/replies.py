@@ -53,6 +53,7 @@ VRFY_NEVER = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and 
 # 4xx: temporary
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address")
+SERVER_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 DIRECTORY_UNAVAILABLE = Reply(451, "4.4.3", "Directory temporarily unavailable, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -123,6 +124,9 @@ class POP3:
     LINE_TOO_LONG = b"-ERR Line too long"
     TOO_MANY_ERRORS = b"-ERR Too many errors, closing connection"
     TIMEOUT = b"-ERR Autologout timer expired, closing connection"
+    # Refused at connect (appliance.connlimit): temporary, the client tries again later
+    TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections from your address"
+    SERVER_BUSY = b"-ERR [SYS/TEMP] Too many connections, try again later"
 
 
 # ---- IMAP ---------------------------------------------------------------------------------------------
@@ -207,6 +211,8 @@ IMAP_EXPECTED_DONE = IMAPReply("BAD", "Expected DONE")                   # RFC 2
 IMAP_LOGGING_OUT = IMAPReply("BYE", "Logging out")                       # 6.1.3
 IMAP_LINE_TOO_LONG = IMAPReply("BYE", "Command line too long")
 IMAP_TOO_MANY_ERRORS = IMAPReply("BYE", "Too many errors")
+IMAP_TOO_MANY_CONNECTIONS = IMAPReply("BYE", "Too many connections from your address")   # instead of a greeting
+IMAP_SERVER_BUSY = IMAPReply("BYE", "Too many connections, try again later")            # RFC 3501 7.1.5
 IMAP_LITERAL_TOO_LARGE = IMAPReply("BYE", "Literal too large")           # RFC 7888 4: a literal we will not read
 
 # Continuation requests (RFC 3501 7.5).

@@ -76,9 +76,21 @@ def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
         raise ConfigError(e.problems)
     top = ApplianceService(cfg, reactor, server_tls, aliases)
     parts = Parts(cfg, reactor, top)
+    parts.connections = _connection_table(cfg)
     _smtp_listeners(top, parts, aliases)
     _access_listeners(top, parts)
     return top
+
+
+def _connection_table(cfg: configmod.Config) -> Any:
+    """The one table of open connections every listener counts in (appliance.connlimit)."""
+    from appliance import connlimit
+    limits = cfg.limits
+    return connlimit.ConnectionTable(per_client=limits.max_connections_per_ip,
+                                     per_service=limits.max_connections_per_service,
+                                     descriptor_reserve=limits.descriptor_reserve,
+                                     exempt=cfg.relay.trusted_networks,
+                                     descriptors=connlimit.raise_descriptor_limit())
 
 
 def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
@@ -177,9 +189,11 @@ def _access_listeners(top: ApplianceService, parts: Parts) -> None:
     watcher = FolderWatcher(parts.reactor, pool)
     makers = {
         "pop3": lambda implicit: POP3Factory(directory=parts.directory, implicit_tls=implicit,
-                                             max_errors=cfg.limits.max_errors, **common),
+                                             max_errors=cfg.limits.max_errors,
+                                             prelogin_timeout=cfg.limits.idle_timeout_prelogin, **common),
         "imap": lambda implicit: IMAPFactory(implicit_tls=implicit, pool=pool, watcher=watcher,
-                                             max_message_size=cfg.limits.max_message_size, **common),
+                                             max_message_size=cfg.limits.max_message_size,
+                                             prelogin_timeout=cfg.limits.idle_timeout_prelogin, **common),
     }
     for name in ("pop3", "pop3s", "imap", "imaps"):
         description = getattr(cfg.listen, name)
@@ -190,7 +204,14 @@ def _access_listeners(top: ApplianceService, parts: Parts) -> None:
 
 
 def _listen(top: ApplianceService, parts: Parts, name: str, description: str, factory: Any, implicit: bool) -> None:
-    """A listener binds in privilegedStartService, before twistd drops to --uid/--gid."""
+    """A listener binds in privilegedStartService, before twistd drops to --uid/--gid.
+
+    Every listener counts its connections in the one table (connlimit), inside implicit TLS so a
+    refused TLS client reads its answer in TLS.
+    """
+    from appliance import connlimit
+    kind = connlimit.KINDS[name]
+    factory = connlimit.LimitedFactory(factory, parts.connections, kind, name, parts.reactor)
     if implicit:
         factory = parts.tls_module.implicit(factory, parts.tls)
     listener = StreamServerEndpointService(endpoints.serverFromString(parts.reactor, description), factory)

@@ -27,7 +27,7 @@ from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 
-from appliance import address, maillog, replies
+from appliance import address, connlimit, maillog, replies
 import appliance.imap.search as search
 from appliance.imap.backend import Account, Folder, MailboxError
 from appliance.imap.fetch import FetchCommand
@@ -43,7 +43,7 @@ from appliance.tls import log_once
 from appliance.transport import no_delay
 
 MAX_LINE = 65536                # one command line; UID sets from sync clients can be long
-MAX_ERRORS = 20                 # BAD replies in one session before BYE
+MAX_ERRORS = 20                 # BAD replies in a row (no good command between them) before BYE
 CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
                 b"UNSELECT", b"SPECIAL-USE", b"CHILDREN"]
 
@@ -196,6 +196,7 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         self.peer = getattr(peer, "host", str(peer))
         self.secure = self.factory.implicit_tls
         self.callLater = self.factory.reactor.callLater     # idle timeouts on the factory's clock
+        self.timeOut = self.factory.prelogin_timeout          # until login; then POSTAUTH_TIMEOUT
         no_delay(self.transport)
         maillog.connect(self.factory.service, self.peer)
         super().connectionMade()
@@ -307,6 +308,8 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
                 self.sendLine(replies.IMAP_TOO_MANY_ERRORS.line())
                 self.transport.loseConnection()
                 return
+        else:
+            self._errors = 0          # a good command (OK, or a NO that answers it) ends the streak
         unread, self._announced = self._announced, None
         if unread and not self.transport.disconnecting:
             self._skip_literal(unread)
@@ -391,9 +394,14 @@ class IMAPFactory(ServerFactory):
     """The `imap` (STARTTLS) or `imaps` listener's shared parts; wrap imaps with tls.implicit()."""
 
     protocol = IMAPServer
+    # What appliance.connlimit answers a connection it refuses: BYE instead of a greeting (RFC 3501 7.1.5).
+    refusals = {connlimit.PER_CLIENT: replies.IMAP_TOO_MANY_CONNECTIONS.line(),
+                connlimit.PER_SERVICE: replies.IMAP_SERVER_BUSY.line(),
+                connlimit.DESCRIPTORS: replies.IMAP_SERVER_BUSY.line()}
 
     def __init__(self, *, login: Login, tls: Any, tls_settings: Any, implicit_tls: bool, reactor: Any, pool: Any,
-                 max_message_size: int = 26214400, watcher: FolderWatcher | None = None, hostname: str = ""):
+                 max_message_size: int = 26214400, watcher: FolderWatcher | None = None, hostname: str = "",
+                 prelogin_timeout: int = 60):
         # hostname is accepted so appliance.tap builds POP3 and IMAP factories alike; IMAP's greeting
         # does not name the host.
         self.login = login
@@ -403,5 +411,6 @@ class IMAPFactory(ServerFactory):
         self.reactor = reactor
         self.pool = pool
         self.max_message_size = max_message_size
+        self.prelogin_timeout = prelogin_timeout
         self.service = "imaps" if implicit_tls else "imap"
         self.watcher = watcher or FolderWatcher(reactor, pool)

@@ -30,7 +30,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
-from appliance import address, maillog, replies
+from appliance import address, connlimit, maillog, replies
 from appliance.tls import log_once, session_info
 from appliance.transport import no_delay
 from appliance.errors import DirectoryUnavailable, QueueWriteError
@@ -93,26 +93,30 @@ class ApplianceSMTP(ESMTP):
         self.secure = f.implicit_tls
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
-        self.timeout = f.limits.command_timeout
         no_delay(self.transport)
         maillog.connect(f.policy.name, self.peer)
-        if not f.connection_opened(self.peer):
-            self._reply(replies.TOO_MANY_CONNECTIONS)
-            self.transport.loseConnection()
-            return
-        self._counted = True
+        # Connection limits are counted before we get here (appliance.connlimit, for every listener).
         self.sendLine(f"220 {f.hostname} ESMTP mailappliance".encode())
-        self.setTimeout(self.timeout)
+        self._idle_timer()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         self.setTimeout(None)
         if self._login_pending is not None:
             self._login_pending.cancel()        # a login held back by the throttle: nobody to answer
-        if getattr(self, "_counted", False):
-            self.factory.connection_closed(self.peer)
         maillog.disconnect(self.factory.policy.name, self.peer)
         self._data = bytearray()
         self._input = b""
+
+    def _idle_timer(self) -> None:
+        """Silence allowed before the next command: short until the client is known, then RFC 5321's.
+
+        "Known" is a greeting on the MX, a login on submission. A connection that says nothing (or
+        only EHLO on submission) holds a descriptor for idle_timeout_prelogin seconds, not 5 minutes.
+        """
+        limits = self.factory.limits
+        known = self.user is not None or (self.helo is not None and not self.factory.policy.offers_auth)
+        self.timeout = limits.command_timeout if known else min(limits.idle_timeout_prelogin, limits.command_timeout)
+        self.setTimeout(self.timeout)
 
     def timeoutConnection(self) -> None:
         self._reply(replies.TIMEOUT)
@@ -244,6 +248,7 @@ class ApplianceSMTP(ESMTP):
         self.helo = rest.decode("ascii", "replace")[:255]
         self.esmtp = esmtp
         self.session = Session()
+        self._idle_timer()
         head = f"250-{self.factory.hostname}" if esmtp else f"250 {self.factory.hostname}"
         if not esmtp:
             self.sendLine(head.encode())
@@ -306,6 +311,7 @@ class ApplianceSMTP(ESMTP):
         # included (AUTH from a plaintext_auth_network must not carry over into the TLS session).
         self.helo, self.esmtp, self.session = None, False, Session()
         self.user, self._sasl = None, None
+        self._idle_timer()
         self._tls_logged = False
 
     def lookupMethod(self, command: bytes) -> Callable[[bytes], Any] | None:
@@ -371,6 +377,7 @@ class ApplianceSMTP(ESMTP):
     def _auth_ok(self, logged_in: LoggedIn) -> None:
         self._login_pending = None
         self.user = logged_in.user
+        self._idle_timer()
         self._reply(replies.AUTH_OK)
 
     def _auth_failed(self, failure: Failure) -> None:
@@ -518,6 +525,7 @@ class ApplianceSMTP(ESMTP):
         return failure
 
     def _queued(self, qid: str) -> None:
+        self._errors = 0      # as Postfix's smtpd_hard_error_limit: errors count "without delivering mail"
         self.sendLine(replies.QUEUED.line().rstrip() + b" " + qid.encode())
 
     # ---- facts the policy and the intake read ---------------------------------------------------
@@ -616,9 +624,12 @@ class _SASLExchange:
 
 
 class SMTPFactory(ServerFactory):
-    """Builds ApplianceSMTP connections for one listener and counts connections per address."""
+    """Builds ApplianceSMTP connections for one listener (appliance.connlimit counts them)."""
 
     protocol = ApplianceSMTP
+    # What appliance.connlimit answers a connection it refuses.
+    refusals = {connlimit.PER_CLIENT: replies.TOO_MANY_CONNECTIONS.line(),
+                connlimit.PER_SERVICE: replies.SERVER_BUSY.line(), connlimit.DESCRIPTORS: replies.SERVER_BUSY.line()}
 
     def __init__(self, *, policy: "Policy", intake: "Intake", directory: Any, login: Any,
                  hostname: str, domains: tuple[str, ...], limits: Any, tls: Any, tls_settings: Any,
@@ -635,25 +646,8 @@ class SMTPFactory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.clock = clock
         self.unlimited_networks = unlimited_networks
-        self._per_peer: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> ApplianceSMTP:
         proto = self.protocol()
         proto.factory = self
         return proto
-
-    def connection_opened(self, peer: str) -> bool:
-        """Count a connection; False when the peer has too many (trusted networks are not limited,
-        as Postfix exempts $mynetworks, so an internal relay or a load test is never refused)."""
-        count = self._per_peer.get(peer, 0)
-        if count >= self.limits.max_connections_per_ip and not address.in_networks(peer, self.unlimited_networks):
-            return False
-        self._per_peer[peer] = count + 1
-        return True
-
-    def connection_closed(self, peer: str) -> None:
-        count = self._per_peer.get(peer, 1) - 1
-        if count <= 0:
-            self._per_peer.pop(peer, None)
-        else:
-            self._per_peer[peer] = count
