@@ -36,7 +36,7 @@ from appliance import address, maillog
 # Listener name -> service kind (the unit of the per-client and per-service counts).
 KINDS = {"smtp": "smtp", "submission": "submission", "smtps": "submission",
          "pop3": "pop3", "pop3s": "pop3", "imap": "imap", "imaps": "imap"}
-REFUSAL_GRACE = 10.0     # seconds a refused client gets to read its answer (a TLS handshake first)
+REFUSAL_GRACE = 5.0      # seconds a refused client gets to read its answer (a TLS handshake first)
 MAX_RAISED_LIMIT = 65536  # the soft descriptor limit is raised towards the hard one, up to this
 
 PER_CLIENT, PER_SERVICE, DESCRIPTORS = "per-client", "per-service", "descriptors"
@@ -88,11 +88,16 @@ class ConnectionTable:
         self.per_service = per_service
         self.descriptor_reserve = descriptor_reserve
         self.exempt = exempt
-        self.descriptors = descriptors if descriptors is not None else descriptor_limit()
+        self._descriptors = descriptors          # None: the process's limit, read at each connection
         self.kinds: set[str] = set()
         self.total = 0
         self._services: dict[str, int] = {}
         self._clients: dict[tuple[str, str], int] = {}
+
+    @property
+    def descriptors(self) -> int:
+        """RLIMIT_NOFILE, read live so `prlimit --nofile` on the running daemon takes effect (one syscall)."""
+        return self._descriptors if self._descriptors is not None else descriptor_limit()
 
     def register(self, kind: str) -> None:
         """A listener of `kind` exists: the descriptors are shared among the kinds registered."""
@@ -149,28 +154,35 @@ class _Counted(ProtocolWrapper):
             if factory is not None:
                 factory.table.release(factory.kind, self.host)
 
-    def registerProtocol(self, *_: Any) -> None:   # the table does the counting
-        pass
 
 
 class Refusal(Protocol):
-    """Says the protocol's temporary "too many connections" line, then closes."""
+    """Says the protocol's temporary "too many connections" line, then closes.
 
-    def __init__(self, line: bytes, clock: Any) -> None:
+    Its descriptor counts in the table's total until it is gone, so a flood of refused clients
+    (TLS clients that never finish the handshake, say) cannot eat the descriptor reserve.
+    """
+
+    def __init__(self, line: bytes, clock: Any, table: ConnectionTable) -> None:
         self.line = line
         self.clock = clock
+        self.table = table
         self._timer: Any = None
+        table.total += 1
 
     def connectionMade(self) -> None:
         self.transport.write(self.line + b"\r\n")
         self.transport.loseConnection()
         # A TLS client that never completes its handshake must not keep the descriptor.
-        self._timer = self.clock.callLater(REFUSAL_GRACE, self.transport.abortConnection)
+        self._timer = self.clock.callLater(REFUSAL_GRACE, lambda: self.transport.abortConnection())
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self.table is not None:
+            self.table.total = max(0, self.table.total - 1)
+            self.table = None
 
 
 class LimitedFactory(WrappingFactory):
@@ -197,7 +209,9 @@ class LimitedFactory(WrappingFactory):
         reason = self.table.admit(self.kind, host)
         if reason is not None:
             maillog.emit("connection-refused", service=self.service, peer=host or "", reason=reason)
-            refusal = Refusal(self.refusals.get(reason) or self.refusals[PER_SERVICE], self.clock)
+            if reason == DESCRIPTORS and self.table.total >= self.table.descriptors - self.table.descriptor_reserve // 2:
+                return None           # half the reserve is gone already: close at once, without a word
+            refusal = Refusal(self.refusals.get(reason) or self.refusals[PER_SERVICE], self.clock, self.table)
             refusal.factory = self
             return refusal
         try:

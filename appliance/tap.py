@@ -86,11 +86,12 @@ def _connection_table(cfg: configmod.Config) -> Any:
     """The one table of open connections every listener counts in (appliance.connlimit)."""
     from appliance import connlimit
     limits = cfg.limits
+    connlimit.raise_descriptor_limit()
     return connlimit.ConnectionTable(per_client=limits.max_connections_per_ip,
                                      per_service=limits.max_connections_per_service,
                                      descriptor_reserve=limits.descriptor_reserve,
                                      exempt=cfg.relay.trusted_networks,
-                                     descriptors=connlimit.raise_descriptor_limit())
+                                     descriptors=None)   # RLIMIT_NOFILE, read live
 
 
 def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:

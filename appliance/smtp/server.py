@@ -87,6 +87,8 @@ class ApplianceSMTP(ESMTP):
     # ---- connection life cycle -------------------------------------------------------
     def connectionMade(self) -> None:
         f = self.factory
+        if f.clock is not None:
+            self.callLater = f.clock.callLater          # idle timeouts on the factory's clock
         self.host = f.hostname.encode("ascii")
         self.ctx = f.tls if (f.tls is not None and f.tls.available) else None
         self.canStartTLS = self.ctx is not None and interfaces.ITLSTransport.providedBy(self.transport)

@@ -51,11 +51,14 @@ class Listeners:
             "imap": connlimit.LimitedFactory(self.imap_factory, self.table, "imap", "imap", self.clock),
         }
 
-    def connect(self, listener: str, host: str):
+    def connect(self, listener: str, host: str, settle: bool = True):
+        """A new connection; with `settle`, a refused one is closed as the reactor would after its answer."""
         peer = IPv6Address("TCP", host, 4000) if ":" in host else IPv4Address("TCP", host, 4000)
         protocol = self.factories[listener].buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
         protocol.makeConnection(transport)
+        if settle and isinstance(protocol, connlimit.Refusal):
+            protocol.connectionLost(None)
         return protocol, transport
 
 
@@ -127,7 +130,7 @@ def test_descriptor_reserve_refuses_every_service_when_the_process_is_full():
 
 def test_refused_client_that_never_reads_is_cut_off():
     world = Listeners(per_client=0)
-    protocol, transport = world.connect("imap", "192.0.2.1")
+    protocol, transport = world.connect("imap", "192.0.2.1", settle=False)
     transport.abortConnection = lambda: setattr(transport, "aborted", True)
     world.clock.advance(connlimit.REFUSAL_GRACE)
     assert getattr(transport, "aborted", False)
@@ -181,3 +184,13 @@ def test_imap_keeps_thirty_minutes_after_login(tmp_path):
     assert not session.transport.disconnecting
     reactor.advance(60)
     assert session.transport.disconnecting
+
+
+def test_refusals_in_flight_count_against_the_descriptors_and_are_dropped_when_short():
+    world = Listeners(per_client=0, reserve=8, descriptors=20)
+    refusals = [world.connect("imap", "192.0.2.1", settle=False) for _ in range(16)]
+    assert world.table.total == 16                       # each refusal holds a descriptor until it closes
+    assert world.factories["imap"].buildProtocol(IPv4Address("TCP", "192.0.2.1", 1)) is None
+    for protocol, _ in refusals:
+        protocol.connectionLost(None)
+    assert world.table.total == 0
