@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hmac
 from collections import OrderedDict
-from hashlib import md5
-
 from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import md5
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
