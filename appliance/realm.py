@@ -110,7 +110,14 @@ def _avatar_id(user: UserRecord | None) -> UserRecord:
 class LoginThrottled(Exception):
     """Too many failed logins from this client (its address or network), or for this login from
     an address that has failed: refused before any password check. A temporary refusal
-    (454 4.7.0, -ERR [SYS/TEMP], NO [UNAVAILABLE]), so a real user's client simply tries again."""
+    (454 4.7.0, -ERR [SYS/TEMP], NO [UNAVAILABLE]), so a real user's client simply tries again.
+
+    `log_for` is how many refusals the log line for this one stands for (0: no line), so that a
+    flood of refusals writes one line per address every few seconds, not one per attempt."""
+
+    def __init__(self, text: str, log_for: int = 1) -> None:
+        super().__init__(text)
+        self.log_for = log_for
 
 
 def client_keys(peer: str) -> tuple[str, str | None]:
@@ -130,13 +137,15 @@ def client_keys(peer: str) -> tuple[str, str | None]:
 class _Count:
     """The failures of one key within the window, the checks in flight for it, its next free slot."""
 
-    __slots__ = ("failures", "in_flight", "waiting", "next_slot")
+    __slots__ = ("failures", "in_flight", "waiting", "next_slot", "logged_at", "unlogged")
 
     def __init__(self, keep: int) -> None:
         self.failures: deque[float] = deque(maxlen=keep)
         self.in_flight = 0
         self.waiting = 0
         self.next_slot = 0.0
+        self.logged_at = float("-inf")     # when a refusal from this address was last logged
+        self.unlogged = 0                  # refusals since then
 
     def recent(self, now: float, window: float) -> int:
         while self.failures and now - self.failures[0] >= window:
@@ -183,17 +192,21 @@ class AuthThrottle:
     `failure_window` seconds; a check in flight counts as a failure until its answer is known,
     so parallel guesses on many connections cannot all slip through before the first fails.
     Once a key has reached its limit, attempts under it are spaced: 1 s apart at first, doubling
-    with each further failure (or attempt in flight or waiting) up to `max_delay`. An attempt waits for its slot (the
-    wait is cancelled with the connection), or is refused at once with LoginThrottled when its
-    slot is more than `max_delay` away or MAX_WAITING attempts already wait; either way no
-    password is checked before its slot. The login's count applies only to attempts from
-    addresses that have failed: the real user from a clean address logs in at once, however
-    hard the login is attacked from elsewhere. At most MAX_KEYS keys are remembered, the least
-    recently used are forgotten first.
+    with each further failure (or attempt in flight or waiting) up to `max_delay`. An attempt
+    waits for its slot (the wait is cancelled with the connection), or is refused with
+    LoginThrottled when its slot is more than `max_delay` away or MAX_WAITING attempts already
+    wait. That refusal comes after REFUSAL_DELAY, so a client retrying at once cannot spin the
+    server, and is logged once per address every LOG_EVERY seconds. Either way no password is
+    checked before its slot. The login's count applies only to attempts from addresses that
+    have failed: the real user from a clean address logs in at once, however hard the login is
+    attacked from elsewhere. At most MAX_KEYS keys are remembered, the least recently used are
+    forgotten first.
     """
 
     MAX_KEYS = 30_000
     MAX_WAITING = 1_000
+    REFUSAL_DELAY = 1.0       # a refusal is answered after this long: one connection, one try a second
+    LOG_EVERY = 5.0           # at most one "throttled" log line per address this often
 
     def __init__(self, clock: Any, settings: LoginsSection | None = None) -> None:
         self.clock = clock
@@ -205,6 +218,7 @@ class AuthThrottle:
         self._keep = max(self.limits.values()) + 16        # enough to reach max_delay's doubling
         self._counts: OrderedDict[tuple[str, str], _Count] = OrderedDict()
         self.waiting = 0
+        self.refusal_delay = self.REFUSAL_DELAY
 
     # ---- the table ------------------------------------------------------------------------------
     def count(self, key: tuple[str, str]) -> _Count:
@@ -238,7 +252,7 @@ class AuthThrottle:
 
     def admit(self, peer: str, login: str) -> Deferred:
         """Deferred[Ticket], fired when the attempt may be checked; fails with LoginThrottled
-        (at once) when it may not. Cancelling it while it waits frees its place."""
+        (after refusal_delay) when it may not. Cancelling it while it waits frees its place."""
         now = self.clock.seconds()
         keys = self.keys(peer, login)
         counts = [self.count(key) for key in keys]
@@ -254,7 +268,7 @@ class AuthThrottle:
             return defer.succeed(self._ticket(charged, keys))
         start = max([now] + [count.next_slot for count, _ in over])
         if start - now > self.max_delay or (start > now and self.waiting >= self.MAX_WAITING):
-            return defer.fail(LoginThrottled(f"{peer}: next slot {start - now:.0f} s away"))
+            return self._refuse(peer, counts[0], now, start)
         for count, excess in over:
             count.next_slot = start + min(2.0 ** excess, self.max_delay)
         if start <= now:
@@ -265,6 +279,20 @@ class AuthThrottle:
         self.waiting += 1
         held: Deferred = Deferred(lambda _: self._give_up(call, waiters))
         call = self.clock.callLater(start - now, self._slot, held, waiters, charged, keys)
+        return held
+
+    def _refuse(self, peer: str, address: _Count, now: float, start: float) -> Deferred:
+        """LoginThrottled, after refusal_delay (so a connection that retries at once cannot spin),
+        counted for the log."""
+        address.unlogged += 1
+        log_for = 0
+        if now - address.logged_at >= self.LOG_EVERY:
+            log_for, address.unlogged, address.logged_at = address.unlogged, 0, now
+        refusal = LoginThrottled(f"{peer}: next slot {start - now:.0f} s away", log_for)
+        if self.refusal_delay <= 0:
+            return defer.fail(refusal)
+        held: Deferred = Deferred(lambda _: call.cancel() if call.active() else None)
+        call = self.clock.callLater(self.refusal_delay, held.errback, refusal)
         return held
 
     def _ticket(self, charged: list[_Count], keys: list[tuple[str, str]]) -> Ticket:
@@ -423,8 +451,10 @@ class Login:
         return d
 
     def _not_admitted(self, failure: Failure, mind: Mind, login: str, mechanism: str) -> Failure:
-        if failure.check(LoginThrottled):
-            maillog.auth(mind.service, mind.peer, login, False, mechanism, "throttled")
+        if failure.check(LoginThrottled) and failure.value.log_for:
+            more = failure.value.log_for - 1
+            maillog.auth(mind.service, mind.peer, login, False, mechanism,
+                         f"throttled, {more} more not logged" if more else "throttled")
         return failure                 # or CancelledError: the client left while waiting
 
     def refuse(self, *, service: str, peer: str, login: str, mechanism: str, reason: str) -> Deferred:

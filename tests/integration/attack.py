@@ -7,6 +7,8 @@ machine can play one address, a /24, or many networks. Every loop is bounded by 
 from __future__ import annotations
 
 import base64
+import glob
+import re
 import selectors
 import socket
 import time
@@ -17,14 +19,29 @@ def plain(login: str, password: str) -> bytes:
     return b"AUTH PLAIN " + base64.b64encode(f"\0{login}\0{password}".encode()) + b"\r\n"
 
 
+def _log_lines(appliance: Appliance):
+    """Every line twistd logged, rotated files (twistd.log.1, ...) included: a flood rotates the log."""
+    for path in sorted(glob.glob(glob.escape(appliance.log_path) + ".*")) + [appliance.log_path]:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                yield from handle
+        except FileNotFoundError:
+            continue
+
+
 def checks_logged(appliance: Appliance) -> int:
     """Password checks the appliance has made so far: auth-ok lines and 'bad credentials' failures."""
-    return sum(1 for line in appliance.log().splitlines()
-               if " auth-ok " in line or 'reason="bad credentials"' in line)
+    return sum(1 for line in _log_lines(appliance) if " auth-ok " in line or 'reason="bad credentials"' in line)
 
 
 def throttled_logged(appliance: Appliance) -> int:
-    return sum(1 for line in appliance.log().splitlines() if " auth-failed " in line and "reason=throttled" in line)
+    """Attempts refused as throttled; one line may stand for several ('throttled, N more not logged')."""
+    total = 0
+    for line in _log_lines(appliance):
+        if " auth-failed " in line and "reason=throttled" in line or 'reason="throttled, ' in line:
+            more = re.search(r'throttled, (\d+) more', line)
+            total += 1 + (int(more.group(1)) if more else 0)
+    return total
 
 
 class Session:

@@ -37,7 +37,7 @@ def test_parallel_guesses_from_one_address_are_not_all_checked(appliance):
     checked = checks_logged(appliance) - 1                     # the real user's check
     assert checked <= 10, (checked, codes)                     # 5 free, then slots 1 s, 2 s, ... apart
     assert codes.get(b"454", 0) >= 80, codes                    # refused at once, without a check
-    assert throttled_logged(appliance) == codes.get(b"454", 0)
+    assert 1 <= throttled_logged(appliance) <= codes.get(b"454", 0)     # summarised, not one line each
 
 
 def test_rcpt_is_not_delayed_by_abandoned_auth_attempts(appliance):

@@ -176,6 +176,7 @@ class Gate:
         self.clock = Clock()
         self.directory = HeldDirectory()
         self.login = make_login(self.directory, store=None, clock=self.clock, settings=LoginsSection(**settings))
+        self.login.throttle.refusal_delay = 0          # refusals at once here; the tarpit has its own test
 
     def attempt(self, peer, login=ALICE.address, password="guess"):
         d = self.login.attempt(UsernamePassword(login.encode(), password.encode()), IMailUser, service="submission",
@@ -331,3 +332,26 @@ def test_throttle_table_is_bounded():
         gate.attempt(f"10.{n}.0.1", login=f"user{n}@example.test")
         gate.directory.answer_all()
     assert len(gate.login.throttle._counts) <= 50
+
+
+def test_a_refusal_is_answered_after_a_second_and_logged_once_per_address(monkeypatch):
+    """A client that retries the moment it is refused cannot spin the server, nor fill the log."""
+    from appliance import maillog
+    lines = []
+    monkeypatch.setattr(maillog, "auth", lambda *args: lines.append(args[-1]))
+    gate = Gate(failures_per_address=1, max_delay=1)
+    gate.login.throttle.refusal_delay = 1.0
+    for _ in range(3):
+        gate.attempt("192.0.2.7")
+        gate.directory.answer_all()
+    lines.clear()
+    outs = [gate.attempt("192.0.2.7")[1] for _ in range(10)]
+    assert not any(outs)                                       # nothing answered yet ...
+    gate.clock.advance(1)
+    assert sum(refused(out) for out in outs) >= 8              # ... a second later: refused, unchecked
+    assert gate.directory.checks <= 4
+    assert lines == ["throttled"]                              # one line for the address
+    gate.clock.advance(5)
+    outs = [gate.attempt("192.0.2.7")[1] for _ in range(3)]
+    gate.clock.advance(1)
+    assert any(line.startswith("throttled, ") and "more not logged" in line for line in lines[1:])
