@@ -116,6 +116,18 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class LoginsSection:
+    """The [logins] section: the throttle in front of every password check, and the checks' own pool."""
+    failures_per_address: int = 5     # failed logins from one address within failure_window, then throttled
+    failures_per_network: int = 20    # ... from one /24 (IPv4) or /64 (IPv6)
+    failures_per_login: int = 10      # ... for one login; throttles it only from addresses that failed
+    failure_window: int = 900         # seconds a failed login counts
+    max_delay: int = 30               # longest spacing of throttled attempts (1 s doubling); beyond: 4xx at once
+    check_threads: int = 1            # threads for password checks (scrypt, LDAP binds), apart from lookups
+    max_pending_checks: int = 32      # password checks waiting for a thread; beyond: 4xx at once
+
+
+@dataclass(frozen=True)
 class QueueSection:
     retry_initial: int = 300          # seconds before the first retry of a temporary failure
     retry_max: int = 3600             # backoff cap
@@ -169,6 +181,7 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     queue: QueueSection = field(default_factory=QueueSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
+    logins: LoginsSection = field(default_factory=LoginsSection)
     ldap: LDAPSection | None = None   # read only when [directory] backend = ldap
 
 
@@ -539,13 +552,14 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),
+    "logins": _int_keys(LoginsSection),
 }
 
 _SECTION_TYPES: dict[str, type] = {
     "appliance": ApplianceSection, "tls": TLSSection, "listen": ListenSection,
     "directory": DirectorySection, "storage": StorageSection, "aliases": AliasesSection,
     "masquerade": MasqueradeSection, "relay": RelaySection, "limits": LimitsSection, "queue": QueueSection,
-    "delivery": DeliverySection, "ldap": LDAPSection,
+    "delivery": DeliverySection, "logins": LoginsSection, "ldap": LDAPSection,
 }
 
 

@@ -3,6 +3,10 @@
 Stored form: `$scrypt$ln=14,r=8,p=1$<b64 salt>$<b64 hash>` (standard base64, no padding), the
 same layout passlib and Dovecot-style tools use, so the cost can be raised later without
 invalidating old hashes: every hash carries its own parameters.
+
+`CheckQueue` is where the running daemon does every password check (an scrypt verification,
+an LDAP bind): on threads of its own, so that failed logins never hold up the lookups RCPT
+needs; with a bound on the checks waiting; and dropping a waiting check whose client has left.
 """
 from __future__ import annotations
 
@@ -11,6 +15,15 @@ import binascii
 import hashlib
 import hmac
 import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from appliance.errors import DirectoryUnavailable
 
 SCHEME = "scrypt"
 LOG2_N = 14
@@ -83,3 +96,68 @@ def verify_unknown_user(password: str) -> bool:
     """Spend one real verification's time for a login that does not exist; always False."""
     verify_password(password, DUMMY_HASH)
     return False
+
+
+# -- where the daemon runs the checks ------------------------------------------------------------
+
+class TooManyChecks(DirectoryUnavailable):
+    """More password checks wait than [logins] max_pending_checks allows: could not tell now.
+
+    A DirectoryUnavailable, so every protocol gives its temporary refusal (454 4.7.0,
+    -ERR [SYS/TEMP], NO [UNAVAILABLE]), never "bad password".
+    """
+
+
+class CheckQueue:
+    """Runs password checks on `pool`, at most `threads` at once, at most `max_pending` waiting.
+
+    `run(f, *args)` gives a Deferred of f's result (f runs in a pool thread). Beyond
+    `max_pending` waiting checks it fails at once with TooManyChecks. Cancelling the Deferred
+    (a protocol does when its client leaves) drops a check that has not started yet, so 200
+    abandoned AUTH attempts cost nothing; a check already running finishes and is ignored.
+    The pool is the check's own (tap.py's `passwords` pool): the users-file reads and LDAP
+    searches that RCPT waits for never queue behind a hash.
+    """
+
+    def __init__(self, reactor: Any, pool: Any, threads: int = 1, max_pending: int = 32) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._threads = max(1, threads)
+        self._max_pending = max_pending
+        self._waiting: deque[tuple[Deferred, Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.running = 0
+        self.dropped = 0           # checks cancelled before they ran (for tests and the bench)
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    def run(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        if len(self._waiting) >= self._max_pending:
+            return fail(TooManyChecks(f"{len(self._waiting)} password checks already waiting"))
+        d: Deferred = Deferred(self._cancel)
+        self._waiting.append((d, f, args))
+        self._start()
+        return d
+
+    def _cancel(self, d: Deferred) -> None:
+        for job in self._waiting:
+            if job[0] is d:
+                self._waiting.remove(job)
+                self.dropped += 1
+                return
+
+    def _start(self) -> None:
+        while self.running < self._threads and self._waiting:
+            d, f, args = self._waiting.popleft()
+            self.running += 1
+            deferToThreadPool(self._reactor, self._pool, f, *args).addBoth(self._done, d)
+
+    def _done(self, result: Any, d: Deferred) -> None:
+        self.running -= 1
+        if not d.called:                      # else cancelled while running: nobody to tell
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        self._start()

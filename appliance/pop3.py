@@ -23,7 +23,7 @@ from appliance import address, connlimit, maillog, message
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IMaildrop
 from appliance.store.pop3view import MessageGone, NoSuchMessage
-from appliance.realm import LoggedIn, Login, MaildropInUse
+from appliance.realm import LoggedIn, Login, LoginThrottled, MaildropInUse
 from appliance.replies import POP3
 from appliance.tls import log_once
 from appliance.transport import no_delay
@@ -330,6 +330,8 @@ class POP3Server(pop3.POP3):
             return self._send(POP3.IN_USE)
         if failure.check(DirectoryUnavailable):
             return self._send(POP3.DIRECTORY_DOWN)
+        if failure.check(LoginThrottled):
+            return self._send(POP3.LOGIN_THROTTLED)
         return self._send(POP3.MAILDROP_DOWN)
 
     # ---- TRANSACTION state -------------------------------------------------------------------

@@ -4,14 +4,15 @@ Every protocol turns what the client sent into twisted.cred credentials and call
 `Login.attempt`; that is the one place where a login is checked against the directory (once),
 throttled, logged, and turned into the protocol's avatar (the user record for SMTP, the
 maildrop for POP3, the folders for IMAP). The protocols only map the outcome onto their replies
-(DESIGN.md's policy table): success, `UnauthorizedLogin` (bad credentials, already held back by
-the throttle), `DirectoryUnavailable` (could not tell), `MaildropInUse`, or anything else
-(the mailbox could not be opened; logged here).
+(DESIGN.md's policy table): success, `UnauthorizedLogin` (bad credentials), `LoginThrottled`
+(too many failures: refused before any check), `DirectoryUnavailable` (could not tell),
+`MaildropInUse`, or anything else (the mailbox could not be opened; logged here).
 """
 from __future__ import annotations
 
 import hmac
-from collections import OrderedDict
+import ipaddress
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import md5
@@ -28,8 +29,10 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from appliance import maillog
+from appliance.config import LoginsSection
 from appliance.errors import DirectoryUnavailable, MailboxUnavailable
 from appliance.interfaces import IAccount, IDirectory, IMaildrop, IMailUser, UserRecord
+from appliance.passwords import TooManyChecks
 
 
 def _text(value: bytes | str) -> str:
@@ -103,48 +106,212 @@ def _avatar_id(user: UserRecord | None) -> UserRecord:
     return user
 
 
-class AuthThrottle:
-    """Slows password guessing per peer IP, without ever locking the real user out.
+class LoginThrottled(Exception):
+    """Too many failed logins from this client (its address or network), or for this login from
+    an address that has failed: refused before any password check. A temporary refusal
+    (454 4.7.0, -ERR [SYS/TEMP], NO [UNAVAILABLE]), so a real user's client simply tries again.
 
-    After `failed(peer)`, `delay(peer)` says how long to hold back the failure reply: nothing for
-    the first FREE_FAILURES failures (typos), then 1 s, 2 s, 4 s, ... up to MAX_DELAY. A peer's
-    count is forgotten FORGET_AFTER seconds after its last failure, or at its next success.
-    At most MAX_PEERS peers are remembered; the least recently failing are evicted first.
+    `log_for` is how many refusals the log line for this one stands for (0: no line), so that a
+    flood of refusals writes one line per address every few seconds, not one per attempt."""
+
+    def __init__(self, text: str, log_for: int = 1) -> None:
+        super().__init__(text)
+        self.log_for = log_for
+
+
+def client_keys(peer: str) -> tuple[str, str | None]:
+    """(address, network) the throttle counts a peer under: an IPv4-mapped IPv6 address is its
+    IPv4 address; the network is the /24 (IPv4) or /64 (IPv6). A peer that is no IP address
+    (a UNIX socket, a test) counts by its name alone."""
+    try:
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return peer, None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 64
+    return str(ip), str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+class _Count:
+    """The failures of one key within the window, the checks in flight for it, its next free slot."""
+
+    __slots__ = ("failures", "in_flight", "waiting", "next_slot", "logged_at", "unlogged")
+
+    def __init__(self, keep: int) -> None:
+        self.failures: deque[float] = deque(maxlen=keep)
+        self.in_flight = 0
+        self.waiting = 0
+        self.next_slot = 0.0
+        self.logged_at = float("-inf")     # when a refusal from this address was last logged
+        self.unlogged = 0                  # refusals since then
+
+    def recent(self, now: float, window: float) -> int:
+        while self.failures and now - self.failures[0] >= window:
+            self.failures.popleft()
+        return len(self.failures)
+
+
+class Ticket:
+    """One attempt let through the throttle: its checks in flight until the outcome is known."""
+
+    def __init__(self, throttle: "AuthThrottle", charged: list[_Count], keys: list[tuple[str, str]]) -> None:
+        self._throttle, self._charged, self._keys = throttle, charged, keys
+        self._open = True
+
+    def _close(self) -> bool:
+        if not self._open:
+            return False
+        self._open = False
+        for count in self._charged:
+            count.in_flight -= 1
+        return True
+
+    def failed(self) -> None:
+        """Bad credentials (or a client that left before the answer: an unanswered guess)."""
+        if self._close():
+            now = self._throttle.clock.seconds()
+            for key in self._keys:
+                self._throttle.count(key).failures.append(now)
+
+    def succeeded(self) -> None:
+        """The address's failures are forgotten (typos); its network's and the login's are not."""
+        if self._close():
+            self._throttle.forget(self._keys[0])
+
+    def undecided(self) -> None:
+        """The directory could not tell: no guess was answered, nothing is counted."""
+        self._close()
+
+
+class AuthThrottle:
+    """Slows password guessing BEFORE any check, without ever locking the real user out.
+
+    Failures are counted per client address, per network (/24, /64) and per login over
+    `failure_window` seconds; a check in flight counts as a failure until its answer is known,
+    so parallel guesses on many connections cannot all slip through before the first fails.
+    Once a key has reached its limit, attempts under it are spaced: 1 s apart at first, doubling
+    with each further failure (or attempt in flight or waiting) up to `max_delay`. An attempt
+    waits for its slot (the wait is cancelled with the connection), or is refused with
+    LoginThrottled when its slot is more than `max_delay` away or MAX_WAITING attempts already
+    wait. That refusal comes after REFUSAL_DELAY, so a client retrying at once cannot spin the
+    server, and is logged once per address every LOG_EVERY seconds. Either way no password is
+    checked before its slot. The login's count applies only to attempts from addresses that
+    have failed: the real user from a clean address logs in at once, however hard the login is
+    attacked from elsewhere. At most MAX_KEYS keys are remembered, the least recently used are
+    forgotten first.
     """
 
-    FREE_FAILURES = 2
-    FIRST_DELAY = 1.0
-    MAX_DELAY = 15.0
-    FORGET_AFTER = 15 * 60.0
-    MAX_PEERS = 10_000
+    MAX_KEYS = 30_000
+    MAX_WAITING = 1_000
+    REFUSAL_DELAY = 1.0       # a refusal is answered after this long: one connection, one try a second
+    LOG_EVERY = 5.0           # at most one "throttled" log line per address this often
 
-    def __init__(self, clock):
-        self._clock = clock
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()   # peer -> (count, last failure)
+    def __init__(self, clock: Any, settings: LoginsSection | None = None) -> None:
+        self.clock = clock
+        s = settings if settings is not None else LoginsSection()
+        self.window = float(s.failure_window)
+        self.max_delay = float(s.max_delay)
+        self.limits = {"address": s.failures_per_address, "network": s.failures_per_network,
+                       "login": s.failures_per_login}
+        self._keep = max(self.limits.values()) + 16        # enough to reach max_delay's doubling
+        self._counts: OrderedDict[tuple[str, str], _Count] = OrderedDict()
+        self.waiting = 0
+        self.refusal_delay = self.REFUSAL_DELAY
 
-    def failed(self, peer: str) -> None:
-        count = self._recent_failures(peer)
-        self._failures.pop(peer, None)
-        self._failures[peer] = (count + 1, self._clock.seconds())
-        while len(self._failures) > self.MAX_PEERS:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, peer: str) -> None:
-        self._failures.pop(peer, None)
-
-    def delay(self, peer: str) -> float:
-        """Seconds to wait before answering the failure just recorded with failed()."""
-        extra = self._recent_failures(peer) - self.FREE_FAILURES
-        if extra <= 0:
-            return 0.0
-        return min(self.FIRST_DELAY * 2 ** min(extra - 1, 16), self.MAX_DELAY)
-
-    def _recent_failures(self, peer: str) -> int:
-        count, last = self._failures.get(peer, (0, 0.0))
-        if count and self._clock.seconds() - last >= self.FORGET_AFTER:
-            del self._failures[peer]
-            return 0
+    # ---- the table ------------------------------------------------------------------------------
+    def count(self, key: tuple[str, str]) -> _Count:
+        count = self._counts.pop(key, None)
+        if count is None:
+            count = _Count(self._keep)
+        self._counts[key] = count
+        while len(self._counts) > self.MAX_KEYS:
+            self._counts.popitem(last=False)
         return count
+
+    def forget(self, key: tuple[str, str]) -> None:
+        count = self._counts.get(key)
+        if count is not None:
+            count.failures.clear()
+
+    def failures(self, kind: str, name: str) -> int:
+        """Failures counted now for ("address" | "network" | "login", name)."""
+        count = self._counts.get((kind, name))
+        return count.recent(self.clock.seconds(), self.window) if count else 0
+
+    # ---- the gate -------------------------------------------------------------------------------
+    def keys(self, peer: str, login: str) -> list[tuple[str, str]]:
+        """The keys one attempt counts under; the address first."""
+        address, network = client_keys(peer)
+        keys = [("address", address)]
+        if network is not None:
+            keys.append(("network", network))
+        keys.append(("login", login.strip().lower()))
+        return keys
+
+    def admit(self, peer: str, login: str) -> Deferred:
+        """Deferred[Ticket], fired when the attempt may be checked; fails with LoginThrottled
+        (after refusal_delay) when it may not. Cancelling it while it waits frees its place."""
+        now = self.clock.seconds()
+        keys = self.keys(peer, login)
+        counts = [self.count(key) for key in keys]
+        watched = counts[0].recent(now, self.window) > 0        # this address has failed: watch the login
+        charged = counts if watched else counts[:-1]
+        over = []
+        for (kind, _), count in zip(keys, charged):
+            # Checks in flight and attempts waiting count as failures until their answer is known.
+            excess = count.recent(now, self.window) + count.in_flight + count.waiting - self.limits[kind]
+            if excess >= 0:
+                over.append((count, excess))
+        if not over:
+            return defer.succeed(self._ticket(charged, keys))
+        start = max([now] + [count.next_slot for count, _ in over])
+        if start - now > self.max_delay or (start > now and self.waiting >= self.MAX_WAITING):
+            return self._refuse(peer, counts[0], now, start)
+        for count, excess in over:
+            count.next_slot = start + min(2.0 ** excess, self.max_delay)
+        if start <= now:
+            return defer.succeed(self._ticket(charged, keys))
+        waiters = [count for count, _ in over]
+        for count in waiters:
+            count.waiting += 1
+        self.waiting += 1
+        held: Deferred = Deferred(lambda _: self._give_up(call, waiters))
+        call = self.clock.callLater(start - now, self._slot, held, waiters, charged, keys)
+        return held
+
+    def _refuse(self, peer: str, address: _Count, now: float, start: float) -> Deferred:
+        """LoginThrottled, after refusal_delay (so a connection that retries at once cannot spin),
+        counted for the log."""
+        address.unlogged += 1
+        log_for = 0
+        if now - address.logged_at >= self.LOG_EVERY:
+            log_for, address.unlogged, address.logged_at = address.unlogged, 0, now
+        refusal = LoginThrottled(f"{peer}: next slot {start - now:.0f} s away", log_for)
+        if self.refusal_delay <= 0:
+            return defer.fail(refusal)
+        held: Deferred = Deferred(lambda _: call.cancel() if call.active() else None)
+        call = self.clock.callLater(self.refusal_delay, held.errback, refusal)
+        return held
+
+    def _ticket(self, charged: list[_Count], keys: list[tuple[str, str]]) -> Ticket:
+        for count in charged:
+            count.in_flight += 1
+        return Ticket(self, charged, keys)
+
+    def _stop_waiting(self, waiters: list[_Count]) -> None:
+        self.waiting -= 1
+        for count in waiters:
+            count.waiting -= 1
+
+    def _slot(self, held: Deferred, waiters: list[_Count], charged: list[_Count], keys: list[tuple[str, str]]) -> None:
+        self._stop_waiting(waiters)
+        held.callback(self._ticket(charged, keys))
+
+    def _give_up(self, call: Any, waiters: list[_Count]) -> None:
+        if call.active():
+            call.cancel()
+            self._stop_waiting(waiters)
 
 
 class MaildropInUse(Exception):
@@ -246,16 +413,19 @@ class MailRealm:
 
 
 class Login:
-    """The gate every protocol's login goes through: portal, throttle and audit log in one place.
+    """The gate every protocol's login goes through: throttle, portal and audit log in one place.
 
-    `attempt` fires with a LoggedIn or fails with:
-    - UnauthorizedLogin: bad credentials; the failure arrives only after the throttle's delay,
-      so guessing gets slow, while the real user from another address is never held back;
-    - DirectoryUnavailable: the directory could not tell (a temporary refusal, never "bad password");
+    `attempt` first passes the throttle (which may hold the attempt until its slot), then checks
+    the credentials (one directory call), and fires with a LoggedIn or fails with:
+    - UnauthorizedLogin: bad credentials;
+    - LoginThrottled: too many failures from this client or for this login from it, refused
+      before any password check (a temporary refusal);
+    - DirectoryUnavailable: the directory could not tell, or too many password checks wait
+      (a temporary refusal, never "bad password");
     - MaildropInUse: POP3's maildrop is held by another session;
     - anything else: the mailbox could not be opened (logged here).
-    The Deferred is cancellable: a protocol whose client left cancels it, and a pending throttle
-    delay goes with it.
+    The Deferred is cancellable: a protocol whose client left cancels it, which frees a place in
+    the throttle's queue or drops a password check that has not started yet.
     """
 
     def __init__(self, portal: Portal, throttle: "AuthThrottle", clock: Any) -> None:
@@ -265,52 +435,70 @@ class Login:
 
     def attempt(self, credentials: Any, interface: type[Interface], *, service: str, peer: str,
                 login: str, mechanism: str) -> Deferred:
-        """Check `credentials` (one directory call), log the outcome, build the `interface` avatar."""
+        """Throttle, check `credentials` (one directory call), log the outcome, build the avatar."""
         mind = Mind(service, peer)
-        d = defer.maybeDeferred(self.portal.login, credentials, mind, interface)
-        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(mind, mechanism),
+        d = self.throttle.admit(peer, login)
+        d.addCallbacks(self._check, self._not_admitted, callbackArgs=(credentials, interface, mind, login, mechanism),
                        errbackArgs=(mind, login, mechanism))
         return d
 
-    def refuse(self, *, service: str, peer: str, login: str, mechanism: str, reason: str) -> Deferred:
-        """A login refused before any check (an authorisation identity we do not offer): a failure
-        like a wrong password, counted and held back the same way."""
-        return self._refused(Mind(service, peer), login, mechanism, reason)
+    def _check(self, ticket: Ticket, credentials: Any, interface: type[Interface], mind: Mind, login: str,
+               mechanism: str) -> Deferred:
+        d = defer.maybeDeferred(self.portal.login, credentials, mind, interface)
+        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(mind, mechanism, ticket),
+                       errbackArgs=(mind, login, mechanism, ticket))
+        return d
 
-    def _succeeded(self, result: Avatar, mind: Mind, mechanism: str) -> LoggedIn:
+    def _not_admitted(self, failure: Failure, mind: Mind, login: str, mechanism: str) -> Failure:
+        if failure.check(LoginThrottled) and failure.value.log_for:
+            more = failure.value.log_for - 1
+            maillog.auth(mind.service, mind.peer, login, False, mechanism,
+                         f"throttled, {more} more not logged" if more else "throttled")
+        return failure                 # or CancelledError: the client left while waiting
+
+    def refuse(self, *, service: str, peer: str, login: str, mechanism: str, reason: str) -> Deferred:
+        """A login refused before any check (an authorisation identity we do not offer): counted
+        as a failure like a wrong password."""
+        maillog.auth(service, peer, login, False, mechanism, reason)
+        now = self.clock.seconds()
+        for key in self.throttle.keys(peer, login):
+            self.throttle.count(key).failures.append(now)
+        return defer.fail(UnauthorizedLogin(reason))
+
+    def _succeeded(self, result: Avatar, mind: Mind, mechanism: str, ticket: Ticket) -> LoggedIn:
         _, avatar, logout = result
         assert mind.user is not None
-        self.throttle.succeeded(mind.peer)
+        ticket.succeeded()
         maillog.auth(mind.service, mind.peer, mind.user.address, True, mechanism)
         return LoggedIn(avatar, mind.user, logout)
 
-    def _failed(self, failure: Failure, mind: Mind, login: str, mechanism: str) -> Any:
+    def _failed(self, failure: Failure, mind: Mind, login: str, mechanism: str, ticket: Ticket) -> Any:
         if failure.check(UnauthorizedLogin):
-            return self._refused(mind, login, mechanism, "bad credentials")
-        if failure.check(DirectoryUnavailable):
+            ticket.failed()
+            reason = "bad credentials"
+        elif failure.check(defer.CancelledError):
+            ticket.failed()            # an unanswered guess still counts
+            reason = "client left"
+        elif failure.check(TooManyChecks):
+            ticket.undecided()
+            reason = "too many password checks waiting"
+        elif failure.check(DirectoryUnavailable):
+            ticket.undecided()
             reason = "directory unavailable"
         elif failure.check(MaildropInUse):
+            ticket.succeeded()
             reason = "maildrop in use"
         else:
+            ticket.succeeded()         # the password was right; the mailbox failed
             if not failure.check(MailboxUnavailable, OSError):
                 maillog.log.failure("login failed unexpectedly", failure, service=mind.service, peer=mind.peer)
             reason = "mailbox unavailable"
         maillog.auth(mind.service, mind.peer, login, False, mechanism, reason)
         return failure
 
-    def _refused(self, mind: Mind, login: str, mechanism: str, reason: str) -> Deferred:
-        maillog.auth(mind.service, mind.peer, login, False, mechanism, reason)
-        self.throttle.failed(mind.peer)
-        delay = self.throttle.delay(mind.peer)
-        refusal = Failure(UnauthorizedLogin(reason))
-        if delay <= 0:
-            return defer.fail(refusal)
-        held: Deferred = Deferred(lambda _: call.cancel() if call.active() else None)
-        call = self.clock.callLater(delay, held.errback, refusal)
-        return held
 
-
-def make_login(directory: IDirectory, store: Any, clock: Any, locks: MaildropLocks | None = None) -> Login:
-    """The one Login every listener shares: one checker, one realm, one throttle."""
+def make_login(directory: IDirectory, store: Any, clock: Any, locks: MaildropLocks | None = None,
+               settings: LoginsSection | None = None) -> Login:
+    """The one Login every listener shares: one checker, one realm, one throttle ([logins])."""
     portal = Portal(MailRealm(store, locks), [DirectoryChecker(directory)])
-    return Login(portal, AuthThrottle(clock), clock)
+    return Login(portal, AuthThrottle(clock, settings), clock)

@@ -102,6 +102,7 @@ class POP3:
     AUTH_FAILED = b"-ERR [AUTH] Authentication failed"
     DIRECTORY_DOWN = b"-ERR [SYS/TEMP] Directory temporarily unavailable, try again later"
     MAILDROP_DOWN = b"-ERR [SYS/TEMP] Maildrop temporarily unavailable, try again later"
+    LOGIN_THROTTLED = b"-ERR [SYS/TEMP] Too many failed logins, try again later"
     IN_USE = b"-ERR [IN-USE] Maildrop is in use by another session"
     USER_FIRST = b"-ERR Send USER first"
     NO_APOP = b"-ERR APOP is not available"

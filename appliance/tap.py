@@ -51,14 +51,17 @@ class Parts:
         from appliance.realm import make_login
         from appliance.directory import make_directory
         from appliance.masquerade import Masquerader
+        from appliance.passwords import CheckQueue
         from appliance.store import make_store
 
         self.cfg, self.reactor = cfg, reactor
         self.tls = top.tls
         pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
-        self.directory = make_directory(cfg, reactor, pools["directory"])
+        # Password checks on threads of their own: guessing never delays the lookups RCPT needs.
+        self.checks = CheckQueue(reactor, pools["passwords"], cfg.logins.check_threads, cfg.logins.max_pending_checks)
+        self.directory = make_directory(cfg, reactor, pools["directory"], self.checks)
         self.store = make_store(cfg.storage, reactor, pools["disk"])
-        self.login = make_login(self.directory, self.store, reactor)
+        self.login = make_login(self.directory, self.store, reactor, settings=cfg.logins)
         m = cfg.masquerade
         self.masquerader = Masquerader(m.domains, m.as_domain, m.exceptions)
         self.queue = _queue(cfg, reactor, top, pools["queue"], self.directory, self.store)
@@ -96,7 +99,7 @@ def _connection_table(cfg: configmod.Config) -> Any:
 
 def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
     directory_threads = cfg.ldap.pool_size if cfg.ldap is not None else 2
-    return {"directory": directory_threads, "disk": 4, "queue": 2}
+    return {"directory": directory_threads, "passwords": cfg.logins.check_threads, "disk": 4, "queue": 2}
 
 
 def _pool(top: ApplianceService, name: str, size: int) -> Any:

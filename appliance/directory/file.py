@@ -40,7 +40,7 @@ from zope.interface import implementer
 from appliance import address as addr
 from appliance import maillog
 from appliance.interfaces import IDirectory, UserRecord
-from appliance.passwords import hash_password, verify_password, verify_unknown_user
+from appliance.passwords import CheckQueue, hash_password, verify_password, verify_unknown_user
 from appliance.durable import fsync_dir
 
 FILE_MODE = 0o600
@@ -366,13 +366,16 @@ class FileDirectory:
     """Users from the users file, re-read automatically when it changes.
 
     Every request first makes sure the table is no more than CHECK_INTERVAL seconds stale; the
-    stat, the read and the scrypt verifications all happen in `pool`, never on the reactor.
+    stat and the read happen in `pool`, the scrypt verifications in `checks` (their own threads,
+    bounded, dropped when the client leaves), never on the reactor and never in front of the
+    reads that RCPT waits for.
     """
 
-    def __init__(self, users_file: str, reactor, pool) -> None:
+    def __init__(self, users_file: str, reactor, pool, checks: CheckQueue | None = None) -> None:
         self._path = users_file
         self._reactor = reactor
         self._pool = pool
+        self._checks = checks if checks is not None else CheckQueue(reactor, pool)
         self._table: dict[str, UserEntry] = {}
         self._signature: Signature | None = None
         self._checked_at: float | None = None
@@ -403,11 +406,11 @@ class FileDirectory:
     def _verify(self, table: dict[str, UserEntry], login: str, password: str) -> Deferred:
         entry = _entry_for(table, login)
         if entry is None:
-            d = deferToThreadPool(self._reactor, self._pool, verify_unknown_user, password)
+            d = self._checks.run(verify_unknown_user, password)
             return d.addCallback(lambda _: None)
         # A disabled user's hash is still checked, so the answer takes the usual time.
         stored = entry.password_hash.removeprefix(DISABLED)
-        d = deferToThreadPool(self._reactor, self._pool, verify_password, password, stored)
+        d = self._checks.run(verify_password, password, stored)
         record = entry.record()
         return d.addCallback(lambda ok: record if ok and record.enabled else None)
 

@@ -40,6 +40,7 @@ from appliance import maillog
 from appliance.config import LDAPSection
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IDirectory, UserRecord
+from appliance.passwords import CheckQueue
 
 MAX_GROUP_MEMBERS = 1000          # member DNs read per group; a bigger group is an operator mistake
 CACHE_MAX_ENTRIES = 10_000
@@ -389,13 +390,18 @@ class LDAPDirectory:
     """IDirectory over LDAP, plus alias/group expansion, `describe` and `check`.
 
     `pool` is a started twisted.python.threadpool.ThreadPool of `settings.pool_size` threads,
-    owned by a service; every ldap3 call runs there. The bind password is read here, once.
+    owned by a service; every search runs there. A user's bind (the password check) goes through
+    `checks` instead: bounded, dropped when the client has left, and on threads of its own, so
+    that guessing never occupies the threads RCPT lookups need (without `checks`, at most half
+    the pool's threads bind at once). The bind password is read here, once.
     """
 
-    def __init__(self, settings: LDAPSection, reactor, pool, client: LDAPClient | None = None):
+    def __init__(self, settings: LDAPSection, reactor, pool, client: LDAPClient | None = None,
+                 checks: CheckQueue | None = None):
         self._settings = settings
         self._reactor = reactor
         self._pool = pool
+        self._checks = checks if checks is not None else CheckQueue(reactor, pool, max(1, settings.pool_size // 2))
         self._client = client or LDAPClient(settings, read_bind_password(settings.bind_password_file))
         self._cache = _Cache(reactor, settings.cache_ttl)
         self._healthy = True
@@ -471,7 +477,7 @@ class LDAPDirectory:
     def _bind_as(self, entry: UserEntry | None, password: str) -> Deferred | None:
         if entry is None or not entry.record.enabled:
             return None
-        d = self._call(self._client.verify, entry.dn, password)
+        d = self._call(self._client.verify, entry.dn, password, runner=self._checks.run)
         return d.addCallback(lambda ok: entry.record if ok else None)
 
     def _forward_unless_alias(self, targets: list[str] | None, key: str) -> Deferred | list[str]:
@@ -480,7 +486,7 @@ class LDAPDirectory:
         d = self._user(key)
         return d.addCallback(lambda entry: [entry.forward] if entry and entry.forward not in ("", key) else None)
 
-    def _call(self, method: Callable, *args) -> Deferred:
+    def _call(self, method: Callable, *args, runner: Callable[..., Deferred] | None = None) -> Deferred:
         """Run a client method in the pool; requests queued past half a `timeout` give up there.
 
         Half, because the requests ahead of one started their own `timeout` slightly before it
@@ -488,7 +494,10 @@ class LDAPDirectory:
         full one, so a hung directory answered callers after two timeouts instead of about one.
         """
         deadline = time.monotonic() + self._settings.timeout / 2
-        d = deferToThreadPool(self._reactor, self._pool, method, *args, deadline)
+        if runner is None:
+            d = deferToThreadPool(self._reactor, self._pool, method, *args, deadline)
+        else:
+            d = runner(method, *args, deadline)
         d.addCallbacks(self._answered, self._unanswered)
         return d
 

@@ -359,3 +359,45 @@ def test_make_directory_picks_the_file_backend(users, reactor, pool):
 def test_make_directory_refuses_an_unknown_backend(users, reactor, pool):
     with pytest.raises(ValueError, match="unknown backend"):
         make_directory(_config("nis", users), reactor, pool)
+
+
+# -- issue 10, defect 6: failed logins must not stall the lookups RCPT needs ------------------------
+
+def test_abandoned_logins_do_not_delay_the_users_file_read(users, reactor):
+    """200 AUTH attempts whose clients left: the refresh RCPT waits for is not queued behind 200
+    scrypt runs; the checks nobody waits for are dropped, never run."""
+    add_user(users, "alice@example.test", "pw")
+    pool = ManualPool()
+    directory = FileDirectory(users, reactor, pool)
+    directory.lookup("alice@example.test")
+    pool.run()                                                    # the table is read
+    attempts = [directory.authenticate("alice@example.test", f"guess{n}") for n in range(200)]
+    for d in attempts:
+        d.addErrback(lambda failure: None)
+        d.cancel()                                                # connectionLost
+    reactor.advance(1.5)
+    rcpt = directory.lookup("bob@example.test")                   # the file is looked at again
+    queued = [args[1].__name__ for args, _ in pool.pending]
+    assert queued.index("_read_if_changed") <= 1, queued[:5]     # at most one hash in front of it
+    pool.run()
+    assert result_of(rcpt) is None
+    pool.run()
+    assert pool.ran.count("verify_password") <= 1                 # the others were dropped
+
+
+def test_password_checks_have_their_own_pool(users, reactor):
+    from appliance.passwords import CheckQueue, TooManyChecks
+    add_user(users, "alice@example.test", "pw")
+    lookups, hashing = SyncPool(), ManualPool()
+    directory = FileDirectory(users, reactor, lookups, CheckQueue(reactor, hashing, threads=1, max_pending=4))
+    outcomes = [[] for _ in range(10)]
+    for out in outcomes:
+        directory.authenticate("alice@example.test", "guess").addBoth(out.append)
+    assert result_of(directory.lookup("alice@example.test")).address == "alice@example.test"   # not held up
+    assert "verify_password" not in lookups.ran
+    refused = [out for out in outcomes if out]
+    assert len(refused) == 5                                       # 1 running + 4 waiting, the rest refused
+    assert all(isinstance(out[0], Failure) and out[0].check(TooManyChecks) for out in refused)
+    while hashing.pending:
+        hashing.run()
+    assert [out[0] for out in outcomes[:5]] == [None] * 5

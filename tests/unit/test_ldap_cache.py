@@ -166,3 +166,23 @@ def test_outage_and_recovery_are_logged_once_each(clock, client):
         globalLogPublisher.removeObserver(observer)
     logged = [line.split()[0:2] for line in lines if "ldap-" in line]
     assert logged == [["error", "ldap-unavailable"], ["ldap-available", "server=ldap://ldap.example.test"]]
+
+
+def test_binds_of_clients_that_left_are_dropped_and_never_take_every_thread(clock, client):
+    """Issue 10, defect 6 for LDAP: abandoned AUTH attempts do not bind, and at most half of the
+    pool's threads bind at once (the rest serve the searches RCPT needs)."""
+    from tests.unit.test_directory_file import ManualPool
+    section = LDAPSection(url=("ldap://ldap.example.test",), bind_dn="cn=x,dc=example,dc=test",
+                          bind_password_file="/nonexistent", base_dn="dc=example,dc=test", pool_size=4)
+    pool = ManualPool()
+    directory = LDAPDirectory(section, clock, pool, client=client)
+    directory.lookup("alice@example.test")
+    pool.run()                                                    # alice's entry is cached
+    attempts = [directory.authenticate("alice@example.test", "guess") for _ in range(30)]
+    assert len(pool.pending) <= 2                                 # half the pool binds, at most
+    for d in attempts:
+        d.addErrback(lambda failure: None)
+        d.cancel()
+    while pool.pending:
+        pool.run()
+    assert client.calls.count("verify") <= 2

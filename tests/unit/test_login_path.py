@@ -13,8 +13,10 @@ import shlex
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appliance.config import LimitsSection, TLSSection
@@ -23,7 +25,7 @@ from appliance.imap import IMAPFactory
 from appliance.inline import InlinePool, InlineReactor
 from appliance.interfaces import IDirectory, UserRecord
 from appliance.pop3 import POP3Factory
-from appliance.realm import AuthThrottle, make_login
+from appliance.realm import make_login
 from appliance.intake import Intake, RecipientResolver
 from appliance.smtp.server import SMTPFactory
 from appliance.smtp.submission import SubmissionPolicy
@@ -32,7 +34,7 @@ from appliance.store.maildir import MaildirStore
 ALICE = UserRecord("alice@example.test", frozenset({"alice@example.test"}))
 PASSWORD = "correct horse"
 PEER = "192.0.2.7"
-TRUSTED = (ipaddress.ip_network("192.0.2.0/24"),)       # passwords allowed without TLS from here
+TRUSTED = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "10.0.0.0/8"))  # no TLS needed
 
 
 @implementer(IDirectory)
@@ -43,7 +45,15 @@ class Directory:
 
     def __init__(self) -> None:
         self.down = False
+        self.hold = False                # answers wait until release(), as a busy hashing pool would
+        self.held: list = []
         self.calls = 0
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, answer in held:
+            if not d.called:
+                d.callback(answer)
 
     def lookup(self, address: str) -> defer.Deferred:
         self.calls += 1
@@ -55,7 +65,12 @@ class Directory:
         self.calls += 1
         if self.down:
             return defer.fail(DirectoryUnavailable("ldap://192.0.2.1 timed out"))
-        return defer.succeed(ALICE if (login, password) == (ALICE.address, PASSWORD) else None)
+        answer = ALICE if (login, password) == (ALICE.address, PASSWORD) else None
+        if self.hold:
+            d: defer.Deferred = defer.Deferred()
+            self.held.append((d, answer))
+            return d
+        return defer.succeed(answer)
 
 
 class Queue:
@@ -69,6 +84,7 @@ class World:
     def __init__(self, tmp_path) -> None:
         self.reactor = InlineReactor()
         self.directory = Directory()
+        self.clients: list[Client] = []
         store = MaildirStore(str(tmp_path / "{domain}" / "{local}"), self.reactor, InlinePool())
         self.login = make_login(self.directory, store, self.reactor)
         tls = TLSSection("", "", plaintext_auth_networks=TRUSTED)
@@ -86,15 +102,21 @@ class World:
             "imap": IMAPFactory(pool=InlinePool(), **common),
         }
 
-    def connect(self, protocol: str) -> "Client":
-        return Client(self.factories[protocol])
+    def connect(self, protocol: str, peer: str = PEER) -> "Client":
+        client = Client(self.factories[protocol], peer)
+        self.clients.append(client)
+        return client
 
 
 class Client:
-    def __init__(self, factory) -> None:
+    def __init__(self, factory, peer: str = PEER) -> None:
         self.protocol = factory.buildProtocol(None)
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", PEER, 40000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
         self.protocol.makeConnection(self.transport)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
 
     def send(self, line: str) -> bytes:
         self.transport.clear()
@@ -106,20 +128,20 @@ def _plain(login: str, password: str) -> str:
     return base64.b64encode(f"\0{login}\0{password}".encode()).decode()
 
 
-def smtp_login(world: World, login: str, password: str) -> bytes:
-    client = world.connect("smtp")
+def smtp_login(world: World, login: str, password: str, peer: str = PEER) -> bytes:
+    client = world.connect("smtp", peer)
     client.send("EHLO client.example")
     return client.send(f"AUTH PLAIN {_plain(login, password)}")
 
 
-def pop3_login(world: World, login: str, password: str) -> bytes:
-    client = world.connect("pop3")
+def pop3_login(world: World, login: str, password: str, peer: str = PEER) -> bytes:
+    client = world.connect("pop3", peer)
     client.send(f"USER {login}")
     return client.send(f"PASS {password}")
 
 
-def imap_login(world: World, login: str, password: str) -> bytes:
-    return world.connect("imap").send(f'a1 LOGIN "{login}" "{password}"')
+def imap_login(world: World, login: str, password: str, peer: str = PEER) -> bytes:
+    return world.connect("imap", peer).send(f'a1 LOGIN "{login}" "{password}"')
 
 
 LOGINS = {"smtp": smtp_login, "pop3": pop3_login, "imap": imap_login}
@@ -172,7 +194,7 @@ def test_unreachable_directory_is_temporary_never_bad_password(world, auth_log, 
     assert b"ldap" not in reply and b"192.0.2.1" not in reply      # the story goes to the log only
     assert [e["reason"] for e in auth_log] == ["directory unavailable"]
     # "could not tell" is no failed guess: it does not count towards the throttle
-    assert world.login.throttle.delay(PEER) == 0
+    assert world.login.throttle.failures("address", PEER) == 0
 
 
 @pytest.mark.parametrize("protocol", LOGINS)
@@ -185,10 +207,52 @@ def test_good_password_asks_the_directory_once(world, auth_log, protocol):
 
 def test_one_throttle_for_every_protocol(world):
     """Guessing over SMTP slows IMAP and POP3 from the same address: there is one throttle."""
-    for _ in range(AuthThrottle.FREE_FAILURES):
+    for _ in range(6):                                                    # the limit, then one slot
         assert smtp_login(world, ALICE.address, "guess").startswith(b"535")
-    assert imap_login(world, ALICE.address, "guess") == b""               # held back
-    world.reactor.advance(AuthThrottle.FIRST_DELAY)
-    assert pop3_login(world, ALICE.address, "guess") == b""               # held back longer
-    assert world.login.throttle.delay(PEER) == 2 * AuthThrottle.FIRST_DELAY
-    assert world.login.throttle.delay("198.51.100.1") == 0                # another address: at once
+    assert imap_login(world, ALICE.address, "guess") == b""               # waits for its slot
+    assert pop3_login(world, ALICE.address, "guess") == b""               # waits longer
+    assert world.directory.calls == 6                                     # neither was checked yet
+    assert smtp_login(world, ALICE.address, PASSWORD, peer=ELSEWHERE).startswith(b"235")   # at once
+
+
+# -- issue 10, defect 5: throttle BEFORE checking ---------------------------------------------------
+
+ELSEWHERE = "198.51.100.1"          # another /24: the real user at home
+THROTTLED = {                       # the temporary refusal, given without a password check
+    "smtp": b"454 4.7.0 ",
+    "pop3": b"-ERR [SYS/TEMP] ",
+    "imap": b"a1 NO [UNAVAILABLE] ",
+}
+
+
+@pytest.mark.parametrize("protocol", LOGINS)
+def test_parallel_guesses_are_throttled_before_any_password_check(world, auth_log, protocol):
+    """20 wrong guesses on 20 connections from one address, all sent before any answer: only a
+    handful reach the directory; the others wait for a slot or get the temporary refusal at once;
+    the real user from another address logs in at once meanwhile; a client that leaves while
+    waiting costs no check."""
+    world.directory.hold = True                   # checks take time, as scrypt in the pool does
+    replies = [LOGINS[protocol](world, ALICE.address, f"guess{n}") for n in range(20)]   # SMTP's per-IP cap
+    assert world.directory.calls <= 7
+    attackers = list(world.clients)
+    world.reactor.advance(1)                      # refusals come after a second: no spinning client
+    assert world.directory.calls <= 8
+    refused = [c for c in attackers if c.transport.value().endswith(b"\n") and
+               c.transport.value().splitlines()[-1].startswith(THROTTLED[protocol].strip())]
+    assert len(refused) >= 8, [c.transport.value() for c in attackers]
+    assert [e.get("reason") for e in auth_log if e.get("reason", "").startswith("throttled")] == ["throttled"]
+    world.directory.hold = False
+    world.directory.release()
+    assert LOGINS[protocol](world, ALICE.address, PASSWORD, peer=ELSEWHERE).startswith(ANSWERS[protocol][2])
+    world.clients[-2].close()                     # a waiting guesser leaves
+    for _ in range(60):
+        world.reactor.advance(1)
+    assert world.directory.calls <= 12            # one minute of a 20-connection attack
+
+
+@pytest.mark.parametrize("protocol", LOGINS)
+def test_the_real_user_is_never_locked_out_by_guessing_from_elsewhere(world, protocol):
+    for n in range(40):                           # a botnet: one guess per /24, all for alice
+        assert LOGINS[protocol](world, ALICE.address, "guess", peer=f"10.{n}.0.1").startswith(
+            ANSWERS[protocol][0])
+    assert LOGINS[protocol](world, ALICE.address, PASSWORD, peer=ELSEWHERE).startswith(ANSWERS[protocol][2])

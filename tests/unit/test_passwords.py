@@ -73,3 +73,29 @@ def test_unknown_user_costs_one_real_scrypt(monkeypatch):
 
 def test_dummy_hash_is_a_real_hash():
     assert FORMAT.match(DUMMY_HASH)
+
+
+def test_check_queue_bounds_waiting_work_and_drops_cancelled_work():
+    from twisted.internet.defer import CancelledError
+
+    from appliance.inline import InlineReactor
+    from appliance.passwords import CheckQueue, TooManyChecks
+    from tests.unit.test_directory_file import ManualPool
+    pool = ManualPool()
+    checks = CheckQueue(InlineReactor(), pool, threads=2, max_pending=3)
+    ran = []
+    results = [[] for _ in range(7)]
+    ds = [checks.run(ran.append, n) for n in range(7)]
+    for d, out in zip(ds, results):
+        d.addBoth(out.append)
+    assert len(pool.pending) == 2 and checks.pending == 3          # 2 on threads, 3 waiting
+    assert all(out and out[0].check(TooManyChecks) for out in results[5:])
+    ds[2].cancel()                                                # its client left before it ran
+    ds[0].cancel()                                                # left while it ran: result ignored
+    assert checks.dropped == 1
+    while pool.pending:
+        pool.run()
+    assert ran == [0, 1, 3, 4]
+    assert results[0][0].check(CancelledError) and results[2][0].check(CancelledError)
+    assert [r[0] for r in (results[1], results[3], results[4])] == [None, None, None]
+    assert checks.running == 0 and checks.pending == 0

@@ -16,7 +16,7 @@ from appliance.config import LimitsSection, TLSSection
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.interfaces import UserRecord
 from appliance.intake import Intake, RecipientResolver
-from appliance.realm import Login, MailRealm
+from appliance.realm import AuthThrottle, Login, MailRealm
 from appliance.smtp.mx import MXPolicy
 from appliance.smtp.server import SMTPFactory, unstuff
 from appliance.smtp.submission import SubmissionPolicy
@@ -49,15 +49,6 @@ class FakeChecker:
         return defer.fail(UnauthorizedLogin())
 
 
-class FakeThrottle:
-    def __init__(self) -> None:
-        self.failures = 0
-
-    def failed(self, peer): self.failures += 1
-    def succeeded(self, peer): self.failures = 0
-    def delay(self, peer): return 0.0 if self.failures < 3 else 5.0
-
-
 class FakeQueue:
     def __init__(self) -> None:
         self.items: list = []
@@ -76,7 +67,7 @@ class Rig:
         self.directory = FakeDirectory()
         self.queue = FakeQueue()
         self.clock = task.Clock()
-        self.throttle = FakeThrottle()
+        self.throttle = AuthThrottle(self.clock)
         resolver = RecipientResolver(self.directory, None, ("example.test",))
         if kind == "mx":
             policy = MXPolicy(resolver, address.parse_networks("127.0.0.1/32"))
@@ -299,11 +290,14 @@ def test_auth_login_and_wrong_password_slowed():
     assert rig.send(b"AUTH LOGIN\r\n") == [b"334 " + base64.b64encode(b"Username:")]
     assert rig.send(base64.b64encode(b"alice@example.test") + b"\r\n") == [b"334 " + base64.b64encode(b"Password:")]
     assert rig.send(base64.b64encode(b"wrong") + b"\r\n")[0].startswith(b"535 5.7.8")
-    rig.throttle.failures = 5
+    for _ in range(5):          # [logins] failures_per_address, then the first throttled slot at once
+        assert rig.send(b"AUTH PLAIN " + plain(b"alice@example.test", b"bad") + b"\r\n")[0].startswith(b"535")
     assert rig.send(b"AUTH PLAIN " + plain(b"alice@example.test", b"bad") + b"\r\nNOOP\r\n") == []
-    rig.clock.advance(5)
+    rig.clock.advance(1)        # the attempt waited for its slot, and NOOP behind it
     assert codes(rig.take()) == [b"535", b"250"]
-    assert rig.send(b"AUTH PLAIN " + plain(b"alice@example.test", b"secret") + b"\r\n")[0].startswith(b"235")
+    assert rig.send(b"AUTH PLAIN " + plain(b"alice@example.test", b"secret") + b"\r\n") == []
+    rig.clock.advance(2)        # the next slot, twice as far
+    assert rig.take()[0].startswith(b"235")
 
 
 def test_auth_garbage_is_a_syntax_error():

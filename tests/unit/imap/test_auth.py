@@ -35,12 +35,14 @@ def test_plaintext_network_may_log_in_and_capabilities_change(reactor, tmp_path)
 
 def test_failed_login_is_authenticationfailed_and_slowed(reactor, tmp_path):
     protocol, transport = connect(reactor, tmp_path, implicit=True)
-    for n in range(3):
+    for n in range(7):
         reply = talk(protocol, transport, b"a%d LOGIN alice@example.test wrong\r\n" % n)
-    assert reply == b""                                     # the third failure waits
+        if n < 6:               # [logins] failures_per_address, then the first throttled slot at once
+            assert reply == b"a%d NO [AUTHENTICATIONFAILED] Authentication failed\r\n" % n
+    assert reply == b""                                     # the seventh waits for its slot, unchecked
     assert not transport.disconnecting
     reactor.advance(1.0)
-    assert transport.value() == b"a2 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    assert transport.value() == b"a6 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
 
 
 def test_directory_down_is_unavailable_without_details(reactor, tmp_path):
