@@ -40,6 +40,13 @@ LOCK_POLL = 0.1        # seconds between two attempts at a busy lock
 STALE_LOCK_AGE = 300.0  # a dot-lock older than this was left by a crashed writer: steal it
 EMPTY_LOCK_AGE = 10.0   # a lock without a readable pid this old is stale too
 
+# The names kept beside an mbox file `P`: the dot-lock `P.lock`, the file `P.lock.<pid>.<thread>`
+# linked to it (_try_dot_lock), the side folder `P.imap/` and the folders' folder `P.folders/`.
+# (The `.P.<pid>.<thread>.tmp` files of replace_file start with a dot, which no address part and
+# no folder name may.) A mailbox or folder named like this would BE another one's side file, so
+# store/base.py mailbox_path refuses such user names and Account refuses such folder names.
+SIDE_FILE = re.compile(r"\.(lock|imap|folders)$|\.lock\.[0-9]+\.[0-9]+$", re.IGNORECASE)
+
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
 _BLANKS = re.compile(r"[\s\x00-\x1f\x7f]+")
 
@@ -441,6 +448,8 @@ class MboxFolder(Folder):
 class MboxAccount(Account):
     """INBOX is the mbox file at `root`; folder `X` is the mbox file `<root>.folders/X`."""
 
+    side_files = SIDE_FILE
+
     def _folders(self) -> str:
         return self.root + ".folders"
 
@@ -482,6 +491,7 @@ class MboxStore(FileStore):
     """IMailStore over one mbox file per user."""
 
     account_class = MboxAccount
+    side_files = SIDE_FILE
 
     def write(self, path: str, message: bytes, sender: str) -> str:
         return append(path, message, sender)
