@@ -7,7 +7,8 @@ import re
 import socket
 import subprocess
 
-from tests.integration.harness import DOMAIN, HOSTNAME, Appliance, make_message, require_program, wait_for
+from tests.integration.harness import (DOMAIN, HOSTNAME, PASSWORDS, Appliance, make_message, require_program,
+                                       wait_for)
 
 SENDER = "someone@outside.example"
 ALICE = f"alice@{DOMAIN}"
@@ -216,3 +217,28 @@ def test_a_transfer_cut_off_leaves_no_spool_file_open(appliance):
         reader.close()                     # else the socket stays open behind the makefile
     wait_for(lambda: not spool_files(appliance), timeout=15)
     send_sentinel(appliance)
+
+
+def test_mbox_user_named_like_bobs_dot_lock_never_gets_bobs_lock_path(tmp_path):
+    """Issue 10 defect 7 on a real twistd: mail for `bob.lock` is not written to bob's dot-lock
+    path (where a delivery to bob would delete it as stale); it waits in the queue, logged, and
+    `check` names the user. bob's own mail arrives as usual."""
+    appliance = Appliance(str(tmp_path / "appliance"), storage="mbox", services=("smtp",),
+                          users={**PASSWORDS, "bob.lock": "lock-secret-3"})
+    try:
+        appliance.setup()
+        appliance.start()
+        lock_user, bob = f"bob.lock@{DOMAIN}", f"bob@{DOMAIN}"
+        with appliance.smtp() as client:
+            client.sendmail(SENDER, [lock_user], make_message("for bob.lock", to=lock_user))
+        wait_for(lambda: re.search(rf"deferred .*rcpt={re.escape(lock_user)}.*unsafe mailbox name", appliance.log()),
+                 timeout=15)
+        assert not os.path.exists(appliance.mailbox_path(lock_user))
+        with appliance.smtp() as client:
+            client.sendmail(SENDER, [bob], make_message("for bob", to=bob))
+        wait_for(lambda: "for bob" in subjects(appliance, bob), timeout=15)
+        wait_for(lambda: not os.path.exists(appliance.mailbox_path(lock_user)), timeout=15)   # bob's lock, released
+        assert not re.search(rf"delivered .*rcpt={re.escape(lock_user)}", appliance.log())
+        assert f"warning: {lock_user} gets no mbox mailbox" in appliance.cli("check").stdout
+    finally:
+        appliance.stop()
