@@ -39,6 +39,7 @@ LOCK_TIMEOUT = 10.0    # seconds a delivery waits for a busy mailbox before it i
 LOCK_POLL = 0.1        # seconds between two attempts at a busy lock
 STALE_LOCK_AGE = 300.0  # a dot-lock older than this was left by a crashed writer: steal it
 EMPTY_LOCK_AGE = 10.0   # a lock without a readable pid this old is stale too
+MAX_LOCK_SIZE = 64      # a dot-lock holds a pid line or nothing; a bigger file there is data, never removed
 
 # The names kept beside an mbox file `P`: the dot-lock `P.lock`, the file `P.lock.<pid>.<thread>`
 # linked to it (_try_dot_lock), the side folder `P.imap/` and the folders' folder `P.folders/`.
@@ -118,6 +119,10 @@ def _try_dot_lock(lock: str) -> bool:
         return True
     except FileExistsError:
         try:
+            if os.stat(lock).st_size > MAX_LOCK_SIZE:
+                # Not a lock: e.g. the mbox of a user `bob.lock` written before such names were
+                # refused. Removing it as "stale" would delete mail; leave it to the operator.
+                raise MailboxUnavailable("dot-lock path holds a file that is not a lock")
             if _is_stale(lock):
                 os.unlink(lock)
         except FileNotFoundError:

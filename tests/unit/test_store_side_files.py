@@ -144,3 +144,19 @@ def test_maildir_folder_named_like_a_replace_file_temporary_is_refused(tmp_path)
         account.create("mailappliance-uidlist.12.34.tmp")
     account.create("Lists.tmp")                       # an ordinary name ending in tmp is fine
     assert "Lists.tmp" in account.names()
+
+
+def test_mail_already_at_bobs_lock_path_is_never_deleted_as_a_stale_lock(mbox_store):
+    """An installation upgraded with mail for `bob.lock` already at bob's dot-lock path (as the old
+    code wrote it, 11 s old): a delivery to bob is retried, and that mail stays untouched."""
+    store, root = mbox_store
+    folder = root / "example.test"
+    folder.mkdir()
+    old_mail = b"From a@example.org Mon Jan  1 00:00:00 2024\nSubject: for bob.lock\n\nkeep me\n\n"
+    (folder / "bob.lock").write_bytes(old_mail)
+    stamp = os.stat(folder / "bob.lock").st_mtime - 11
+    os.utime(folder / "bob.lock", (stamp, stamp))
+    result = outcome(store.deliver(user("bob"), MESSAGE, "a@example.org"), store)
+    assert isinstance(result, Failure) and result.check(MailboxUnavailable)
+    assert "not a lock" in str(result.value)
+    assert (folder / "bob.lock").read_bytes() == old_mail
