@@ -83,6 +83,23 @@ def role_warnings(config: Config, known_users: set[str]) -> list[str]:
     return warnings
 
 
+def mailbox_warnings(config: Config, users: list[str]) -> list[str]:
+    """Users the store will not deliver to, because their mailbox path is refused: a name that
+    would be another mailbox's side file (mbox: `bob.lock` is bob's dot-lock) or could leave the
+    mail tree. Their mail waits in the queue (4.2.0 retries) until the name is changed.
+    """
+    from appliance.store import FORMATS, mailbox_path
+    side_files = FORMATS[config.storage.format].side_files
+    warnings = []
+    for user in users:
+        try:
+            mailbox_path(config.storage.path, user, side_files)
+        except ValueError as exc:
+            warnings.append(f"warning: {user} gets no {config.storage.format} mailbox: {exc}; "
+                            "rename the user (mail for it is retried, then bounced)")
+    return warnings
+
+
 def _check_relay_files(config: Config, problems: Problems) -> None:
     """The smarthost's password and CA files are read at start: say so now, not with a traceback."""
     for key in ("smarthost_password_file", "smarthost_ca_file"):

@@ -143,6 +143,8 @@ def _check(args: argparse.Namespace) -> int:
     if cfg.directory.backend == "file":
         for line in checks.role_warnings(cfg, set(list_users(cfg.directory.users_file))):
             print(line)
+        for line in checks.mailbox_warnings(cfg, list_users(cfg.directory.users_file)):
+            print(line)
     return 0
 
 

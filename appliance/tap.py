@@ -165,6 +165,9 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
     PickupService(os.path.join(cfg.appliance.state_dir, FOLDER), intake, parts.reactor,
                   top.getServiceNamed("pool-disk").pool,
                   max_message_size=cfg.limits.max_message_size).setServiceParent(top)
+    from appliance.smtp import dataspool
+    # One spool and one memory budget for the DATA transfers of every SMTP listener.
+    data_spool = dataspool.DataSpool(os.path.join(cfg.appliance.state_dir, dataspool.FOLDER))
     for name, (kind, implicit) in SMTP_LISTENERS.items():
         description = getattr(cfg.listen, name)
         if not description:
@@ -178,6 +181,7 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
                               domains=cfg.appliance.domains, limits=cfg.limits, tls=parts.tls, tls_settings=cfg.tls,
                               implicit_tls=implicit, clock=parts.reactor,
                               unlimited_networks=cfg.relay.trusted_networks)
+        factory.data_spool = data_spool
         _listen(top, parts, name, description, factory, implicit)
 
 

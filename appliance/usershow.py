@@ -18,7 +18,7 @@ from appliance.directory.file import UserEntry, index_entries, parse_line
 from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import UserRecord
-from appliance.store import mailbox_path
+from appliance.store import FORMATS, mailbox_path
 
 
 class ShowError(Exception):
@@ -78,7 +78,7 @@ def _alias_lines(found: Found, file_targets: list[str] | str | None) -> list[str
 
 def _mailbox(cfg: Config, primary: str) -> str:
     try:
-        return f"{mailbox_path(cfg.storage.path, primary)} ({cfg.storage.format})"
+        return f"{mailbox_path(cfg.storage.path, primary, FORMATS[cfg.storage.format].side_files)} ({cfg.storage.format})"
     except ValueError as exc:
         return f"none: {exc}"
 

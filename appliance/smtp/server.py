@@ -6,6 +6,8 @@ stock class lacks on the open Internet:
   check is asynchronous (stock Twisted answers out of order when validation is deferred);
 - DATA is read in bulk: the end is found with one scan for <CRLF>.<CRLF> per chunk and dots
   are unstuffed with one replace, instead of a Python call per line (the ingest hot path);
+- a transfer in progress is spooled to an unlinked file once large, within one memory budget
+  for all transfers of the process (smtp/dataspool.py says what that bounds and what not);
 - only <CRLF>.<CRLF> ends DATA; bare LF / bare CR are normalised (SMTP smuggling);
 - plaintext pipelined after STARTTLS is discarded (CVE-2011-0411);
 - AUTH is offered and accepted only under TLS (or from plaintext_auth_networks);
@@ -31,6 +33,7 @@ from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
 from appliance import address, connlimit, maillog, replies
+from appliance.smtp.dataspool import DataBuffer, DataSpool
 from appliance.tls import log_once, session_info
 from appliance.transport import no_delay
 from appliance.errors import DirectoryUnavailable, QueueWriteError
@@ -72,7 +75,8 @@ class ApplianceSMTP(ESMTP):
         self._discarding = False
         self._drop_input = False
         self._in_data = False
-        self._data = bytearray()
+        self._data: DataBuffer | None = None   # the transfer in progress, without its last bytes...
+        self._data_tail = b""                  # ...kept here (up to 4) for the <CRLF>.<CRLF> scan
         self._data_too_big = False
         self._errors = 0
         self._sasl: _SASLExchange | None = None
@@ -106,7 +110,7 @@ class ApplianceSMTP(ESMTP):
         if self._login_pending is not None:
             self._login_pending.cancel()        # a login held back by the throttle: nobody to answer
         maillog.disconnect(self.factory.policy.name, self.peer)
-        self._data = bytearray()
+        self._drop_data()
         self._input = b""
 
     def _idle_timer(self) -> None:
@@ -467,7 +471,9 @@ class ApplianceSMTP(ESMTP):
             return self._reply_error(replies.NEED_RCPT)
         self._reply(replies.START_DATA)
         self._in_data = True
-        self._data = bytearray(b"\r\n")   # so a leading ".\r\n" or "..": look like any other line
+        self._drop_data()
+        self._data = self.factory.data_spool.buffer()
+        self._data_tail = b"\r\n"   # so a leading ".\r\n" or "..": look like any other line
         self._data_too_big = False
         self.setTimeout(self.factory.limits.data_timeout)
 
@@ -476,31 +482,50 @@ class ApplianceSMTP(ESMTP):
 
     # ---- DATA in bulk -------------------------------------------------------------------------
     def _take_data(self, buf: bytes, pos: int) -> int:
-        """Append input to the message, find <CRLF>.<CRLF> with one scan; return the new offset."""
+        """Add input to the message, find <CRLF>.<CRLF> with one scan; return the new offset.
+
+        The message goes to a DataBuffer (memory while small, an unlinked file once large); its
+        last 4 bytes stay in `_data_tail` until more arrives, so a terminator split between two
+        chunks is still found, and nothing after it is ever written to the buffer.
+        """
         data = self._data
-        before = len(data)
-        data += memoryview(buf)[pos:]
-        end = data.find(_END, max(0, before - 4))
+        assert data is not None
+        tail = self._data_tail
+        joined = tail + buf[pos:]
+        end = joined.find(_END)
         if end < 0:
-            if len(data) > self.factory.limits.max_message_size + 1024:
+            data.write(joined[:-4])
+            self._data_tail = joined[-4:]
+            if data.size > self.factory.limits.max_message_size + 1024 and not data.discarded:
                 # Keep reading to the end of DATA, but stop storing (RFC 1870 6.3).
                 self._data_too_big = True
-                del data[: len(data) - 4]
+                data.discard()
             return len(buf)
-        consumed = end + len(_END) - before       # bytes of buf[pos:] that belonged to this message
-        body = bytes(data[2:end + 2])             # drop our leading CRLF, keep the last line's CRLF
-        self._data = bytearray()
+        consumed = end + len(_END) - len(tail)    # bytes of buf[pos:] that belonged to this message
+        data.write(joined[:end + 2])              # keep the last line's CRLF
+        self._data, self._data_tail = None, b""
         self._in_data = False
         self.setTimeout(self.timeout)
-        self._wait_for(self._end_of_data(body))
+        self._wait_for(self._end_of_data(data))
         return pos + consumed
 
-    def _end_of_data(self, body: bytes) -> Any:
+    def _drop_data(self) -> None:
+        """Close the transfer in progress, if any: its memory goes back to the budget, its file is closed."""
+        if self._data is not None:
+            self._data.close()
+            self._data, self._data_tail = None, b""
+
+    def _end_of_data(self, data: DataBuffer) -> Any:
         session, self.session = self.session, Session()
-        if self._data_too_big or len(body) > self.factory.limits.max_message_size:
+        if self._data_too_big or data.size - 2 > self.factory.limits.max_message_size:
+            data.close()
             maillog.rejected(self.factory.policy.name, self.peer, "DATA", "552 5.3.4 too big", sender=session.sender)
             return self._reply_error(replies.MESSAGE_TOO_BIG)
-        body = unstuff(body)
+        if data.error is not None:
+            maillog.error("data-spool-failed", service=self.factory.policy.name, reason=str(data.error))
+            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "451 4.3.0 spool", sender=session.sender)
+            return self._reply_error(replies.LOCAL_ERROR)
+        body = unstuff(data.read(skip=2))         # drop our leading CRLF; read() closes the buffer
         if b"\0" in body:
             maillog.rejected(self.factory.policy.name, self.peer, "DATA", "554 5.6.0 NUL", sender=session.sender)
             return self._reply_error(replies.BAD_MESSAGE, "message contains NUL characters")
@@ -625,6 +650,9 @@ class _SASLExchange:
         return self._cram
 
 
+_DEFAULT_SPOOL = DataSpool()      # the system's temporary folder; tap.py passes one under state_dir
+
+
 class SMTPFactory(ServerFactory):
     """Builds ApplianceSMTP connections for one listener (appliance.connlimit counts them)."""
 
@@ -635,7 +663,8 @@ class SMTPFactory(ServerFactory):
 
     def __init__(self, *, policy: "Policy", intake: "Intake", directory: Any, login: Any,
                  hostname: str, domains: tuple[str, ...], limits: Any, tls: Any, tls_settings: Any,
-                 implicit_tls: bool, clock: Any, unlimited_networks: tuple[Any, ...] = ()) -> None:
+                 implicit_tls: bool, clock: Any, unlimited_networks: tuple[Any, ...] = (),
+                 data_spool: DataSpool | None = None) -> None:
         self.policy = policy
         self.intake = intake
         self.directory = directory
@@ -648,6 +677,7 @@ class SMTPFactory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.clock = clock
         self.unlimited_networks = unlimited_networks
+        self.data_spool = data_spool if data_spool is not None else _DEFAULT_SPOOL   # one per process
 
     def buildProtocol(self, addr: Any) -> ApplianceSMTP:
         proto = self.protocol()

@@ -16,7 +16,7 @@ from appliance.store.base import (SYSTEM_FLAGS, FileStore, MailboxError, Meta, S
 from appliance.store.maildir import MaildirStore
 from appliance.store.mbox import MboxStore
 
-__all__ = ["SYSTEM_FLAGS", "FileStore", "MailboxError", "Meta", "Snapshot", "mailbox_path", "make_dirs",
+__all__ = ["FORMATS", "SYSTEM_FLAGS", "FileStore", "MailboxError", "Meta", "Snapshot", "mailbox_path", "make_dirs",
            "make_store"]
 
 FORMATS = {"maildir": MaildirStore, "mbox": MboxStore}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import ClassVar
 
 import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
@@ -47,8 +48,20 @@ def from_disk(disk: str) -> str:
 class Account:
     """The folders of one user; subclasses map names to files."""
 
+    # On-disk folder names the format keeps for its own files beside a folder (mbox: `X.lock`,
+    # `X.imap`): a folder may not be created under such a name, or it would be another folder's
+    # side file (its mail deleted as a stale lock, or written over).
+    side_files: ClassVar[re.Pattern[str] | None] = None
+
     def __init__(self, root: str):
         self.root = root
+
+    def _creatable(self, name: str) -> str:
+        """check_name, and refuse a name whose disk form is one of the format's side files."""
+        disk = check_name(name)
+        if self.side_files is not None and self.side_files.search(disk):
+            raise MailboxError("Mailbox name reserved", "CANNOT")
+        return disk
 
     # ---- provided by the storage format ----------------------------------------------------------
     def _disk_names(self) -> list[str]:
@@ -98,7 +111,7 @@ class Account:
 
     # ---- changes ----------------------------------------------------------------------------------------
     def create(self, name: str) -> None:
-        disk = check_name(name)
+        disk = self._creatable(name)
         if self.exists(name):
             raise MailboxError("Mailbox already exists", "ALREADYEXISTS")
         self._make(disk)
@@ -120,11 +133,13 @@ class Account:
             raise MailboxError("Renaming INBOX is not supported", "CANNOT")
         if not self.exists(old):
             raise MailboxError("Mailbox does not exist", "NONEXISTENT")
-        new_disk = check_name(new)
+        new_disk = self._creatable(new)
         if self.exists(new):
             raise MailboxError("Mailbox already exists", "ALREADYEXISTS")
         moves = [(name, new + name[len(old):]) for name in self.names()
                  if name == old or name.startswith(old + DELIMITER)]
+        for _, target in moves:
+            self._creatable(target)
         for source, target in moves:
             self._move(check_name(source), new_disk if source == old else check_name(target))
         subscribed = self.subscriptions()

@@ -74,15 +74,28 @@ def _safe_part(part: str, what: str) -> str:
     return part
 
 
-def mailbox_path(template: str, addr: str) -> str:
+def mailbox_path(template: str, addr: str, side_files: re.Pattern[str] | None = None) -> str:
     """Fill `{domain}` and `{local}` of the template from the user's primary address.
 
     Both parts come from the directory, which may be LDAP: a crafted `../x` or `a/b` must never
     steer a write outside the tree, so such parts raise ValueError instead of being cleaned up.
+
+    `side_files` is the format's pattern of the names it keeps NEXT TO a mailbox (mbox:
+    `<mbox>.lock`, `<mbox>.imap/`, `<mbox>.folders/`, see store/mbox.py SIDE_FILE). A path
+    component that a placeholder helped to fill and that matches it raises ValueError: otherwise
+    the mailbox of user `bob.lock` would be the dot-lock of `bob`'s, and a delivery to `bob`
+    would delete it as a stale lock. Since no part may hold a "/", every mailbox path has the
+    template's depth, so a side file can only be met in a component the template fills: checking
+    those components is enough, whatever the template (`{local}`, `{local}@{domain}`, ...).
     """
     local, domain = address.split(addr)
     parts = {"local": _safe_part(local, "local part"), "domain": _safe_part(domain, "domain")}
-    return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], template)
+    path = _PLACEHOLDER.sub(lambda m: parts[m.group(1)], template)
+    if side_files is not None:
+        for pattern, component in zip(template.split("/"), path.split("/")):
+            if _PLACEHOLDER.search(pattern) and side_files.search(component):
+                raise ValueError(f"mailbox name {component!r} is reserved for another mailbox's side file")
+    return path
 
 
 def make_dirs(path: str) -> None:
@@ -118,6 +131,7 @@ class FileStore:
     """
 
     account_class: ClassVar[type["Account"]]     # the format's Account (set by each format's store)
+    side_files: ClassVar[re.Pattern[str] | None] = None   # names the format keeps beside a mailbox
 
     def __init__(self, template: str, reactor, pool):
         self.template = template
@@ -126,7 +140,8 @@ class FileStore:
         self._batch: list[tuple[Item, defer.Deferred]] = []
 
     def path_for(self, user: UserRecord) -> str:
-        return mailbox_path(self.template, user.address)
+        """The user's mailbox; ValueError for a name that is unsafe or another mailbox's side file."""
+        return mailbox_path(self.template, user.address, self.side_files)
 
     def account(self, path: str) -> "Account":
         """The folders of the mailbox at `path` (for IMAP). Cheap: nothing is read until asked."""

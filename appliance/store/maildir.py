@@ -345,7 +345,17 @@ def _read_file(path: str) -> bytes:
 
 # ---- the account -----------------------------------------------------------------------------------
 class MaildirAccount(Account):
-    """Maildir++: INBOX is the Maildir itself, folder `A.B` is the Maildir `<root>/.A.B/`."""
+    """Maildir++: INBOX is the Maildir itself, folder `A.B` is the Maildir `<root>/.A.B/`.
+
+    Side files and user names: every file of a Maildir (tmp/ new/ cur/, maildirfolder,
+    mailappliance-*, subscriptions, appliance-pop3.sizes, the `.Folder/` Maildirs) lives INSIDE
+    its own directory, and every mailbox path has the template's depth (no address part holds a
+    "/"), so no user's path can reach another's files: no user name needs refusing. Inside a
+    Maildir, folder `X` is `.X/`, and none of our own names starts with a dot except the
+    `.<file>.<pid>.<thread>.tmp` files of replace_file: folder names of that form are refused.
+    """
+
+    side_files = re.compile(r"\.[0-9]+\.[0-9]+\.tmp$")
 
     def _disk_names(self) -> list[str]:
         try:

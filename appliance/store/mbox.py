@@ -39,6 +39,14 @@ LOCK_TIMEOUT = 10.0    # seconds a delivery waits for a busy mailbox before it i
 LOCK_POLL = 0.1        # seconds between two attempts at a busy lock
 STALE_LOCK_AGE = 300.0  # a dot-lock older than this was left by a crashed writer: steal it
 EMPTY_LOCK_AGE = 10.0   # a lock without a readable pid this old is stale too
+MAX_LOCK_SIZE = 64      # a dot-lock holds a pid line or nothing; a bigger file there is data, never removed
+
+# The names kept beside an mbox file `P`: the dot-lock `P.lock`, the file `P.lock.<pid>.<thread>`
+# linked to it (_try_dot_lock), the side folder `P.imap/` and the folders' folder `P.folders/`.
+# (The `.P.<pid>.<thread>.tmp` files of replace_file start with a dot, which no address part and
+# no folder name may.) A mailbox or folder named like this would BE another one's side file, so
+# store/base.py mailbox_path refuses such user names and Account refuses such folder names.
+SIDE_FILE = re.compile(r"\.(lock|imap|folders)$|\.lock\.[0-9]+\.[0-9]+$", re.IGNORECASE)
 
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
 _BLANKS = re.compile(r"[\s\x00-\x1f\x7f]+")
@@ -111,6 +119,10 @@ def _try_dot_lock(lock: str) -> bool:
         return True
     except FileExistsError:
         try:
+            if os.stat(lock).st_size > MAX_LOCK_SIZE:
+                # Not a lock: e.g. the mbox of a user `bob.lock` written before such names were
+                # refused. Removing it as "stale" would delete mail; leave it to the operator.
+                raise MailboxUnavailable("dot-lock path holds a file that is not a lock")
             if _is_stale(lock):
                 os.unlink(lock)
         except FileNotFoundError:
@@ -441,6 +453,8 @@ class MboxFolder(Folder):
 class MboxAccount(Account):
     """INBOX is the mbox file at `root`; folder `X` is the mbox file `<root>.folders/X`."""
 
+    side_files = SIDE_FILE
+
     def _folders(self) -> str:
         return self.root + ".folders"
 
@@ -482,6 +496,7 @@ class MboxStore(FileStore):
     """IMailStore over one mbox file per user."""
 
     account_class = MboxAccount
+    side_files = SIDE_FILE
 
     def write(self, path: str, message: bytes, sender: str) -> str:
         return append(path, message, sender)

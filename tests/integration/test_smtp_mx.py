@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import email
+import os
 import re
 import socket
 import subprocess
 
-from tests.integration.harness import DOMAIN, HOSTNAME, Appliance, make_message, require_program, wait_for
+from tests.integration.harness import (DOMAIN, HOSTNAME, PASSWORDS, Appliance, make_message, require_program,
+                                       wait_for)
 
 SENDER = "someone@outside.example"
 ALICE = f"alice@{DOMAIN}"
@@ -149,3 +151,94 @@ def test_swaks_delivers_on_the_mx_port(appliance):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     wait_for(lambda: "via swaks" in subjects(appliance, ALICE), timeout=15)
+
+
+def spool_files(appliance: Appliance) -> list[str]:
+    """The daemon's open descriptors on DATA spool files (created unlinked, so they read '(deleted)')."""
+    spool = os.path.join(appliance.root, "var", "smtp-data")
+    found = []
+    for fd in os.listdir(f"/proc/{appliance.pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{appliance.pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith(spool + "/"):
+            found.append(target)
+    return found
+
+
+def test_a_large_message_is_spooled_to_disk_while_it_arrives_and_stored_intact(make_appliance, storage):
+    """Issue 10 defect 8: past 256 KiB a transfer in progress is in an unlinked spool file, not in
+    memory; nothing is left in var/smtp-data at any time; the stored message is the one sent."""
+    appliance = make_appliance(storage=storage)
+    line = b"A line of a large message, with a .dot and some more text to fill it: 0123456789\r\n"
+    body = b"".join(b"%07d " % number + line for number in range(40000))       # about 3.5 MiB
+    message = make_message("large one") + body
+    wire = message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    with socket.create_connection(("127.0.0.1", appliance.ports["smtp"]), timeout=30) as sock:
+        reader = sock.makefile("rb")
+
+        def reply() -> bytes:
+            text = reader.readline()
+            while text[3:4] == b"-":
+                text = reader.readline()
+            return text
+
+        assert reply().startswith(b"220")
+        for command, code in ((b"EHLO client.example.test", b"250"), (b"MAIL FROM:<%s>" % SENDER.encode(), b"250"),
+                              (b"RCPT TO:<%s>" % ALICE.encode(), b"250"), (b"DATA", b"354")):
+            sock.sendall(command + b"\r\n")
+            assert reply().startswith(code)
+        half = len(wire) // 2
+        sock.sendall(wire[:half])
+        held = wait_for(lambda: spool_files(appliance), timeout=15)
+        assert all(name.endswith(" (deleted)") for name in held), held
+        assert os.listdir(os.path.join(appliance.root, "var", "smtp-data")) == []
+        sock.sendall(wire[half:])
+        answer = reply()
+        assert answer.startswith(b"250"), answer
+        assert spool_files(appliance) == []
+        sock.sendall(b"QUIT\r\n")
+    stored = wait_for(lambda: appliance.messages(ALICE), timeout=30)
+    assert len(stored) == 1
+    assert stored[0].replace(b"\r\n", b"\n").endswith(message.replace(b"\r\n", b"\n"))
+
+
+def test_a_transfer_cut_off_leaves_no_spool_file_open(appliance):
+    with socket.create_connection(("127.0.0.1", appliance.ports["smtp"]), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"HELO client.example.test\r\nMAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n"
+                     % (SENDER.encode(), ALICE.encode()))
+        for _ in range(4):
+            reader.readline()
+        sock.sendall(b"x" * 78 + b"\r\n" * 1 + (b"y" * 1022 + b"\r\n") * 1024)
+        wait_for(lambda: spool_files(appliance), timeout=15)
+        reader.close()                     # else the socket stays open behind the makefile
+    wait_for(lambda: not spool_files(appliance), timeout=15)
+    send_sentinel(appliance)
+
+
+def test_mbox_user_named_like_bobs_dot_lock_never_gets_bobs_lock_path(tmp_path):
+    """Issue 10 defect 7 on a real twistd: mail for `bob.lock` is not written to bob's dot-lock
+    path (where a delivery to bob would delete it as stale); it waits in the queue, logged, and
+    `check` names the user. bob's own mail arrives as usual."""
+    appliance = Appliance(str(tmp_path / "appliance"), storage="mbox", services=("smtp",),
+                          users={**PASSWORDS, "bob.lock": "lock-secret-3"})
+    try:
+        appliance.setup()
+        appliance.start()
+        lock_user, bob = f"bob.lock@{DOMAIN}", f"bob@{DOMAIN}"
+        with appliance.smtp() as client:
+            client.sendmail(SENDER, [lock_user], make_message("for bob.lock", to=lock_user))
+        wait_for(lambda: re.search(rf"deferred .*rcpt={re.escape(lock_user)}.*unsafe mailbox name", appliance.log()),
+                 timeout=15)
+        assert not os.path.exists(appliance.mailbox_path(lock_user))
+        with appliance.smtp() as client:
+            client.sendmail(SENDER, [bob], make_message("for bob", to=bob))
+        wait_for(lambda: "for bob" in subjects(appliance, bob), timeout=15)
+        wait_for(lambda: not os.path.exists(appliance.mailbox_path(lock_user)), timeout=15)   # bob's lock, released
+        assert not re.search(rf"delivered .*rcpt={re.escape(lock_user)}", appliance.log())
+        assert f"warning: {lock_user} gets no mbox mailbox" in appliance.cli("check").stdout
+    finally:
+        appliance.stop()

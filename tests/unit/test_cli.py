@@ -79,6 +79,20 @@ def test_check_is_quiet_about_roles_that_reach_someone(capsys, conf, tmp_path):
     assert "warning" not in out      # bare names apply to every local domain
 
 
+def test_check_warns_about_a_user_whose_mbox_would_be_another_mailboxs_side_file(capsys, conf, tmp_path):
+    """Issue 10 defect 7: `bob.lock`'s mbox would be bob's dot-lock, so the store refuses it: say so."""
+    with open(conf, "a") as f:
+        f.write("\n[storage]\nformat = mbox\n")
+    run(capsys, "--config", conf, "gen-cert")
+    for user in ("bob@example.test", "bob.lock@example.test", "bob.imap@example.test"):
+        run(capsys, "--config", conf, "user", "add", user, stdin="pw\n")
+    code, out, err = run(capsys, "--config", conf, "check")
+    assert code == 0
+    warned = [line for line in out.splitlines() if "mbox mailbox" in line]
+    assert [line.split()[1] for line in warned] == ["bob.lock@example.test", "bob.imap@example.test"]
+    assert "reserved for another mailbox's side file" in warned[0]
+
+
 def test_check_fails_with_one_line_per_problem(capsys, tmp_path):
     path = tmp_path / "bad.conf"
     path.write_text("[appliance]\nhostname = mail.example.test\ndomain = example.test\n")
