@@ -278,8 +278,9 @@ class Intake:
     def stamp(self, arrival: Arrival) -> tuple[str, bytes]:
         """(envelope sender, message) as queued: completed, masqueraded, with our Received line on top."""
         sender, message = arrival.sender, arrival.message
-        if arrival.submission or arrival.insider:
+        if arrival.submission or arrival.insider or arrival.login:
             # Our own users' and hosts' mail: the other recipients must not learn the blind copies.
+            # Mail from outsiders keeps what it came with: not ours to edit, the harm is at its source.
             message = remove(message, *SUBMISSION_REMOVED)
         if arrival.submission:
             message = self.complete(message)
