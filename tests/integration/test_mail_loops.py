@@ -124,3 +124,35 @@ def test_a_silent_nameserver_defers_4_4_3_and_never_bounces(make_appliance):
         assert silent.recv(512)                    # our server was the one asked
     finally:
         silent.close()
+
+
+def test_two_servers_forwarding_to_each_other_stop_at_the_first_round(tmp_path, request):
+    """A forwards fwd@example.test to x@other.test, B forwards x@other.test back: a loop that used to
+    run forever. The Delivered-To: each forward adds stops it; the sender gets one 5.4.6 bounce."""
+    dns_server = DNSServer(str(tmp_path / "dns"), {
+        "other.test": [mx("other.test", 10, "mx.other.test"), a("mx.other.test", "127.0.0.1")],
+        "example.test": [mx("example.test", 10, "mx.example.test"), a("mx.example.test", "127.0.0.1")]})
+    dns_server.start()
+    request.addfinalizer(dns_server.stop)
+    (tmp_path / "a-aliases").write_text("fwd: x@other.test\n")
+    (tmp_path / "b-aliases").write_text("x: fwd@example.test\n")
+    first = Appliance(str(tmp_path / "a"), services=("smtp",),
+                      overrides={"aliases": {"file": str(tmp_path / "a-aliases")},
+                                 "queue": {"retry_initial": "1", "retry_max": "2"}})
+    second = Appliance(str(tmp_path / "b"), services=("smtp",), users={},
+                       overrides={"appliance": {"hostname": "mail.other.test", "domains": "other.test"},
+                                  "aliases": {"file": str(tmp_path / "b-aliases")},
+                                  "queue": {"retry_initial": "1", "retry_max": "2"}})
+    first.sections["delivery"] = {"nameservers": dns_server.nameserver, "port": str(second.ports["smtp"])}
+    second.sections["delivery"] = {"nameservers": dns_server.nameserver, "port": str(first.ports["smtp"])}
+    request.node.appliances = [first, second]
+    for app in (first, second):
+        request.addfinalizer(app.stop)
+        app.setup()
+        app.start()
+    with first.smtp() as client:
+        client.sendmail(ALICE, [f"fwd@{DOMAIN}"], make_message("ping-pong", sender=ALICE, to=f"fwd@{DOMAIN}"))
+    wait_for(lambda: any(b"5.4.6" in m and b"ping-pong" in m for m in first.messages("alice")), timeout=30)
+    time.sleep(2)
+    assert received_lines(first) <= 3 and received_lines(second) <= 2, (received_lines(first), received_lines(second))
+    assert "mail-loop" in first.log() + second.log()
