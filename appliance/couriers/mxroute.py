@@ -104,7 +104,7 @@ def own_addresses(listeners: Iterable[str], delivery_port: int) -> set[str]:
         if interface is None or ipaddress.ip_address(interface).is_unspecified:
             found |= machine_addresses()
         else:
-            found.add(str(ipaddress.ip_address(interface)))
+            found.add(str(ipaddress.ip_network(interface)))
     return found
 
 
@@ -128,8 +128,8 @@ def _endpoint(description: str) -> tuple[int | None, str | None]:
 
 
 def machine_addresses() -> set[str]:
-    """Every address of this machine's interfaces (Linux /proc, plus loopback), without blocking on DNS."""
-    found = {"127.0.0.1", "::1"}
+    """Every address of this machine's interfaces (Linux /proc; all of 127.0.0.0/8), without blocking on DNS."""
+    found = {"127.0.0.0/8", "::1"}
     try:
         with open("/proc/net/if_inet6", encoding="ascii") as f:
             for line in f:
@@ -147,7 +147,7 @@ def machine_addresses() -> set[str]:
                 previous = words[1] if len(words) == 2 and words[0] in ("|--", "+--") else ""
     except (OSError, ValueError):
         pass
-    return {str(ipaddress.ip_address(a.split("%")[0])) for a in found}
+    return {str(ipaddress.ip_network(a.split("%")[0], strict=False)) for a in found}
 
 
 def _describe(problem: BaseException) -> str:
@@ -166,7 +166,7 @@ def _address_text(record: dns.RRHeader) -> str:
 class MXRouter:
     """Turns a recipient domain into the hosts to try, best first.
 
-    `hostname` and `my_addresses` say who we are: when we are one of a domain's MX hosts, only
+    `hostname` and `my_addresses` (addresses, or networks such as 127.0.0.0/8) say who we are: when we are one of a domain's MX hosts, only
     the hosts more preferred than us are used, or the mail would come straight back (RFC 5321 5.1).
     `rng` is injectable so tests can fix the shuffle among equal preferences.
     """
@@ -176,7 +176,7 @@ class MXRouter:
                  timeout: float = DNS_TIMEOUT) -> None:
         self._resolver = resolver
         self._hostname = normalise_domain(hostname)
-        self._my_addresses = {str(ipaddress.ip_address(a)) for a in my_addresses}
+        self._my_networks = [ipaddress.ip_network(a, strict=False) for a in my_addresses]
         self._allow_literals = allow_literals
         self._clock = clock
         self._rng = rng or random.Random()
@@ -247,7 +247,16 @@ class MXRouter:
         return None if unsure and not found else found
 
     def _is_us(self, name: str, addresses: list[str] | None) -> bool:
-        return name == self._hostname or any(a in self._my_addresses for a in addresses or ())
+        return name == self._hostname or any(self._mine(a) for a in addresses or ())
+
+    def _mine(self, text: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._my_networks)
 
     def _select(self, domain: str, hosts: list[Host], implicit: bool) -> Route:
         """Drop ourselves and everything less preferred, then flatten to (host, ip) pairs."""

@@ -128,7 +128,12 @@ def test_an_mx_pointing_at_one_of_our_addresses_loops_back_to_myself():
 
 
 def test_own_addresses_follow_the_mx_listener_and_the_delivery_port():
-    assert own_addresses(["tcp:2525:interface=127.0.0.1"], 2525) == {"127.0.0.1"}
+    assert own_addresses(["tcp:2525:interface=127.0.0.1"], 2525) == {"127.0.0.1/32"}
     assert own_addresses(["tcp:2525:interface=127.0.0.1"], 25) == set()        # a peer on another port is not us
     every = own_addresses(["tcp:25"], 25)
-    assert {"127.0.0.1", "::1"} <= every
+    assert {"127.0.0.0/8", "::1/128"} <= every
+    router = MXRouter(FakeResolver(), "mail.example.test", every, allow_literals=True, clock=Clock())
+    for literal in ("[127.0.0.2]", "[IPv6:::1]", "[IPv6:::ffff:127.0.0.1]"):
+        assert route_failure(router, literal).status == "5.4.6"
+    assert MXRouter(FakeResolver(), "mail.example.test", {"127.0.0.1/32"}, allow_literals=True,
+                    clock=Clock()).route("[127.0.0.2]").result == [("[127.0.0.2]", "127.0.0.2")]
