@@ -393,17 +393,23 @@ class _Parser:
 
 @implementer(IAliasResolver)
 class AliasResolver:
-    """Holds the current AliasTable; a reload that finds problems keeps the previous table."""
+    """Holds the current AliasTable; a reload that finds problems keeps the previous table.
+
+    At start there is no previous table. A file that cannot be parsed still stops the start
+    (AliasesError: a daemon must not start half-aliased), but a loop does not: the table is used,
+    the looping names are listed in `problems` for the log, and resolving one of them raises
+    AliasLoopError, which the intake answers 550 5.4.6. So a machine rebooted with a looping
+    alias still takes mail for everybody else; `mailappliance check` still reports the loop.
+    """
 
     def __init__(self, path: str, local_domains: Iterable[str], allow_commands: bool = False):
-        """Load the file; raises AliasesError when it has problems (a daemon must not start half-aliased)."""
+        """Load the file; raises AliasesError when it cannot be parsed."""
         self._path = path
         self._domains = tuple(local_domains)
         self._allow_commands = allow_commands
-        self._table = AliasTable({}, {}, self._domains)
-        problems = self.reload()
-        if problems:
-            raise AliasesError(problems)
+        table = load_aliases(self._path, self._domains, self._allow_commands)
+        self.problems = table.loop_problems()   # the loops of the table in use, logged at start
+        self._table = table
 
     def reload(self) -> list[str]:
         """Re-read the file (blocking, small); the problems found, empty when the new table is in use."""
@@ -414,6 +420,7 @@ class AliasResolver:
         problems = table.loop_problems()
         if not problems:
             self._table = table
+            self.problems = []
         return problems
 
     def resolve(self, address: str) -> list[str] | None:

@@ -20,11 +20,13 @@ from appliance.errors import ConfigError, DirectoryUnavailable
 TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")   # services that cannot run without a certificate
 
 
-def check_files(config: Config) -> list[str]:
+def check_files(config: Config, *, starting: bool = False) -> list[str]:
     """Problems with the files and folders the configuration names; [] when all is usable.
 
-    twistd runs this before anything binds, and `check` before it reaches the directory: a
-    file that cannot be read at start is reported as one line, never as a traceback.
+    twistd runs this before anything binds (`starting`), and `check` before it reaches the
+    directory: a file that cannot be read at start is reported as one line, never as a
+    traceback. An alias loop is a problem for `check` but does not stop a start: the daemon
+    logs it and refuses mail for the looping names only (550 5.4.6).
     """
     problems = Problems(config.path)
     _check_folder(config.appliance.state_dir, "appliance", "state_dir", problems)
@@ -32,7 +34,7 @@ def check_files(config: Config) -> list[str]:
     _check_tls(config, problems)
     _check_users_file(config, problems)
     problems.lines += check_ldap_files(config)
-    _check_aliases(config, problems)
+    _check_aliases(config, problems, loops=not starting)
     _check_relay_files(config, problems)
     return problems.lines
 
@@ -147,7 +149,7 @@ def _check_users_file(config: Config, problems: Problems) -> None:
         problems.add("directory", "users_file", problem)
 
 
-def _check_aliases(config: Config, problems: Problems) -> None:
+def _check_aliases(config: Config, problems: Problems, loops: bool = True) -> None:
     """The aliases file must parse and hold no loops: the daemon loads it at start and expands it on every RCPT."""
     path = config.aliases.file
     if not path:
@@ -161,5 +163,5 @@ def _check_aliases(config: Config, problems: Problems) -> None:
         for problem in exc.problems:
             problems.add("aliases", "file", problem)
         return
-    for problem in table.loop_problems():
+    for problem in table.loop_problems() if loops else ():
         problems.add("aliases", "file", problem)

@@ -17,12 +17,15 @@ from typing import Any
 from twisted.internet import defer
 
 from appliance import address, bounce, maillog, replies
+from appliance.aliases import is_command_or_file
 from appliance.envelope import FAILED, Envelope, Recipient, new_id
-from appliance.message import has, headers, prepend
+from appliance.message import get_all, has, headers, prepend, remove
 from appliance.message import field as header_field
 from appliance.replies import SMTPReplyError
 
 MAX_DIRECTORY_ALIAS_DEPTH = 5
+MAX_HOPS = 50            # Received: fields a message may carry when it reaches us (Postfix's hopcount_limit)
+SUBMISSION_REMOVED = ("Bcc", "Resent-Bcc")   # blind copies stay blind (RFC 5322 3.6.3), as Postfix's cleanup does
 
 
 class RecipientResolver:
@@ -79,7 +82,8 @@ class RecipientResolver:
                 return (yield self._finals(targets, rcpt))
             user = yield self.directory.lookup(candidate)
             if user is not None:
-                return [Recipient(address=user.address, original=_unless_same(rcpt, user.address), extension=ext)]
+                return [Recipient(address=_mailbox_address(user.address, rcpt), original=_unless_same(rcpt, user.address),
+                                  extension=ext)]
         return (yield self._finals(self._catch_all(rcpt), rcpt))
 
     @defer.inlineCallbacks
@@ -107,6 +111,13 @@ class RecipientResolver:
         targets = yield directory_aliases(addr)
         if targets is None:
             return None
+        for target in targets:
+            if is_command_or_file(target.strip()):
+                # Only the aliases file (root's) may name commands and files: whoever may edit a
+                # list or a forward in the directory must not run programs on the server.
+                maillog.error("directory-target-refused", rcpt=addr, target=target.strip(),
+                              reason="commands and files are allowed in the aliases file only")
+                raise SMTPReplyError(replies.DIRECTORY_TARGET_REFUSED)
         if depth >= MAX_DIRECTORY_ALIAS_DEPTH:
             maillog.error("alias-loop", rcpt=addr, reason="directory lists nested too deep")
             raise SMTPReplyError(replies.ALIAS_LOOP)
@@ -145,7 +156,21 @@ class RecipientResolver:
         user = yield self.directory.lookup(target)
         if user is None:
             raise SMTPReplyError(replies.UNKNOWN_USER)
-        return Recipient(address=user.address, local=True, original=_unless_same(rcpt, user.address))
+        return Recipient(address=_mailbox_address(user.address, rcpt), local=True,
+                         original=_unless_same(rcpt, user.address))
+
+
+def _mailbox_address(found: str, rcpt: str) -> str:
+    """A user's address from the directory, refused when it would read as a command or file.
+
+    The local courier hands `|...` and `/...` recipients to commands and files, so such an
+    address must come from the aliases file only, never from a directory entry's mail value.
+    """
+    if is_command_or_file(found):
+        maillog.error("directory-target-refused", rcpt=rcpt, target=found,
+                      reason="a directory address may not read as a command or file")
+        raise SMTPReplyError(replies.DIRECTORY_TARGET_REFUSED)
+    return found
 
 
 def _unless_same(given: str, final: str) -> str:
@@ -201,6 +226,7 @@ class Intake:
         return defer.ensureDeferred(self._accept(arrival))
 
     async def _accept(self, arrival: Arrival) -> str:
+        self.check_loops(arrival)
         for check in self.checks:
             await defer.maybeDeferred(check, arrival)
         sender, message = self.stamp(arrival)
@@ -214,9 +240,48 @@ class Intake:
             await self._bounce(arrival, sender, message)
         return arrival.id
 
+    def check_loops(self, arrival: Arrival) -> None:
+        """Mail loops, before anything else (RFC 5321 6.3): too many hops, or a forward already made.
+
+        More than MAX_HOPS Received: fields refuses the message (554 5.4.6). A forward (an alias
+        target, `original` set) whose alias or target already appears in a Delivered-To: field
+        went round once already: that recipient bounces with 5.4.6, or the whole message is
+        refused when every recipient is such a loop. A local program (the pickup) cannot be
+        refused, so there the recipients bounce instead.
+        """
+        present = headers(arrival.message)
+        hops = len(get_all(present, "Received"))
+        if hops > MAX_HOPS:
+            maillog.error("mail-loop", id=arrival.id, reason=f"{hops} Received fields, more than {MAX_HOPS}")
+            self._loop(arrival, arrival.recipients, replies.TOO_MANY_HOPS, f"too many hops ({hops})")
+            return
+        delivered = {_normalised(value.decode("utf-8", "replace")) for value in get_all(present, "Delivered-To")}
+        if not delivered:
+            return
+        looping = [r for r in arrival.recipients
+                   if r.original and ({_normalised(r.original), _normalised(r.address)} & delivered)]
+        for r in looping:
+            maillog.error("mail-loop", id=arrival.id, rcpt=r.address, original=r.original,
+                          reason="already in Delivered-To")
+        if looping:
+            self._loop(arrival, looping, replies.MAIL_LOOP, None)
+
+    @staticmethod
+    def _loop(arrival: Arrival, looping: list[Recipient], reply: replies.Reply, text: str | None) -> None:
+        if len(looping) == len(arrival.recipients) and arrival.peer:
+            raise SMTPReplyError(reply)
+        for r in looping:
+            what = text or f"mail forwarding loop for {r.original or r.address}"
+            arrival.refused.append(_refused(r.original or r.address, reply.enhanced, what))
+        arrival.recipients = [r for r in arrival.recipients if r not in looping]
+
     def stamp(self, arrival: Arrival) -> tuple[str, bytes]:
         """(envelope sender, message) as queued: completed, masqueraded, with our Received line on top."""
         sender, message = arrival.sender, arrival.message
+        if arrival.submission or arrival.insider or arrival.login:
+            # Our own users' and hosts' mail: the other recipients must not learn the blind copies.
+            # Mail from outsiders keeps what it came with: not ours to edit, the harm is at its source.
+            message = remove(message, *SUBMISSION_REMOVED)
         if arrival.submission:
             message = self.complete(message)
         if arrival.insider and self.masquerader is not None and self.masquerader.enabled:
@@ -295,6 +360,12 @@ class Intake:
         dsn, data = bounce.make_dsn(original, arrival.refused, self.hostname, bounce.headers_of(message),
                                     is_local=self.resolver.is_local, now=self.clock.seconds())
         await self.queue.put(dsn, data)
+
+
+def _normalised(text: str) -> str:
+    """An address as compared for loops: `<x@Y>` and `x@y` are the same; anything else as written."""
+    text = text.strip().strip("<>").strip()
+    return address.normalise(text) if address.is_valid(text) else text.lower()
 
 
 def _refused(rcpt: str, status: str, text: str) -> Recipient:

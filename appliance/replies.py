@@ -90,6 +90,9 @@ BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(553, "5.1.3", "Bad recipient address syntax")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by user")
 BAD_MESSAGE = Reply(554, "5.6.0", "Message content rejected")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop")
+MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop")
+DIRECTORY_TARGET_REFUSED = Reply(550, "5.7.1", "Recipient address rejected: delivery target not allowed")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
 
 

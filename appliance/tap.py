@@ -26,7 +26,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             cfg = configmod.load(self["config"])
-            problems = checks.check_files(cfg)
+            problems = checks.check_files(cfg, starting=True)
         except ConfigError as e:
             raise usage.UsageError("configuration is not valid:\n" + "\n".join(e.problems))
         except OSError as e:
@@ -126,9 +126,11 @@ def _queue(cfg: configmod.Config, reactor: Any, top: ApplianceService, pool: Any
 
 def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
     """MX routing (or the smarthost) for remote recipients."""
-    from appliance.couriers.mxroute import MXRouter, make_resolver
+    from appliance.couriers.mxroute import MXRouter, make_resolver, own_addresses
     from appliance.couriers.outbound import OutboundCourier
-    router = MXRouter(make_resolver(cfg.delivery.nameservers), cfg.appliance.hostname,
+    # Who we are, so that mail routed back to us (an MX or a literal naming us) fails with 5.4.6.
+    myself = own_addresses([cfg.listen.smtp] if cfg.listen.smtp else [], cfg.delivery.port)
+    router = MXRouter(make_resolver(cfg.delivery.nameservers, reactor), cfg.appliance.hostname, myself,
                       allow_literals=cfg.delivery.allow_address_literals, clock=reactor)
     relay = cfg.relay
     auth = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
-from collections.abc import Callable, Collection, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -23,6 +24,9 @@ Route = list[tuple[str, str]]            # (host name, ip address) in the order 
 Host = tuple[int, str, "list[str] | None"]  # (preference, name, addresses; None = could not tell)
 
 DNS_TIMEOUT = 30.0                       # seconds for one query, on top of the resolver's own retries
+RESOLVER_RETRIES = (1, 3, 5)             # [delivery] nameservers: resend after 1, 3, then give up 5 s later
+CACHE_MAX_TTL = 3600.0                   # seconds an answer is kept at most, whatever its TTL says
+CACHE_MAX_ENTRIES = 10000
 
 _DNS_PROBLEMS = {
     error.DNSServerError: "SERVFAIL",
@@ -32,9 +36,118 @@ _DNS_PROBLEMS = {
 }
 
 
-def make_resolver(servers: Sequence[tuple[str, int]] = ()) -> ResolverBase:
-    """Twisted's asynchronous resolver: the given `[delivery] nameservers`, or /etc/resolv.conf's."""
-    return client.createResolver(servers=list(servers) or None)
+def make_resolver(servers: Sequence[tuple[str, int]] = (), reactor: IReactorTime | None = None) -> ResolverBase:
+    """Twisted's asynchronous resolver: the given `[delivery] nameservers` ONLY, or else the system's.
+
+    With servers given, `client.createResolver` is not used: it would add /etc/resolv.conf's
+    servers to ours (asked in turn, so a mail could bounce on the system resolver's NXDOMAIN
+    while ours was silent) and answer from /etc/hosts. A bare `client.Resolver(servers=...)`
+    reads neither; a silent server then times out, which MXRouter makes a 4.4.3 (retry).
+    """
+    if not servers:
+        return client.createResolver()
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+        reactor = default_reactor
+    upstream = client.Resolver(servers=list(servers), timeout=RESOLVER_RETRIES, reactor=reactor)
+    return CachingResolver(upstream, reactor)
+
+
+class CachingResolver(ResolverBase):
+    """Answers from memory while their TTL (at most CACHE_MAX_TTL) lasts, else asks `upstream`.
+
+    Only answers with records are kept; failures and empty answers are asked again each time.
+    Bounded: past CACHE_MAX_ENTRIES the oldest entry goes.
+    """
+
+    def __init__(self, upstream: ResolverBase, clock: IReactorTime, max_entries: int = CACHE_MAX_ENTRIES) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self._clock = clock
+        self._max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[float, tuple]] = OrderedDict()
+
+    def _lookup(self, name, cls, type, timeout):
+        key = (name.lower() if isinstance(name, bytes) else name, cls, type)
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry[0] > self._clock.seconds():
+                return defer.succeed(entry[1])
+            del self._entries[key]
+        d = self.upstream._lookup(name, cls, type, timeout)
+        d.addCallback(self._keep, key)
+        return d
+
+    def _keep(self, result: tuple, key: tuple) -> tuple:
+        records = [rr for part in result for rr in part]
+        if result[0]:
+            ttl = min([float(rr.ttl) for rr in records] + [CACHE_MAX_TTL])
+            if ttl > 0:
+                self._entries[key] = (self._clock.seconds() + ttl, result)
+                while len(self._entries) > self._max_entries:
+                    self._entries.popitem(last=False)
+        return result
+
+
+def own_addresses(listeners: Iterable[str], delivery_port: int) -> set[str]:
+    """The addresses at which mail sent to `delivery_port` would reach us: MXRouter's "myself".
+
+    `listeners` are the endpoint descriptions of our MX listeners (`tcp:25`,
+    `tcp:2525:interface=127.0.0.1`); one on `delivery_port` is us. One bound to every interface
+    (no `interface=`, or 0.0.0.0 / ::) makes every address of this machine ours.
+    """
+    found: set[str] = set()
+    for description in listeners:
+        port, interface = _endpoint(description)
+        if port != delivery_port:
+            continue
+        if interface is None or ipaddress.ip_address(interface).is_unspecified:
+            found |= machine_addresses()
+        else:
+            found.add(str(ipaddress.ip_network(interface)))
+    return found
+
+
+def _endpoint(description: str) -> tuple[int | None, str | None]:
+    """(port, interface) of a `tcp:`/`tcp6:` server endpoint description; (None, None) for others."""
+    parts = description.replace("\\:", "\0").split(":")
+    if parts[0] not in ("tcp", "tcp6", "ssl") or len(parts) < 2:
+        return None, None
+    port, interface = None, None
+    for part in parts[1:]:
+        key, equals, value = part.partition("=")
+        if not equals and port is None:
+            port = int(key) if key.isdigit() else None
+        elif key == "port" and value.isdigit():
+            port = int(value)
+        elif key == "interface":
+            interface = value.replace("\0", ":")
+    if parts[0] == "tcp6" and interface is None:
+        interface = "::"
+    return port, interface
+
+
+def machine_addresses() -> set[str]:
+    """Every address of this machine's interfaces (Linux /proc; all of 127.0.0.0/8), without blocking on DNS."""
+    found = {"127.0.0.0/8", "::1"}
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as f:
+            for line in f:
+                text = line.split()[0]
+                found.add(str(ipaddress.ip_address(bytes.fromhex(text))))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/net/fib_trie", encoding="ascii") as f:
+            previous = ""
+            for line in f:
+                if "/32 host LOCAL" in line and previous:
+                    found.add(previous)
+                words = line.split()
+                previous = words[1] if len(words) == 2 and words[0] in ("|--", "+--") else ""
+    except (OSError, ValueError):
+        pass
+    return {str(ipaddress.ip_network(a.split("%")[0], strict=False)) for a in found}
 
 
 def _describe(problem: BaseException) -> str:
@@ -53,7 +166,7 @@ def _address_text(record: dns.RRHeader) -> str:
 class MXRouter:
     """Turns a recipient domain into the hosts to try, best first.
 
-    `hostname` and `my_addresses` say who we are: when we are one of a domain's MX hosts, only
+    `hostname` and `my_addresses` (addresses, or networks such as 127.0.0.0/8) say who we are: when we are one of a domain's MX hosts, only
     the hosts more preferred than us are used, or the mail would come straight back (RFC 5321 5.1).
     `rng` is injectable so tests can fix the shuffle among equal preferences.
     """
@@ -63,7 +176,7 @@ class MXRouter:
                  timeout: float = DNS_TIMEOUT) -> None:
         self._resolver = resolver
         self._hostname = normalise_domain(hostname)
-        self._my_addresses = {str(ipaddress.ip_address(a)) for a in my_addresses}
+        self._my_networks = [ipaddress.ip_network(a, strict=False) for a in my_addresses]
         self._allow_literals = allow_literals
         self._clock = clock
         self._rng = rng or random.Random()
@@ -134,7 +247,16 @@ class MXRouter:
         return None if unsure and not found else found
 
     def _is_us(self, name: str, addresses: list[str] | None) -> bool:
-        return name == self._hostname or any(a in self._my_addresses for a in addresses or ())
+        return name == self._hostname or any(self._mine(a) for a in addresses or ())
+
+    def _mine(self, text: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._my_networks)
 
     def _select(self, domain: str, hosts: list[Host], implicit: bool) -> Route:
         """Drop ourselves and everything less preferred, then flatten to (host, ip) pairs."""

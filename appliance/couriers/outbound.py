@@ -20,6 +20,7 @@ from appliance.couriers.mxroute import MXRouter, Route
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import ApplianceError, PermanentFailure, TemporaryFailure
 from appliance.interfaces import ICourier
+from appliance.message import field as header_field
 
 Outcome = str | ApplianceError            # where it went, or why not
 
@@ -57,23 +58,27 @@ class OutboundCourier:
         self._smarthost_auth = smarthost_auth
         self._client_tls_options = client_tls_options
         self._timeouts = timeouts
-        self._gathering: dict[tuple[str, str], _Batch] = {}
+        self._gathering: dict[tuple[str, str, str], _Batch] = {}
 
     def deliver(self, envelope: Envelope, recipient: Recipient, message: bytes) -> defer.Deferred:
         """Deferred[str] "host[ip]:port 250 ...", or a Temporary/PermanentFailure (x.y.z, "... said: ...")."""
         if not address.is_valid(recipient.address):
             return defer.fail(PermanentFailure("5.1.3", f"bad recipient address {recipient.address!r}"))
         domain = address.domain_of(recipient.address)
-        key = (envelope.id, "" if self._smarthost else domain)
+        # A forward (an alias of ours sending on) carries `Delivered-To: <the alias>`, as Postfix's
+        # local(8) adds it: when the mail comes back, intake sees the loop. Each alias its own batch.
+        key = (envelope.id, "" if self._smarthost else domain, recipient.original)
         batch = self._gathering.get(key)
         if batch is None:
+            if recipient.original:
+                message = header_field("Delivered-To", " ".join(recipient.original.split())) + message
             batch = self._gathering[key] = _Batch(envelope, domain, message)
             self._reactor.callLater(0, self._start, key)
         waiter: defer.Deferred = defer.Deferred()
         batch.waiters.setdefault(recipient.address, []).append(waiter)
         return waiter
 
-    def _start(self, key: tuple[str, str]) -> None:
+    def _start(self, key: tuple[str, str, str]) -> None:
         batch = self._gathering.pop(key)
         d = defer.ensureDeferred(self._deliver(batch))
         d.addErrback(self._internal_error, batch)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import imaplib
 import os
 import poplib
+import shutil
 import smtplib
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -48,12 +51,13 @@ class LDAPSetup:
         server.start()
         return server
 
-    def appliance(self, *urls: str, services=SMTP_SERVICES, **ldap: str) -> Appliance:
+    def appliance(self, *urls: str, services=SMTP_SERVICES, aliases: dict[str, str] | None = None,
+                  **ldap: str) -> Appliance:
         """An appliance whose only users are the directory's; cache_ttl 0 so outages show at once."""
         settings = {"url": ", ".join(urls), "bind_dn": SERVICE_DN, "bind_password_file": self.password_file,
                     "base_dn": BASE_DN, "timeout": "1", "cache_ttl": "0", **ldap}
         overrides = {"directory": {"backend": "ldap"}, "ldap": settings,
-                     "queue": {"retry_initial": "1", "retry_max": "2"}}
+                     "queue": {"retry_initial": "1", "retry_max": "2"}, "aliases": dict(aliases or {})}
         appliance = Appliance(os.path.join(self.folder, f"appliance{len(self.appliances)}"), services=services,
                               overrides=overrides, users={})
         self.appliances.append(appliance)
@@ -331,3 +335,45 @@ def test_user_show_tells_the_entry_mailbox_and_lists_without_secrets(ldap, slapd
     assert "alice@example.test, bob@example.test" in group
     assert "disabled" in "\n".join(show_user(cfg, CAROL))
     assert "dave@elsewhere.test" in "\n".join(show_user(cfg, "dave@example.test"))
+
+
+# ---- commands and files only from the aliases file (issue 10, defect 1) ---------------------------
+
+def test_commands_and_files_named_in_the_directory_are_refused_never_run(ldap, slapd, request):
+    """Whoever may edit a list or a forward in LDAP must not run programs or write files on the server."""
+    drop = tempfile.mkdtemp(prefix="ma", dir="/tmp")    # short: `/tmp/maXXXX/routed@...` must be a valid address
+    request.addfinalizer(lambda: shutil.rmtree(drop, ignore_errors=True))
+    os.chmod(drop, 0o777)                     # a command would run as nobody: let it leave its mark
+    slapd.add(f"""dn: cn=evil@example.test,ou=aliases,{BASE_DN}
+objectClass: nisMailAlias
+cn: evil@example.test
+rfc822MailMember: alice@example.test
+rfc822MailMember: |touch {drop}/ran
+
+dn: cn=evilfile@example.test,ou=aliases,{BASE_DN}
+objectClass: nisMailAlias
+cn: evilfile@example.test
+rfc822MailMember: {drop}/list.mbox
+
+dn: uid=mallory,{PEOPLE}
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: mallory
+cn: Mallory
+sn: Mallory
+mail: mallory@example.test
+mailRoutingAddress: {drop}/routed@example.test
+""")
+    app = ldap.appliance(slapd.url, aliases={"allow_commands": "yes"})
+    with app.smtp() as client:
+        client.ehlo()
+        client.mail(SENDER)
+        for rcpt in ("evil@example.test", "evilfile@example.test", "mallory@example.test"):
+            code, text = client.rcpt(rcpt)
+            assert (code, text[:5]) == (550, b"5.7.1"), rcpt
+        assert client.rcpt(ALICE)[0] == 250
+        client.data(make_message("after-refusals"))
+    wait_for_subjects(app, "alice", ["after-refusals"])
+    time.sleep(1)
+    assert os.listdir(drop) == []
+    assert app.log().count("directory-target-refused") == 3
