@@ -938,14 +938,13 @@ class QueueService(Service):
         """Queue the DSNs first, then mark the message done or persist its state, so nothing is lost."""
         if self._spool.get(envelope.id) is None:
             return succeed(None)    # deleted by the operator during this round: nothing to report
-        headers = bounce.headers_of(message) if message is not None else b""
         notices = []
         failed = [r for r in due if r.state == FAILED]
         if failed:
-            notices.append(self._notify(envelope, failed, headers, delayed=False))
+            notices.append(self._notify(envelope, failed, message, delayed=False))
         if self._delay_notice_due(envelope):
             envelope.delay_notified = True      # recorded with the state below: sent once
-            notices.append(self._notify(envelope, envelope.pending(), headers, delayed=True))
+            notices.append(self._notify(envelope, envelope.pending(), message, delayed=True))
         queued = gatherResults(notices) if notices else succeed(None)
         return queued.addCallback(lambda _: self._record(envelope))
 
@@ -954,12 +953,17 @@ class QueueService(Service):
         age = self._reactor.seconds() - envelope.received_at
         return bool(envelope.pending()) and not envelope.delay_notified and age >= self._settings.delay_warning
 
-    def _notify(self, envelope: Envelope, recipients: list[Recipient], headers: bytes, delayed: bool) -> Deferred:
-        """Queue a DSN (failed or delayed) to the sender; never to the null sender."""
+    def _notify(self, envelope: Envelope, recipients: list[Recipient], message: bytes | None,
+                delayed: bool) -> Deferred:
+        """Queue a DSN (failed or delayed) to the sender; never to the null sender.
+
+        bounce.py decides how much of the message goes back (bounded: whole up to 50 KB, else headers).
+        """
         if not envelope.sender:
             return succeed(None)
-        dsn, data = bounce.make_dsn(envelope, recipients, self._hostname, headers, is_local=self._is_local,
-                                    delayed=delayed, now=self._reactor.seconds())
+        message = message if message is not None else b""
+        dsn, data = bounce.make_dsn(envelope, recipients, self._hostname, message, is_local=self._is_local,
+                                    delayed=delayed, now=self._reactor.seconds(), original=message or None)
         if delayed:
             maillog.emit("delay-notice", id=envelope.id, to=envelope.sender, dsn=dsn.id)
         queued = self.put(dsn, data)

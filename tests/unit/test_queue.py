@@ -520,6 +520,27 @@ def test_a_permanent_failure_bounces_to_the_sender(tmp_path):
     assert spool.list() == []
 
 
+def test_the_bounce_of_a_5_mb_header_block_is_capped(tmp_path):
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("no such user")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", sender="alice@example.test", received_at=reactor.seconds())
+    big = b"Subject: big\r\n" + b"X-Filler: " + b"a" * 60 + b"\r\n" * 1 + (b"X-Filler: " + b"a" * 60 + b"\r\n") * 70_000
+    service.put(env, big)
+    reactor.advance(0)
+    (_, to, dsn), = [c for c in local.calls if c[1] == "alice@example.test"]
+    assert b"Subject: big" in dsn and len(big) > 4_000_000 and len(dsn) < 55_000
+
+
+def test_a_small_message_comes_back_whole_in_its_bounce(tmp_path):
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("no such user")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", sender="alice@example.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    (_, to, dsn), = [c for c in local.calls if c[1] == "alice@example.test"]
+    assert message() in dsn and b"Content-Type: message/rfc822" in dsn
+
+
 def test_no_dsn_for_the_null_sender(tmp_path):
     local = FakeCourier({"bob@example.test": NoSuchMailbox("no such user")})
     service, spool, reactor, _ = make_service(tmp_path, local=local)
