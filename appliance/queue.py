@@ -40,6 +40,7 @@ MAGIC = b"MAQ1"
 HEADER = struct.Struct(">4sHIII")
 SEGMENT_LIMIT = 64 * 1024 * 1024   # rotate the active segment past this size
 BATCH_LIMIT = 1024 * 1024          # flush at once, without waiting for the turn to end, past this
+MAX_ID = 64                        # queue ids are short (envelope.new_id; control.valid_id)
 
 
 class SpoolLocked(Exception):
@@ -90,10 +91,13 @@ def _record_at(data, at: int, size: int) -> tuple[str, bytes, int, int] | None:
     _, id_len, env_len, msg_len, crc = HEADER.unpack(data[at:at + HEADER.size])
     body_at = at + HEADER.size + id_len + env_len
     end = body_at + msg_len
-    if id_len == 0 or end > size or zlib.crc32(data[at + HEADER.size:end]) != crc:
+    if not 0 < id_len <= MAX_ID or env_len == 0 or end > size:
         return None
     ident = data[at + HEADER.size:at + HEADER.size + id_len]
-    if not (ident.isascii() and ident.isalnum()):
+    # cheap checks first: while resynchronising, most candidates fail here without a CRC over their length
+    if not (ident.isascii() and ident.isalnum()) or data[at + HEADER.size + id_len] != ord("{"):
+        return None
+    if zlib.crc32(data[at + HEADER.size:end]) != crc:
         return None
     return ident.decode("ascii"), data[at + HEADER.size + id_len:body_at], body_at, end
 
@@ -114,7 +118,7 @@ def _damage(data, segment: int, start: int, end: int, size: int) -> Damage:
     if size - start >= HEADER.size and data[start:start + 4] == MAGIC:
         id_len = HEADER.unpack(data[start:start + HEADER.size])[1]
         ident = data[start + HEADER.size:min(start + HEADER.size + id_len, end)]
-        if not (0 < len(ident) <= 64 and ident.isascii() and ident.isalnum()):
+        if not (0 < len(ident) <= MAX_ID and ident.isascii() and ident.isalnum()):
             ident = b""
     return Damage(segment, start, end - start, "torn" if torn else "damaged", ident.decode("ascii"))
 
@@ -419,7 +423,7 @@ class Spool:
         """Deferred[None] firing once message and envelope are on disk (fdatasync'ed)."""
         if self._closed or self._next_segment is None:
             return fail(QueueWriteError("the spool is not open"))
-        if not (envelope.id.isascii() and envelope.id.isalnum()):
+        if not (envelope.id.isascii() and envelope.id.isalnum() and len(envelope.id) <= MAX_ID):
             return fail(QueueWriteError(f"bad queue id {envelope.id!r}"))
         record = encode_record(envelope.id, envelope.to_json(), message)
         d: Deferred = Deferred()
