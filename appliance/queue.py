@@ -53,6 +53,7 @@ class Location(NamedTuple):
     segment: int
     offset: int
     length: int
+    record: int = -1      # where its record starts, so a read-back can check the CRC; -1: unknown
 
 
 # --- the on-disk format -------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def scan_segment(path: str, segment: int, damage: list[Damage] | None = None
                         damage.append(_damage(data, segment, bad, at, size))
                     bad = None
                 qid, envelope_json, body_at, end = record
-                yield qid, envelope_json, Location(segment, body_at, end - body_at)
+                yield qid, envelope_json, Location(segment, body_at, end - body_at, at)
                 at = end
             if bad is not None and damage is not None:
                 damage.append(_damage(data, segment, bad, size, size))
@@ -177,11 +178,23 @@ def save_damage(segments_dir: str, corrupt_dir: str, damage: Damage) -> str:
 
 
 def read_body(path: str, location: Location) -> bytes:
-    """The message bytes of one record (run in the pool)."""
+    """The message bytes of one record (run in the pool), after checking the record's CRC.
+
+    Bytes damaged on disk after the start-up scan are never delivered: the read fails (the
+    queue retries and logs it) instead.
+    """
+    start = location.record if location.record >= 0 else location.offset
+    end = location.offset + location.length
     with open(path, "rb") as f:
-        data = os.pread(f.fileno(), location.length, location.offset)
-    if len(data) != location.length:
-        raise OSError(f"{path}: short read at {location.offset}")
+        data = os.pread(f.fileno(), end - start, start)
+    if len(data) != end - start:
+        raise OSError(f"{path}: short read at {start}")
+    if location.record >= 0:
+        magic, id_len, env_len, msg_len, crc = HEADER.unpack(data[:HEADER.size])
+        if (magic != MAGIC or HEADER.size + id_len + env_len != location.offset - start
+                or msg_len != location.length or zlib.crc32(memoryview(data)[HEADER.size:]) != crc):
+            raise OSError(f"{path}: the record at byte {start} is damaged (CRC mismatch)")
+        return data[location.offset - start:]
     return data
 
 
@@ -590,7 +603,7 @@ class Spool:
         locations = []
         offset = self._active_size
         for put in puts:
-            locations.append(Location(self._active, offset + put.body_at, put.size - put.body_at))
+            locations.append(Location(self._active, offset + put.body_at, put.size - put.body_at, offset))
             offset += put.size
         self._active_size = offset
         return locations

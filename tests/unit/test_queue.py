@@ -278,6 +278,21 @@ def test_a_segment_whose_damage_cannot_be_kept_aside_is_not_removed(tmp_path, mo
     assert not os.path.exists(segment) and len(os.listdir(tmp_path / "corrupt")) == 1
 
 
+def test_bytes_damaged_after_the_start_are_not_read_back_as_the_message(tmp_path):
+    (first, middle, third), segment, reactor = three_in_one_segment(tmp_path)
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert len(again.recover()) == 3
+    with open(segment, "rb") as f:
+        damage_at(segment, f.read().index(b"body 1"))         # after the scan: only a read-back can tell
+    with pytest.raises(OSError, match="damaged"):
+        result_of(again.load(middle.id))
+    assert result_of(again.load(third.id)) == message(2)
+    fresh = envelope("dave@example.test")                     # and a record written in this run
+    again.put(fresh, message(7))
+    reactor.advance(0)
+    assert result_of(again.load(fresh.id)) == message(7)
+
+
 def test_scan_segment_without_damage_list_still_yields_every_intact_record(tmp_path):
     (first, middle, third), segment, _ = three_in_one_segment(tmp_path)
     with open(segment, "rb") as f:
