@@ -13,25 +13,73 @@ from appliance.message import split
 # A diagnostic that is an SMTP reply ("550 ...") is labelled "smtp" (RFC 3464 2.3.6); ours are not.
 _SMTP_REPLY = re.compile(r"^[245]\d\d[ -]")
 
+# What a DSN may carry of the original message, as Postfix's bounce_size_limit: the whole message
+# when it fits, else its header block only, itself cut to this size (at a field boundary).
+SIZE_LIMIT = 50_000
+# One recipient's reason in the DSN: far below the 998-octet line limit, whatever a peer or a
+# program said (their full text is in the log).
+REASON_LIMIT = 500
 
-def headers_of(message: bytes) -> bytes:
-    """The text/rfc822-headers part: the message's header block, with CRLF line ends."""
-    lines = split(message)[0].replace(b"\r\n", b"\n").split(b"\n")
-    return b"".join(line + b"\r\n" for line in lines if line)
+
+def headers_of(message: bytes, limit: int = SIZE_LIMIT) -> bytes:
+    """The text/rfc822-headers part: the message's header block, with CRLF line ends, at most `limit` bytes.
+
+    Whole header fields only (a field with its folded lines), as many as fit from the top: the
+    trace fields a postmaster needs come first. A 5 MB header block no longer comes back whole.
+    """
+    head = split(message)[0]
+    out: list[bytes] = []
+    size = 0
+    field: list[bytes] = []
+    for line in head[:limit * 2 + 2].replace(b"\r\n", b"\n").split(b"\n"):
+        if not line:
+            continue
+        if field and line[:1] not in (b" ", b"\t"):
+            size = _take(field, out, size, limit)
+            if size < 0:
+                return b"".join(out)
+            field = []
+        field.append(line + b"\r\n")
+    if field:
+        _take(field, out, size, limit)
+    return b"".join(out)
 
 
-def _clean(text: str) -> str:
-    """One header-safe line: remote replies may span lines and must not inject headers."""
-    return " ".join(text.split())
+def _take(field: list[bytes], out: list[bytes], size: int, limit: int) -> int:
+    """Append one field when it fits; -1 once the limit is reached."""
+    length = sum(map(len, field))
+    if size + length > limit:
+        return -1
+    out.extend(field)
+    return size + length
+
+
+def returned_part(message: bytes, limit: int = SIZE_LIMIT) -> tuple[str, bytes]:
+    """(content type, bytes) of what a failure DSN returns: the whole message (message/rfc822)
+    when it fits in `limit` bytes with CRLF line ends, else its headers (text/rfc822-headers), capped."""
+    if len(message) <= limit:
+        whole = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if len(whole) <= limit:
+            return "message/rfc822", whole
+    return "text/rfc822-headers", headers_of(message, limit)
+
+
+def _clean(text: str, limit: int = REASON_LIMIT) -> str:
+    """One header-safe line of at most `limit` characters: remote replies and program output may
+    span lines and must neither inject headers nor make the DSN long."""
+    line = " ".join(text[:limit * 4].split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def make_dsn(envelope: Envelope, failed: list[Recipient], hostname: str, original_headers: bytes, *,
              is_local: Callable[[str], bool], delayed: bool = False,
-             now: float | None = None) -> tuple[Envelope, bytes]:
+             now: float | None = None, original: bytes | None = None) -> tuple[Envelope, bytes]:
     """A multipart/report DSN for `failed` recipients of `envelope`, addressed to its sender.
 
     The DSN's own envelope has the null sender, so a DSN that cannot be delivered is never
     bounced again (RFC 5321 section 6.1). Callers must not send one when the sender is "".
+    With `original` (the message), a failure DSN returns it whole when it fits in SIZE_LIMIT;
+    otherwise, and for a delay notice, the headers only, never more than SIZE_LIMIT bytes.
     """
     now = time.time() if now is None else now
     dsn_id = new_id(now)
@@ -54,10 +102,14 @@ def make_dsn(envelope: Envelope, failed: list[Recipient], hostname: str, origina
     )
     human = _human_part(envelope, failed, hostname, delayed)
     status = _status_part(envelope, failed, hostname, action, default_status)
+    if original is not None and not delayed:
+        returned_type, returned = returned_part(original)
+    else:
+        returned_type, returned = "text/rfc822-headers", headers_of(original_headers)
     parts = [
         ("text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit\r\n", human.encode("utf-8")),
         ("message/delivery-status", "", status.encode("utf-8")),
-        ("text/rfc822-headers", "", original_headers),
+        (returned_type, "", returned),
     ]
     body = [head.encode("utf-8")]
     for content_type, extra, payload in parts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from appliance import aliases, tls
+from appliance import aliases, queue, tls
 from appliance.config import Config, Problems
 from appliance.directory.file import check_users_file
 from appliance.directory.ldap import LDAPClient, read_bind_password
@@ -100,6 +100,20 @@ def mailbox_warnings(config: Config, users: list[str]) -> list[str]:
             warnings.append(f"warning: {user} gets no {config.storage.format} mailbox: {exc}; "
                             "rename the user (mail for it is retried, then bounced)")
     return warnings
+
+
+def queue_warnings(config: Config) -> list[str]:
+    """Damaged records the spool found and kept aside (queue/corrupt/), one warning line each.
+
+    Warnings, not errors: the daemon starts and delivers everything intact; the operator should
+    look at what could not be read. Reading only, safe while the daemon runs.
+    """
+    spool_dir = os.path.join(config.appliance.state_dir, "queue")
+    try:
+        _, damaged = queue.read_spool(spool_dir)
+    except OSError as exc:
+        return [f"warning: {spool_dir}: cannot be read: {exc.strerror or exc}"]
+    return [f"warning: {line}" for line in queue.damage_lines(damaged)]
 
 
 def _check_relay_files(config: Config, problems: Problems) -> None:

@@ -10,7 +10,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from appliance import address, checks, config, control, pickup, queue, tls
 from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
@@ -145,6 +145,8 @@ def _check(args: argparse.Namespace) -> int:
             print(line)
         for line in checks.mailbox_warnings(cfg, list_users(cfg.directory.users_file)):
             print(line)
+    for line in checks.queue_warnings(cfg):
+        print(line)
     return 0
 
 
@@ -327,7 +329,8 @@ def _queue(args: argparse.Namespace) -> int:
     if args.action not in ("list", "flush") and not args.id:
         raise CommandError(f"queue {args.action} needs a queue id, as `queue list` shows it")
     if args.action == "list":
-        for line in queue_listing(queue.read_queue(spool_dir), time.time()):
+        envelopes, damaged = queue.read_spool(spool_dir)
+        for line in queue_listing(envelopes, time.time(), damaged):
             print(line)
         return 0
     command = f"{args.action} {args.id}" if args.id else args.action
@@ -363,8 +366,13 @@ def _edit_offline(spool_dir: str, action: str, qid: str, path: str) -> str:
     return f"{control.ACTIONS[action]} {qid} (the daemon is not running; the change is in the spool)"
 
 
-def queue_listing(envelopes: list[Envelope], now: float) -> list[str]:
-    """What `queue list` prints: one line per message, then one per recipient still to deliver."""
+def queue_listing(envelopes: list[Envelope], now: float, damaged: Sequence[queue.DamagedRecord] = ()) -> list[str]:
+    """What `queue list` prints: one line per message, then one per recipient still to deliver;
+    then every damaged record of the spool (kept aside in queue/corrupt/)."""
+    return _message_listing(envelopes, now) + queue.damage_lines(damaged)
+
+
+def _message_listing(envelopes: list[Envelope], now: float) -> list[str]:
     if not envelopes:
         return ["the queue is empty"]
     lines = [f"{'QUEUE ID':<18} {'AGE':>5} {'SIZE':>9}  SENDER"]

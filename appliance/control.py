@@ -7,6 +7,8 @@ by `OK text` or `ERR text`.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import socket
 from typing import Any
@@ -20,6 +22,8 @@ from twisted.python.failure import Failure
 from appliance import maillog
 
 SOCKET_NAME = "control.sock"
+LOCK_SUFFIX = ".flock"      # control.sock.flock: flock'ed while a daemon listens on the socket
+LEGACY_LOCK_SUFFIX = ".lock"   # the pid link twisted's wantPID used to leave
 ACTIONS = {"delete": "deleted", "hold": "held", "release": "released"}   # commands taking a queue id
 REPLY_TIMEOUT = 30.0
 
@@ -100,11 +104,39 @@ class ControlProtocol(LineReceiver):
         self.transport.loseConnection()
 
 
+class SocketInUse(Exception):
+    """Another live process holds the control socket's lock."""
+
+
+def take_lock(path: str) -> int:
+    """flock `path` (created 0600) for this process and return the descriptor; SocketInUse if held.
+
+    Why flock and not a pid link (twisted's wantPID): the kernel drops the lock the moment the
+    process dies, while a pid link "holds" until the dead process is reaped (a zombie still
+    has its pid), so a restart right after kill -9 failed with "Cannot acquire lock".
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        os.unlink(path)     # a symlink where our lock file belongs: never follow it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SocketInUse(f"{path} is locked by another running process") from None
+    return fd
+
+
 class ControlService(Service):
     """Listens on state_dir/control.sock (mode 0600) while the daemon runs.
 
-    Started after the queue, so the queue's spool lock already guarantees that we are the
-    only daemon on this state_dir; a socket left behind by a crash is replaced (wantPID).
+    Started after the queue, whose spool lock already guarantees that we are the only daemon on
+    this state_dir. The socket has its own flock (control.sock.flock) all the same, which the
+    kernel drops when the process dies: a socket file left behind by a crash is then simply
+    replaced, and a pid link left by an older version is removed.
     """
 
     name = "control"
@@ -115,15 +147,35 @@ class ControlService(Service):
         self._factory = Factory.forProtocol(ControlProtocol)
         self._factory.commands = QueueCommands(queue)
         self._port: Any = None
+        self._lock_fd: int | None = None
 
     def startService(self) -> None:
+        fd = take_lock(self._path + LOCK_SUFFIX)
+        try:
+            for stale in (self._path, self._path + LEGACY_LOCK_SUFFIX):
+                if os.path.lexists(stale):
+                    os.unlink(stale)    # we hold the lock: whoever made these is gone
+            self._port = self._reactor.listenUNIX(self._path, self._factory, mode=0o600)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
         super().startService()
-        self._port = self._reactor.listenUNIX(self._path, self._factory, mode=0o600, wantPID=True)
 
     def stopService(self) -> Deferred | None:
         super().stopService()
         port, self._port = self._port, None
-        return port.stopListening() if port is not None else None
+        d = port.stopListening() if port is not None else None
+        if d is None:
+            self._unlock()
+        else:
+            d.addBoth(lambda result: (self._unlock(), result)[1])
+        return d
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)     # the socket file stays; the next start replaces it
+            self._lock_fd = None
 
 
 # --- the client side, used by the `mailappliance queue` command -----------------------------------

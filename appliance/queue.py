@@ -9,6 +9,7 @@ commit). The on-disk format and the durability argument are described in docs/qu
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import struct
 import time
@@ -39,6 +40,7 @@ MAGIC = b"MAQ1"
 HEADER = struct.Struct(">4sHIII")
 SEGMENT_LIMIT = 64 * 1024 * 1024   # rotate the active segment past this size
 BATCH_LIMIT = 1024 * 1024          # flush at once, without waiting for the turn to end, past this
+MAX_ID = 64                        # queue ids are short (envelope.new_id; control.valid_id)
 
 
 class SpoolLocked(Exception):
@@ -51,6 +53,7 @@ class Location(NamedTuple):
     segment: int
     offset: int
     length: int
+    record: int = -1      # where its record starts, so a read-back can check the CRC; -1: unknown
 
 
 # --- the on-disk format -------------------------------------------------------------------------
@@ -63,39 +66,135 @@ def encode_record(qid: str, envelope_json: bytes, message: bytes) -> bytes:
     return b"".join((header, ident, envelope_json, message))
 
 
-def scan_segment(path: str, segment: int) -> Iterator[tuple[str, bytes, Location]]:
+class Damage(NamedTuple):
+    """A stretch of a segment that is not an intact record: kept aside in corrupt/, never skipped silently.
+
+    `kind` is "torn" for an incomplete last record (a write cut short: no put for it ever fired)
+    and "damaged" for anything else (bytes changed on disk, or a record we cannot read).
+    """
+
+    segment: int
+    offset: int
+    length: int
+    kind: str
+    queue_id: str = ""      # the id the damaged header names, when it still reads as one
+
+    @property
+    def name(self) -> str:
+        """Its file name in corrupt/: stable, so a rescan after a restart finds the same name."""
+        return f"{self.segment:012d}-{self.offset:012d}.{self.kind}"
+
+
+def _record_at(data, at: int, size: int) -> tuple[str, bytes, int, int] | None:
+    """(queue id, envelope JSON, body offset, end) of an intact record starting at `at`, else None."""
+    if size - at < HEADER.size or data[at:at + 4] != MAGIC:
+        return None
+    _, id_len, env_len, msg_len, crc = HEADER.unpack(data[at:at + HEADER.size])
+    body_at = at + HEADER.size + id_len + env_len
+    end = body_at + msg_len
+    if not 0 < id_len <= MAX_ID or env_len == 0 or end > size:
+        return None
+    ident = data[at + HEADER.size:at + HEADER.size + id_len]
+    # cheap checks first: while resynchronising, most candidates fail here without a CRC over their length
+    if not (ident.isascii() and ident.isalnum()) or data[at + HEADER.size + id_len] != ord("{"):
+        return None
+    if zlib.crc32(data[at + HEADER.size:end]) != crc:
+        return None
+    return ident.decode("ascii"), data[at + HEADER.size + id_len:body_at], body_at, end
+
+
+def _declared_end(data, at: int, size: int) -> int | None:
+    """Where the record at `at` says it ends, when its header at least has the magic."""
+    if size - at < HEADER.size or data[at:at + 4] != MAGIC:
+        return None
+    _, id_len, env_len, msg_len, _ = HEADER.unpack(data[at:at + HEADER.size])
+    return at + HEADER.size + id_len + env_len + msg_len
+
+
+def _damage(data, segment: int, start: int, end: int, size: int) -> Damage:
+    declared = _declared_end(data, start, size)
+    torn = end == size and (size - start < HEADER.size or (declared is not None and declared > size)
+                            or not data[start:size].strip(b"\0"))
+    ident = b""
+    if size - start >= HEADER.size and data[start:start + 4] == MAGIC:
+        id_len = HEADER.unpack(data[start:start + HEADER.size])[1]
+        ident = data[start + HEADER.size:min(start + HEADER.size + id_len, end)]
+        if not (0 < len(ident) <= MAX_ID and ident.isascii() and ident.isalnum()):
+            ident = b""
+    return Damage(segment, start, end - start, "torn" if torn else "damaged", ident.decode("ascii"))
+
+
+def scan_segment(path: str, segment: int, damage: list[Damage] | None = None
+                 ) -> Iterator[tuple[str, bytes, Location]]:
     """Yield (queue id, envelope JSON, body location) of each intact record, in order.
 
-    Scanning stops at the first short or corrupt record: only the tail of the file can be torn
-    (a crash mid-write), and no put for that record ever fired, so no 250 was given for it.
+    A record that is short, has no magic or fails its CRC does not end the scan: every stretch
+    of bytes between intact records is appended to `damage` (when given) and the scan
+    resynchronises on the next intact record. It first tries where the bad record's own header
+    says it ends (a changed byte in a body leaves the lengths right, and the body is never
+    searched for records), and otherwise looks for the next magic that starts a record whose
+    CRC matches. A torn tail (a write cut short by a crash) is reported as a "torn" Damage: no
+    put for it ever fired, so no 250 was given for it.
     """
     with open(path, "rb") as f:
-        offset = 0
-        while True:
-            header = f.read(HEADER.size)
-            if len(header) < HEADER.size:
-                return
-            magic, id_len, env_len, msg_len, crc = HEADER.unpack(header)
-            if magic != MAGIC:
-                return
-            rest = f.read(id_len + env_len + msg_len)
-            if len(rest) < id_len + env_len + msg_len or zlib.crc32(rest) != crc:
-                return
-            body_at = offset + HEADER.size + id_len + env_len
-            try:
-                qid = rest[:id_len].decode("ascii")
-            except UnicodeDecodeError:
-                return
-            yield qid, rest[id_len:id_len + env_len], Location(segment, body_at, msg_len)
-            offset = body_at + msg_len
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            size = min(size, len(data))
+            at, bad = 0, None
+            while at < size:
+                record = _record_at(data, at, size)
+                if record is None:
+                    if bad is None:
+                        bad = at
+                    declared = _declared_end(data, at, size)
+                    if declared is not None and at < declared < size and _record_at(data, declared, size):
+                        at = declared
+                        continue
+                    at = data.find(MAGIC, at + 1)
+                    if at < 0:
+                        break
+                    continue
+                if bad is not None:
+                    if damage is not None:
+                        damage.append(_damage(data, segment, bad, at, size))
+                    bad = None
+                qid, envelope_json, body_at, end = record
+                yield qid, envelope_json, Location(segment, body_at, end - body_at, at)
+                at = end
+            if bad is not None and damage is not None:
+                damage.append(_damage(data, segment, bad, size, size))
+
+
+def save_damage(segments_dir: str, corrupt_dir: str, damage: Damage) -> str:
+    """Copy a damaged stretch of a segment into corrupt/ (tmp, fsync, rename); its path."""
+    os.makedirs(corrupt_dir, mode=0o700, exist_ok=True)
+    with open(segment_path(segments_dir, damage.segment), "rb") as f:
+        data = os.pread(f.fileno(), damage.length, damage.offset)
+    target = os.path.join(corrupt_dir, damage.name)
+    replace_file(target, data)
+    return target
 
 
 def read_body(path: str, location: Location) -> bytes:
-    """The message bytes of one record (run in the pool)."""
+    """The message bytes of one record (run in the pool), after checking the record's CRC.
+
+    Bytes damaged on disk after the start-up scan are never delivered: the read fails (the
+    queue retries and logs it) instead.
+    """
+    start = location.record if location.record >= 0 else location.offset
+    end = location.offset + location.length
     with open(path, "rb") as f:
-        data = os.pread(f.fileno(), location.length, location.offset)
-    if len(data) != location.length:
-        raise OSError(f"{path}: short read at {location.offset}")
+        data = os.pread(f.fileno(), end - start, start)
+    if len(data) != end - start:
+        raise OSError(f"{path}: short read at {start}")
+    if location.record >= 0:
+        magic, id_len, env_len, msg_len, crc = HEADER.unpack(data[:HEADER.size])
+        if (magic != MAGIC or HEADER.size + id_len + env_len != location.offset - start
+                or msg_len != location.length or zlib.crc32(memoryview(data)[HEADER.size:]) != crc):
+            raise OSError(f"{path}: the record at byte {start} is damaged (CRC mismatch)")
+        return data[location.offset - start:]
     return data
 
 
@@ -119,11 +218,12 @@ class _Job:
     done_marks: dict[int, list[str]] = field(default_factory=dict)
     forget_states: list[str] = field(default_factory=list)
     delete_segments: list[int] = field(default_factory=list)
+    keep_aside: list[Damage] = field(default_factory=list)
     close: bool = False
 
     def empty(self) -> bool:
         return not (self.records or self.states or self.done_marks or self.forget_states
-                    or self.delete_segments or self.close)
+                    or self.delete_segments or self.keep_aside or self.close)
 
 
 @dataclass
@@ -131,6 +231,8 @@ class _Outcome:
     records_error: BaseException | None = None
     states_error: BaseException | None = None
     cleanup_errors: list[str] = field(default_factory=list)
+    kept_aside: list[tuple[Damage, str]] = field(default_factory=list)     # (damage, path in corrupt/)
+    not_kept: list[tuple[Damage, str]] = field(default_factory=list)       # (damage, why the copy failed)
 
 
 class _Writer:
@@ -139,11 +241,17 @@ class _Writer:
     def __init__(self, root: str):
         self.segments = os.path.join(root, "segments")
         self.state = os.path.join(root, "state")
+        self.corrupt = os.path.join(root, "corrupt")
         self._fd: int | None = None
         self._segment: int | None = None
 
     def run(self, job: _Job) -> _Outcome:
         out = _Outcome()
+        for damage in job.keep_aside:
+            try:
+                out.kept_aside.append((damage, save_damage(self.segments, self.corrupt, damage)))
+            except OSError as e:
+                out.not_kept.append((damage, str(e)))
         if job.records:
             try:
                 self._append(job.segment, b"".join(job.records))
@@ -193,7 +301,10 @@ class _Writer:
             except OSError as e:
                 out.cleanup_errors.append(str(e))
         paths = [os.path.join(self.state, q + ".json") for q in job.forget_states]
+        unsaved = {damage.segment for damage, _ in out.not_kept}
         for segment in job.delete_segments:
+            if segment in unsaved:
+                continue    # its damaged bytes are not safe elsewhere yet: the segment stays
             paths += [segment_path(self.segments, segment), done_path(self.segments, segment)]
         for path in paths:
             try:
@@ -243,6 +354,8 @@ class Spool:
         self._where: dict[str, Location] = {}
         self._envelopes: dict[str, Envelope] = {}
         self._live: dict[int, set[str]] = {}
+        self._unsaved: set[int] = set()     # segments whose damaged bytes are not yet copied to corrupt/
+        self.damaged: list[Damage] = []     # what recover() found that is not an intact record
         self._with_state: set[str] = set()
         self._next_segment: int | None = None      # None until recover() has looked at the disk
         self._active: int | None = None
@@ -294,20 +407,28 @@ class Spool:
         for segment in numbers:
             done = _read_done(done_path(segments_dir, segment))
             self._live[segment] = set()
-            for qid, envelope_json, location in scan_segment(segment_path(segments_dir, segment), segment):
+            damage: list[Damage] = []
+            for qid, envelope_json, location in scan_segment(segment_path(segments_dir, segment), segment, damage):
                 if qid in done:
                     continue
                 envelope = states.get(qid) or self._parse(envelope_json, qid)
-                if envelope is None or envelope.done():
+                if envelope is None:
+                    # An intact record whose envelope we cannot read: kept aside, never dropped.
+                    start = location.offset - len(envelope_json) - len(qid) - HEADER.size
+                    damage.append(Damage(segment, start, location.offset + location.length - start,
+                                         "damaged", qid))
+                    continue
+                if envelope.done():
                     continue
                 self._register(envelope, location)
                 pending.append((envelope, location))
+            self._found_damage(damage)
             if not self._live[segment]:
                 self._retire(segment)
         self._with_state = set(states) & set(self._where)
         self._job.forget_states += [q for q in states if q not in self._where]
         self._next_segment = (numbers[-1] + 1) if numbers else 1
-        if self._job.forget_states or self._job.delete_segments:
+        if self._job.forget_states or self._job.delete_segments or self._job.keep_aside:
             self._kick()
         return pending
 
@@ -315,7 +436,7 @@ class Spool:
         """Deferred[None] firing once message and envelope are on disk (fdatasync'ed)."""
         if self._closed or self._next_segment is None:
             return fail(QueueWriteError("the spool is not open"))
-        if not (envelope.id.isascii() and envelope.id.isalnum()):
+        if not (envelope.id.isascii() and envelope.id.isalnum() and len(envelope.id) <= MAX_ID):
             return fail(QueueWriteError(f"bad queue id {envelope.id!r}"))
         record = encode_record(envelope.id, envelope.to_json(), message)
         d: Deferred = Deferred()
@@ -406,15 +527,37 @@ class Spool:
                 states[qid] = envelope
         return states
 
+    def _found_damage(self, damage: list[Damage]) -> None:
+        """Log each bad stretch of a segment and have the first writer job copy it to corrupt/.
+
+        Until that copy is on disk the segment is not deleted, even when nothing in it is
+        pending: a segment goes only when every byte of it is a finished record or kept aside.
+        """
+        for item in damage:
+            self.damaged.append(item)
+            self._unsaved.add(item.segment)
+            self._job.keep_aside.append(item)
+            fields = dict(segment=f"{item.segment:012d}", offset=item.offset, length=item.length,
+                          id=item.queue_id, kept=os.path.join("corrupt", item.name))
+            if item.kind == "torn":
+                maillog.error("torn record at the end of a queue segment (a write cut short; never acknowledged)",
+                              **fields)
+            else:
+                maillog.error("damaged queue record; the records after it are read on", **fields)
+
     def _register(self, envelope: Envelope, location: Location) -> None:
         self._where[envelope.id] = location
         self._envelopes[envelope.id] = envelope
         self._live[location.segment].add(envelope.id)
 
     def _retire(self, segment: int) -> None:
-        """Delete a segment none of whose records is pending any more."""
+        """Delete a segment none of whose records is pending any more (once its damage is kept aside)."""
         self._live.pop(segment, None)
         self._job.done_marks.pop(segment, None)
+        if segment in self._unsaved:    # an earlier copy failed: try again before deleting
+            queued = {(d.segment, d.offset) for d in self._job.keep_aside}
+            self._job.keep_aside += [d for d in self.damaged
+                                     if d.segment == segment and (d.segment, d.offset) not in queued]
         self._job.delete_segments.append(segment)
 
     # -- the writer loop
@@ -460,7 +603,7 @@ class Spool:
         locations = []
         offset = self._active_size
         for put in puts:
-            locations.append(Location(self._active, offset + put.body_at, put.size - put.body_at))
+            locations.append(Location(self._active, offset + put.body_at, put.size - put.body_at, offset))
             offset += put.size
         self._active_size = offset
         return locations
@@ -475,6 +618,14 @@ class Spool:
                 self._register(put.envelope, location)
         for problem in outcome.cleanup_errors:
             maillog.error("spool cleanup failed", reason=problem)
+        for damage, path in outcome.kept_aside:
+            self._unsaved.discard(damage.segment)
+            maillog.emit("kept-aside", segment=f"{damage.segment:012d}", offset=damage.offset,
+                         length=damage.length, kind=damage.kind, path=path)
+        for damage, reason in outcome.not_kept:
+            self._unsaved.add(damage.segment)
+            maillog.error("could not keep a damaged queue record aside; its segment is kept",
+                          segment=f"{damage.segment:012d}", offset=damage.offset, reason=reason)
         if not self._job.empty():
             self._flush()   # what arrived during the write goes now, as the next batch
         else:
@@ -519,6 +670,73 @@ def read_queue(directory: str) -> list[Envelope]:
         return []
     spool = Spool(directory, InlineReactor(), InlinePool())
     return [envelope for envelope, _ in spool.recover()]
+
+
+class DamagedRecord(NamedTuple):
+    """One bad stretch of the spool, for `queue list` and `check`: where it is kept, and what it is."""
+
+    path: str           # in corrupt/, or the segment that still holds it (not copied yet)
+    length: int
+    kind: str           # "damaged" or "torn"
+    queue_id: str       # the id its header names, when readable; "" otherwise
+
+
+def read_damage(directory: str, found: list[Damage] | None = None) -> list[DamagedRecord]:
+    """Everything kept in corrupt/, plus what a scan `found` that is not copied there yet.
+
+    Reads only: `queue list` and `check` use it with or without a running daemon.
+    """
+    corrupt_dir = os.path.join(directory, "corrupt")
+    out: dict[str, DamagedRecord] = {}
+    try:
+        names = sorted(os.listdir(corrupt_dir))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        stem, _, kind = name.partition(".")
+        if name.startswith(".") or kind not in ("damaged", "torn"):
+            continue        # temporary files of a copy in progress
+        path = os.path.join(corrupt_dir, name)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEADER.size + 64)
+                length = os.fstat(f.fileno()).st_size
+        except OSError:
+            continue
+        ident = ""
+        if len(head) >= HEADER.size and head[:4] == MAGIC:
+            raw = head[HEADER.size:HEADER.size + HEADER.unpack(head[:HEADER.size])[1]]
+            ident = raw.decode("ascii") if raw.isascii() and raw.isalnum() else ""
+        out[name] = DamagedRecord(path, length, kind, ident)
+    for item in found or ():
+        if item.name not in out:
+            out[item.name] = DamagedRecord(segment_path(os.path.join(directory, "segments"), item.segment)
+                                           + f" at byte {item.offset}", item.length, item.kind, item.queue_id)
+    return list(out.values())
+
+
+def damage_lines(damaged: list[DamagedRecord] | tuple[DamagedRecord, ...]) -> list[str]:
+    """One line per damaged or torn record kept aside, then a count (`queue list` and `check`)."""
+    if not damaged:
+        return []
+    lines = []
+    for item in damaged:
+        what = "damaged record" if item.kind == "damaged" else "torn record (a write cut short, never acknowledged)"
+        ident = f", queue id {item.queue_id}?" if item.queue_id else ""
+        lines.append(f"{what}: {item.path} ({item.length} bytes{ident})")
+    count = len(damaged)
+    lines.append(f"{count} damaged record{'' if count == 1 else 's'} kept aside in the queue: the log says "
+                 "where each was found; look at them, then delete them")
+    return lines
+
+
+def read_spool(directory: str) -> tuple[list[Envelope], list[DamagedRecord]]:
+    """`queue list`'s view: every queued message, and every damaged record (read-only, like read_queue)."""
+    if not os.path.isdir(os.path.join(directory, "segments")):
+        return [], read_damage(directory)
+    spool = Spool(directory, InlineReactor(), InlinePool())
+    envelopes = [envelope for envelope, _ in spool.recover()]
+    return envelopes, read_damage(directory, spool.damaged)
 
 
 def edit_offline(directory: str, qid: str, action: str) -> None:
@@ -587,6 +805,9 @@ class QueueService(Service):
         super().startService()
         for envelope, _location in self._spool.recover():
             self._waiting[envelope.id] = envelope
+            # After a crash these are redelivered (a delivery in flight may come twice): say which.
+            maillog.emit("recovered", id=envelope.id, rcpts=",".join(r.address for r in envelope.pending()),
+                         held="yes" if envelope.held else "")
         self._run_due()
 
     def stopService(self) -> Deferred:
@@ -734,14 +955,13 @@ class QueueService(Service):
         """Queue the DSNs first, then mark the message done or persist its state, so nothing is lost."""
         if self._spool.get(envelope.id) is None:
             return succeed(None)    # deleted by the operator during this round: nothing to report
-        headers = bounce.headers_of(message) if message is not None else b""
         notices = []
         failed = [r for r in due if r.state == FAILED]
         if failed:
-            notices.append(self._notify(envelope, failed, headers, delayed=False))
+            notices.append(self._notify(envelope, failed, message, delayed=False))
         if self._delay_notice_due(envelope):
             envelope.delay_notified = True      # recorded with the state below: sent once
-            notices.append(self._notify(envelope, envelope.pending(), headers, delayed=True))
+            notices.append(self._notify(envelope, envelope.pending(), message, delayed=True))
         queued = gatherResults(notices) if notices else succeed(None)
         return queued.addCallback(lambda _: self._record(envelope))
 
@@ -750,12 +970,17 @@ class QueueService(Service):
         age = self._reactor.seconds() - envelope.received_at
         return bool(envelope.pending()) and not envelope.delay_notified and age >= self._settings.delay_warning
 
-    def _notify(self, envelope: Envelope, recipients: list[Recipient], headers: bytes, delayed: bool) -> Deferred:
-        """Queue a DSN (failed or delayed) to the sender; never to the null sender."""
+    def _notify(self, envelope: Envelope, recipients: list[Recipient], message: bytes | None,
+                delayed: bool) -> Deferred:
+        """Queue a DSN (failed or delayed) to the sender; never to the null sender.
+
+        bounce.py decides how much of the message goes back (bounded: whole up to 50 KB, else headers).
+        """
         if not envelope.sender:
             return succeed(None)
-        dsn, data = bounce.make_dsn(envelope, recipients, self._hostname, headers, is_local=self._is_local,
-                                    delayed=delayed, now=self._reactor.seconds())
+        message = message if message is not None else b""
+        dsn, data = bounce.make_dsn(envelope, recipients, self._hostname, message, is_local=self._is_local,
+                                    delayed=delayed, now=self._reactor.seconds(), original=message or None)
         if delayed:
             maillog.emit("delay-notice", id=envelope.id, to=envelope.sender, dsn=dsn.id)
         queued = self.put(dsn, data)

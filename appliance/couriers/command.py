@@ -31,7 +31,9 @@ from appliance.interfaces import ICourier
 from appliance.store import mbox
 
 DEFAULT_TIME_LIMIT = 60.0    # seconds a command may run before it is killed and retried later
-OUTPUT_LIMIT = 4096          # bytes of stdout+stderr kept for the log and the bounce
+OUTPUT_LIMIT = 4096          # bytes of stdout+stderr read and kept from a command
+LOG_OUTPUT_LIMIT = 1000      # bytes of that output quoted in the log line (one line)
+FAILURE_TEXT_LIMIT = 200     # bytes of it carried into the failure, so into the bounce (first line only)
 EX_TEMPFAIL = 75             # sysexits.h: "try again later", as sendmail and Postfix read it
 SHELL = "/bin/sh"
 CHILD_PATH = "/usr/bin:/bin"
@@ -51,12 +53,31 @@ class CommandResult:
     output: bytes            # stdout and stderr as they came, at most the output limit
     timed_out: bool = False
 
-    def first_line(self) -> str:
-        """The first non-empty output line, for the bounce text."""
-        for line in self.output.decode("utf-8", "replace").splitlines():
-            if line.strip():
-                return " ".join(line.split())[:200]
+    def first_line(self, limit: int = FAILURE_TEXT_LIMIT) -> str:
+        """The first non-empty output line, printable characters only, at most `limit` bytes: the
+        bounce goes to an outsider, who must not get a program's output at length."""
+        for line in self.output.split(b"\n"):
+            text = _one_line(line[:limit * 4].decode("utf-8", "replace"))
+            if text:
+                return _cut(text, limit)
         return ""
+
+    def logged_output(self, limit: int = LOG_OUTPUT_LIMIT) -> str:
+        """The output on one line for the log, at most `limit` bytes."""
+        return _cut(_one_line(self.output[:limit * 4].decode("utf-8", "replace")), limit)
+
+
+def _one_line(text: str) -> str:
+    """Whitespace runs become one space; other control characters (escapes, NUL, DEL) go."""
+    return " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most `limit` UTF-8 bytes, never splitting a character; "..." marks a cut."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit - 3].decode("utf-8", "ignore") + "..."
 
 
 class _CommandProtocol(ProcessProtocol):
@@ -194,7 +215,7 @@ class CommandCourier:
     def _outcome(self, result: CommandResult, envelope: Envelope, target: str, alias: str) -> str:
         maillog.emit("command", id=envelope.id, rcpt=alias, to=target,
                      status="timeout" if result.timed_out else result.status, signal=result.signal,
-                     output=result.output.decode("utf-8", "replace").strip())
+                     output=result.logged_output())
         failure = _failure(result, self._time_limit)
         if failure is not None:
             raise failure

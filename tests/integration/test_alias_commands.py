@@ -29,6 +29,7 @@ def aliases_text(drop: str, keep: str) -> str:
         f"keep: {keep}\n"
         'broken: |echo "no such folder" >&2; exit 1\n'
         "later: |exit 75\n"
+        "noisy: |cat; echo 'sh: /opt/secret/filter: not found' >&2; exit 1\n"
     )
 
 
@@ -92,6 +93,21 @@ def test_failing_commands_bounce_or_wait_with_their_output(make_appliance, alias
     send(appliance, f"later@{DOMAIN}", "try-later")
     assert wait_for(lambda: log_lines(appliance, " bounced ", "5.3.0 command failed with status 1: no such folder"))
     assert wait_for(lambda: log_lines(appliance, " deferred ", "4.3.0 command failed with status 75"))
+
+
+def test_a_bounce_of_a_5_mb_header_block_from_a_noisy_command_is_small(make_appliance, aliases_file):
+    appliance = make_appliance(aliases={"file": str(aliases_file), "allow_commands": "yes"},
+                               delivery={"nameservers": "127.0.0.1:9"})
+    filler = "".join(f"X-Filler-{n}: {'a' * 60}\r\n" for n in range(70_000))      # about 5 MB, headers only
+    big = f"From: bob@{DOMAIN}\r\nTo: noisy@{DOMAIN}\r\nSubject: header-bomb\r\n{filler}".encode()
+    with appliance.smtp(timeout=60) as client:
+        client.sendmail(f"bob@{DOMAIN}", [f"noisy@{DOMAIN}"], big)
+    [bounce] = wait_for(lambda: [m for m in appliance.messages(f"bob@{DOMAIN}") if b"multipart/report" in m], 30)
+    assert len(big) > 5_000_000 and len(bounce) < 60_000
+    assert b"Subject: header-bomb" in bounce and b"text/rfc822-headers" in bounce
+    [reason] = [line for line in bounce.split(b"\n") if line.startswith(b"Diagnostic-Code:")]
+    assert reason.startswith(b"Diagnostic-Code: X-mailappliance; 5.3.0 command failed with status 1: ")
+    assert len(reason) < 300
 
 
 def test_commands_are_refused_unless_allowed(tmp_path, aliases_file, drop):

@@ -126,3 +126,34 @@ def wait_for_quietly(predicate, timeout: float) -> object:
         return wait_for(predicate, timeout)
     except AssertionError:
         return None
+
+
+def test_a_damaged_record_hides_nothing_and_is_kept_aside_listed_and_checked(sender_appliance, net):
+    net.sink(MX1, *BUSY)
+    net.sink(MX2, *BUSY)
+    appliance = sender_appliance(queue=SLOW_RETRIES)
+    for subject in ("first", "middle", "third"):
+        submit(appliance, "dave@example.org", subject=subject)
+    wait_for(lambda: appliance.log().count("deferred id=") >= 3, 15)
+    ids = re.findall(r"received id=(\w+)", appliance.log())
+    appliance.stop()
+    segments = os.path.join(appliance.root, "var", "queue", "segments")
+    [name] = [n for n in os.listdir(segments) if n.endswith(".log")]
+    with open(os.path.join(segments, name), "r+b") as segment:
+        data = segment.read()
+        segment.seek(data.index(b"Subject: middle") + 9)
+        segment.write(b"M")                                   # one damaged byte
+
+    offline = queue(appliance, "list").stdout                   # no daemon
+    assert ids[0] in offline and ids[2] in offline and "2 messages" in offline
+    assert f"damaged record: {os.path.join(segments, name)} at byte" in offline and f"queue id {ids[1]}?" in offline
+
+    appliance.start()
+    wait_for(lambda: "error damaged queue record" in appliance.log(), 10)
+    assert re.search(rf"error damaged queue record.* id={ids[1]} kept=corrupt/", appliance.log())
+    corrupt = os.path.join(appliance.root, "var", "queue", "corrupt")
+    [kept] = wait_for(lambda: os.listdir(corrupt) if os.path.isdir(corrupt) else [], 10)
+    listed = queue(appliance, "list").stdout
+    assert ids[0] in listed and ids[2] in listed and f"damaged record: {os.path.join(corrupt, kept)}" in listed
+    checked = appliance.cli("check").stdout
+    assert f"warning: damaged record: {os.path.join(corrupt, kept)}" in checked

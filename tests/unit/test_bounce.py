@@ -92,3 +92,55 @@ def test_the_status_reported_is_the_recipients_not_one_read_from_the_text():
 def test_headers_of():
     assert headers_of(b"A: 1\nB: 2\n\nbody") == b"A: 1\r\nB: 2\r\n"
     assert headers_of(b"A: 1\r\n") == b"A: 1\r\n"
+
+
+# --- what a DSN returns is bounded (defect 9) ---------------------------------------------------
+
+from appliance import bounce  # noqa: E402
+
+
+def header_bomb(size: int = 5_000_000) -> bytes:
+    """A message of header lines only, as in the report: 5 MB, no body."""
+    line = b"X-Filler: " + b"a" * 60 + b"\r\n"
+    return b"From: alice@example.test\r\nSubject: big\r\n" + line * (size // len(line))
+
+
+def returned(data: bytes):
+    report = email.message_from_bytes(data, policy=policy.default)
+    return report.get_payload()[2]
+
+
+def test_a_5_mb_header_block_comes_back_capped_at_the_size_limit():
+    env = Envelope(id="ABC123", sender="alice@example.test", recipients=[], received_at=1_700_000_000)
+    rcpts = [failed("bob@example.test", "5.1.1 no such user")]
+    big = header_bomb()
+    for kwargs in ({"original": big}, {"original": big, "delayed": True}, {}):
+        _, data = make_dsn(env, rcpts, "mail.example.test", big, is_local=lambda a: False, now=1.0, **kwargs)
+        assert len(data) < bounce.SIZE_LIMIT + 5_000, kwargs
+        part = returned(data)
+        assert part.get_content_type() == "text/rfc822-headers"
+        content = part.get_payload(decode=True) if not isinstance(part.get_payload(), str) else part.get_payload()
+        assert "Subject: big" in str(content)
+    assert len(headers_of(big)) <= bounce.SIZE_LIMIT
+    assert headers_of(big).endswith(b"a\r\n")                   # whole fields only
+
+
+def test_a_small_message_comes_back_whole_and_a_large_one_as_headers_only():
+    env = Envelope(id="ABC123", sender="alice@example.test", recipients=[], received_at=1_700_000_000)
+    rcpts = [failed("bob@example.test", "5.1.1 no such user")]
+    _, data = make_dsn(env, rcpts, "mail.example.test", ORIGINAL, is_local=lambda a: False, original=ORIGINAL)
+    assert returned(data).get_content_type() == "message/rfc822"
+    assert ORIGINAL in data
+    large = ORIGINAL + b"x" * 60_000 + b"\r\n"
+    _, data = make_dsn(env, rcpts, "mail.example.test", large, is_local=lambda a: False, original=large)
+    assert returned(data).get_content_type() == "text/rfc822-headers"
+    assert b"x" * 100 not in data and len(data) < 5_000
+    _, data = make_dsn(env, rcpts, "mail.example.test", ORIGINAL, is_local=lambda a: False, original=ORIGINAL,
+                       delayed=True)
+    assert returned(data).get_content_type() == "text/rfc822-headers"   # a delay notice: headers only
+
+
+def test_a_long_reason_is_cut_to_one_short_line():
+    _, data = dsn_for([failed("bob@example.test", "550 5.7.1 " + "blah " * 2000 + "\r\nSubject: injected")])
+    assert max(len(line) for line in data.split(b"\r\n")) < 998
+    assert b"blah " * 120 not in data and b"\r\nSubject: injected" not in data

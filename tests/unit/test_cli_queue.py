@@ -161,3 +161,29 @@ def test_sendmail_mistakes_are_one_line_and_leave_nothing(capsys, conf, tmp_path
     assert (code, out) == (1, "") and err.startswith(f"mailappliance: {error}") and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "var" / "pickup") or \
         [n for n in os.listdir(tmp_path / "var" / "pickup") if n.endswith(".msg")] == []
+
+
+def test_a_damaged_record_shows_in_queue_list_and_check_without_a_daemon(capsys, conf, tmp_path):
+    reactor = InlineReactor()
+    spool = Spool(str(tmp_path / "var" / "queue"), reactor, InlinePool())
+    spool.recover()
+    for qid in ("FIRST1", "MIDDLE2", "THIRD3"):
+        spool.put(Envelope(qid, "alice@example.test", [Recipient("zed@elsewhere.test", local=False)],
+                           received_at=1000.0, size=20), b"Subject: %s\r\n\r\nbody\r\n" % qid.encode())
+    reactor.advance(0)
+    spool.close()
+    segments = tmp_path / "var" / "queue" / "segments"
+    [segment] = [p for p in segments.iterdir() if p.suffix == ".log"]
+    data = bytearray(segment.read_bytes())
+    data[data.index(b"Subject: MIDDLE2") + 3] ^= 0x20               # one changed byte
+    segment.write_bytes(bytes(data))
+
+    code, out, err = run(capsys, "--config", conf, "queue", "list")
+    assert (code, err) == (0, "")
+    assert "FIRST1" in out and "THIRD3" in out and "3 messages" not in out and "2 messages" in out
+    assert "damaged record: " in out and "queue id MIDDLE2?" in out and "1 damaged record kept aside" in out
+
+    assert run(capsys, "--config", conf, "gen-cert")[0] == 0
+    code, out, err = run(capsys, "--config", conf, "check")
+    assert code == 0, err
+    assert "warning: damaged record: " in out and "MIDDLE2" in out

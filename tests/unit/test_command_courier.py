@@ -136,3 +136,21 @@ class FileTargetTests(TestCase):
         path = os.path.join(self.mktemp(), "box")
         await CommandCourier(reactor, pool).deliver(ENV, Recipient(address=path, original="a@example.test"), MESSAGE)
         self.assertTrue(os.path.getsize(path) > len(MESSAGE))
+
+
+class OutputCapTests(TestCase):
+    """A program's output reaches the bounce as one short line, never at length (defect 9)."""
+
+    async def test_long_output_is_cut_to_a_short_printable_line(self):
+        courier = CommandCourier(reactor, InlinePool())
+        script = ("printf '\\033[31m'; head -c 20000 /dev/zero | tr '\\0' 'e'; "
+                  "printf '\\nsecond line\\n' >&2; exit 1")
+        with self.assertRaises(PermanentFailure) as caught:
+            await courier.deliver(ENV, command(script), MESSAGE)
+        text = str(caught.exception)
+        self.assertLessEqual(len(text.encode()), 300)
+        self.assertNotIn("\n", text)
+        self.assertNotIn("\x1b", text)
+        self.assertNotIn("second line", text)
+        self.assertTrue(text.startswith("5.3.0 command failed with status 1: [31meeee"), text)
+        self.assertTrue(text.endswith("..."))

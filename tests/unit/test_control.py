@@ -97,3 +97,64 @@ def test_only_the_first_line_counts():
 def test_valid_ids():
     assert control.valid_id("6C3N0E4H4WCKXP001")
     assert not any(control.valid_id(q) for q in ("", "../x", "a b", "é", "x" * 65))
+
+
+# --- the control socket's lock: flock, which dies with its process (defect 13) ----------------------
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from twisted.internet import reactor as global_reactor  # noqa: E402
+from twisted.internet.threads import deferToThread  # noqa: E402
+from twisted.trial.unittest import TestCase  # noqa: E402
+
+
+def unreaped_dead_child() -> subprocess.Popen:
+    """A child that has exited but is not reaped yet (a zombie still has its pid), as right after kill -9."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{child.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return child
+        time.sleep(0.01)
+    raise AssertionError("the child did not exit")
+
+
+class ControlLockTests(TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="ctl", dir="/tmp")     # short: UNIX socket paths are limited
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.path = os.path.join(self.folder, control.SOCKET_NAME)
+
+    def service(self):
+        svc = control.ControlService(self.path, FakeQueue(), global_reactor)
+        svc.startService()
+        self.addCleanup(lambda: svc.running and svc.stopService())
+        return svc
+
+    async def test_what_a_killed_unreaped_daemon_left_does_not_block_start(self):
+        zombie = unreaped_dead_child()
+        self.addCleanup(zombie.wait)
+        os.symlink(str(zombie.pid), self.path + ".lock")     # the pid link of the version before
+        with open(self.path + ".flock", "w"):                # our lock file, its process gone
+            pass
+        with open(self.path, "w"):                           # the socket file a crash leaves
+            pass
+        svc = self.service()
+        self.assertEqual(await deferToThread(control.ask, self.path, "flush", 5), (True, "flushing 3 messages"))
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        await svc.stopService()
+
+    async def test_a_second_live_instance_is_refused(self):
+        first = self.service()
+        with self.assertRaises(control.SocketInUse):
+            control.ControlService(self.path, FakeQueue(), global_reactor).startService()
+        self.assertEqual(await deferToThread(control.ask, self.path, "flush", 5), (True, "flushing 3 messages"))
+        await first.stopService()
+        second = self.service()                              # the lock went with the first one
+        self.assertEqual(await deferToThread(control.ask, self.path, "flush", 5), (True, "flushing 3 messages"))
+        await second.stopService()

@@ -162,20 +162,142 @@ def test_a_torn_tail_record_is_ignored(tmp_path):
     assert sorted(e.id for e, _ in Spool(str(tmp_path), reactor, SyncPool()).recover()) == sorted([kept.id, fresh.id])
 
 
-def test_a_corrupt_record_ends_the_segment(tmp_path):
+def three_in_one_segment(tmp_path):
+    """Three queued messages in one segment; returns (envelopes, segment path, reactor)."""
     reactor = FakeReactor()
     spool = open_spool(tmp_path, reactor)
-    first, second = envelope("bob@example.test"), envelope("carol@example.test")
-    spool.put(first, message(1))
-    spool.put(second, message(2))
+    envs = [envelope(f"user{i}@example.test") for i in range(3)]
+    for i, env in enumerate(envs):
+        spool.put(env, message(i))
     reactor.advance(0)
-    segment = os.path.join(tmp_path, "segments", segment_files(tmp_path)[0])
-    with open(segment, "r+b") as f:
-        data = f.read()
-        at = data.rindex(b"body 2")
+    result_of(spool.close())
+    [name] = segment_files(tmp_path)
+    return envs, os.path.join(tmp_path, "segments", name), reactor
+
+
+def damage_at(path, at: int, data: bytes = b"X") -> None:
+    with open(path, "r+b") as f:
         f.seek(at)
-        f.write(b"BODY 2")                                     # CRC no longer matches
-    assert [e.id for e, _ in Spool(str(tmp_path), reactor, SyncPool()).recover()] == [first.id]
+        f.write(data)
+
+
+def errors_logged(capture) -> list[str]:
+    return [e["log_format"] for e in capture if e.get("log_level") and e["log_level"].name == "error"]
+
+
+@pytest.fixture
+def capture():
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_a_changed_byte_in_the_middle_record_hides_nothing_after_it(tmp_path, capture):
+    (first, middle, third), segment, reactor = three_in_one_segment(tmp_path)
+    with open(segment, "rb") as f:
+        damage_at(segment, f.read().index(b"body 1"))            # the middle record's CRC no longer matches
+
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert [e.id for e, _ in again.recover()] == [first.id, third.id]
+    assert result_of(again.load(third.id)) == message(2)
+    [damage] = again.damaged
+    assert (damage.kind, damage.queue_id) == ("damaged", middle.id)
+    assert any("damaged queue record" in line and middle.id in line for line in errors_logged(capture))
+    reactor.advance(0)                                            # the first writer job keeps it aside
+    kept = os.path.join(tmp_path, "corrupt", damage.name)
+    with open(kept, "rb") as f:
+        saved = f.read()
+    assert saved.startswith(queue.MAGIC) and middle.id.encode() in saved and b"Xody 1" in saved
+    # listed, with and without a daemon, and still there after everything else is done
+    listed = queue.read_spool(str(tmp_path))
+    assert [e.id for e in listed[0]] == [first.id, third.id]
+    assert [(d.path, d.kind, d.queue_id) for d in listed[1]] == [(kept, "damaged", middle.id)]
+    again.done(first.id)
+    again.done(third.id)
+    reactor.advance(0)
+    result_of(again.close())
+    assert segment_files(tmp_path) == []                          # every record accounted for: removed
+    assert os.path.exists(kept)
+
+
+def test_a_damaged_header_is_skipped_to_the_next_intact_record(tmp_path):
+    (first, middle, third), segment, reactor = three_in_one_segment(tmp_path)
+    with open(segment, "rb") as f:
+        at = f.read().index(middle.id.encode()) - queue.HEADER.size
+    damage_at(segment, at + 6, b"\xff\xff\xff")                  # the envelope length: nonsense
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert [e.id for e, _ in again.recover()] == [first.id, third.id]
+    assert [(d.offset, d.kind) for d in again.damaged] == [(at, "damaged")]
+
+
+def test_garbage_between_records_is_kept_aside_and_skipped(tmp_path):
+    (first, middle, third), segment, reactor = three_in_one_segment(tmp_path)
+    with open(segment, "rb") as f:
+        data = f.read()
+    at = data.index(third.id.encode()) - queue.HEADER.size
+    junk = b"MAQ1 not a record \x00\x01" * 10
+    with open(segment, "wb") as f:
+        f.write(data[:at] + junk + data[at:])
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert [e.id for e, _ in again.recover()] == [first.id, middle.id, third.id]
+    assert result_of(again.load(third.id)) == message(2)
+    assert [(d.offset, d.length, d.kind) for d in again.damaged] == [(at, len(junk), "damaged")]
+
+
+def test_a_truncated_tail_keeps_every_record_before_it(tmp_path):
+    (first, middle, third), segment, reactor = three_in_one_segment(tmp_path)
+    size = os.path.getsize(segment)
+    os.truncate(segment, size - 100)
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert [e.id for e, _ in again.recover()] == [first.id, middle.id]
+    [torn] = again.damaged
+    assert torn.kind == "torn" and torn.offset + torn.length == size - 100 and torn.queue_id == third.id
+
+
+def test_a_segment_whose_damage_cannot_be_kept_aside_is_not_removed(tmp_path, monkeypatch):
+    (first, middle, third), segment, reactor = three_in_one_segment(tmp_path)
+    with open(segment, "rb") as f:
+        damage_at(segment, f.read().index(b"body 1"))
+    for env in (first, third):                                   # everything intact is finished
+        with open(segment[:-4] + ".done", "a") as f:
+            f.write(env.id + "\n")
+
+    def cannot(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(queue, "replace_file", cannot)
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert again.recover() == []
+    reactor.advance(0)
+    assert os.path.exists(segment)                                # the damaged bytes exist only here
+    monkeypatch.undo()
+    third_start = Spool(str(tmp_path), reactor, SyncPool())
+    third_start.recover()
+    reactor.advance(0)
+    assert not os.path.exists(segment) and len(os.listdir(tmp_path / "corrupt")) == 1
+
+
+def test_bytes_damaged_after_the_start_are_not_read_back_as_the_message(tmp_path):
+    (first, middle, third), segment, reactor = three_in_one_segment(tmp_path)
+    again = Spool(str(tmp_path), reactor, SyncPool())
+    assert len(again.recover()) == 3
+    with open(segment, "rb") as f:
+        damage_at(segment, f.read().index(b"body 1"))         # after the scan: only a read-back can tell
+    with pytest.raises(OSError, match="damaged"):
+        result_of(again.load(middle.id))
+    assert result_of(again.load(third.id)) == message(2)
+    fresh = envelope("dave@example.test")                     # and a record written in this run
+    again.put(fresh, message(7))
+    reactor.advance(0)
+    assert result_of(again.load(fresh.id)) == message(7)
+
+
+def test_scan_segment_without_damage_list_still_yields_every_intact_record(tmp_path):
+    (first, middle, third), segment, _ = three_in_one_segment(tmp_path)
+    with open(segment, "rb") as f:
+        damage_at(segment, f.read().index(b"body 0"))
+    assert [qid for qid, _, _ in queue.scan_segment(segment, 1)] == [middle.id, third.id]
 
 
 def test_done_marks_and_deleting_finished_segments(tmp_path, monkeypatch):
@@ -411,6 +533,27 @@ def test_a_permanent_failure_bounces_to_the_sender(tmp_path):
     assert b"Status: 5.1.1" in dsn
     assert b"Subject: test 0" in dsn                      # the original headers are included
     assert spool.list() == []
+
+
+def test_the_bounce_of_a_5_mb_header_block_is_capped(tmp_path):
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("no such user")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", sender="alice@example.test", received_at=reactor.seconds())
+    big = b"Subject: big\r\n" + b"X-Filler: " + b"a" * 60 + b"\r\n" * 1 + (b"X-Filler: " + b"a" * 60 + b"\r\n") * 70_000
+    service.put(env, big)
+    reactor.advance(0)
+    (_, to, dsn), = [c for c in local.calls if c[1] == "alice@example.test"]
+    assert b"Subject: big" in dsn and len(big) > 4_000_000 and len(dsn) < 55_000
+
+
+def test_a_small_message_comes_back_whole_in_its_bounce(tmp_path):
+    local = FakeCourier({"bob@example.test": NoSuchMailbox("no such user")})
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    env = envelope("bob@example.test", sender="alice@example.test", received_at=reactor.seconds())
+    service.put(env, message())
+    reactor.advance(0)
+    (_, to, dsn), = [c for c in local.calls if c[1] == "alice@example.test"]
+    assert message() in dsn and b"Content-Type: message/rfc822" in dsn
 
 
 def test_no_dsn_for_the_null_sender(tmp_path):
