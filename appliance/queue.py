@@ -71,6 +71,7 @@ def scan_segment(path: str, segment: int) -> Iterator[tuple[str, bytes, Location
     """
     with open(path, "rb") as f:
         offset = 0
+        size = os.fstat(f.fileno()).st_size
         while True:
             header = f.read(HEADER.size)
             if len(header) < HEADER.size:
@@ -78,6 +79,8 @@ def scan_segment(path: str, segment: int) -> Iterator[tuple[str, bytes, Location
             magic, id_len, env_len, msg_len, crc = HEADER.unpack(header)
             if magic != MAGIC:
                 return
+            if offset + HEADER.size + id_len + env_len + msg_len > size:
+                return      # a damaged length: never ask read() for gigabytes the file does not hold
             rest = f.read(id_len + env_len + msg_len)
             if len(rest) < id_len + env_len + msg_len or zlib.crc32(rest) != crc:
                 return
