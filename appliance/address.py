@@ -19,7 +19,7 @@ def normalise_domain(domain: str) -> str:
     if domain.startswith("[") and domain.endswith("]"):
         return domain
     try:
-        return domain.encode("idna").decode("ascii")
+        return domain.encode("idna").decode("ascii").rstrip(".")   # "x.test\u3002" maps to "x.test."
     except UnicodeError:
         return domain
 

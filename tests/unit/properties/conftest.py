@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 _QUIET_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 settings.register_profile(
-    "ci", max_examples=400, deadline=None, derandomize=True, database=None, print_blob=True,
+    "ci", max_examples=300, deadline=None, derandomize=True, database=None, print_blob=True,
     suppress_health_check=_QUIET_CHECKS)
 settings.register_profile(
     "fuzz", max_examples=int(os.environ.get("MAILAPPLIANCE_FUZZ_EXAMPLES", "100000")), deadline=None,

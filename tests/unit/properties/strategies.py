@@ -46,7 +46,7 @@ def no_logged_failures() -> Iterator[list]:
 _local_pieces = st.sampled_from(["a", "Bob", "x.y", "İ", "ß", "\u00e9", "\"q\"", " ", "\t", "\x7f", "+tag", "", "@",
                                  "postmaster", "Postmaster", "<", ">", ":", "%"])
 _domain_pieces = st.sampled_from(["example.test", "Example.TEST", ".", "..", "", "b.", "xn--", "xn--ü", "ü",
-                                  "\u00df", "[1.2.3.4]", "[", "]", "ІДН", "a" * 64, " ", "\x00", "\u3002"])
+                                  "\u00df", "[1.2.3.4]", "[", "]", "ІДН", "a" * 64, " ", "\x00", "\u3002", "x.test\u3002", "\uff0e"])
 address_like = st.builds(lambda local, at, domain: "".join(local) + at + "".join(domain),
                          st.lists(_local_pieces, max_size=4).map(lambda p: p * (1 + len(p) % 3)),
                          st.sampled_from(["@", "@", "", "@@"]),

@@ -30,6 +30,7 @@ def test_split_gives_a_local_part_and_a_domain_or_refuses(text):
 @given(texts)
 @example("a@.")
 @example("İ" * 64 + "@x.test")   # lower-casing doubles the local part past 64 characters
+@example("aa@example.test\u3002")  # an ideographic full stop at the end: IDNA made it "example.test."
 def test_a_valid_address_normalises_to_a_valid_address_once_and_for_all(text):
     valid = address.is_valid(text)
     assert isinstance(valid, bool)

@@ -96,7 +96,7 @@ def _run(commands: list[bytes], login_first: bool) -> None:
     assert not failures, failures[0][1].getTraceback()
 
 
-@examples(0.3)
+@examples(0.25)
 @given(_lines, st.booleans())
 @example([(b"SELECT INBOX", b""), (b"FETCH 1 BODY[1.2.MIME]", b"")], True)
 @example([(b"\x80", b"")], False)     # an 8-bit command name was answered "BAD Internal error"
@@ -105,7 +105,7 @@ def test_the_session_answers_every_command_and_stays_alive(lines, login_first):
     _run([_without_literal(command + (b" " + extra if extra else b"")) for command, extra in lines], login_first)
 
 
-@examples(0.1)
+@examples(0.08)
 @given(st.lists(st.tuples(st.sampled_from([b"APPEND INBOX", b"APPEND INBOX (\\Seen)", b"LOGIN", b"LOGIN a",
                                            b"SELECT", b"CREATE", b"SEARCH TEXT", b"APPEND Nope"]),
                           st.booleans(), st.binary(max_size=40)), min_size=1, max_size=5))

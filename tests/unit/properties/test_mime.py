@@ -11,7 +11,7 @@ from hypothesis import example, given, strategies as st
 from appliance import mime
 from appliance.mime import SectionError
 from tests.unit.properties.imap_syntax import check_one_value
-from tests.unit.properties.strategies import any_bytes
+from tests.unit.properties.strategies import any_bytes, examples
 
 _header_values = st.one_of(
     st.sampled_from([b"multipart/mixed; boundary=b1", b"multipart/alternative; boundary=\"b 2\"", b"message/rfc822",
@@ -101,6 +101,7 @@ def _leaves(shape, prefix=()):
         yield from _leaves(child, prefix + (number,))
 
 
+@examples(0.5)
 @given(trees())
 def test_every_part_of_a_generated_tree_is_found_again(tree):
     raw, shape = tree
