@@ -11,7 +11,7 @@ import re
 from hypothesis import given, example, strategies as st
 
 from appliance import address
-from appliance.smtp.server import MAX_LINE, _mailbox, _parse_path, unstuff
+from appliance.smtp.server import MAX_LINE, _mailbox, _parse_path, _SASLExchange, unstuff
 from tests.unit.properties.strategies import address_like, addresses, any_bytes, examples, no_logged_failures
 from tests.unit.test_smtp_server import Rig
 
@@ -76,6 +76,8 @@ _commands = st.sampled_from([
     b"MAIL FROM:<x@remote.test> SIZE=100 BODY=8BITMIME", b"RCPT TO:<alice@example.test>",
     b"RCPT TO:<nobody@example.test>", b"RCPT TO:<Postmaster>", b"RCPT TO:<x@elsewhere.test>", b"DATA",
     b"RSET", b"NOOP", b"VRFY alice", b"EXPN staff", b"HELP", b"AUTH PLAIN", b"AUTH PLAIN AGFsaWNlAHNlY3JldA==",
+    b"AUTH LOGIN", b"AUTH LOGIN YWxpY2VAZXhhbXBsZS50ZXN0", b"c2VjcmV0", b"AUTH CRAM-MD5", b"AUTH PLAIN =",
+    b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=", b"AUTH PLAIN AAAA", b"AUTH PLAIN \xff", b"=", b"AAA=",
     b"STARTTLS", b"BDAT 10 LAST", b"MAIL FROM:<a@.>", b"RCPT TO:<a@.>", b"RCPT TO:<alice@example.test.>", b".", b"..", b"Subject: x", b"", b"*", b"QUIT",
 ])
 _lines_of_input = st.lists(st.one_of(_commands, any_bytes, st.binary(min_size=MAX_LINE - 4, max_size=MAX_LINE + 4)),
@@ -91,8 +93,8 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(points, points[1:])]
 
 
-def _replies(chunks: list[bytes]) -> list[bytes]:
-    rig = Rig()
+def _replies(chunks: list[bytes], kind: str = "mx") -> list[bytes]:
+    rig = Rig(kind, plaintext_ok="192.0.2.0/24")       # AUTH offered in the clear on submission
     with no_logged_failures() as failures:
         out: list[bytes] = []
         for chunk in chunks:
@@ -103,15 +105,30 @@ def _replies(chunks: list[bytes]) -> list[bytes]:
 
 
 @examples(0.5)
-@given(_lines_of_input, st.lists(st.sampled_from([b"\r\n", b"\n", b"\r\n", b"\r"]), min_size=1, max_size=3),
+@given(st.sampled_from(["mx", "submission"]), _lines_of_input, st.lists(st.sampled_from([b"\r\n", b"\n", b"\r\n", b"\r"]), min_size=1, max_size=3),
        st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=6))
-def test_the_session_answers_only_reply_lines_whatever_the_chunks(lines, ends, cuts):
+def test_the_session_answers_only_reply_lines_whatever_the_chunks(kind, lines, ends, cuts):
     data = _session_input(lines, ends)
-    out = _replies(_chunks(data, cuts))
+    out = _replies(_chunks(data, cuts), kind)
     for line in out:
         assert _REPLY_LINE.match(line), line
         assert not line.startswith(b"451 4.3.0"), line           # the local error: an exception was caught
     # However the bytes were cut into chunks, the answers are the same (queue ids aside).
-    whole = _replies([data])
+    whole = _replies([data], kind)
     mask = re.compile(rb"queued as \S+")
     assert [mask.sub(b"queued", line) for line in out] == [mask.sub(b"queued", line) for line in whole]
+
+
+@given(st.sampled_from(["PLAIN", "LOGIN", "CRAM-MD5"]), st.lists(any_bytes, min_size=1, max_size=3))
+@example("LOGIN", [b"", b""])     # an empty user name went on to a password check; PLAIN refuses it
+def test_a_sasl_exchange_answers_credentials_another_challenge_or_value_error(mechanism, responses):
+    exchange = _SASLExchange(mechanism, "mail.example.test")
+    for response in responses:
+        try:
+            credentials = exchange.respond(response)
+        except ValueError:
+            return
+        if credentials is not None:
+            assert credentials.username
+            return
+        assert exchange.challenge()
