@@ -44,9 +44,12 @@ def _logical_lines(out: bytes) -> list[bytes]:
 _sets = st.sampled_from([b"1", b"2", b"1:*", b"*", b"3", b"1,2", b"2:1", b"4294967295", b"0", b"1:", b"x", b"1:2,*"])
 _atts = st.sampled_from([b"FLAGS", b"(UID FLAGS)", b"BODY[]", b"BODY.PEEK[HEADER]", b"BODYSTRUCTURE", b"ENVELOPE",
                          b"BODY[1]", b"BODY[1.2.MIME]", b"BODY[HEADER.FIELDS (Subject From)]", b"BODY[]<0.5>",
-                         b"RFC822.SIZE", b"ALL", b"FULL", b"(BODY[", b"BODY[TEXT]<3.0>", b"INTERNALDATE"])
+                         b"RFC822.SIZE", b"ALL", b"FULL", b"(BODY[", b"BODY[TEXT]<3.0>", b"INTERNALDATE",
+                         b"BODY[]<4294967296.1>", b"BODY[]<0.0>", b"BODY[1.0]", b"BODY[0]", b"RFC822.HEADER",
+                         b"BODY[99999999999999999999]", b"BODY[1.99999999999999999999.TEXT]", b"BINARY[1]",
+                         b"BODY[HEADER.FIELDS ()]", b"BODY[HEADER.FIELDS.NOT (\xff)]", b"BODY[MIME]", b"RFC822"])
 _names = st.sampled_from([b"INBOX", b"inbox", b'"A b"', b"Sent", b"&AOk-", b"&Jjo-!", b"&", b'"', b"a/b", b"*",
-                          b'""', b"{3+}"])
+                          b'""', b"{3+}", b"INBOX/", b"/", b"..", b'"\\"', b"INBOX.x"])
 _commands = st.one_of(
     st.sampled_from([b"NOOP", b"CAPABILITY", b"LOGIN alice@example.test secret", b"LOGIN alice@example.test x",
                      b"SELECT INBOX", b"EXAMINE INBOX", b"EXPUNGE", b"CLOSE", b"UNSELECT", b"CHECK", b"NAMESPACE",
