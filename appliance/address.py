@@ -19,7 +19,7 @@ def normalise_domain(domain: str) -> str:
     if domain.startswith("[") and domain.endswith("]"):
         return domain
     try:
-        return domain.encode("idna").decode("ascii")
+        return domain.encode("idna").decode("ascii").rstrip(".")   # "x.test\u3002" maps to "x.test."
     except UnicodeError:
         return domain
 
@@ -27,9 +27,10 @@ def normalise_domain(domain: str) -> str:
 def split(address: str) -> tuple[str, str]:
     """Split `local@domain` at the last `@`; the domain is normalised, the local part kept as sent."""
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
+    domain = normalise_domain(domain) if domain else ""
+    if not at or not local or not domain:      # "a@." has no domain once its trailing dot is dropped
         raise AddressSyntaxError(f"not a full address: {address!r}")
-    return local, normalise_domain(domain)
+    return local, domain
 
 
 def normalise(address: str) -> str:
@@ -42,14 +43,17 @@ def normalise(address: str) -> str:
 
 
 def is_valid(address: str) -> bool:
-    """True when the address has a non-empty local part, a domain, and no control characters."""
+    """True when the address has a non-empty local part, a domain, and no control characters.
+
+    The limits hold for the normalised form too: lower-casing can lengthen a local part ("İ").
+    """
     if not address or len(address) > 254 or any(ord(c) < 33 or ord(c) == 127 for c in address):
         return False
     try:
         local, domain = split(address)
     except AddressSyntaxError:
         return False
-    return len(local) <= 64 and len(domain) <= 253
+    return len(local) <= 64 and len(local.lower()) <= 64 and len(domain) <= 253
 
 
 def domain_of(address: str) -> str:

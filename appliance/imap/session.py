@@ -257,7 +257,7 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
 
     def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes | None, uid: int | None = None) -> None:
         """Run `cmd` if the current state has it: RFC 3501 3 says which commands each state allows."""
-        entry = self.lookupCommand(cmd)
+        entry = self.lookupCommand(cmd) if cmd.isascii() else None   # stock lookup fails on 8-bit names
         if not entry:
             self._reply(tag, replies.IMAP_UNSUPPORTED)
             return

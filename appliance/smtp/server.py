@@ -640,6 +640,8 @@ class _SASLExchange:
             return UsernamePassword(parts[1], parts[2])
         if self.mechanism == "LOGIN":
             if self._username is None:
+                if not data:
+                    raise ValueError("empty LOGIN user name")    # as PLAIN refuses an empty authcid
                 self._username = data
                 return None
             return UsernamePassword(self._username, data)
