@@ -67,20 +67,31 @@ class AliasLoopError(Exception):
     """Expanding an alias went round in a circle, or deeper than MAX_DEPTH levels."""
 
 
+class AliasBrokenError(Exception):
+    """The alias's own line in the aliases file cannot be read: its mail waits (4xx) until the file is fixed.
+
+    Neither "unknown" (its mail would bounce) nor the user of the same name (it would go to the
+    wrong mailbox): the operator meant something for this name and the file does not say what.
+    """
+
+
 @dataclass(frozen=True)
 class _Alias:
     targets: tuple[str, ...]   # bare local parts or full addresses (domain normalised)
     where: str                 # `FILE:LINE` of its definition, for messages
+    broken: bool = False       # the name parsed but its targets did not (lenient loading only)
 
 
 @implementer(IAliasResolver)
 class AliasTable:
     """One parsed aliases file; immutable, so a reload can swap whole tables atomically."""
 
-    def __init__(self, by_address: dict[str, _Alias], by_local: dict[str, _Alias], local_domains: Iterable[str]):
+    def __init__(self, by_address: dict[str, _Alias], by_local: dict[str, _Alias], local_domains: Iterable[str],
+                 problems: Iterable[str] = ()):
         self._by_address = by_address
         self._by_local = by_local
         self._domains = frozenset(addr.normalise_domain(d) for d in local_domains)
+        self.problems = list(problems)      # the lines a lenient load passed over (broken names answer 4xx)
 
     def resolve(self, address: str) -> list[str] | None:
         """The final recipients of `address`, or None when it is not an alias."""
@@ -110,19 +121,21 @@ class AliasTable:
             self.resolve(address)
         except AliasLoopError as e:
             return [f"{alias.where}: {e}"]
+        except AliasBrokenError:
+            return []           # reported as the line's own problem, not as a loop
         return []
 
     def _targets(self, key: str) -> tuple[str, ...] | None:
         """The direct targets of the alias `key` (normalised), or None when it is no alias."""
         alias = self._by_address.get(key)
         if alias is not None:
-            return alias.targets
+            return _usable(alias)
         local, domain = key.rsplit("@", 1)
         if domain not in self._domains:
             return None
         alias = self._by_local.get(local)
         if alias is not None:
-            return alias.targets
+            return _usable(alias)
         if local in ALWAYS_ANSWERED and self._targets(f"{FALLBACK}@{domain}") is not None:
             return (FALLBACK,)
         return None
@@ -146,16 +159,26 @@ class AliasTable:
                 self._expand(norm, deeper, (*chain, norm), found)
 
 
+def _usable(alias: _Alias) -> tuple[str, ...]:
+    if alias.broken:
+        raise AliasBrokenError(f"{alias.where}: this alias's definition cannot be read")
+    return alias.targets
+
+
 def is_command_or_file(target: str) -> bool:
     """A `|command` or `/file` target, which the local courier hands to a command or an mbox file."""
     return target.startswith((COMMAND, FILE))
 
 
-def load_aliases(path: str, local_domains: Iterable[str], allow_commands: bool = False) -> AliasTable:
+def load_aliases(path: str, local_domains: Iterable[str], allow_commands: bool = False, *,
+                 lenient: bool = False) -> AliasTable:
     """Parse an aliases file (blocking); AliasesError with every problem found. Missing file = no aliases.
 
     `allow_commands` is `[aliases] allow_commands`: without it `|command` and `/file` targets
-    are errors, since they run or write with the appliance's rights.
+    are errors, since they run or write with the appliance's rights. `lenient` (the daemon's
+    start, when there is no previous table to keep) passes over the lines it cannot read instead:
+    they are in the table's `problems`, and a name whose targets could not be read answers
+    AliasBrokenError. A file that cannot be read at all is still an AliasesError.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -166,9 +189,9 @@ def load_aliases(path: str, local_domains: Iterable[str], allow_commands: bool =
         raise AliasesError([f"{path}: cannot read: {_reason(e)}"]) from None
     parser = _Parser(path, allow_commands)
     parser.parse(lines)
-    if parser.problems:
+    if parser.problems and not lenient:
         raise AliasesError(parser.problems)
-    return AliasTable(parser.by_address, parser.by_local, local_domains)
+    return AliasTable(parser.by_address, parser.by_local, local_domains, parser.problems)
 
 
 def _reason(error: Exception) -> str:
@@ -325,12 +348,13 @@ class _Parser:
             return
         key, table = self._name(number, name.strip())
         targets = self._targets(number, rest)
-        if key is None or targets is None:
+        if key is None:
             return
         if key in table:
             self._problem(number, f"duplicate alias {name.strip()!r} (first defined at {table[key].where})")
             return
-        table[key] = _Alias(tuple(targets), f"{self.path}:{number}")
+        where = f"{self.path}:{number}"
+        table[key] = _Alias((), where, broken=True) if targets is None else _Alias(tuple(targets), where)
 
     def _name(self, number: int, name: str) -> tuple[str | None, dict[str, _Alias]]:
         """The lookup key of an alias name and the table it goes in; key None after a problem."""
@@ -395,11 +419,14 @@ class _Parser:
 class AliasResolver:
     """Holds the current AliasTable; a reload that finds problems keeps the previous table.
 
-    At start there is no previous table. A file that cannot be parsed still stops the start
-    (AliasesError: a daemon must not start half-aliased), but a loop does not: the table is used,
-    the looping names are listed in `problems` for the log, and resolving one of them raises
-    AliasLoopError, which the intake answers 550 5.4.6. So a machine rebooted with a looping
-    alias still takes mail for everybody else; `mailappliance check` still reports the loop.
+    At start there is no previous table, and a machine rebooted with a bad line must still take
+    mail. So the start is lenient: a line that cannot be read is passed over, and a name whose
+    targets cannot be read raises AliasBrokenError, which the intake answers 451 (its mail waits
+    for the fix instead of bouncing or reaching the wrong mailbox). A loop does not stop the
+    start either: resolving a looping name raises AliasLoopError, answered 550 5.4.6. Both kinds
+    are in `problems`, as (problem, what happens to its mail), for the start-up log;
+    `mailappliance check` still reports them all and exits 1. Only a file that cannot be read at
+    all stops the start.
     """
 
     def __init__(self, path: str, local_domains: Iterable[str], allow_commands: bool = False):
@@ -407,8 +434,9 @@ class AliasResolver:
         self._path = path
         self._domains = tuple(local_domains)
         self._allow_commands = allow_commands
-        table = load_aliases(self._path, self._domains, self._allow_commands)
-        self.problems = table.loop_problems()   # the loops of the table in use, logged at start
+        table = load_aliases(self._path, self._domains, self._allow_commands, lenient=True)
+        self.problems = ([(problem, "deferred at RCPT with 4.3.0 until fixed") for problem in table.problems]
+                         + [(problem, "refused at RCPT with 5.4.6") for problem in table.loop_problems()])
         self._table = table
 
     def reload(self) -> list[str]:

@@ -25,8 +25,8 @@ def check_files(config: Config, *, starting: bool = False) -> list[str]:
 
     twistd runs this before anything binds (`starting`), and `check` before it reaches the
     directory: a file that cannot be read at start is reported as one line, never as a
-    traceback. An alias loop is a problem for `check` but does not stop a start: the daemon
-    logs it and refuses mail for the looping names only (550 5.4.6).
+    traceback. A bad aliases line or an alias loop is a problem for `check` but does not stop a
+    start: the daemon logs it and defers (451) or refuses (550 5.4.6) mail for those names only.
     """
     problems = Problems(config.path)
     _check_folder(config.appliance.state_dir, "appliance", "state_dir", problems)
@@ -34,7 +34,7 @@ def check_files(config: Config, *, starting: bool = False) -> list[str]:
     _check_tls(config, problems)
     _check_users_file(config, problems)
     problems.lines += check_ldap_files(config)
-    _check_aliases(config, problems, loops=not starting)
+    _check_aliases(config, problems, starting=starting)
     _check_relay_files(config, problems)
     return problems.lines
 
@@ -163,8 +163,13 @@ def _check_users_file(config: Config, problems: Problems) -> None:
         problems.add("directory", "users_file", problem)
 
 
-def _check_aliases(config: Config, problems: Problems, loops: bool = True) -> None:
-    """The aliases file must parse and hold no loops: the daemon loads it at start and expands it on every RCPT."""
+def _check_aliases(config: Config, problems: Problems, starting: bool = False) -> None:
+    """The aliases file must be readable, parse and hold no loops: the daemon expands it on every RCPT.
+
+    At start only a file that cannot be read is fatal: a bad line or a loop affects only the names
+    concerned (aliases.AliasResolver logs them and defers or refuses those names), so a machine
+    rebooted with a mistake in the file still takes mail. `check` reports every problem.
+    """
     path = config.aliases.file
     if not path:
         return
@@ -172,10 +177,11 @@ def _check_aliases(config: Config, problems: Problems, loops: bool = True) -> No
         problems.add("aliases", "file", f"{path} does not exist; create it, or write `file =` for no aliases")
         return
     try:
-        table = aliases.load_aliases(path, config.appliance.domains, config.aliases.allow_commands)
+        table = aliases.load_aliases(path, config.appliance.domains, config.aliases.allow_commands,
+                                     lenient=starting)
     except aliases.AliasesError as exc:
         for problem in exc.problems:
             problems.add("aliases", "file", problem)
         return
-    for problem in table.loop_problems() if loops else ():
+    for problem in () if starting else table.loop_problems():
         problems.add("aliases", "file", problem)

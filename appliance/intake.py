@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer
 
 from appliance import address, bounce, maillog, replies
-from appliance.aliases import is_command_or_file
+from appliance.aliases import AliasBrokenError, is_command_or_file
 from appliance.envelope import FAILED, Envelope, Recipient, new_id
 from appliance.message import get_all, has, headers, prepend, remove
 from appliance.message import field as header_field
@@ -100,6 +100,9 @@ class RecipientResolver:
         if self.aliases is not None:
             try:
                 targets = self.aliases.resolve(addr)
+            except AliasBrokenError as e:
+                maillog.error("alias-broken", rcpt=addr, reason=str(e))
+                raise SMTPReplyError(replies.ALIAS_BROKEN)
             except Exception as e:  # AliasLoopError, or deeper than the aliases file allows
                 maillog.error("alias-loop", rcpt=addr, reason=str(e))
                 raise SMTPReplyError(replies.ALIAS_LOOP)

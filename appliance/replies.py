@@ -56,6 +56,7 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your addre
 SERVER_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 DIRECTORY_UNAVAILABLE = Reply(451, "4.4.3", "Directory temporarily unavailable, try again later")
+ALIAS_BROKEN = Reply(451, "4.3.0", "Temporary lookup failure, try again later")   # its aliases line is broken
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")

@@ -39,9 +39,9 @@ class ApplianceService(service.MultiService):
     def startService(self) -> None:
         for line in configmod.describe(self.config):
             maillog.emit("config", setting=line)
-        for problem in getattr(self.aliases, "problems", None) or ():
-            # Started anyway: the looping names are answered 550 5.4.6, everybody else gets mail.
-            maillog.error("aliases-problem", problem=problem, action="refused at RCPT with 5.4.6")
+        for problem, action in getattr(self.aliases, "problems", None) or ():
+            # Started anyway: only the names concerned are refused or deferred, everybody else gets mail.
+            maillog.error("aliases-problem", problem=problem, action=action)
         super().startService()
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))

@@ -1,5 +1,5 @@
 """Issue 10 on a real twistd: mail loops (defect 3), Bcc (11), `[delivery] nameservers` alone (14),
-a looping alias at start (15)."""
+a looping alias or a bad aliases line at start (15)."""
 from __future__ import annotations
 
 import os
@@ -61,6 +61,24 @@ def test_a_looping_alias_does_not_stop_the_start_and_is_answered_550_5_4_6(make_
     assert "aliases-problem" in app.log() and "alias loop: a@example.test" in app.log()
     result = app.cli("check", check=False)
     assert result.returncode == 1 and "alias loop" in result.stdout + result.stderr
+
+
+def test_a_bad_aliases_line_does_not_stop_the_start_and_defers_only_its_name(make_appliance, tmp_path):
+    """The same class as the loop: a machine rebooted with a typo in the aliases file takes mail."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("sales: bob, |/usr/bin/archive\nno colon here\ncontact: alice\n")
+    app = make_appliance(aliases={"file": str(aliases)})
+    with app.smtp() as client:
+        client.ehlo()
+        client.mail("someone@outside.example")
+        code, text = client.rcpt(f"sales@{DOMAIN}")
+        assert (code, text[:5]) == (451, b"4.3.0")       # waits for the fix: neither bounced nor misdelivered
+        assert client.rcpt(f"contact@{DOMAIN}")[0] == 250
+        client.data(make_message("to-contact-past-a-typo"))
+    wait_for(lambda: any(b"to-contact-past-a-typo" in m for m in app.messages("alice")))
+    assert app.log().count("aliases-problem") == 2 and "deferred at RCPT with 4.3.0" in app.log()
+    result = app.cli("check", check=False)
+    assert result.returncode == 1 and "commands and files are not allowed" in result.stdout + result.stderr
 
 
 def test_fifty_one_received_lines_are_refused_554_5_4_6(appliance):

@@ -6,7 +6,7 @@ import os
 import pytest
 from zope.interface.verify import verifyObject
 
-from appliance.aliases import AliasesError, AliasLoopError, AliasResolver, load_aliases
+from appliance.aliases import AliasBrokenError, AliasesError, AliasLoopError, AliasResolver, load_aliases
 from appliance.interfaces import IAliasResolver
 
 DOMAINS = ("example.test", "example.org")
@@ -220,8 +220,8 @@ def test_include_file_commands_need_allow_commands_too(write):
 
 def test_resolver_keeps_allow_commands_across_reloads(write):
     path = write("archive: |/usr/bin/archive\n")
-    with pytest.raises(AliasesError):
-        AliasResolver(path, DOMAINS)
+    with pytest.raises(AliasBrokenError):             # a command without allow_commands: never run
+        AliasResolver(path, DOMAINS).resolve("archive@example.test")
     resolver = AliasResolver(path, DOMAINS, allow_commands=True)
     write("archive: /srv/archive.mbox\n")
     assert resolver.reload() == []
@@ -315,9 +315,28 @@ def test_reload_with_a_loop_keeps_the_old_table(write):
     assert resolver.resolve("root@example.test") == ["admin@example.test"]
 
 
-def test_resolver_refuses_to_start_with_a_bad_file(write):
+def test_resolver_starts_past_bad_lines_and_defers_only_their_names(write):
+    """A machine rebooted with a mistake in the aliases file still takes mail (issue 10, #15)."""
+    path = write("broken\nsales: bob, |/usr/bin/archive\nroot: admin\n")
+    resolver = AliasResolver(path, DOMAINS)
+    assert resolver.resolve("root@example.test") == ["admin@example.test"]
+    with pytest.raises(AliasBrokenError):             # neither bounced as unknown nor sent to a user sales
+        resolver.resolve("sales@example.test")
+    assert resolver.resolve("bob@example.test") is None
+    assert [action for _, action in resolver.problems] == ["deferred at RCPT with 4.3.0 until fixed"] * 2
+    assert [problem.split(": ", 1)[0] for problem, _ in resolver.problems] == [f"{path}:1", f"{path}:2"]
+    with pytest.raises(AliasesError):                 # `check` and reloads still see every problem
+        load_aliases(path, DOMAINS)
+
+
+def test_resolver_still_refuses_an_unreadable_file(write):
+    path = write("root: admin\n")
+    os.chmod(path, 0)
+    if os.access(path, os.R_OK):                      # root reads anything: nothing to test there
+        os.chmod(path, 0o600)
+        path = os.path.dirname(path)                  # a folder cannot be read as a file either
     with pytest.raises(AliasesError):
-        AliasResolver(write("broken\n"), DOMAINS)
+        AliasResolver(path, DOMAINS)
 
 
 def test_resolver_with_missing_file_has_no_aliases(tmp_path):
