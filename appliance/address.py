@@ -53,7 +53,9 @@ def is_valid(address: str) -> bool:
         local, domain = split(address)
     except AddressSyntaxError:
         return False
-    return len(local) <= 64 and len(local.lower()) <= 64 and len(domain) <= 253
+    # IDNA maps some characters to blanks ("\u00b4" is " \u0301"): the normalised domain is checked too.
+    return (len(local) <= 64 and len(local.lower()) <= 64 and len(domain) <= 253
+            and not any(ord(c) < 33 or ord(c) == 127 for c in domain))
 
 
 def domain_of(address: str) -> str:

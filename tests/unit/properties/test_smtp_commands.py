@@ -38,6 +38,7 @@ def test_parse_path_reads_back_what_a_client_wrote(mailbox, params, keyword):
 @given(st.one_of(st.text(max_size=80), address_like, addresses.map(lambda a: f"<{a}>")), st.booleans())
 @example("<a@.>", False)                    # was "a@": an address without a domain
 @example("<" + "İ" * 64 + "@x.test>", True)  # was a 128-character local part that is_valid refuses
+@example("0@\u00b4", False)                  # was "0@xn-- -xbb", a domain with a blank in it
 def test_mailbox_is_none_or_a_valid_normalised_address(path, null_ok):
     mailbox = _mailbox(path, null_ok=null_ok, default_domain="example.test")
     if mailbox is None:
