@@ -166,4 +166,16 @@ def _rebuild(raw: bytes, each: Callable[[bytes, bytes], bytes]) -> bytes:
     new = [each(name, text) for name, text in parts]
     if all(a is b or a == b for a, (_, b) in zip(new, parts)):
         return raw
-    return b"".join(new) + rest
+    return _from_a_field(b"".join(new)) + rest
+
+
+def _from_a_field(head: bytes) -> bytes:
+    """`head` without the malformed (colon-less) lines a removal left on top.
+
+    Such a line first would make every field below it read as body (the rule above), so after
+    removing a Bcc the To: line would become text; the malformed lines go instead.
+    """
+    while head and not has_header_block(head):
+        cut = head.find(b"\n")
+        head = b"" if cut < 0 else head[cut + 1:]
+    return head

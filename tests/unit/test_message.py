@@ -135,3 +135,11 @@ def test_eight_bit_bytes_pass_through_edits_untouched():
     assert message.remove(raw, "x-none") is raw
     assert message.remove(raw, "from") == b"Subject: \xff\xfe caf\xc3\xa9\r\n\r\n\x80body"
     assert message.get(raw, "subject") == b"\xff\xfe caf\xc3\xa9"
+
+
+def test_removing_the_top_field_never_turns_the_other_fields_into_body():
+    """A colon-less line below a removed Bcc must not become the first line (found by the properties)."""
+    raw = b"Bcc: secret@example.test\r\nnot a field\r\nTo: b@example.test\r\n\r\nbody\r\n"
+    cleaned = message.remove(raw, "Bcc")
+    assert cleaned == b"To: b@example.test\r\n\r\nbody\r\n"
+    assert message.get(cleaned, "To") == b"b@example.test" and b"secret" not in cleaned
