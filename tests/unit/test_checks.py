@@ -3,25 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import textwrap
 
 import pytest
 
 from appliance import checks, config, tls
+from tests.unit.test_config import MINIMAL, write
 
 ETC_CONF = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "mailappliance.conf")
-
-MINIMAL = """\
-[appliance]
-hostname = mail.example.test
-domains = example.test
-"""
-
-
-def write(tmp_path, text: str, name: str = "mailappliance.conf") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 def with_pair(tmp_path) -> None:

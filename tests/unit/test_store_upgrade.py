@@ -11,12 +11,12 @@ import os
 import shutil
 
 import pytest
-from twisted.python.failure import Failure
 
 from appliance.inline import InlinePool, InlineReactor
 from appliance.store import folder as folder_module
 from appliance.store.maildir import MaildirStore
 from appliance.store.mbox import MboxStore
+from tests.unit.test_store_behaviour import result_of
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "upgrade")
 STORES = {"maildir": MaildirStore, "mbox": MboxStore}
@@ -40,15 +40,6 @@ def upgraded(request, tmp_path):
     store = STORES[fmt](str(root / fmt / "{local}"), InlineReactor(), InlinePool())
     yield fmt, store, str(root / fmt / "alice")
     folder_module._registry.clear()
-
-
-def result_of(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def imap_report(account) -> dict:
