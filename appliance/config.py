@@ -135,6 +135,49 @@ class QueueSection:
     delay_warning: int = 14400        # 4 hours undelivered: one "delayed" DSN to the sender
 
 
+@dataclass(frozen=True)
+class ChecksSection:
+    """The [checks] section: the inbound checks on the MX (docs/antispam.md).
+
+    Authenticated users and [relay] trusted_networks skip the inbound ones; the rate limits
+    and the operator's hooks see every session.
+    """
+    greylist: str = "suspicious"             # off | all | suspicious
+    greylist_delay: int = 300                # seconds before a retry passes (RFC 6647, postgrey)
+    greylist_retry_window: int = 172800      # a retry later than this (2 days) starts over
+    greylist_expire: int = 3024000           # a triplet unseen for 35 days is forgotten
+    greylist_whitelist_after: int = 5        # a client with this many passed deliveries skips greylisting
+    dnsbl: tuple[tuple[str, float], ...] = ()    # (zone, weight)
+    dnswl: tuple[tuple[str, float], ...] = ()    # (zone, weight): negative weights allow
+    dnsbl_threshold: float = 2.0
+    dns_timeout: int = 5                     # seconds for each DNS lookup of a check
+    spf: str = "reject"                      # what an SPF fail gets: reject | tag | off
+    spf_temperror: str = "tempfail"          # a DNS failure during SPF: tempfail (451 4.7.24) | tag
+    dkim_verify: bool = True
+    dmarc: str = "reject"                    # what p=reject gets: reject | quarantine | tag | off
+    spamd: str = ""                          # host:port of spamd; "" = off
+    spam_reject_score: float = 15.0
+    clamd: str = ""                          # host:port, or the path of clamd's unix socket; "" = off
+    scanner_failure: str = "accept"          # spamd or clamd down or slow: accept | tempfail
+    scanner_timeout: int = 60                # seconds spamd or clamd may take for one message
+    pregreet: str = "suspicious"             # off | suspicious | all: a multi-line banner with a pause
+    pregreet_wait: int = 6                   # seconds of that pause (postscreen's greet_wait)
+    client_messages_per_minute: int = 60     # port 25, per client address (IPv6: /64)
+    client_recipients_per_minute: int = 300
+    user_messages_per_day: int = 1000        # submission, per authenticated user (mox's defaults)
+    user_new_recipients_per_day: int = 200   # recipients the user never wrote to before
+    bad_recipients_before_delay: int = 3     # unknown recipients, then each further one waits longer
+    hooks: tuple[str, ...] = ()              # package.module:function, called at every stage
+
+
+@dataclass(frozen=True)
+class DKIMSection:
+    """The [dkim] section: mail from our users is signed with the key of its From: domain, if one exists."""
+    selector: str = "mail"
+    keys: str = ""                           # folder of keys from `dkim keygen`; "" = state_dir/dkim
+    ed25519: bool = False                    # also sign with an ed25519 key (RFC 8463) when one exists
+
+
 DEFAULT_USER_FILTER = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
 DEFAULT_DISABLED_FILTER = "(shadowExpire=1)"
 DEFAULT_ALIAS_FILTER = "(&(objectClass=nisMailAlias)(cn={address}))"
@@ -182,6 +225,8 @@ class Config:
     queue: QueueSection = field(default_factory=QueueSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
     logins: LoginsSection = field(default_factory=LoginsSection)
+    checks: ChecksSection = field(default_factory=ChecksSection)
+    dkim: DKIMSection = field(default_factory=DKIMSection)
     ldap: LDAPSection | None = None   # read only when [directory] backend = ldap
 
 
@@ -470,6 +515,68 @@ class _Key:
     only_if_exists: bool = False  # a defaulted path that is used only when the file is there
 
 
+def _number(value: str, base: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{value!r} is not a number")
+    return number
+
+
+def _weighted_zones(value: str, base: str) -> tuple[tuple[str, float], ...]:
+    """`zen.spamhaus.org*2, bl.spamcop.net, list.dnswl.org*-5` -> ((zone, weight), ...); weight 1 by default."""
+    zones = []
+    for item in _words(value):
+        zone, star, weight = item.partition("*")
+        try:
+            zone = _hostname(zone, base)
+        except ValueError:
+            raise ValueError(f"{item!r}: not a DNS zone (write zone or zone*weight)") from None
+        try:
+            number = float(weight) if star else 1.0
+        except ValueError:
+            raise ValueError(f"{item!r}: the weight after * is not a number") from None
+        zones.append((zone, number))
+    return tuple(zones)
+
+
+def _scanner(unix_ok: bool) -> Converter:
+    def convert(value: str, base: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        if value.startswith("/") and unix_ok:
+            return value
+        try:
+            host, port = _host_port(value, 0)
+        except ValueError as exc:
+            raise ValueError(f"{exc}" + ("; or the path of a unix socket" if unix_ok else "")) from None
+        if not port:
+            raise ValueError(f"{value!r}: write host:port" + (" or the path of a unix socket" if unix_ok else ""))
+        return f"{host}:{port}"
+    return convert
+
+
+_HOOK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _hooks(value: str, base: str) -> tuple[str, ...]:
+    hooks = tuple(_words(value))
+    for hook in hooks:
+        if not _HOOK.fullmatch(hook):
+            raise ValueError(f"{hook!r}: write package.module:function")
+    return hooks
+
+
+def _selector(value: str, base: str) -> str:
+    value = value.strip().lower()
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*", value):
+        raise ValueError(f"{value!r} is not a DKIM selector (letters, digits, hyphens, dots)")
+    return value
+
+
 def _same_names(section: type, converters: dict[str, Converter]) -> dict[str, _Key]:
     """Keys named like the dataclass's fields, whose defaults are the fields' defaults written as text."""
     defaults = {f.name: f.default for f in fields(section)}
@@ -481,6 +588,8 @@ def _as_text(default: object) -> str:
         return ""
     if isinstance(default, bool):
         return "yes" if default else "no"
+    if isinstance(default, tuple):
+        return ", ".join(str(item) for item in default)
     return str(default)
 
 
@@ -553,6 +662,24 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),
     "logins": _int_keys(LoginsSection),
+    "checks": _same_names(ChecksSection, {
+        "greylist": _choice("off", "all", "suspicious"), "greylist_delay": _count(0, 86400),
+        "greylist_retry_window": _count(60, 31536000), "greylist_expire": _count(3600, 315360000),
+        "greylist_whitelist_after": _count(0, 1000000),
+        "dnsbl": _weighted_zones, "dnswl": _weighted_zones, "dnsbl_threshold": _number,
+        "dns_timeout": _count(1, 120),
+        "spf": _choice("reject", "tag", "off"), "spf_temperror": _choice("tempfail", "tag"),
+        "dkim_verify": _yes_no, "dmarc": _choice("reject", "quarantine", "tag", "off"),
+        "spamd": _scanner(unix_ok=False), "spam_reject_score": _number,
+        "clamd": _scanner(unix_ok=True), "scanner_failure": _choice("accept", "tempfail"),
+        "scanner_timeout": _count(1, 3600),
+        "pregreet": _choice("off", "suspicious", "all"), "pregreet_wait": _count(0, 60),
+        "client_messages_per_minute": _count(0, 1000000), "client_recipients_per_minute": _count(0, 1000000),
+        "user_messages_per_day": _count(0, 100000000), "user_new_recipients_per_day": _count(0, 100000000),
+        "bad_recipients_before_delay": _count(0, 1000),
+        "hooks": _hooks,
+    }),
+    "dkim": _same_names(DKIMSection, {"selector": _selector, "keys": _optional_path, "ed25519": _yes_no}),
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -560,6 +687,7 @@ _SECTION_TYPES: dict[str, type] = {
     "directory": DirectorySection, "storage": StorageSection, "aliases": AliasesSection,
     "masquerade": MasqueradeSection, "relay": RelaySection, "limits": LimitsSection, "queue": QueueSection,
     "delivery": DeliverySection, "logins": LoginsSection, "ldap": LDAPSection,
+    "checks": ChecksSection, "dkim": DKIMSection,
 }
 
 

@@ -25,6 +25,7 @@ class Recipient:
     next_attempt: float = 0.0          # unix time of the next try
     last_error: str = ""               # "status text" of the last failure, as logged and listed
     status: str = ""                   # its RFC 3463 status ("4.4.3"), what a DSN reports
+    folder: str = ""                   # local: the folder to deliver to ("Junk" for spam); "" = INBOX
 
     @classmethod
     def from_dict(cls, fields: dict) -> "Recipient":

@@ -196,6 +196,7 @@ class Arrival:
     insider: bool = False              # one of our users or hosts: masqueraded
     submission: bool = False           # RFC 6409 submission: a missing Date and Message-ID are added
     refused: list[Recipient] = field(default_factory=list)   # failed for good after the fact: bounced
+    facts: Any = None                  # filters.base.Facts of the SMTP session; None for the pickup
     id: str = field(default_factory=new_id)                  # the queue id, from arrival on
 
 
@@ -210,14 +211,17 @@ class Intake:
     """The one place a message is accepted: SMTP (smtp/server.py) and the pickup (pickup.py) both call `accept`."""
 
     def __init__(self, queue: Any, hostname: str, resolver: RecipientResolver, *, clock: Any,
-                 masquerader: Any = None, checks: list[Check] | None = None) -> None:
+                 masquerader: Any = None, checks: list[Check] | None = None, signer: Any = None) -> None:
         self.queue = queue
         self.hostname = hostname
         self.resolver = resolver
         self.masquerader = masquerader
-        # THE PLUG-IN POINT for later checks (spam, viruses, limits): run in this order on every
-        # message, whichever way it came. Empty today.
+        # The end-of-DATA checks (filters.pipeline.DataStage: spam, viruses, DKIM, DMARC), run in
+        # this order on every message, whichever way it came.
         self.checks: list[Check] = list(checks or [])
+        # filters.dkimsign: signs our own users' and hosts' mail once it is complete (after
+        # masquerading), or None when DKIM signing is not set up.
+        self.signer = signer
         self.clock = clock              # dates in Received and Date: reactor time, so tests can set it
 
     def accept(self, arrival: Arrival) -> defer.Deferred:
@@ -233,6 +237,8 @@ class Intake:
         for check in self.checks:
             await defer.maybeDeferred(check, arrival)
         sender, message = self.stamp(arrival)
+        if self.signer is not None and self.ours(arrival):
+            message = await self.signer.sign(sender, message)
         if arrival.recipients:
             envelope = Envelope(id=arrival.id, sender=sender, recipients=list(arrival.recipients), peer=arrival.peer,
                                 helo=arrival.helo, protocol=arrival.protocol, login=arrival.login, size=len(message))
@@ -277,6 +283,11 @@ class Intake:
             what = text or f"mail forwarding loop for {r.original or r.address}"
             arrival.refused.append(_refused(r.original or r.address, reply.enhanced, what))
         arrival.recipients = [r for r in arrival.recipients if r not in looping]
+
+    @staticmethod
+    def ours(arrival: Arrival) -> bool:
+        """Mail from our own users and hosts: submission, a login, trusted networks, the pickup."""
+        return arrival.submission or arrival.insider or bool(arrival.login) or not arrival.peer
 
     def stamp(self, arrival: Arrival) -> tuple[str, bytes]:
         """(envelope sender, message) as queued: completed, masqueraded, with our Received line on top."""

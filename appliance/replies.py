@@ -63,6 +63,7 @@ AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 
 # 5xx: permanent
+PREGREET = Reply(554, "5.5.1", "Protocol error: you talked before the greeting ended")  # postscreen's pregreet test
 BAD_COMMAND = Reply(500, "5.5.1", "Command unrecognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 BAD_BYTES = Reply(500, "5.5.2", "Invalid characters in command")

@@ -56,7 +56,7 @@ class Parts:
 
         self.cfg, self.reactor = cfg, reactor
         self.tls = top.tls
-        pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
+        self.pools = pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
         # Password checks on threads of their own: guessing never delays the lookups RCPT needs.
         self.checks = CheckQueue(reactor, pools["passwords"], cfg.logins.check_threads, cfg.logins.max_pending_checks)
         self.directory = make_directory(cfg, reactor, pools["directory"], self.checks)
@@ -99,7 +99,9 @@ def _connection_table(cfg: configmod.Config) -> Any:
 
 def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
     directory_threads = cfg.ldap.pool_size if cfg.ldap is not None else 2
-    return {"directory": directory_threads, "passwords": cfg.logins.check_threads, "disk": 4, "queue": 2}
+    # "checks": SPF, DKIM and DMARC (pyspf, dkimpy) block on DNS and hash whole messages.
+    return {"directory": directory_threads, "passwords": cfg.logins.check_threads, "disk": 4, "queue": 2,
+            "checks": 4}
 
 
 def _pool(top: ApplianceService, name: str, size: int) -> Any:
@@ -162,7 +164,12 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
     resolver = RecipientResolver(parts.directory, aliases, cfg.appliance.domains,
                                  delimiter=cfg.aliases.recipient_delimiter, catch_all=dict(cfg.aliases.catch_all),
                                  restricted=frozenset(cfg.aliases.restricted), masquerader=parts.masquerader)
-    intake = Intake(parts.queue, cfg.appliance.hostname, resolver, clock=parts.reactor, masquerader=parts.masquerader)
+    from appliance.filters.build import make_pipeline, make_signer
+    from appliance.filters.pipeline import DataStage
+    pipeline = make_pipeline(cfg, parts.reactor, parts.pools["checks"], top)
+    intake = Intake(parts.queue, cfg.appliance.hostname, resolver, clock=parts.reactor, masquerader=parts.masquerader,
+                    checks=[DataStage(pipeline)] if pipeline else [],
+                    signer=make_signer(cfg, parts.reactor, parts.pools["checks"]))
     from appliance.pickup import FOLDER, PickupService
     PickupService(os.path.join(cfg.appliance.state_dir, FOLDER), intake, parts.reactor,
                   top.getServiceNamed("pool-disk").pool,
@@ -182,7 +189,8 @@ def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
                               hostname=cfg.appliance.hostname,
                               domains=cfg.appliance.domains, limits=cfg.limits, tls=parts.tls, tls_settings=cfg.tls,
                               implicit_tls=implicit, clock=parts.reactor,
-                              unlimited_networks=cfg.relay.trusted_networks)
+                              unlimited_networks=cfg.relay.trusted_networks,
+                              checks=pipeline, checks_settings=cfg.checks)
         factory.data_spool = data_spool
         _listen(top, parts, name, description, factory, implicit)
 

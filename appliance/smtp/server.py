@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from twisted.cred.credentials import CramMD5Credentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, interfaces
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import ServerFactory
 from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
 from appliance import address, connlimit, maillog, replies
+from appliance.filters.base import Facts, Stage
 from appliance.smtp.dataspool import DataBuffer, DataSpool
 from appliance.tls import log_once, session_info
 from appliance.transport import no_delay
@@ -87,6 +89,10 @@ class ApplianceSMTP(ESMTP):
         self._login_pending: defer.Deferred | None = None
         self.session = Session()
         self.peer = ""
+        self.sid = secrets.token_hex(5)       # the session id on every check's log line
+        self.facts: Facts | None = None       # what the checks learn (appliance/filters)
+        self._greeting = False                # the banner is still being sent (pregreet detection)
+        self._refusal: SMTPReplyError | None = None   # a connect-stage refusal, answered at MAIL
 
     # ---- connection life cycle -------------------------------------------------------
     def connectionMade(self) -> None:
@@ -102,7 +108,42 @@ class ApplianceSMTP(ESMTP):
         no_delay(self.transport)
         maillog.connect(f.policy.name, self.peer)
         # Connection limits are counted before we get here (appliance.connlimit, for every listener).
-        self.sendLine(f"220 {f.hostname} ESMTP mailappliance".encode())
+        self.facts = Facts(session=self.sid, service=f.policy.name, peer=self.peer, mx=not f.policy.offers_auth,
+                           trusted=f.policy.insider(self))
+        self._idle_timer()
+        if f.checks and self.facts.inbound:
+            self._wait_for(defer.ensureDeferred(self._checked_greeting()))
+        else:
+            self.sendLine(self._banner(" "))
+
+    def _banner(self, separator: str) -> bytes:
+        return f"220{separator}{self.factory.hostname} ESMTP mailappliance".encode()
+
+    async def _checked_greeting(self) -> None:
+        """The connect-stage checks, then the banner; pregreet detection while it is being sent.
+
+        With pregreet on, the banner is two lines: the first at once, the last after the checks
+        and (for a doubtful client, or for all with `pregreet = all`) a pause. A client that
+        talks before the last line is a bot that does not wait for its turn (postscreen's
+        pregreet test): refused 554 5.5.1. A connect-stage refusal (a DNSBL listing) is answered
+        at MAIL, so the log shows whom the client meant to write to.
+        """
+        f, facts = self.factory, self.facts
+        assert facts is not None
+        mode = f.checks_settings.pregreet if f.checks_settings is not None else "off"
+        self._greeting = mode != "off"
+        if self._greeting:
+            self.sendLine(self._banner("-"))
+        try:
+            await f.checks.run(Stage.CONNECT, facts)
+        except SMTPReplyError as refusal:
+            self._refusal = refusal
+        if self._greeting and (mode == "all" or facts.doubtful) and f.checks_settings.pregreet_wait:
+            await deferLater(f.clock or _reactor(), f.checks_settings.pregreet_wait, lambda: None)
+        if self.transport.disconnecting:
+            return
+        self._greeting = False
+        self.sendLine(self._banner(" "))
         self._idle_timer()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
@@ -130,11 +171,23 @@ class ApplianceSMTP(ESMTP):
 
     # ---- input: one command at a time --------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
+        if self._greeting:
+            return self._pregreet(data)
         self.resetTimeout()
         self._input += data
         if not self._busy:
             self._process()
         self._flow_control()
+
+    def _pregreet(self, data: bytes) -> None:
+        """The client spoke before the banner ended: a bot (postscreen's pregreet test)."""
+        self._greeting = False
+        first = data.split(b"\n", 1)[0][:40].decode("ascii", "replace").strip()
+        maillog.emit("check", session=self.sid, check="pregreet", stage="connect", verdict="reject",
+                     peer=self.peer, reason=f"talked before the banner ended: {first!r}",
+                     reply=replies.PREGREET.line().decode())
+        self._reply(replies.PREGREET)
+        self.transport.loseConnection()
 
     def _process(self) -> None:
         """Run every complete command in the input, stopping while one waits on a Deferred.
@@ -228,8 +281,8 @@ class ApplianceSMTP(ESMTP):
             self._reply(replies.TOO_MANY_ERRORS)
             self.transport.loseConnection()
 
-    def _fail(self, failure: Failure, stage: str, **log_fields: str) -> None:
-        """Turn a policy failure into its reply and a log line."""
+    def _fail(self, failure: Failure, stage: str, **log_fields: str) -> Any:
+        """Turn a policy failure into its reply and a log line; unknown recipients wait, after a few."""
         if failure.check(SMTPReplyError):
             reply, detail = failure.value.reply, failure.value.detail
         elif failure.check(DirectoryUnavailable):
@@ -239,19 +292,47 @@ class ApplianceSMTP(ESMTP):
             maillog.log.failure("SMTP {stage} failed", failure, stage=stage)
             reply, detail = replies.LOCAL_ERROR, ""
         maillog.rejected(self.factory.policy.name, self.peer, stage, reply.line(detail).decode(), **log_fields)
+        delay = self._bad_recipient_delay(stage, reply)
+        if delay:
+            return deferLater(self.factory.clock or _reactor(), delay, self._reply_error, reply, detail)
         self._reply_error(reply, detail)
+        return None
+
+    def _bad_recipient_delay(self, stage: str, reply: Reply) -> float:
+        """Seconds before answering one more unknown recipient: 1, 2, 4 ... up to 30 once a client
+        has tried `bad_recipients_before_delay` of them (a directory harvest slows to a crawl;
+        [limits] max_errors still closes the session)."""
+        settings, facts = self.factory.checks_settings, self.facts
+        if stage != "RCPT" or reply.enhanced != "5.1.1" or settings is None or facts is None:
+            return 0.0
+        facts.bad_recipients += 1
+        over = facts.bad_recipients - settings.bad_recipients_before_delay
+        if settings.bad_recipients_before_delay == 0 or over <= 0 or facts.trusted:
+            return 0.0
+        return float(min(30, 2 ** (over - 1)))
 
     # ---- greeting commands ----------------------------------------------------------------
-    def do_HELO(self, rest: bytes) -> None:
-        self._greet(rest, esmtp=False)
+    def do_HELO(self, rest: bytes) -> Any:
+        return self._greet(rest, esmtp=False)
 
-    def do_EHLO(self, rest: bytes) -> None:
-        self._greet(rest, esmtp=True)
+    def do_EHLO(self, rest: bytes) -> Any:
+        return self._greet(rest, esmtp=True)
 
-    def _greet(self, rest: bytes, esmtp: bool) -> None:
+    def _greet(self, rest: bytes, esmtp: bool) -> Any:
         if not rest:
             return self._reply_error(replies.SYNTAX.with_text("HELO/EHLO requires a domain or address literal"))
-        self.helo = rest.decode("ascii", "replace")[:255]
+        helo = rest.decode("ascii", "replace")[:255]
+        checks, facts = self.factory.checks, self.facts
+        if checks and facts is not None:
+            facts.helo = helo
+            d = checks.run(Stage.HELO, facts)
+            d.addCallbacks(lambda _: self._greeted(helo, esmtp), self._fail, errbackArgs=("HELO",))
+            return d
+        self._greeted(helo, esmtp)
+        return None
+
+    def _greeted(self, helo: str, esmtp: bool) -> None:
+        self.helo = helo
         self.esmtp = esmtp
         self.session = Session()
         self._idle_timer()
@@ -317,6 +398,9 @@ class ApplianceSMTP(ESMTP):
         # included (AUTH from a plaintext_auth_network must not carry over into the TLS session).
         self.helo, self.esmtp, self.session = None, False, Session()
         self.user, self._sasl = None, None
+        if self.facts is not None:
+            self.facts.helo, self.facts.login = "", ""
+            self.facts.trusted = self.factory.policy.insider(self)
         self._idle_timer()
         self._tls_logged = False
 
@@ -383,6 +467,8 @@ class ApplianceSMTP(ESMTP):
     def _auth_ok(self, logged_in: LoggedIn) -> None:
         self._login_pending = None
         self.user = logged_in.user
+        if self.facts is not None:
+            self.facts.login, self.facts.trusted = self.user.address, True
         self._idle_timer()
         self._reply(replies.AUTH_OK)
 
@@ -411,9 +497,20 @@ class ApplianceSMTP(ESMTP):
         if problem is not None:
             return self._reply_error(*problem)
         d = defer.maybeDeferred(self.factory.policy.check_sender, self, sender)
+        d.addCallback(self._check_sender, sender)
         d.addCallbacks(self._sender_ok, self._fail, callbackArgs=(sender,), errbackArgs=("MAIL",),
                        errbackKeywords={"sender": sender})
         return d
+
+    def _check_sender(self, _: object, sender: str) -> Any:
+        """The mail-stage checks (SPF, rates, hooks); a connect-stage refusal is answered here."""
+        checks, facts = self.factory.checks, self.facts
+        if not checks or facts is None:
+            return None
+        if self._refusal is not None:
+            raise self._refusal
+        facts.new_transaction(sender)
+        return checks.run(Stage.MAIL, facts)
 
     def _mail_params(self, params: dict[str, str]) -> tuple[Reply, str] | None:
         for key, value in params.items():
@@ -450,11 +547,24 @@ class ApplianceSMTP(ESMTP):
         if len(self.session.rcpt_addresses) >= self.factory.limits.max_recipients:
             return self._reply(replies.TOO_MANY_RECIPIENTS)
         d = defer.maybeDeferred(self.factory.policy.check_recipient, self, rcpt)
+        d.addCallback(self._check_recipient, rcpt)
         d.addCallbacks(self._recipient_ok, self._fail, callbackArgs=(rcpt,), errbackArgs=("RCPT",),
                        errbackKeywords={"sender": self.session.sender, "rcpt": rcpt})
         return d
 
+    def _check_recipient(self, recipients: list[Any], rcpt: str) -> Any:
+        """The rcpt-stage checks (rates, greylisting, hooks) for a recipient the policy accepted."""
+        checks, facts = self.factory.checks, self.facts
+        if not checks or facts is None:
+            return recipients
+        facts.txn.rcpt = rcpt
+        d = checks.run(Stage.RCPT, facts)
+        d.addCallback(lambda _: recipients)
+        return d
+
     def _recipient_ok(self, recipients: list[Any], rcpt: str) -> None:
+        if self.facts is not None and rcpt not in self.facts.txn.recipients:
+            self.facts.txn.recipients.append(rcpt)
         if rcpt not in self.session.rcpt_addresses:
             self.session.rcpt_addresses.add(rcpt)
             known = {r.address for r in self.session.recipients}
@@ -541,7 +651,7 @@ class ApplianceSMTP(ESMTP):
         return Arrival(sender=session.sender or "", recipients=list(session.recipients), message=body,
                        service=policy.name, protocol=self.protocol_name, peer=self.peer, helo=self.helo or "",
                        tls=self.tls_description(), login=self.user.address if self.user is not None else "",
-                       insider=policy.insider(self), submission=policy.submission)
+                       insider=policy.insider(self), submission=policy.submission, facts=self.facts)
 
     @staticmethod
     def _not_queued(failure: Failure, qid: str) -> Failure:
@@ -652,6 +762,11 @@ class _SASLExchange:
         return self._cram
 
 
+def _reactor() -> Any:
+    from twisted.internet import reactor
+    return reactor
+
+
 _DEFAULT_SPOOL = DataSpool()      # the system's temporary folder; tap.py passes one under state_dir
 
 
@@ -666,7 +781,7 @@ class SMTPFactory(ServerFactory):
     def __init__(self, *, policy: "Policy", intake: "Intake", directory: Any, login: Any,
                  hostname: str, domains: tuple[str, ...], limits: Any, tls: Any, tls_settings: Any,
                  implicit_tls: bool, clock: Any, unlimited_networks: tuple[Any, ...] = (),
-                 data_spool: DataSpool | None = None) -> None:
+                 data_spool: DataSpool | None = None, checks: Any = None, checks_settings: Any = None) -> None:
         self.policy = policy
         self.intake = intake
         self.directory = directory
@@ -680,6 +795,8 @@ class SMTPFactory(ServerFactory):
         self.clock = clock
         self.unlimited_networks = unlimited_networks
         self.data_spool = data_spool if data_spool is not None else _DEFAULT_SPOOL   # one per process
+        self.checks = checks                      # filters.pipeline.Pipeline, or None: no checks
+        self.checks_settings = checks_settings    # config.ChecksSection: pregreet, bad recipients
 
     def buildProtocol(self, addr: Any) -> ApplianceSMTP:
         proto = self.protocol()

@@ -29,6 +29,22 @@ def aaaa(name: str, address: str) -> str:
     return f"AAAA({name!r}, {address!r})"
 
 
+def txt(name: str, *strings: str) -> str:
+    """A TXT record of one or more character-strings (SPF, DKIM and DMARC records, DNSBL texts)."""
+    return f"TXT({name!r}, {', '.join(repr(part) for part in strings)})"
+
+
+def ptr(name: str, target: str) -> str:
+    """A PTR record: name is the reverse name (9.2.0.192.in-addr.arpa)."""
+    return f"PTR({name!r}, {target!r})"
+
+
+def reverse_name(ip: str) -> str:
+    """The in-addr.arpa or ip6.arpa name of an address."""
+    import ipaddress
+    return ipaddress.ip_address(ip).reverse_pointer
+
+
 def free_udp_tcp_port() -> int:
     """A loopback port free for both UDP and TCP right now (DNS answers on both)."""
     while True:
