@@ -69,18 +69,18 @@ def _text(record: dns.RRHeader) -> str:
     return payload.name.name.decode("ascii", "replace").rstrip(".").lower()
 
 
-def _negative_ttl(problem: BaseException) -> float:
-    """How long NXDOMAIN/NODATA may be kept: the SOA's TTL capped by its MINIMUM (RFC 2308 5)."""
+def _negative_ttl(problem: BaseException, default: float) -> float:
+    """How long NXDOMAIN may be kept: as NODATA, from the SOA the answer carries."""
     message = problem.args[0] if problem.args and isinstance(problem.args[0], dns.Message) else None
-    authority = message.authority if message is not None else []
-    return _soa_ttl(authority)
+    return _soa_ttl(message.authority if message is not None else [], default)
 
 
-def _soa_ttl(authority: list) -> float:
+def _soa_ttl(authority: list, default: float) -> float:
+    """How long "does not exist" may be kept: the SOA's TTL capped by its MINIMUM (RFC 2308 5), else `default`."""
     for record in authority:
         if record.type == dns.SOA:
             return float(min(record.ttl, record.payload.minimum))
-    return NEGATIVE_TTL
+    return default
 
 
 class Lookups:
@@ -92,8 +92,9 @@ class Lookups:
     """
 
     def __init__(self, resolver: Any, clock: IReactorTime, timeout: float,
-                 max_entries: int = CACHE_MAX_ENTRIES) -> None:
+                 max_entries: int = CACHE_MAX_ENTRIES, negative_ttl: float = NEGATIVE_TTL) -> None:
         self.resolver = resolver
+        self.negative_ttl = negative_ttl
         self.clock = clock
         self.timeout = float(timeout)
         self.max_entries = max_entries
@@ -155,13 +156,13 @@ class Lookups:
         try:
             answers, authority, _additional = await d
         except _DOES_NOT_EXIST as problem:
-            self._keep(key, (), _negative_ttl(problem))
+            self._keep(key, (), _negative_ttl(problem, self.negative_ttl))
             return ()
         except Exception as problem:
             raise DNSUnsure(f"{name}: {describe(problem)}") from None
         values = tuple(_text(rr) for rr in answers if rr.type == rtype)
         ttl = min((float(rr.ttl) for rr in answers if rr.type == rtype), default=None)
-        self._keep(key, values, ttl if ttl is not None else _soa_ttl(authority))
+        self._keep(key, values, ttl if ttl is not None else _soa_ttl(authority, self.negative_ttl))
         return values
 
     def _keep(self, key: tuple[str, int], values: tuple[str, ...], ttl: float) -> None:

@@ -19,7 +19,7 @@ from appliance.filters.dns import Lookups
 from appliance.couriers.mxroute import make_upstream
 
 SERVFAIL_LABEL = "servfail"      # a name starting with this label is answered SERVFAIL
-SILENT_LABEL = "silent"          # a name starting with this label gets no answer at all
+SILENT_LABEL = "silent"          # a name with this label anywhere gets no answer at all
 
 
 class Zone(authority.FileAuthority):
@@ -51,7 +51,7 @@ class _Server(server.DNSServerFactory):
         query = message.queries[0]
         name = query.name.name.decode("ascii").lower()
         self.queries.append((name, query.type))
-        if name.startswith(SILENT_LABEL):
+        if SILENT_LABEL in name.split("."):
             return None
         if name.startswith(SERVFAIL_LABEL):
             return self.sendReply(protocol, self._responseFromMessage(message=message, rCode=dns.ESERVER), address)
@@ -91,9 +91,9 @@ class SilentDNS:
         self.socket.close()
 
 
-def lookups(address: tuple[str, int], timeout: float = 2.0) -> Lookups:
+def lookups(address: tuple[str, int], timeout: float = 2.0, **options: Any) -> Lookups:
     """The checks' Lookups asking only `address`, as `[delivery] nameservers` makes it."""
-    return Lookups(make_upstream([address], reactor), reactor, timeout)
+    return Lookups(make_upstream([address], reactor), reactor, timeout, **options)
 
 
 def A(address: str, ttl: int = 300) -> dns.Record_A:
