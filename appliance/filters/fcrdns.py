@@ -17,7 +17,7 @@ from twisted.internet import defer
 from appliance.filters.base import AuthResult, Check, Facts, Verdict
 from appliance.filters.dns import DNSUnsure, Lookups
 
-MAX_NAMES = 3                 # PTR names tried forward (a PTR set of hundreds must not cost hundreds of queries)
+MAX_NAMES = 3                 # PTR names looked up forward, at once (a PTR set of hundreds must not cost hundreds of queries)
 PENDING = "fcrdns.pending"    # facts.notes: the lookup started by start(), awaited at connect
 NO_FCRDNS = "no forward-confirmed reverse DNS"
 
@@ -51,6 +51,9 @@ class FCrDNS(Check):
         pending = facts.notes.get(PENDING)
         if pending is None:
             pending = facts.notes[PENDING] = defer.ensureDeferred(self._confirm(facts.peer))
+            # PTR then forward: two lookups in a row, bounded together by one dns_timeout
+            pending.addTimeout(self.lookups.timeout, self.lookups.clock,
+                               onTimeoutCancel=lambda result, timeout: ("temperror", "", "timed out"))
         return pending
 
     async def connect(self, facts: Facts) -> Verdict | None:
@@ -75,18 +78,15 @@ class FCrDNS(Check):
         if not names:
             return "permerror", "", f"{peer} has no PTR record"    # RFC 8601 3: no PTR data published
         forward = self.lookups.a if ipaddress.ip_address(peer).version == 4 else self.lookups.aaaa
-        unsure = ""
-        for name in names[:self.max_names]:
-            try:
-                addresses = await forward(name)
-            except DNSUnsure as problem:
-                unsure = str(problem)
-                continue
-            if any(same_address(peer, found) for found in addresses):
+        names = names[:self.max_names]
+        results = await defer.DeferredList([forward(name) for name in names], consumeErrors=True)
+        for name, (ok, addresses) in zip(names, results):
+            if ok and any(same_address(peer, found) for found in addresses):
                 return "pass", name, ""
+        unsure = [addresses.getErrorMessage() for ok, addresses in results if not ok]
         if unsure:
-            return "temperror", "", unsure
-        return "fail", "", f"{', '.join(names[:self.max_names])} does not resolve to {peer}"
+            return "temperror", "", unsure[0]
+        return "fail", "", f"{', '.join(names)} does not resolve to {peer}"
 
 
 def unmapped(peer: str) -> str:

@@ -47,6 +47,7 @@ def zones(*extra: Zone) -> LocalDNS:
         "9.2.0.192.in-addr.arpa": [PTR("mail.client.test")],
         "10.2.0.192.in-addr.arpa": [PTR("liar.client.test")],
         "12.2.0.192.in-addr.arpa": [PTR("servfail.client.test")],
+        "13.2.0.192.in-addr.arpa": [PTR(f"host{n}.silent.test") for n in range(5)],
     })
     reverse6 = Zone("8.b.d.0.1.0.0.2.ip6.arpa", {
         query_name(PEER6, "ip6.arpa"): [PTR("mail.client.test")],
@@ -195,6 +196,14 @@ class FCrDNSTests(TestCase):
         rig = await session([FCrDNS(lookups(silent.address, timeout=1))])
         assert rig.proto.facts.ptr is None and rig.proto.facts.doubts == []
         assert rig.proto.facts.notes["iprev"].result == "temperror"
+
+    @deferred
+    async def test_forward_names_that_never_answer_hold_the_banner_for_one_dns_timeout(self) -> None:
+        started = time.monotonic()
+        rig = await session([self.check], peer="192.0.2.13")               # PTR at once, its 5 names silent
+        assert time.monotonic() - started < 1.6
+        assert rig.proto.facts.ptr is None and rig.proto.facts.doubts == []
+        assert len([name for name, _ in self.server.queries if name.endswith("silent.test")]) == 3   # at most a few
 
     @deferred
     async def test_trusted_clients_are_not_looked_up(self) -> None:
