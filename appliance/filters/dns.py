@@ -24,10 +24,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns, error
 
 from appliance.couriers.mxroute import CACHE_MAX_ENTRIES, CACHE_MAX_TTL, make_upstream
+from appliance.couriers.mxroute import _describe as describe   # SERVFAIL, REFUSED, timed out, ...
 from appliance.filters.base import Check, Facts
 
 NEGATIVE_TTL = 60.0          # seconds "does not exist" is kept when the answer carries no SOA
-_DOES_NOT_EXIST = (error.DNSNameError,)
 
 
 class DNSUnsure(Exception):
@@ -44,17 +44,6 @@ def retries(total: float) -> tuple[float, ...]:
 def reverse_name(ip: str) -> str:
     """The PTR name of an address: 9.2.0.192.in-addr.arpa, or 32 nibbles under ip6.arpa (RFC 3596 2.5)."""
     return ipaddress.ip_address(ip).reverse_pointer
-
-
-def describe(problem: BaseException) -> str:
-    """A short reason for the log: what kind of "could not tell" this was."""
-    kinds = ((error.DNSServerError, "SERVFAIL"), (error.DNSQueryRefusedError, "REFUSED"),
-             (error.DNSQueryTimeoutError, "timed out"), (defer.TimeoutError, "timed out"),
-             (defer.CancelledError, "timed out"))
-    for kind, text in kinds:
-        if isinstance(problem, kind):
-            return text
-    return type(problem).__name__
 
 
 def _text(record: dns.RRHeader) -> str:
@@ -155,7 +144,7 @@ class Lookups:
         d.addTimeout(self.timeout, self.clock)
         try:
             answers, authority, _additional = await d
-        except _DOES_NOT_EXIST as problem:
+        except error.DNSNameError as problem:          # NXDOMAIN
             self._keep(key, (), _negative_ttl(problem, self.negative_ttl))
             return ()
         except Exception as problem:

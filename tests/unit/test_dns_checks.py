@@ -330,3 +330,13 @@ def test_make_pipeline_runs_the_dns_checks_only_when_they_are_wanted(tmp_path):
     assert "fcrdns" not in pipeline("greylist = off\npregreet = off\n")
     assert pipeline("greylist = off\npregreet = off\ndnsbl = bl.test*2\n")[:2] == ["dns-prefetch", "dnsbl"]
     assert pipeline("dnswl = wl.test*-5\n")[:3] == ["dns-prefetch", "fcrdns", "dnsbl"]
+
+
+def test_delivery_lookups_use_the_quiet_client_as_well():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from appliance.couriers.mxroute import CachingResolver, QuietResolver, make_resolver
+    system = make_resolver((), MemoryReactorClock())
+    assert isinstance(system.resolvers[-1], QuietResolver) and system.resolvers[-1].resolv == "/etc/resolv.conf"
+    ours = make_resolver([("127.0.0.1", 5353)], MemoryReactorClock())
+    assert isinstance(ours, CachingResolver) and isinstance(ours.upstream, QuietResolver)
