@@ -102,6 +102,9 @@ class DNSBL(Check):
         summary = _summary(blocking, allowing, score)
         if score > 0 and score >= self.threshold:
             text = f"Service unavailable; client [{unmapped(facts.peer)}] blocked using {', '.join(blocking)}"
+            explanation = await self._explanation(facts.peer, blocking[0])
+            if explanation:
+                text += f"; {explanation}"
             return Verdict.reject(replies.DNSBL_LISTED.with_text(text), summary)
         if score > 0:
             facts.doubts.append(f"listed on {', '.join(blocking)}")
@@ -123,6 +126,23 @@ class DNSBL(Check):
         if kinds:
             return ZoneAnswer(zone, weight, False, f"answer outside 127.0.0.0/8 ({', '.join(kinds)}); ignored")
         return ZoneAnswer(zone, weight, False)
+
+    async def _explanation(self, peer: str, zone: str) -> str:
+        """The list's TXT record for the client (usually a delisting URL), for the refused sender to read; "" if none.
+
+        Asked only for a client being refused, so it costs nothing for the others.
+        """
+        try:
+            texts = await self.lookups.txt(query_name(peer, zone))
+        except DNSUnsure:
+            return ""
+        return reply_safe(texts[0]) if texts else ""
+
+
+def reply_safe(text: str, limit: int = 200) -> str:
+    """A list's text made fit for an SMTP reply line: printable ASCII, one line, at most `limit` characters."""
+    printable = "".join(c if " " <= c <= "~" else " " for c in text)
+    return " ".join(printable.split())[:limit].strip()
 
 
 def _summary(blocking: list[str], allowing: list[str], score: float) -> str:

@@ -55,9 +55,10 @@ def zones(*extra: Zone) -> LocalDNS:
     return LocalDNS(forward, reverse, reverse6, *extra)
 
 
-def blocklist(zone: str, listed: dict[str, str], ttl: int = 300) -> Zone:
+def blocklist(zone: str, listed: dict[str, str], ttl: int = 300, texts: dict[str, str] | None = None) -> Zone:
     """A DNSBL zone: client address -> the A record it answers (127.0.0.2 "listed", 127.255.255.254 ...)."""
-    return Zone(zone, {query_name(ip, zone): [A(answer, ttl=ttl), TXT(f"{ip} is listed", ttl=ttl)]
+    texts = texts or {}
+    return Zone(zone, {query_name(ip, zone): [A(answer, ttl=ttl)] + ([TXT(texts[ip], ttl=ttl)] if ip in texts else [])
                        for ip, answer in listed.items()})
 
 
@@ -217,7 +218,8 @@ class DNSBLTests(TestCase):
         self.server = zones(
             blocklist("bl.test", {PEER: "127.0.0.2", "192.0.2.20": "127.255.255.254", "192.0.2.21": "192.0.2.99",
                                   PEER6: "127.0.0.4"}),
-            blocklist("weak.test", {PEER: "127.0.0.3", "192.0.2.22": "127.0.0.2"}),
+            blocklist("weak.test", {PEER: "127.0.0.3", "192.0.2.22": "127.0.0.2", "192.0.2.23": "127.0.0.2"},
+                      texts={"192.0.2.23": "Listed:\r\n see https://weak.test/q?192.0.2.23\x00"}),
             blocklist("wl.test", {PEER: "127.0.10.3", "192.0.2.22": "127.0.10.3"}))
         self.addCleanup(self.server.stop)
         self.lookups = lookups(self.server.address, timeout=1)
@@ -243,6 +245,13 @@ class DNSBLTests(TestCase):
         rig = await session([self.dnsbl(bl=(("bl.test", 1.0), ("weak.test", 1.0)))])
         out = rig.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n")
         assert out[-1] == b"554 5.7.1 Service unavailable; client [192.0.2.9] blocked using bl.test, weak.test"
+
+    @deferred
+    async def test_the_lists_own_text_is_added_to_the_reply_made_safe(self) -> None:
+        rig = await session([self.dnsbl(bl=(("weak.test", 2.0),))], peer="192.0.2.23")
+        out = rig.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n")
+        assert out[-1] == (b"554 5.7.1 Service unavailable; client [192.0.2.23] blocked using weak.test;"
+                           b" Listed: see https://weak.test/q?192.0.2.23")
 
     @deferred
     async def test_below_the_threshold_the_client_is_doubtful_and_delivers(self) -> None:
@@ -292,10 +301,13 @@ class DNSBLTests(TestCase):
     @deferred
     async def test_a_second_session_is_answered_from_the_cache(self) -> None:
         check = self.dnsbl(bl=(("bl.test", 2.0), ("weak.test", 1.0)))
-        for peer in (PEER, PEER, "192.0.2.30", "192.0.2.30"):
-            await session([check], peer=peer)
-        asked = [name for name, _ in self.server.queries]
-        assert len(asked) == 4 and len(set(asked)) == 4                    # listed and NXDOMAIN both kept
+        asked = []
+        for peer in (PEER, PEER, "192.0.2.30", "192.0.2.30"):               # listed (refused), then not listed
+            rig = await session([check], peer=peer)
+            rig.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n")
+            asked.append(len(self.server.queries))
+        assert asked[0] == asked[1] and asked[2] == asked[3]               # the answers and the NXDOMAINs were kept
+        assert asked[2] - asked[1] == 2                                    # one query per list for a new client
 
     @deferred
     async def test_a_silent_list_never_holds_the_session_longer_than_dns_timeout(self) -> None:

@@ -14,7 +14,8 @@ from twisted.internet import defer
 from twisted.names import dns as twisted_dns
 
 from appliance.filters import dns
-from appliance.filters.dnsbl import DNSBL, IGNORED, LISTED, REFUSED, classify, query_name
+from appliance.filters.dnsbl import DNSBL, IGNORED, LISTED, REFUSED, classify, query_name, reply_safe
+from appliance.replies import DNSBL_LISTED
 
 zones = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z]{2,10}){1,3}\Z")
 ipv4 = st.ip_addresses(v=4)
@@ -92,3 +93,11 @@ def test_a_zone_lists_the_client_exactly_when_one_answer_is_a_listing(answers):
 def test_txt_records_of_any_bytes_become_text(strings):
     record = twisted_dns.RRHeader(b"x.test", twisted_dns.TXT, payload=twisted_dns.Record_TXT(*strings))
     assert dns._text(record) == b"".join(strings).decode("utf-8", "replace")
+
+
+@given(st.text(max_size=600))
+def test_a_lists_text_never_breaks_the_reply_line(text):
+    safe = reply_safe(text)
+    assert len(safe) <= 200 and all(" " <= c <= "~" for c in safe)
+    line = DNSBL_LISTED.with_text(f"blocked; {safe}").line()
+    assert b"\r" not in line and b"\n" not in line and line.startswith(b"554 5.7.1 ")
