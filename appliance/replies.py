@@ -94,6 +94,7 @@ SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by user")
 BAD_MESSAGE = Reply(554, "5.6.0", "Message content rejected")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop")
 MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop")
+DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client blocked using a DNS block list")  # RFC 5782; the text names the lists
 DIRECTORY_TARGET_REFUSED = Reply(550, "5.7.1", "Recipient address rejected: delivery target not allowed")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
 

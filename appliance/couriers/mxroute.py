@@ -6,15 +6,18 @@ answer (NXDOMAIN, null MX, no address at all, a loop back to us) is a PermanentF
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import random
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, udp
+from twisted.internet.base import BasePort
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
-from twisted.names import client, dns, error
+from twisted.names import cache, client, dns, error, hosts, resolve
 from twisted.names.common import ResolverBase
 
 from appliance.address import normalise_domain
@@ -44,13 +47,78 @@ def make_resolver(servers: Sequence[tuple[str, int]] = (), reactor: IReactorTime
     while ours was silent) and answer from /etc/hosts. A bare `client.Resolver(servers=...)`
     reads neither; a silent server then times out, which MXRouter makes a 4.4.3 (retry).
     """
-    if not servers:
-        return client.createResolver()
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
-    upstream = client.Resolver(servers=list(servers), timeout=RESOLVER_RETRIES, reactor=reactor)
-    return CachingResolver(upstream, reactor)
+    if not servers:
+        # createResolver's chain (/etc/hosts, a cache, /etc/resolv.conf) with the quiet client
+        return resolve.ResolverChain([hosts.Resolver(file=b"/etc/hosts"), cache.CacheResolver(reactor=reactor),
+                                      make_upstream((), reactor)])
+    return CachingResolver(make_upstream(servers, reactor), reactor)
+
+
+def make_upstream(servers: Sequence[tuple[str, int]] = (), reactor: IReactorTime | None = None) -> client.Resolver:
+    """The uncached client that asks `servers` ONLY (see make_resolver), or /etc/resolv.conf's servers when none.
+
+    The checks' lookups (filters/dns.py) put their own cache on top of it.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+        reactor = default_reactor
+    if servers:
+        return QuietResolver(servers=list(servers), timeout=RESOLVER_RETRIES, reactor=reactor)
+    return QuietResolver(resolv="/etc/resolv.conf", timeout=RESOLVER_RETRIES, reactor=reactor)
+
+
+class _QuietPort(udp.Port):
+    """A UDP port without Twisted's two info lines ("... starting on N", "(UDP Port N Closed)").
+
+    The resolver opens one per query (a random source port against spoofed answers), so those
+    lines were four per DNS lookup with the protocol's own (issue 12 item 7). The two methods
+    are udp.Port's without the log calls.
+    """
+
+    def _bindSocket(self) -> None:
+        skt = self.createInternetSocket()
+        try:
+            skt.bind((self.interface, self.port))
+        except OSError as problem:
+            skt.close()
+            raise CannotListenError(self.interface, self.port, problem) from None
+        self._realPortNumber = skt.getsockname()[1]
+        self.connected = 1
+        self.socket = skt
+        self.fileno = self.socket.fileno
+
+    def connectionLost(self, reason: object = None) -> None:
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+
+
+class _QuietDatagramProtocol(dns.DNSDatagramProtocol):
+    noisy = False                        # no "Starting protocol" / "Stopping protocol" per query
+
+
+class QuietResolver(client.Resolver):
+    """client.Resolver whose per-query UDP ports log nothing (a random source port for each query, as Twisted's)."""
+
+    def _connectedProtocol(self, interface: str = "") -> dns.DNSDatagramProtocol:
+        proto = _QuietDatagramProtocol(self, reactor=self._reactor)
+        for attempt in range(1000):      # a random port may be taken: try others, as Twisted does
+            port = _QuietPort(dns.randomSource(), proto, interface=interface, reactor=self._reactor)
+            try:
+                port.startListening()
+            except CannotListenError as problem:
+                if getattr(problem.socketError, "errno", None) == errno.EMFILE or attempt == 999:
+                    raise
+                continue
+            break
+        return proto
 
 
 class CachingResolver(ResolverBase):

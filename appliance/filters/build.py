@@ -17,11 +17,35 @@ def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None) -> Pipe
     """The configured checks; `pool` runs the blocking ones (pyspf, dkimpy); `top` gets their services."""
     checks: list[Check] = []
     # connect: the client's reverse DNS and the block lists (filters/fcrdns.py, filters/dnsbl.py)
+    checks += _connect_checks(cfg, reactor)
     # mail: SPF of MAIL FROM and HELO (filters/spf.py)
     # mail, rcpt: rate limits (filters/rates.py), then greylisting (filters/greylist.py)
     # data: clamd, spamd (filters/clamd.py, filters/spamd.py), DKIM, DMARC (filters/dkimverify.py,
     #       filters/dmarc.py), the operator's hooks (filters/hooks.py), Authentication-Results last
     return Pipeline(checks)
+
+
+def _connect_checks(cfg: Config, reactor: Any) -> list[Check]:
+    """FCrDNS when its doubt is read (suspicious greylisting or pregreet); DNSBL when lists are set.
+
+    With neither, no DNS query is made for a connection (the iprev entry of
+    Authentication-Results is then absent). One Lookups (one cache) for both; a Prefetch first
+    starts their queries together, so a silent nameserver holds the banner for dns_timeout
+    once, not once per check.
+    """
+    from appliance.filters.dns import Lookups, Prefetch
+    from appliance.filters.dnsbl import DNSBL
+    from appliance.filters.fcrdns import FCrDNS
+    settings = cfg.checks
+    fcrdns = "suspicious" in (settings.greylist, settings.pregreet)
+    dnsbl = bool(settings.dnsbl or settings.dnswl)
+    if not (fcrdns or dnsbl):
+        return []
+    lookups = Lookups.from_config(cfg, reactor)
+    found: list[Check] = [FCrDNS(lookups)] if fcrdns else []
+    if dnsbl:
+        found.append(DNSBL(lookups, settings.dnsbl, settings.dnswl, settings.dnsbl_threshold))
+    return [Prefetch(found), *found]
 
 
 def make_signer(cfg: Config, reactor: Any, pool: Any) -> Any:
