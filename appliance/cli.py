@@ -526,7 +526,7 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     domain = _dkim_domain(cfg, args.domain)
     selector = args.selector.strip().lower() if args.selector else cfg.dkim.selector
-    if not dkimkeys.is_name(selector):
+    if not all(dkimkeys.is_name(dkimkeys.dns_selector(selector, algorithm)) for algorithm in dkimkeys.ALGORITHMS):
         raise CommandError(f"{args.selector!r} is not a DKIM selector (letters, digits, hyphens, dots)")
     folder = dkimkeys.keys_folder(cfg.appliance.state_dir, cfg.dkim.keys)
     algorithms = (dkimkeys.RSA, dkimkeys.ED25519) if cfg.dkim.ed25519 else (dkimkeys.RSA,)

@@ -7,9 +7,11 @@ Layout of the key folder (`[dkim] keys`, "" = state_dir/dkim), one folder per si
             mail.rsa.pem                   0600, RSA 2048, PKCS#1 PEM ("BEGIN RSA PRIVATE KEY")
             mail.ed25519.pem               0600, ed25519, PKCS#8 PEM (only with [dkim] ed25519 = yes)
 
-The file name is `<selector>.<algorithm>.pem`, so one glance tells which DNS name
-(`<selector>._domainkey.<domain>`) publishes its public half, and a new selector for a key
-rotation sits next to the old one. PKCS#1 for RSA because that is what dkimpy and opendkim
+The file name is `<selector>.<algorithm>.pem`: a new selector for a key rotation sits next to
+the old one. The RSA key is published at `<selector>._domainkey.<domain>`, the ed25519 key at
+`<selector>-ed25519._domainkey.<domain>` (`dns_selector`): each key needs a DNS name of its own,
+since several key records under one name give undefined results (RFC 6376 3.6.2.2; opendkim
+takes the first and fails the other signature). PKCS#1 for RSA because that is what dkimpy and opendkim
 both read. Only private keys are stored: the public half (and so the DNS record) is derived
 from them whenever it is asked for, so the two can never disagree.
 
@@ -54,9 +56,14 @@ def keys_folder(state_dir: str, configured: str) -> str:
     return configured or os.path.join(state_dir, FOLDER_NAME)
 
 
+def dns_selector(selector: str, algorithm: str) -> str:
+    """The selector (s=) a key signs with and is published under: `mail`, or `mail-ed25519`."""
+    return selector if algorithm == RSA else f"{selector}-{algorithm}"
+
+
 def key_path(folder: str, domain: str, selector: str, algorithm: str) -> str:
     """folder/<domain>/<selector>.<algorithm>.pem; ValueError for a name that is no DNS name."""
-    if not (is_name(domain) and is_name(selector)) or algorithm not in ALGORITHMS:
+    if algorithm not in ALGORITHMS or not (is_name(domain) and is_name(dns_selector(selector, algorithm))):
         raise ValueError(f"not a DKIM key name: {domain!r} {selector!r} {algorithm!r}")
     return os.path.join(folder, domain, f"{selector}.{algorithm}.pem")
 
@@ -165,6 +172,10 @@ class StoredKey:
     algorithm: str
     path: str
 
+    @property
+    def dns_selector(self) -> str:
+        return dns_selector(self.selector, self.algorithm)
+
 
 def stored_keys(folder: str, domain: str) -> list[StoredKey]:
     """The well-named key files in folder/domain, sorted by selector then algorithm; [] if none."""
@@ -244,6 +255,6 @@ def read_record(key: StoredKey) -> str:
     except OSError as exc:
         raise DKIMKeyError(f"{key.path}: {exc.strerror}") from None
     try:
-        return zone_record(key.domain, key.selector, record_value(pem))
+        return zone_record(key.domain, key.dns_selector, record_value(pem))
     except DKIMKeyError as exc:
         raise DKIMKeyError(f"{key.path}: {exc}") from None

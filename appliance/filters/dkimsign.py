@@ -77,7 +77,7 @@ def from_domain(message: bytes) -> str | None:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """A key ready for dkimpy: the selector, the algorithm, the private key as dkimpy reads it."""
+    """A key ready for dkimpy: the selector of its DNS record (s=), the algorithm, the private key as dkimpy reads it."""
 
     selector: str
     algorithm: str
@@ -154,7 +154,7 @@ def _load(key: dkimkeys.StoredKey) -> SigningKey:
                                                         serialization.NoEncryption()))
     else:
         raise dkimkeys.DKIMKeyError(f"{key.path}: holds a {type(private).__name__}, not an {key.algorithm} key")
-    return SigningKey(key.selector, key.algorithm, secret)
+    return SigningKey(key.dns_selector, key.algorithm, secret)
 
 
 class DKIMSigner:

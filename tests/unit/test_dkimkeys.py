@@ -97,7 +97,8 @@ def test_keygen_selector_option_and_ed25519_and_show(capsys, tmp_path):
     code, out, err = run(capsys, "--config", conf, "dkim", "show", "example.org")
     assert (code, err) == (0, "")
     names = [line.split()[0] for line in out.splitlines() if "IN TXT" in line]
-    assert names == ["next._domainkey.example.org."] * 2 + ["s2026._domainkey.example.org."] * 2
+    assert names == ["next._domainkey.example.org.", "next-ed25519._domainkey.example.org.",
+                     "s2026._domainkey.example.org.", "s2026-ed25519._domainkey.example.org."]
     ed_record = [line for line in out.splitlines() if "k=ed25519" in line]
     assert len(ed_record) == 2
     value = dkimkeys.record_value((folder / "s2026.ed25519.pem").read_bytes())
