@@ -537,24 +537,32 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     for path in paths:
         print(f"; wrote {path}")
-    print(f"; publish in the DNS zone of {domain}; mail from @{domain} is signed from now on")
-    return _print_records([k for k in dkimkeys.stored_keys(folder, domain) if k.selector == selector])
+    print(f"; publish in the DNS zone of {domain}; {_dkim_when(cfg, folder, domain, selector)}")
+    for key in dkimkeys.stored_keys(folder, domain):
+        if key.path in paths:
+            print(dkimkeys.read_record(key))
+    return 0
+
+
+def _dkim_when(cfg: config.Config, folder: str, domain: str, selector: str) -> str:
+    """When the new key starts signing: at once, unless the domain has a key of [dkim] selector."""
+    configured = dkimkeys.key_path(folder, domain, cfg.dkim.selector, dkimkeys.RSA)
+    if selector == cfg.dkim.selector or not os.path.exists(configured):
+        return f"mail from @{domain} is signed with it from now on"
+    return (f"mail from @{domain} is still signed with selector {cfg.dkim.selector} until [dkim] selector "
+            f"= {selector} (and a restart), or until {configured} is removed")
 
 
 def _dkim_show(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     domain = _dkim_domain(cfg, args.domain)
     folder = dkimkeys.keys_folder(cfg.appliance.state_dir, cfg.dkim.keys)
-    stored = dkimkeys.stored_keys(folder, domain)
-    if not stored:
+    try:
+        found = dkimkeys.records(folder, domain)
+    except dkimkeys.DKIMKeyError as exc:
+        raise CommandError(str(exc)) from None
+    if not found:
         raise CommandError(f"{domain} has no DKIM key in {folder}; make one with `mailappliance dkim keygen {domain}`")
-    return _print_records(stored)
-
-
-def _print_records(stored: list[dkimkeys.StoredKey]) -> int:
-    for key in stored:
-        try:
-            print(dkimkeys.read_record(key))
-        except dkimkeys.DKIMKeyError as exc:
-            raise CommandError(str(exc)) from None
+    print("\n".join(found))
     return 0
+

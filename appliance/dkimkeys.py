@@ -258,3 +258,9 @@ def read_record(key: StoredKey) -> str:
         return zone_record(key.domain, key.dns_selector, record_value(pem))
     except DKIMKeyError as exc:
         raise DKIMKeyError(f"{key.path}: {exc}") from None
+
+
+def records(folder: str, domain: str) -> list[str]:
+    """Zone-file records of all of `domain`'s keys ([] when it has none): what `dkim show` prints,
+    and the DKIM part of the `dns DOMAIN` command's output. DKIMKeyError for an unreadable key."""
+    return [read_record(key) for key in stored_keys(folder, domain)]

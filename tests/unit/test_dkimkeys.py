@@ -89,8 +89,12 @@ def test_keygen_refuses_a_domain_we_do_not_serve_and_a_path_like_name(capsys, tm
 
 def test_keygen_selector_option_and_ed25519_and_show(capsys, tmp_path):
     conf = write_conf(tmp_path, ed25519="yes", extra="selector = s2026\n")
-    assert run(capsys, "--config", conf, "dkim", "keygen", "Example.ORG")[0] == 0
-    assert run(capsys, "--config", conf, "dkim", "keygen", "example.org", "--selector", "next")[0] == 0
+    code, out, _ = run(capsys, "--config", conf, "dkim", "keygen", "Example.ORG")
+    assert code == 0 and "mail from @example.org is signed with it from now on" in out
+    code, out, _ = run(capsys, "--config", conf, "dkim", "keygen", "example.org", "--selector", "next")
+    assert code == 0 and "still signed with selector s2026 until [dkim] selector = next" in out
+    assert [line.split()[0] for line in out.splitlines() if "IN TXT" in line] == [
+        "next._domainkey.example.org.", "next-ed25519._domainkey.example.org."]        # only the new keys
     folder = tmp_path / "var" / "dkim" / "example.org"
     assert sorted(os.listdir(folder)) == ["next.ed25519.pem", "next.rsa.pem", "s2026.ed25519.pem", "s2026.rsa.pem"]
     assert stat.S_IMODE(os.stat(folder / "s2026.ed25519.pem").st_mode) == 0o600
