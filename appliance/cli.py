@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from appliance import address, checks, config, control, pickup, queue, tls
+from appliance import address, checks, config, control, dkimkeys, pickup, queue, tls
 from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, QueueWriteError
@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     sendmail.add_argument("-i", "-oi", action="store_true", dest="ignore_dots",
                           help="a line with a single dot does not end the message")
     sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
+    _dkim_parser(commands)
     return parser
 
 
@@ -489,3 +490,79 @@ def _pickup_folder(state_dir: str) -> str:
             raise CommandError(f"cannot create {folder}: {exc.strerror}; start the daemon once, "
                                "it creates the folder") from None
     return folder
+
+
+# ---------------------------------------------------------------- dkim keygen, dkim show
+
+def _dkim_parser(commands) -> None:
+    dkim = _command(commands, "dkim", None, "DKIM signing keys of our domains and the DNS records to publish")
+    actions = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
+    keygen = _command(actions, "keygen", _dkim_keygen, "make a signing key for a domain (RSA 2048, and ed25519 "
+                      "when [dkim] ed25519 = yes) and print the DNS TXT record to publish")
+    keygen.add_argument("domain")
+    keygen.add_argument("--selector", help="the key's DNS name is SELECTOR._domainkey.DOMAIN "
+                        "(default: [dkim] selector)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key of that selector")
+    show = _command(actions, "show", _dkim_show, "print the DNS TXT records of a domain's existing keys")
+    show.add_argument("domain")
+
+
+def _dkim_domain(cfg: config.Config, text: str) -> str:
+    """The domain, refused unless it is one of [appliance] domains.
+
+    Why refuse rather than warn: the signer signs with the key of the From: domain, and only
+    our own users' mail is signed; a key for a domain we do not serve would sign mail that
+    claims it, which is what an operator's typo (exmaple.test) would silently set up.
+    """
+    domain = text.strip().lower().rstrip(".")
+    if not dkimkeys.is_name(domain):
+        raise CommandError(f"{text!r} is not a domain name")
+    if domain not in cfg.appliance.domains:
+        raise CommandError(f"{domain} is not one of [appliance] domains ({', '.join(cfg.appliance.domains)})")
+    return domain
+
+
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    domain = _dkim_domain(cfg, args.domain)
+    selector = args.selector.strip().lower() if args.selector else cfg.dkim.selector
+    if not all(dkimkeys.is_name(dkimkeys.dns_selector(selector, algorithm)) for algorithm in dkimkeys.ALGORITHMS):
+        raise CommandError(f"{args.selector!r} is not a DKIM selector (letters, digits, hyphens, dots)")
+    folder = dkimkeys.keys_folder(cfg.appliance.state_dir, cfg.dkim.keys)
+    algorithms = (dkimkeys.RSA, dkimkeys.ED25519) if cfg.dkim.ed25519 else (dkimkeys.RSA,)
+    try:
+        paths = dkimkeys.generate(folder, domain, selector, algorithms, force=args.force,
+                                  owner=dkimkeys.owner_for(cfg.appliance.state_dir, folder))
+    except dkimkeys.DKIMKeyError as exc:
+        raise CommandError(str(exc)) from None
+    for path in paths:
+        print(f"; wrote {path}")
+    print(f"; publish in the DNS zone of {domain}; {_dkim_when(cfg, folder, domain, selector)}")
+    for key in dkimkeys.stored_keys(folder, domain):
+        if key.path in paths:
+            print(dkimkeys.read_record(key))
+    return 0
+
+
+def _dkim_when(cfg: config.Config, folder: str, domain: str, selector: str) -> str:
+    """When the new key starts signing: at once, unless the domain has a key of [dkim] selector."""
+    configured = dkimkeys.key_path(folder, domain, cfg.dkim.selector, dkimkeys.RSA)
+    if selector == cfg.dkim.selector or not os.path.exists(configured):
+        return f"mail from @{domain} is signed with it from now on"
+    return (f"mail from @{domain} is still signed with selector {cfg.dkim.selector} until [dkim] selector "
+            f"= {selector} (and a restart), or until {configured} is removed")
+
+
+def _dkim_show(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    domain = _dkim_domain(cfg, args.domain)
+    folder = dkimkeys.keys_folder(cfg.appliance.state_dir, cfg.dkim.keys)
+    try:
+        found = dkimkeys.records(folder, domain)
+    except dkimkeys.DKIMKeyError as exc:
+        raise CommandError(str(exc)) from None
+    if not found:
+        raise CommandError(f"{domain} has no DKIM key in {folder}; make one with `mailappliance dkim keygen {domain}`")
+    print("\n".join(found))
+    return 0
+

@@ -49,5 +49,9 @@ def _connect_checks(cfg: Config, reactor: Any) -> list[Check]:
 
 
 def make_signer(cfg: Config, reactor: Any, pool: Any) -> Any:
-    """filters/dkimsign.py's signer, or None."""
-    return None
+    """filters/dkimsign.py's signer, always: it looks for a domain's key at each message, so a key
+    made by `mailappliance dkim keygen` while the daemon runs is used without a restart."""
+    from appliance import dkimkeys
+    from appliance.filters.dkimsign import DKIMSigner
+    folder = dkimkeys.keys_folder(cfg.appliance.state_dir, cfg.dkim.keys)
+    return DKIMSigner(folder, cfg.dkim.selector, cfg.dkim.ed25519, reactor, pool)
