@@ -71,6 +71,7 @@ class Rates(Check):
         self.user_messages = _window(settings.user_messages_per_day, DAY)
         self.user_new_recipients = _window(settings.user_new_recipients_per_day, DAY)
         self.known: dict[bytes, float] = {}
+        self._pruned = clock.seconds()
         if store is not None and self.user_new_recipients is not None:
             self._load(store)
 
@@ -105,11 +106,20 @@ class Rates(Check):
         return None
 
     def _know(self, key: bytes, now: float) -> None:
+        if now - self._pruned >= DAY:
+            self._prune(now)
         if key not in self.known and len(self.known) >= MAX_KNOWN:
             self._forget_oldest()
         self.known[key] = now
         if self.store is not None:
             self.store.write("INSERT OR REPLACE INTO known_recipients (key, last) VALUES (?, ?)", (key, now))
+
+    def _prune(self, now: float) -> None:
+        """Once a day: forget the correspondents not written to for KNOWN_FOR, in memory and on disk."""
+        self._pruned = now
+        self.known = {key: last for key, last in self.known.items() if now - last <= KNOWN_FOR}
+        if self.store is not None:
+            self.store.write("DELETE FROM known_recipients WHERE last < ?", (now - KNOWN_FOR,))
 
     def _forget_oldest(self) -> None:
         """Bounded memory: drop the tenth least recently used, and anything expired, on disk too."""
@@ -122,7 +132,6 @@ class Rates(Check):
 
     def _load(self, store: StateStore) -> None:
         now = self.clock.seconds()
-        store.write("DELETE FROM known_recipients WHERE last < ?", (now - KNOWN_FOR,))
         for key, last in store.rows("SELECT key, last FROM known_recipients"):
             if now - last <= KNOWN_FOR:
                 self.known[bytes(key)] = last
