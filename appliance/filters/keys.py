@@ -12,6 +12,7 @@ MAX_ADDRESS = 254          # RFC 5321 4.5.3.1.3: a path is at most 256 octets wi
 
 _BATV = re.compile(r"^(?:prvs|msprvs1)=[0-9a-z]+=|^btv1==[^=]*==")   # draft-levine-smtp-batv
 _TOKEN_WITH_DIGIT = re.compile(r"[a-z0-9]*[0-9][a-z0-9]*")
+_TRAILING_DOTS = re.compile(r"[.\s]+$")
 
 
 def network_key(peer: str, v4_prefix: int = 24, v6_prefix: int = 64) -> str:
@@ -58,7 +59,7 @@ def normalize_sender(sender: str) -> str:
     local = _strip_signing(local)
     local = local.split("+", 1)[0]
     local = _TOKEN_WITH_DIGIT.sub("#", local)
-    domain = domain.rstrip(".")
+    domain = _TRAILING_DOTS.sub("", domain)          # `example.test.` is `example.test`
     return f"{local}@{domain}" if at else local
 
 
