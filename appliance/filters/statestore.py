@@ -125,7 +125,8 @@ class StateStore(service.Service):
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    """Open (or create, 0600) the file, in WAL mode, with the tables."""
+    """Open (or create, 0600, and its folder 0700) the file, in WAL mode, with the tables."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     if not os.path.exists(path):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
