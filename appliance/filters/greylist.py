@@ -26,19 +26,19 @@ from appliance.filters.base import Check, Facts, Verdict
 from appliance.filters.keys import network_key, normalize_sender
 from appliance.filters.statestore import StateStore
 
-MAX_TRIPLETS = 1_000_000       # memory bound beyond expiry: the least recently used go first
+MAX_TRIPLETS = 500_000         # memory bound beyond expiry (~100 MB): the least recently used go first
 MAX_CLIENTS = 200_000
 PRUNE_EVERY = 3600             # seconds between expiry sweeps
 
 
-@dataclass
+@dataclass(slots=True)
 class Triplet:
     first: float                # when it was first seen (or started over)
     last: float                 # its last try
     passed: bool = False        # a retry came after the delay: it passes from now on
 
 
-@dataclass
+@dataclass(slots=True)
 class Client:
     passed: int                 # deliveries that passed greylisting
     last: float

@@ -327,3 +327,24 @@ def test_trusted_clients_are_not_greylisted(world):
 def test_the_state_file_is_private(world):
     world.attempt()
     assert os.stat(os.path.join(world.folder, FILENAME)).st_mode & 0o077 == 0
+
+
+def test_build_puts_rates_before_greylisting_and_leaves_out_what_is_off(tmp_path):
+    from appliance import config
+    from appliance.filters.build import make_pipeline
+    from tests.unit.test_config import MINIMAL, write
+
+    def names(checks_section: str) -> list[str]:
+        cfg = config.load(write(tmp_path, MINIMAL + f"state_dir = {tmp_path}/var\n[checks]\n{checks_section}"))
+        pipeline = make_pipeline(cfg, task.Clock(), None)
+        for check in pipeline.checks:
+            store = getattr(check, "store", None)
+            if store is not None:
+                store.close()
+        return pipeline.names()
+
+    assert names("") == ["rates", "greylist"]                      # the defaults: suspicious, mox's limits
+    assert names("greylist = off\n") == ["rates"]
+    assert names("client_messages_per_minute = 0\nclient_recipients_per_minute = 0\nuser_messages_per_day = 0\n"
+                 "user_new_recipients_per_day = 0\n") == ["greylist"]
+    assert os.path.exists(tmp_path / "var" / FILENAME)
