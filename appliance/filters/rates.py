@@ -11,7 +11,8 @@ limit: `450 4.7.1`, a temporary refusal, so legitimate mail retries and goes out
 The windows slide (the last 60 s, the last 24 h) and keep at most `limit` times per key, so
 memory is bounded by the active keys; idle keys are swept. The recipients a user wrote to are
 remembered in the state store (hashed: the file does not say who writes to whom) so a restart
-does not make every correspondent "new"; the day's counts live in memory only.
+does not make every correspondent "new"; so are the users' counted events of the last day, so
+a restart does not reset a daily cap. The per-minute client windows live in memory only.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ MINUTE = 60.0
 DAY = 86400.0
 KNOWN_FOR = 400 * DAY           # a correspondent not written to for this long is new again
 MAX_KNOWN = 2_000_000           # recipient memory bound beyond that expiry
+MESSAGES, NEW_RECIPIENTS = "messages", "new-recipients"     # the kinds of a user's counted events
 
 
 class SlidingWindow:
@@ -68,11 +70,11 @@ class Rates(Check):
         self.store = store
         self.client_messages = _window(settings.client_messages_per_minute, MINUTE)
         self.client_recipients = _window(settings.client_recipients_per_minute, MINUTE)
-        self.user_messages = _window(settings.user_messages_per_day, DAY)
-        self.user_new_recipients = _window(settings.user_new_recipients_per_day, DAY)
+        self.user_windows = {MESSAGES: _window(settings.user_messages_per_day, DAY),
+                             NEW_RECIPIENTS: _window(settings.user_new_recipients_per_day, DAY)}
         self.known: dict[bytes, float] = {}
         self._pruned = clock.seconds()
-        if store is not None and self.user_new_recipients is not None:
+        if store is not None:
             self._load(store)
 
     def mail(self, facts: Facts) -> Verdict | None:
@@ -81,7 +83,7 @@ class Rates(Check):
             if not _allow(self.client_messages, network_key(facts.peer, 32), now):
                 return Verdict.tempfail(replies.CLIENT_TOO_FAST, "messages per minute")
         elif facts.login:
-            if not _allow(self.user_messages, facts.login.lower(), now):
+            if not self._count(MESSAGES, _digest(facts.login.lower()), now):
                 return Verdict.tempfail(replies.USER_DAILY_LIMIT, "messages per day")
         return None
 
@@ -90,20 +92,30 @@ class Rates(Check):
         if _on_mx(facts):
             if not _allow(self.client_recipients, network_key(facts.peer, 32), now):
                 return Verdict.tempfail(replies.CLIENT_TOO_MANY_RECIPIENTS, "recipients per minute")
-        elif facts.login and self.user_new_recipients is not None:
+        elif facts.login and self.user_windows[NEW_RECIPIENTS] is not None:
             return self._new_recipient(facts.login.lower(), facts.txn.rcpt.lower(), now)
         return None
 
     def _new_recipient(self, login: str, rcpt: str, now: float) -> Verdict | None:
         """A recipient this user wrote to before passes; a new one counts once, then is known."""
-        assert self.user_new_recipients is not None
-        key = hashlib.sha256(f"{login}\0{rcpt}".encode("utf-8", "replace")).digest()[:16]
+        key = _digest(f"{login}\0{rcpt}")
         last = self.known.get(key)
         if last is None or now - last > KNOWN_FOR:
-            if not self.user_new_recipients.allow(login, now):
+            if not self._count(NEW_RECIPIENTS, _digest(login), now):
                 return Verdict.tempfail(replies.USER_DAILY_LIMIT, "new recipients per day")
         self._know(key, now)
         return None
+
+    def _count(self, kind: str, user: bytes, now: float) -> bool:
+        """One more of the user's day (kept on disk too: a restart does not reset a daily cap)."""
+        window = self.user_windows[kind]
+        if window is None:
+            return True
+        if not window.allow(user.hex(), now):
+            return False
+        if self.store is not None:
+            self.store.write("INSERT INTO user_events (user, kind, at) VALUES (?, ?, ?)", (user, kind, now))
+        return True
 
     def _know(self, key: bytes, now: float) -> None:
         if now - self._pruned >= DAY:
@@ -115,11 +127,12 @@ class Rates(Check):
             self.store.write("INSERT OR REPLACE INTO known_recipients (key, last) VALUES (?, ?)", (key, now))
 
     def _prune(self, now: float) -> None:
-        """Once a day: forget the correspondents not written to for KNOWN_FOR, in memory and on disk."""
+        """Once a day: forget old correspondents and past days' counts, in memory and on disk."""
         self._pruned = now
         self.known = {key: last for key, last in self.known.items() if now - last <= KNOWN_FOR}
         if self.store is not None:
             self.store.write("DELETE FROM known_recipients WHERE last < ?", (now - KNOWN_FOR,))
+            self.store.write("DELETE FROM user_events WHERE at < ?", (now - DAY,))
 
     def _forget_oldest(self) -> None:
         """Bounded memory: drop the tenth least recently used, and anything expired, on disk too."""
@@ -132,9 +145,19 @@ class Rates(Check):
 
     def _load(self, store: StateStore) -> None:
         now = self.clock.seconds()
-        for key, last in store.rows("SELECT key, last FROM known_recipients"):
-            if now - last <= KNOWN_FOR:
-                self.known[bytes(key)] = last
+        if self.user_windows[NEW_RECIPIENTS] is not None:
+            for key, last in store.rows("SELECT key, last FROM known_recipients"):
+                if now - last <= KNOWN_FOR:
+                    self.known[bytes(key)] = last
+        for user, kind, at in store.rows("SELECT user, kind, at FROM user_events ORDER BY at"):
+            window = self.user_windows.get(kind)
+            if window is not None and now - at < DAY:
+                window.allow(bytes(user).hex(), at)
+
+
+def _digest(text: str) -> bytes:
+    """16 bytes of SHA-256: what the state file keeps instead of logins and addresses."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).digest()[:16]
 
 
 def _window(limit: int, span: float) -> SlidingWindow | None:

@@ -35,6 +35,8 @@ SCHEMA = (
     " passed INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS greylist_clients (net TEXT PRIMARY KEY, count INTEGER NOT NULL, last REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS known_recipients (key BLOB PRIMARY KEY, last REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS user_events (user BLOB NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS user_events_at ON user_events (at)",
 )
 
 Change = tuple[str, Sequence[Any]]

@@ -163,3 +163,30 @@ def test_the_window_forgets_idle_keys():
     assert list(window.events) == ["late"]
     assert window.allow("late", 200) and not window.allow("late", 200)
     assert window.allow("late", 260)
+
+
+def test_a_restart_does_not_reset_the_daily_caps(store):
+    clock = task.Clock()
+    first = store()
+    rates = Rates(limits(user_messages_per_day=2, user_new_recipients_per_day=1), clock, first)
+    rig = submission(CheckRig([rates], clock=clock))
+    rig.send(b"MAIL FROM:<alice@example.test>\r\n")
+    assert rcpt(rig, "b@example.test") == b"250 2.1.5 Recipient ok"
+    rig.send(b"RSET\r\n")
+    assert mail_from(rig) == b"250 2.1.0 Sender ok"
+    first.close()
+    clock.advance(3600)
+    again = store()
+    rig = submission(CheckRig([Rates(limits(user_messages_per_day=2, user_new_recipients_per_day=1), clock, again)],
+                              clock=clock))
+    assert mail_from(rig) == DAILY
+    other = submission(CheckRig(rig.pipeline.checks, clock=clock), login="bob@example.test")
+    other.send(b"MAIL FROM:<bob@example.test>\r\n")
+    assert rcpt(other, "c@example.test") == b"250 2.1.5 Recipient ok"      # bob's day is his own
+    assert rcpt(other, "d@example.test") == DAILY
+    clock.advance(86400 - 3600)
+    rig = submission(CheckRig(rig.pipeline.checks, clock=clock))
+    assert mail_from(rig) == b"250 2.1.0 Sender ok"
+    again.flush()
+    rows = sqlite3.connect(again.path).execute("SELECT user FROM user_events").fetchall()
+    assert rows and all(len(user) == 16 and b"alice" not in user for user, in rows)
