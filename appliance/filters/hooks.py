@@ -115,7 +115,7 @@ class Hook(Check):
                 answer = await waiting.addTimeout(self.timeout, self.clock)
         except defer.CancelledError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:     # sys.exit() in a hook must not end the session's checks
             maillog.log.failure("hook {name} failed at {stage}; passed over", name=self.name, stage=stage.value)
             maillog.error("hook-failed", session=facts.session, check=self.name, stage=stage.value,
                           reason=f"{type(exc).__name__}: {exc}"[:MAX_TEXT])

@@ -40,6 +40,10 @@ def raises(stage, facts):
     raise RuntimeError("the operator's bug")
 
 
+def exits(stage, facts):
+    raise SystemExit(3)
+
+
 def nonsense(stage, facts):
     return {"verdict": "reject"}
 

@@ -80,7 +80,8 @@ def test_junk_at_connect_holds_for_every_message_of_the_session():
         assert b"X-Neighbourhood: bad\r\n" in message
 
 
-@pytest.mark.parametrize("name, event", [("raises", "hook-failed"), ("nonsense", "hook-nonsense"),
+@pytest.mark.parametrize("name, event", [("raises", "hook-failed"), ("exits", "hook-failed"),
+                                         ("nonsense", "hook-nonsense"),
                                          ("unknown_action", "hook-nonsense"), ("bad_header", "hook-nonsense")])
 def test_a_broken_hook_is_logged_and_passed_over(name, event):
     with LogLines() as log:
