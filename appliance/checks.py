@@ -36,6 +36,7 @@ def check_files(config: Config, *, starting: bool = False) -> list[str]:
     problems.lines += check_ldap_files(config)
     _check_aliases(config, problems, starting=starting)
     _check_relay_files(config, problems)
+    _check_hooks(config, problems)
     return problems.lines
 
 
@@ -122,6 +123,13 @@ def _check_relay_files(config: Config, problems: Problems) -> None:
         path = getattr(config.relay, key)
         if path and not os.access(path, os.R_OK):
             problems.add("relay", key, f"{path} cannot be read")
+
+
+def _check_hooks(config: Config, problems: Problems) -> None:
+    """[checks] hooks are imported at start: a typo is reported here, never a crash mid-session."""
+    from appliance.filters import hooks
+    for problem in hooks.problems(config.checks.hooks):
+        problems.add("checks", "hooks", problem)
 
 
 def _template_root(template: str) -> str:

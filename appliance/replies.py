@@ -61,6 +61,13 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+# The checks' refusals (appliance/filters): 4.7.1 "delivery not authorized" (RFC 3463 3.8), temporary
+GREYLISTED = Reply(451, "4.7.1", "Greylisted, try again later")          # RFC 6647; with_text says when
+CLIENT_TOO_FAST = Reply(450, "4.7.1", "Too many messages from your address, try again later")
+CLIENT_TOO_MANY_RECIPIENTS = Reply(450, "4.7.1", "Too many recipients from your address, try again later")
+USER_DAILY_LIMIT = Reply(450, "4.7.1", "Daily sending limit reached")
+HOOK_TEMPFAIL = Reply(451, "4.7.1", "Try again later")                  # an operator's hook; its text replaces this
+HOOK_REJECT = Reply(550, "5.7.1", "Refused by local policy")             # an operator's hook; its text replaces this
 
 # 5xx: permanent
 PREGREET = Reply(554, "5.5.1", "Protocol error: you talked before the greeting ended")  # postscreen's pregreet test

@@ -6,6 +6,7 @@ doubts; DMARC reads SPF and DKIM; Authentication-Results comes last).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from appliance.config import Config
@@ -20,8 +21,10 @@ def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None) -> Pipe
     checks += _connect_checks(cfg, reactor)
     # mail: SPF of MAIL FROM and HELO (filters/spf.py)
     # mail, rcpt: rate limits (filters/rates.py), then greylisting (filters/greylist.py)
+    checks += _limits(cfg, reactor, top)
     # data: clamd, spamd (filters/clamd.py, filters/spamd.py), DKIM, DMARC (filters/dkimverify.py,
     #       filters/dmarc.py), the operator's hooks (filters/hooks.py), Authentication-Results last
+    checks += _hooks(cfg, reactor)     # the operator's hooks: after every check (they read their findings)
     return Pipeline(checks)
 
 
@@ -46,6 +49,30 @@ def _connect_checks(cfg: Config, reactor: Any) -> list[Check]:
     if dnsbl:
         found.append(DNSBL(lookups, settings.dnsbl, settings.dnswl, settings.dnsbl_threshold))
     return [Prefetch(found), *found]
+
+
+def _limits(cfg: Config, reactor: Any, top: Any) -> list[Check]:
+    """Rates, then greylisting (a client over its rate is not worth a triplet); their state in state_dir."""
+    from appliance.filters import greylist, rates, statestore
+    settings = cfg.checks
+    wanted_rates, wanted_greylist = rates.any_limit(settings), settings.greylist != "off"
+    if not (wanted_rates or wanted_greylist):
+        return []
+    store = statestore.StateStore(os.path.join(cfg.appliance.state_dir, statestore.FILENAME))
+    if top is not None:
+        store.setServiceParent(top)
+    found: list[Check] = []
+    if wanted_rates:
+        found.append(rates.Rates(settings, reactor, store))
+    if wanted_greylist:
+        found.append(greylist.Greylist(settings, store, reactor))
+    return found
+
+
+def _hooks(cfg: Config, reactor: Any) -> list[Check]:
+    """[checks] hooks, imported now (appliance/checks.py has reported any that cannot be)."""
+    from appliance.filters import hooks
+    return list(hooks.make_hooks(cfg.checks.hooks, reactor))
 
 
 def make_signer(cfg: Config, reactor: Any, pool: Any) -> Any:

@@ -93,6 +93,7 @@ class ApplianceSMTP(ESMTP):
         self.facts: Facts | None = None       # what the checks learn (appliance/filters)
         self._greeting = False                # the banner is still being sent (pregreet detection)
         self._refusal: SMTPReplyError | None = None   # a connect-stage refusal, answered at MAIL
+        self._gone = False                    # the client hung up (connectionLost ran)
 
     # ---- connection life cycle -------------------------------------------------------
     def connectionMade(self) -> None:
@@ -140,13 +141,14 @@ class ApplianceSMTP(ESMTP):
             self._refusal = refusal
         if self._greeting and (mode == "all" or facts.doubtful) and f.checks_settings.pregreet_wait:
             await deferLater(f.clock or _reactor(), f.checks_settings.pregreet_wait, lambda: None)
-        if self.transport.disconnecting:
-            return
+        if self.transport.disconnecting or self._gone:
+            return                          # no banner and no idle timer for a client that hung up
         self._greeting = False
         self.sendLine(self._banner(" "))
         self._idle_timer()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._gone = True
         self.setTimeout(None)
         if self._login_pending is not None:
             self._login_pending.cancel()        # a login held back by the throttle: nobody to answer

@@ -121,6 +121,14 @@ def test_pregreet_a_patient_client_gets_the_banner_after_the_pause():
     assert codes(rig.mail())[-1] == b"250"
 
 
+def test_pregreet_a_client_that_hangs_up_during_the_pause_leaves_no_timer():
+    rig = CheckRig([Doubt()], settings=settings(pregreet="suspicious", pregreet_wait=6))
+    rig.close()
+    rig.clock.advance(6)
+    assert rig.take() == []                           # no banner to a gone client
+    assert rig.clock.getDelayedCalls() == []          # nor an idle timer holding the dead session
+
+
 def test_pregreet_an_ordinary_client_waits_no_pause():
     rig = CheckRig([Recorder()], settings=settings(pregreet="suspicious", pregreet_wait=6))
     assert rig.greeting == [b"220-mail.example.test ESMTP mailappliance", b"220 mail.example.test ESMTP mailappliance"]
