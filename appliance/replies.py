@@ -61,6 +61,7 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+SPF_TEMPERROR = Reply(451, "4.7.24", "SPF validation error (DNS), try again later")   # RFC 7372 3.2: temperror
 
 # 5xx: permanent
 PREGREET = Reply(554, "5.5.1", "Protocol error: you talked before the greeting ended")  # postscreen's pregreet test
@@ -96,6 +97,8 @@ TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop")
 MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop")
 DIRECTORY_TARGET_REFUSED = Reply(550, "5.7.1", "Recipient address rejected: delivery target not allowed")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
+SPF_FAIL = Reply(550, "5.7.23", "SPF validation failed")          # RFC 7372 3.2; the domain's explanation follows
+DMARC_REJECT = Reply(550, "5.7.1", "Rejected by the DMARC policy of the From: domain")   # RFC 7489 6.6.4, 7.3
 
 
 class POP3:
