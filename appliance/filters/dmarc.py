@@ -49,17 +49,18 @@ class DMARCRecord:
 
 
 def parse_tags(text: str) -> dict[str, str] | None:
-    """A tag-list (RFC 7489 6.4, the DKIM syntax of RFC 6376 3.2): tag names lowercased; None if malformed.
+    """A tag-list (RFC 7489 6.4, the DKIM syntax of RFC 6376 3.2), tag names lowercased.
 
-    Malformed: an entry without "=", a bad tag name, or a tag given twice (RFC 6376 3.2).
+    An entry that is not `name=value` with a valid name is a syntax error, ignored (RFC 7489
+    6.3); a tag given twice makes the whole list invalid (RFC 6376 3.2): None.
     """
     tags: dict[str, str] = {}
     for part in text.split(";"):
-        if not part.strip():
-            continue
         name, eq, value = part.partition("=")
         name = name.strip().lower()
-        if not eq or not _TAG.match(name) or name in tags:
+        if not eq or not _TAG.match(name):
+            continue
+        if name in tags:
             return None
         tags[name] = value.strip()
     return tags

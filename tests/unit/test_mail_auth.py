@@ -262,14 +262,15 @@ def test_strict_spf_alignment_needs_the_same_name(session):
     assert out[-1].startswith(b"550 5.7.1")
 
 
-@pytest.mark.parametrize("draw, folder, code", [(0.1, "", b"250"), (0.9, "Junk", b"250")])
-def test_pct_applies_the_policy_to_that_share_and_the_milder_one_to_the_rest(session, draw, folder, code):
-    s = session(sample=lambda: draw)
-    out = s.transaction("x@pass.test", mail("pass.test", "half.test"))
-    if draw < 0.5:
-        assert out[-1].startswith(b"550 5.7.1")
-    else:
-        assert out[-1].startswith(code) and [r.folder for r in queued(s)[0].recipients] == [folder]
+def test_pct_applies_p_reject_to_the_sampled_share(session):
+    s = session(sample=lambda: 0.10)                   # 10 < pct=50: the policy applies
+    assert s.transaction("x@pass.test", mail("pass.test", "half.test"))[-1].startswith(b"550 5.7.1")
+
+
+def test_pct_gives_the_rest_the_next_milder_policy(session):
+    s = session(sample=lambda: 0.90)                   # 90 >= pct=50: quarantine instead of reject
+    assert s.transaction("x@pass.test", mail("pass.test", "half.test"))[-1].startswith(b"250")
+    assert [r.folder for r in queued(s)[0].recipients] == ["Junk"]
 
 
 def test_two_from_fields_are_permerror_and_not_refused(session):
@@ -297,3 +298,16 @@ def test_a_forged_field_claiming_our_name_is_removed_and_others_stay(session):
 
 def test_no_method_is_none():
     assert field_value(HOST, []) == f"{HOST}; none"
+
+
+@pytest.mark.parametrize("identifier, author, mode, expected", [
+    ("mail.example.co.uk", "example.co.uk", "r", True),      # the public suffix list knows co.uk
+    ("example.co.uk", "other.co.uk", "r", False),
+    ("mail.example.co.uk", "example.co.uk", "s", False),
+    ("Example.CO.uk.", "example.co.uk", "s", True),
+    ("bar.github.io", "foo.github.io", "r", False),           # a private suffix: separate owners
+    ("", "example.co.uk", "r", False),
+])
+def test_alignment_uses_the_public_suffix_list(identifier, author, mode, expected):
+    from appliance.filters.dmarc import aligned
+    assert aligned(identifier, author, mode) is expected
