@@ -12,6 +12,7 @@ from twisted.python.threadpool import ThreadPool
 
 from appliance import message as msg
 from appliance.filters.authresults import AuthResults, field_value, pvalue
+from appliance.filters.base import AuthResult, Check
 from appliance.filters.dkimverify import DKIMVerify
 from appliance.filters.dmarc import DMARCCheck
 from appliance.filters.spf import SPFCheck
@@ -311,3 +312,54 @@ def test_no_method_is_none():
 def test_alignment_uses_the_public_suffix_list(identifier, author, mode, expected):
     from appliance.filters.dmarc import aligned
     assert aligned(identifier, author, mode) is expected
+
+
+def test_opendkim_testmsgs_rsa_sha1_signature_is_not_accepted(session, tmp_path):
+    """opendkim-testmsg signs rsa-sha1, which RFC 8301 3.1 forbids verifiers to accept: dkim=policy."""
+    import subprocess
+    from tests.integration.harness import require_program
+    key_path = tmp_path / "key.pem"
+    key_path.write_bytes(OTHER_KEY.pem)
+    done = subprocess.run([require_program("opendkim-testmsg"), "-C", "-d", "opendkim.test", "-k", str(key_path),
+                           "-s", "odk", "-t", str(tmp_path)], input=mail("opendkim.test"), capture_output=True,
+                          timeout=30)
+    assert done.returncode == 0 and b"a=rsa-sha1" in done.stdout, done.stderr
+    signed = done.stdout.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    s = session(dmarc="tag")
+    assert s.transaction("x@pass.test", signed)[-1].startswith(b"250")
+    results = our_results(queued(s)[1])
+    assert "dkim=policy" in results and "header.d=opendkim.test" in results and "dmarc=fail" in results
+
+
+def test_a_silent_nameserver_makes_dkim_and_dmarc_temperror(session, silent_nameserver):
+    signed = KEY.sign(mail("signed.test"), "signed.test")
+    s = session(nameservers=silent_nameserver, timeout=1, temperror="tag")
+    assert s.transaction("x@pass.test", signed)[-1].startswith(b"250")
+    results = our_results(queued(s)[1])
+    assert "dkim=temperror" in results and "dmarc=temperror" in results
+
+
+class IprevStub(Check):
+    """Stands for fcrdns.py (another part of issue 11): leaves its iprev result in facts.notes."""
+
+    name = "iprev"
+
+    def connect(self, facts):
+        facts.notes["iprev"] = AuthResult("iprev", "pass", (("policy.iprev", facts.peer),))
+
+
+def test_the_iprev_result_comes_first(session, dns_server, pool):
+    clock = ThreadedClock()
+    dns = SyncDNS([("127.0.0.1", dns_server.port)], 2)
+    s = Session(CheckRig([IprevStub(), SPFCheck(dns, clock, pool, HOST), AuthResults(HOST)], peer=CLIENT,
+                         clock=clock), clock)
+    s.transaction("x@pass.test", mail())
+    assert our_results(queued(s)[1]).startswith(f"{HOST}; iprev=pass policy.iprev={CLIENT}; spf=pass")
+
+
+def test_a_trusted_client_gets_forged_fields_removed_and_none_added():
+    rig = CheckRig([AuthResults(HOST)], peer=CLIENT, trusted="192.0.2.0/24")
+    forged = b"Authentication-Results: mail.example.test; dkim=pass\r\n"
+    assert rig.mail(body=forged + mail())[-1].startswith(b"250")
+    (_, message), = rig.queue.items
+    assert msg.get_all(message, "Authentication-Results") == []
