@@ -21,7 +21,6 @@ from typing import Any
 import dns.exception
 import dns.name
 import dns.nameserver
-import dns.rdatatype
 import dns.resolver
 
 CACHE_ENTRIES = 4096      # answers kept by TTL (dnspython's LRU cache is thread-safe)
@@ -52,10 +51,10 @@ class SyncDNS:
                                            lifetime=lifetime)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
-        except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration) as exc:
-            raise DNSTemporaryError(f"{name}/{rdtype}: {exc}") from exc
-        except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.BadEscape):
+        except (dns.exception.SyntaxError, dns.exception.FormError, dns.name.IDNAException):
             return []                                 # not a name DNS can hold: nothing there
+        except dns.exception.DNSException as exc:     # a timeout, SERVFAIL or REFUSED from every server
+            raise DNSTemporaryError(f"{name}/{rdtype}: {exc}") from exc
         return list(answer.rrset) if answer.rrset is not None else []
 
     def txt(self, name: str, timeout: float | None = None) -> list[bytes]:

@@ -6,6 +6,7 @@ nameservers`), serving one zone `test` with the records below. The client is 192
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from twisted.python.threadpool import ThreadPool
@@ -16,7 +17,7 @@ from appliance.filters.base import AuthResult, Check
 from appliance.filters.dkimverify import DKIMVerify
 from appliance.filters.dmarc import DMARCCheck
 from appliance.filters.spf import SPFCheck
-from appliance.filters.syncdns import SyncDNS
+from appliance.filters.syncdns import DNSTemporaryError, SyncDNS, pyspf_lookup
 from tests.integration.dnsserver import DNSServer, a, txt
 from tests.unit.authrig import Session, SigningKey, ThreadedClock, opendkim_sign
 from tests.unit.checkrig import CheckRig
@@ -151,11 +152,36 @@ def test_a_bounce_is_checked_as_postmaster_at_the_helo_name(session):
 
 
 @pytest.fixture
-def silent_nameserver():
+def silent_socket():
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))                       # takes the queries, never answers
-    yield [("127.0.0.1", sock.getsockname()[1])]
+    yield sock
     sock.close()
+
+
+@pytest.fixture
+def silent_nameserver(silent_socket):
+    return [("127.0.0.1", silent_socket.getsockname()[1])]
+
+
+def test_syncdns_asks_only_the_configured_server_and_gives_up_after_the_timeout(silent_socket, silent_nameserver):
+    resolver = SyncDNS(silent_nameserver, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(DNSTemporaryError):
+        resolver.txt("pass.test")
+    assert 0.9 <= time.monotonic() - started < 2.5
+    silent_socket.settimeout(0.1)
+    assert silent_socket.recv(512)                   # our server was the one asked
+
+
+def test_pyspfs_lookup_goes_to_the_resolver_bound_for_the_evaluation(dns_server, silent_nameserver):
+    import spf
+    with pyspf_lookup(SyncDNS([("127.0.0.1", dns_server.port)], 2)):
+        assert spf.DNSLookup("pass.test", "TXT") == [(("pass.test", "TXT"), [ALLOW.encode()])]
+        with pyspf_lookup(SyncDNS(silent_nameserver, 1)):
+            with pytest.raises(spf.TempError):
+                spf.DNSLookup("pass.test", "TXT")
+        assert spf.DNSLookup("client.test", "A") == [(("client.test", "A"), CLIENT)]
 
 
 def test_spf_temperror_is_451_4_7_24(session, silent_nameserver):
