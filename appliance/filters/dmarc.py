@@ -182,8 +182,8 @@ def evaluate(message: bytes, dns: SyncDNS, spf: Any, dkim_domains: list[str],
         return Evaluation(result, "", reason=why)
     try:
         record, found_at = discover(dns, domain)
-    except DNSTemporaryError as exc:
-        return Evaluation("temperror", domain, reason=str(exc)[:120])
+    except DNSTemporaryError:          # accepted: no policy is known (the header tells, not which server)
+        return Evaluation("temperror", domain, reason="DMARC record lookup failed")
     if record is None:
         return Evaluation("none", domain, reason="no DMARC record")
     spf_ok = spf is not None and spf.result == "pass" and aligned(spf.domain, domain, record.aspf)

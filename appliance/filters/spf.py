@@ -63,6 +63,12 @@ def is_domain(name: str) -> bool:
     return bool(_DOMAIN.match(name)) and not name.rstrip(".").replace(".", "").isdigit()
 
 
+def _doubt(facts: Facts, why: str) -> None:
+    """Once per session: doubts are the client's, and a session may hold many transactions."""
+    if why not in facts.doubts:
+        facts.doubts.append(why)
+
+
 class SPFCheck(Check):
     """The "spf" check at stage mail."""
 
@@ -125,14 +131,14 @@ class SPFCheck(Check):
             identity = "MAIL FROM" if failed is sender else "HELO"
             if self.on_fail == "reject":
                 return self._fail(identity, facts.txn.sender if failed is sender else facts.helo, failed)
-            facts.doubts.append("SPF fail")
+            _doubt(facts, "SPF fail")
             return Verdict.tag(f"spf=fail {identity} {failed.domain}")
         if any(r.result == "temperror" for r in results):
             if self.on_temperror == "tempfail":
                 return Verdict.tempfail(replies.SPF_TEMPERROR, "spf=temperror")
             return Verdict.tag("spf=temperror")
         if sender.result in DOUBTFUL:
-            facts.doubts.append(f"SPF {sender.result}")
+            _doubt(facts, f"SPF {sender.result}")
             return Verdict.tag(f"spf={sender.result} {sender.domain}")
         if sender.result == "permerror":
             return Verdict.tag(f"spf=permerror {sender.domain}: {sender.explanation}")
