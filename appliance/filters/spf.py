@@ -17,7 +17,9 @@ and the reactor's wait by a timeout a little longer than that.
 """
 from __future__ import annotations
 
+import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +44,15 @@ class SPFResult:
     domain: str
 
 
-def evaluate(dns: SyncDNS, ip: str, sender: str, helo: str, receiver: str, querytime: float) -> SPFResult:
-    """check_host() for `sender` (or, when it is "", postmaster@helo): blocking, for the pool only."""
+def evaluate(dns: SyncDNS, ip: str, sender: str, helo: str, receiver: str, querytime: float,
+             deadline: float = math.inf) -> SPFResult:
+    """check_host() for `sender` (or, when it is "", postmaster@helo): blocking, for the pool only.
+
+    A job that waited in the pool past `deadline` (the session gave up on it) does no lookups.
+    """
     import spf
+    if time.monotonic() > deadline:
+        return SPFResult("temperror", "SPF evaluation waited too long", "")
     query = spf.query(i=ip, s=sender, h=helo, receiver=receiver, timeout=dns.timeout, querytime=querytime)
     with pyspf_lookup(dns):
         result, _code, explanation = query.check()
@@ -116,9 +124,10 @@ class SPFCheck(Check):
         return result
 
     async def _run(self, ip: str, sender: str, helo: str) -> SPFResult:
+        limit = self.querytime + self.dns.timeout
         d = threads.deferToThreadPool(self.reactor, self.pool, evaluate, self.dns, ip, sender, helo,
-                                      self.receiver, self.querytime)
-        d.addTimeout(self.querytime + self.dns.timeout, self.reactor)
+                                      self.receiver, self.querytime, time.monotonic() + limit)
+        d.addTimeout(limit, self.reactor)
         try:
             return await d
         except defer.TimeoutError:

@@ -389,3 +389,50 @@ def test_a_trusted_client_gets_forged_fields_removed_and_none_added():
     assert rig.mail(body=forged + mail())[-1].startswith(b"250")
     (_, message), = rig.queue.items
     assert msg.get_all(message, "Authentication-Results") == []
+
+
+# ---- build.py --------------------------------------------------------------------------------------
+
+def built(tmp_path, checks: str) -> list[str]:
+    from appliance import config
+    from appliance.filters.build import make_pipeline
+    from appliance.inline import InlinePool, InlineReactor
+    from tests.unit.test_config import MINIMAL, write
+    cfg = config.load(write(tmp_path, MINIMAL + "[checks]\ngreylist = off\n" + checks))
+    return make_pipeline(cfg, InlineReactor(), InlinePool()).names()
+
+
+def test_the_defaults_build_spf_dkim_dmarc_and_authresults_last(tmp_path):
+    names = built(tmp_path, "")
+    assert [n for n in names if n in ("spf", "dkim", "dmarc", "authresults")] == ["spf", "dkim", "dmarc", "authresults"]
+    assert names[-1] == "authresults"
+
+
+def test_each_is_left_out_when_off_and_authresults_with_the_last(tmp_path):
+    assert "spf" not in built(tmp_path, "spf = off\n")
+    assert [n for n in built(tmp_path, "spf = off\ndkim_verify = no\n") if n in ("dmarc", "authresults")] == \
+        ["dmarc", "authresults"]
+    assert not {"spf", "dkim", "dmarc", "authresults"} & set(built(tmp_path, "spf = off\ndkim_verify = no\ndmarc = off\n"))
+
+
+class StuckPool:
+    """A pool whose threads are all busy: jobs are taken and never run."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append(f)
+
+
+def test_an_spf_evaluation_that_never_returns_is_a_temperror_at_the_timeout(dns_server):
+    clock, pool = ThreadedClock(), StuckPool()
+    dns = SyncDNS([("127.0.0.1", dns_server.port)], 2)
+    rig = CheckRig([SPFCheck(dns, clock, pool, HOST)], peer=CLIENT, clock=clock)
+    rig.send(b"EHLO client.test\r\n")
+    assert rig.send(b"MAIL FROM:<x@pass.test>\r\n") == []       # waiting for the HELO evaluation
+    clock.advance(4 * 2 + 2)
+    assert rig.take() == []                                      # the MAIL FROM one is now waiting
+    clock.advance(4 * 2 + 2)
+    assert rig.take()[-1].startswith(b"451 4.7.24")
+    assert len(pool.jobs) == 2
