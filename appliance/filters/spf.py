@@ -27,7 +27,7 @@ from twisted.internet import defer, threads
 
 from appliance import replies
 from appliance.filters.base import AuthResult, Check, Facts, Verdict
-from appliance.filters.syncdns import SyncDNS, pyspf_lookup
+from appliance.filters.syncdns import SyncDNS, install_pyspf_hook, pyspf_lookup
 
 DOUBTFUL = ("softfail", "neutral", "none")       # a sender result that makes the client doubtful
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{1,63}\.?$")
@@ -88,6 +88,7 @@ class SPFCheck(Check):
         self.receiver = receiver                 # our host name: the %{r} macro
         self.on_fail, self.on_temperror = on_fail, on_temperror
         self.querytime = 4 * dns.timeout         # the whole evaluation (20 s by default, RFC 7208 4.6.4)
+        install_pyspf_hook()                     # once, at build: see syncdns.py for why a hook
 
     def mail(self, facts: Facts) -> defer.Deferred:
         return defer.ensureDeferred(self._mail(facts))

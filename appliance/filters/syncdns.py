@@ -94,8 +94,8 @@ def _resolver(nameservers: Sequence[tuple[str, int]]) -> dns.resolver.Resolver:
 # ---- pyspf ------------------------------------------------------------------------------------------
 #
 # pyspf has no per-query resolver parameter: `spf.query.dns()` calls the module-level function
-# `spf.DNSLookup(name, qtype, strict, timeout)`. So one hook is installed in that module, once,
-# and it dispatches to the SyncDNS bound to the *current thread* by `pyspf_lookup(dns)`: each
+# `spf.DNSLookup(name, qtype, strict, timeout)`. So one hook is installed in that module, once
+# (when the SPF check is built; pyspf_lookup makes sure of it too), and it dispatches to the SyncDNS bound to the *current thread* by `pyspf_lookup(dns)`: each
 # evaluation (one pool job) uses its own resolver, concurrent evaluations in other threads are
 # not affected, and any other pyspf user in the process (none today) keeps pyspf's own lookup.
 
@@ -106,7 +106,7 @@ _install_lock = threading.Lock()
 @contextlib.contextmanager
 def pyspf_lookup(resolver: SyncDNS) -> Iterator[None]:
     """While inside, pyspf's DNS lookups in this thread go to `resolver`."""
-    _install_pyspf_hook()
+    install_pyspf_hook()
     previous = getattr(_bound, "dns", None)
     _bound.dns = resolver
     try:
@@ -115,7 +115,8 @@ def pyspf_lookup(resolver: SyncDNS) -> Iterator[None]:
         _bound.dns = previous
 
 
-def _install_pyspf_hook() -> None:
+def install_pyspf_hook() -> None:
+    """Put our dispatching lookup in pyspf's module; idempotent, thread-safe."""
     import spf
     with _install_lock:
         if getattr(spf.DNSLookup, "_mailappliance", False):
