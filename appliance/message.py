@@ -135,6 +135,15 @@ def remove(raw: bytes, *names: Name) -> bytes:
     return _rebuild(raw, lambda name, text: b"" if name.lower() in keys else text)
 
 
+def remove_matching(raw: bytes, name: Name, drop: Callable[[bytes], bool]) -> bytes:
+    """`raw` without the fields `name` whose unfolded value `drop` accepts (a forged Authentication-Results).
+
+    `raw` itself comes back (the same object) when nothing was removed.
+    """
+    key = _key(name)
+    return _rebuild(raw, lambda field_name, text: b"" if field_name.lower() == key and drop(unfold(text)) else text)
+
+
 def replace(raw: bytes, name: Name, value: Name) -> bytes:
     """`raw` with one field `name` of `value`: in place of the first such field (others removed), else on top."""
     key, done = _key(name), []

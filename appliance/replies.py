@@ -68,6 +68,7 @@ CLIENT_TOO_MANY_RECIPIENTS = Reply(450, "4.7.1", "Too many recipients from your 
 USER_DAILY_LIMIT = Reply(450, "4.7.1", "Daily sending limit reached")
 HOOK_TEMPFAIL = Reply(451, "4.7.1", "Try again later")                  # an operator's hook; its text replaces this
 HOOK_REJECT = Reply(550, "5.7.1", "Refused by local policy")             # an operator's hook; its text replaces this
+SPF_TEMPERROR = Reply(451, "4.7.24", "SPF validation error (DNS), try again later")   # RFC 7372 3.2: temperror
 
 # 5xx: permanent
 PREGREET = Reply(554, "5.5.1", "Protocol error: you talked before the greeting ended")  # postscreen's pregreet test
@@ -104,6 +105,8 @@ MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop")
 DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client blocked using a DNS block list")  # RFC 5782; the text names the lists
 DIRECTORY_TARGET_REFUSED = Reply(550, "5.7.1", "Recipient address rejected: delivery target not allowed")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
+SPF_FAIL = Reply(550, "5.7.23", "SPF validation failed")          # RFC 7372 3.2; the domain's explanation follows
+DMARC_REJECT = Reply(550, "5.7.1", "Rejected by the DMARC policy of the From: domain")   # RFC 7489 6.6.4, 7.3
 
 
 class POP3:

@@ -30,8 +30,11 @@ def aaaa(name: str, address: str) -> str:
 
 
 def txt(name: str, *strings: str) -> str:
-    """A TXT record of one or more character-strings (SPF, DKIM and DMARC records, DNSBL texts)."""
-    return f"TXT({name!r}, {', '.join(repr(part) for part in strings)})"
+    """A TXT record of one or more character-strings (SPF, DKIM and DMARC records, DNSBL texts).
+
+    twisted.names encodes TXT data as bytes (a str fails when the answer is sent: SERVFAIL).
+    """
+    return f"TXT({name!r}, {', '.join(repr(part.encode()) for part in strings)})"
 
 
 def ptr(name: str, target: str) -> str:

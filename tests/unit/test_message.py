@@ -143,3 +143,13 @@ def test_removing_the_top_field_never_turns_the_other_fields_into_body():
     cleaned = message.remove(raw, "Bcc")
     assert cleaned == b"To: b@example.test\r\n\r\nbody\r\n"
     assert message.get(cleaned, "To") == b"b@example.test" and b"secret" not in cleaned
+
+
+def test_remove_matching_drops_only_the_fields_the_predicate_accepts():
+    raw = (b"Authentication-Results: mail.example.test;\r\n\tspf=pass\r\nTo: a\r\n"
+           b"authentication-results: other.example; dkim=pass\r\n\r\nAuthentication-Results: body\r\n")
+    out = message.remove_matching(raw, "Authentication-Results", lambda value: value.startswith(b"mail."))
+    assert out == (b"To: a\r\nauthentication-results: other.example; dkim=pass\r\n\r\n"
+                   b"Authentication-Results: body\r\n")
+    assert message.remove_matching(raw, "Authentication-Results", lambda value: False) is raw
+    assert message.remove_matching(raw, "To", lambda value: value == b"a").count(b"To: a") == 0
