@@ -399,7 +399,41 @@ def _age(seconds: float) -> str:
 
 # ---------------------------------------------------------------- sendmail
 
+# sysexits(3) codes, what cron, mail programs and retrying scripts understand: 0 means queued.
+EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
+_LOCAL_USERS = ("for local users the state folder must be mode 0751 and its pickup folder 1733 "
+                "(docs/operations.md, sendmail)")
+
+
+class _NotQueued(CommandError):
+    """The message could not be left for the daemon; nothing was sent, trying again is safe."""
+
+
 def _sendmail(args: argparse.Namespace) -> int:
+    """Exit 0 exactly when the message is queued; otherwise one line and a sysexits code.
+
+    A cron job or script retries on a non-zero status, so a message that went must never
+    report failure (that would send it twice), and one that did not go must never report 0.
+    """
+    try:
+        _send(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    except _NotQueued as exc:
+        print(f"mailappliance: not sent: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except CommandError as exc:
+        print(f"mailappliance: {exc}", file=sys.stderr)
+        return EX_DATAERR if str(exc).startswith("message too large") else EX_USAGE
+    except OSError as exc:          # reading standard input: nothing was left for the daemon
+        print(f"mailappliance: not sent: {exc.strerror or exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    return 0
+
+
+def _send(args: argparse.Namespace) -> None:
     """Prepare the message as sendmail(1) does and leave it in the pickup folder; silent on success."""
     cfg = config.load(args.config)
     domain, login = cfg.appliance.domains[0], _login_name()
@@ -419,9 +453,7 @@ def _sendmail(args: argparse.Namespace) -> int:
     try:
         pickup.write(folder, sender, list(dict.fromkeys(recipients)), message)
     except OSError as exc:
-        raise CommandError(f"cannot write to {folder}: {exc.strerror}; it must be mode 1733 "
-                           "(the daemon sets that when it starts)") from None
-    return 0
+        raise _NotQueued(f"cannot write to {folder}: {exc.strerror}; {_LOCAL_USERS}") from None
 
 
 def _login_name() -> str:
@@ -478,14 +510,20 @@ def _complete_headers(message: bytes, sender: str, full_name: str | None, hostna
 def _pickup_folder(state_dir: str) -> str:
     """state_dir/pickup; made here (mode 1733, owned like state_dir) if the daemon never ran."""
     folder = os.path.join(state_dir, pickup.FOLDER)
-    if not os.path.isdir(folder):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            os.chmod(folder, pickup.FOLDER_MODE)
-            if os.geteuid() == 0:
-                owner = os.stat(state_dir)
-                os.chown(folder, owner.st_uid, owner.st_gid)
-        except OSError as exc:
-            raise CommandError(f"cannot create {folder}: {exc.strerror}; start the daemon once, "
-                               "it creates the folder") from None
+    try:
+        os.stat(folder)
+        return folder
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _NotQueued(f"cannot write to {folder}: {exc.strerror}; {_LOCAL_USERS}") from None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        os.chmod(folder, pickup.FOLDER_MODE)
+        if os.geteuid() == 0:
+            owner = os.stat(state_dir)
+            os.chown(folder, owner.st_uid, owner.st_gid)
+    except OSError as exc:
+        raise _NotQueued(f"cannot create {folder}: {exc.strerror}; start the daemon once, "
+                         "it creates the folder") from None
     return folder
