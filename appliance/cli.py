@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailappliance", description="Administer the mailappliance mail server.")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="PATH",
-                        help=f"the configuration file (default: {config.DEFAULT_PATH})")
+    parser.add_argument("--config", type=config.chosen_path, default=config.chosen_path(None), metavar="PATH",
+                        help=f"the configuration file (default: ${config.ENVIRONMENT_VARIABLE}, "
+                             f"else {config.DEFAULT_PATH})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _command(commands, "check", _check, "validate the whole configuration and print a summary")

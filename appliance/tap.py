@@ -21,9 +21,11 @@ SMTP_LISTENERS = {"smtp": ("mx", False), "submission": ("submission", False), "s
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", configmod.DEFAULT_PATH, "Path of mailappliance.conf."]]
+    optParameters = [["config", "c", None, f"Path of mailappliance.conf (default: "
+                                           f"${configmod.ENVIRONMENT_VARIABLE}, else {configmod.DEFAULT_PATH})."]]
 
     def postOptions(self) -> None:
+        self["config"] = configmod.chosen_path(self["config"])
         try:
             cfg = configmod.load(self["config"])
             problems = checks.check_files(cfg, starting=True)
