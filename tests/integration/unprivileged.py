@@ -18,10 +18,6 @@ import pytest
 from tests.integration.harness import require_program
 
 USER = "nobody"
-# Imports the worktree's appliance package (and the venv's site-packages) from any interpreter
-# `nobody` can execute: the venv's own python may be a link into a root-only folder (pyenv).
-_MAIN = "import site, sys; [site.addsitedir(p) for p in sys.argv.pop(1).split(':')]; " \
-        "from appliance.cli import main; raise SystemExit(main())"
 
 
 def require_root_and_user() -> pwd.struct_passwd:
@@ -54,10 +50,24 @@ def as_user(argv: list[str], user: str = USER, **kwargs) -> subprocess.Completed
 
 
 def mailappliance_argv(user: str = USER) -> list[str]:
-    """`mailappliance` as `user` can run it: this Python if it may execute it, else the system python3."""
+    """`mailappliance` as `user` can run it."""
+    return python_argv("from appliance.cli import main; raise SystemExit(main())", user)
+
+
+def twistd_argv(user: str = USER) -> list[str]:
+    """`twistd` as `user` can run it (the worktree's plugin is found through the venv's .pth file)."""
+    return python_argv("from twisted.scripts.twistd import run; run()", user)
+
+
+def python_argv(main: str, user: str = USER) -> list[str]:
+    """Run `main` with this Python if `user` may execute it, else with the system python3, importing
+    the worktree's appliance package and the venv's site-packages either way (the venv's own python
+    may be a link into a root-only folder, as with pyenv)."""
     paths = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
              *site.getsitepackages()]
+    code = ("import site, sys; before = list(sys.path); [site.addsitedir(p) for p in sys.argv.pop(1).split(':')]; "
+            "sys.path[:] = [p for p in sys.path if p not in before] + before; " + main)   # ours before Debian's
     for python in (sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3"):
         if as_user([python, "-c", "pass"], user).returncode == 0:
-            return [python, "-c", _MAIN, ":".join(paths)]
+            return [python, "-c", code, ":".join(paths)]
     pytest.fail(f"no Python interpreter {user} may run")
