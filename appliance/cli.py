@@ -8,11 +8,12 @@ import os
 import pwd
 import re
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-from appliance import address, checks, config, control, dkimkeys, pickup, queue, tls
+from appliance import address, checks, config, control, dkimkeys, listenbind, pickup, queue, tls
 from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, QueueWriteError
@@ -79,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailappliance", description="Administer the mailappliance mail server.")
-    parser.add_argument("--config", default=config.DEFAULT_PATH, metavar="PATH",
-                        help=f"the configuration file (default: {config.DEFAULT_PATH})")
+    parser.add_argument("--config", type=config.chosen_path, default=config.chosen_path(None), metavar="PATH",
+                        help=f"the configuration file (default: ${config.ENVIRONMENT_VARIABLE}, "
+                             f"else {config.DEFAULT_PATH})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _command(commands, "check", _check, "validate the whole configuration and print a summary")
@@ -136,10 +138,12 @@ def _command(commands, name: str, run: Callable[[argparse.Namespace], int] | Non
 def _check(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     problems = checks.check_files(cfg)
+    bind_problems, bind_warnings = _trial_binds(cfg)
+    problems += bind_problems
     if problems:
         raise ConfigError(problems)
     directory = checks.check_ldap(cfg) if cfg.ldap else None
-    for line in summary(cfg, directory):
+    for line in summary(cfg, directory) + bind_warnings:
         print(line)
     if cfg.directory.backend == "file":
         for line in checks.role_warnings(cfg, set(list_users(cfg.directory.users_file))):
@@ -149,6 +153,15 @@ def _check(args: argparse.Namespace) -> int:
     for line in checks.queue_warnings(cfg):
         print(line)
     return 0
+
+
+def _trial_binds(cfg: config.Config) -> tuple[list[str], list[str]]:
+    """Bind and close every [listen] address, unless our daemon runs (its own ports are busy then)."""
+    if listenbind.daemon_running(cfg.appliance.state_dir):
+        return [], []
+    listen = {name: getattr(cfg.listen, name) for name in _DEMO_PORTS}
+    problems, warnings = listenbind.bind_problems(listen)
+    return [f"{cfg.path}: {problem}" for problem in problems], warnings
 
 
 def summary(cfg: config.Config, directory: str | None = None) -> list[str]:
@@ -175,7 +188,9 @@ def _gen_cert(args: argparse.Namespace) -> int:
         if os.path.exists(path) and not args.force:
             raise CommandError(f"{path} already exists; add --force to replace it")
     tls.generate_self_signed(cfg.appliance.hostname, cert, key)
-    print(f"wrote {cert} and {key}: self-signed for {cfg.appliance.hostname}, valid 10 years")
+    names = ", ".join((cfg.appliance.hostname, *tls.LOOPBACK_NAMES, *tls.LOOPBACK_ADDRESSES))
+    print(f"wrote {cert} and {key}: self-signed for {names}, valid 10 years; clients trust it with {cert} "
+          "as their CA file")
     return 0
 
 
@@ -270,7 +285,7 @@ def _demo(args: argparse.Namespace) -> int:
     path = os.path.join(folder, "mailappliance.conf")
     if os.path.exists(path):
         raise CommandError(f"{path} already exists; give a new folder")
-    listen = demo_listen(as_root=os.geteuid() == 0)
+    listen, notes = demo_listen(as_root=os.geteuid() == 0)
     os.makedirs(folder, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(_DEMO_CONFIG.format(hostname=args.hostname, domain=DEMO_DOMAIN,
@@ -282,23 +297,51 @@ def _demo(args: argparse.Namespace) -> int:
     problems = checks.check_files(cfg)
     if problems:
         raise ConfigError(problems)
-    print("\n".join(_demo_instructions(cfg, listen, password)))
+    print("\n".join(_demo_instructions(cfg, listen, password, notes)))
     return 0
 
 
-def demo_listen(as_root: bool) -> dict[str, str]:
-    """Standard ports on every interface as root; otherwise unprivileged ports on 127.0.0.1."""
-    if as_root:
-        return {name: f"tcp:{ports[0]}" for name, ports in _DEMO_PORTS.items()}
-    return {name: f"tcp:{ports[1]}:interface=127.0.0.1" for name, ports in _DEMO_PORTS.items()}
+def demo_listen(as_root: bool, try_bind: Callable[[listenbind.Address], OSError | None] = listenbind.try_bind,
+                ) -> tuple[dict[str, str], list[str]]:
+    """The demo's [listen] values, and a note for every service that did not get its usual port.
+
+    Standard ports on every interface as root, otherwise unprivileged ports on 127.0.0.1. A port
+    something else holds (another MTA on 25, an earlier demo) is never written: the next choice
+    is the unprivileged port, then any free port on 127.0.0.1, so the demo starts as written.
+    """
+    listen: dict[str, str] = {}
+    notes: list[str] = []
+    for name, (standard, unprivileged) in _DEMO_PORTS.items():
+        choices = [(f"tcp:{standard}", listenbind.Address(standard, "", socket.AF_INET))] if as_root else []
+        choices.append((f"tcp:{unprivileged}:interface=127.0.0.1",
+                        listenbind.Address(unprivileged, "127.0.0.1", socket.AF_INET)))
+        taken = []
+        for description, address in choices:
+            error = try_bind(address)
+            if error is None:
+                break
+            taken.append(listenbind.reason(error, address.port))
+        else:
+            description = f"tcp:{listenbind.free_port('127.0.0.1')}:interface=127.0.0.1"
+        listen[name] = description
+        if taken:
+            notes.append(f"{name}: {', '.join(taken)}; using port {_port(description)} on 127.0.0.1 instead")
+    return listen, notes
 
 
-def _demo_instructions(cfg: config.Config, listen: dict[str, str], password: str) -> list[str]:
+def _port(description: str) -> str:
+    return description.split(":")[1]
+
+
+def _demo_instructions(cfg: config.Config, listen: dict[str, str], password: str,
+                       notes: Sequence[str] = ()) -> list[str]:
     folder = os.path.dirname(cfg.path)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    submission_port = listen["submission"].split(":")[1]
+    submission_port = _port(listen["submission"])
     return [
         f"Demo written to {folder}.",
+        *(["", "Ports changed because the usual ones are taken:"] if notes else []),
+        *(f"  {note}" for note in notes),
         "",
         "Start the mail server in the foreground (Ctrl-C stops it):",
         f"  {twistd if os.path.exists(twistd) else 'twistd'} -n --pidfile {folder}/twistd.pid "
@@ -314,9 +357,34 @@ def _demo_instructions(cfg: config.Config, listen: dict[str, str], password: str
         f"  swaks --server 127.0.0.1 --port {submission_port} --tls --auth-user {DEMO_USER} "
         f"--auth-password '{password}' --from {DEMO_USER} --to {DEMO_USER}",
         "",
-        f"Then read it over IMAP on port {listen['imap'].split(':')[1]} (STARTTLS) "
-        f"or {listen['imaps'].split(':')[1]} (TLS), or POP3.",
+        f"Then read it over IMAP on port {_port(listen['imap'])} (STARTTLS) "
+        f"or {_port(listen['imaps'])} (TLS), or POP3.",
+        *_client_settings(cfg, listen, password),
     ]
+
+
+def _client_settings(cfg: config.Config, listen: dict[str, str], password: str) -> list[str]:
+    """Ready-to-paste settings for one sending and one reading client, verifying the certificate.
+
+    The self-signed certificate is its own CA file, and it names localhost, 127.0.0.1 and ::1
+    (tls.generate_self_signed), so both clients check it instead of being told not to. fetchmail
+    compares host names only, never IP addresses, hence `poll localhost`.
+    """
+    folder = os.path.dirname(cfg.path)
+    msmtp = ["account demo", "host 127.0.0.1", f"port {_port(listen['submission'])}", "tls on", "tls_starttls on",
+             f"tls_trust_file {cfg.tls.certificate}", "auth on", f"user {DEMO_USER}", f"password {password}",
+             f"from {DEMO_USER}", "account default : demo"]
+    fetchmail = [f"poll localhost service {_port(listen['pop3s'])} protocol POP3 auth password",
+                 f'  user "{DEMO_USER}" password "{password}"',
+                 f'  ssl sslcertck sslcertfile "{cfg.tls.certificate}"',
+                 f'  mda "cat > {folder}/fetched-$$.eml"']
+    return ["",
+            "msmtp (sending): put these lines in ~/.msmtprc (mode 0600), then `msmtp demo@example.test < FILE`:",
+            *(f"  {line}" for line in msmtp),
+            "",
+            f"fetchmail (reading, POP3 over TLS): put these lines in ~/.fetchmailrc (mode 0600), then `fetchmail`;",
+            f"each message is saved as {folder}/fetched-NUMBER.eml and removed from the server:",
+            *(f"  {line}" for line in fetchmail)]
 
 
 # ---------------------------------------------------------------- queue
@@ -400,7 +468,41 @@ def _age(seconds: float) -> str:
 
 # ---------------------------------------------------------------- sendmail
 
+# sysexits(3) codes, what cron, mail programs and retrying scripts understand: 0 means queued.
+EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 64, 65, 75, 78
+_LOCAL_USERS = ("for local users the state folder must be mode 0751 and its pickup folder 1733 "
+                "(docs/operations.md, sendmail)")
+
+
+class _NotQueued(CommandError):
+    """The message could not be left for the daemon; nothing was sent, trying again is safe."""
+
+
 def _sendmail(args: argparse.Namespace) -> int:
+    """Exit 0 exactly when the message is queued; otherwise one line and a sysexits code.
+
+    A cron job or script retries on a non-zero status, so a message that went must never
+    report failure (that would send it twice), and one that did not go must never report 0.
+    """
+    try:
+        _send(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    except _NotQueued as exc:
+        print(f"mailappliance: not sent: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except CommandError as exc:
+        print(f"mailappliance: {exc}", file=sys.stderr)
+        return EX_DATAERR if str(exc).startswith("message too large") else EX_USAGE
+    except OSError as exc:          # reading standard input: nothing was left for the daemon
+        print(f"mailappliance: not sent: {exc.strerror or exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    return 0
+
+
+def _send(args: argparse.Namespace) -> None:
     """Prepare the message as sendmail(1) does and leave it in the pickup folder; silent on success."""
     cfg = config.load(args.config)
     domain, login = cfg.appliance.domains[0], _login_name()
@@ -420,9 +522,7 @@ def _sendmail(args: argparse.Namespace) -> int:
     try:
         pickup.write(folder, sender, list(dict.fromkeys(recipients)), message)
     except OSError as exc:
-        raise CommandError(f"cannot write to {folder}: {exc.strerror}; it must be mode 1733 "
-                           "(the daemon sets that when it starts)") from None
-    return 0
+        raise _NotQueued(f"cannot write to {folder}: {exc.strerror}; {_LOCAL_USERS}") from None
 
 
 def _login_name() -> str:
@@ -479,16 +579,22 @@ def _complete_headers(message: bytes, sender: str, full_name: str | None, hostna
 def _pickup_folder(state_dir: str) -> str:
     """state_dir/pickup; made here (mode 1733, owned like state_dir) if the daemon never ran."""
     folder = os.path.join(state_dir, pickup.FOLDER)
-    if not os.path.isdir(folder):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            os.chmod(folder, pickup.FOLDER_MODE)
-            if os.geteuid() == 0:
-                owner = os.stat(state_dir)
-                os.chown(folder, owner.st_uid, owner.st_gid)
-        except OSError as exc:
-            raise CommandError(f"cannot create {folder}: {exc.strerror}; start the daemon once, "
-                               "it creates the folder") from None
+    try:
+        os.stat(folder)
+        return folder
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _NotQueued(f"cannot write to {folder}: {exc.strerror}; {_LOCAL_USERS}") from None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        os.chmod(folder, pickup.FOLDER_MODE)
+        if os.geteuid() == 0:
+            owner = os.stat(state_dir)
+            os.chown(folder, owner.st_uid, owner.st_gid)
+    except OSError as exc:
+        raise _NotQueued(f"cannot create {folder}: {exc.strerror}; start the daemon once, "
+                         "it creates the folder") from None
     return folder
 
 

@@ -29,6 +29,14 @@ from appliance.errors import ConfigError
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PATH = "/etc/mailappliance/mailappliance.conf"
+# Names the file when --config is not given (cron files, shell profiles, systemd Environment=).
+ENVIRONMENT_VARIABLE = "MAILAPPLIANCE_CONFIG"
+_CHOOSE = f"; choose the file with --config PATH or the environment variable {ENVIRONMENT_VARIABLE}"
+
+
+def chosen_path(option: str | None) -> str:
+    """The file to read: the --config option, else $MAILAPPLIANCE_CONFIG, else DEFAULT_PATH."""
+    return option or os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_PATH
 
 
 @dataclass(frozen=True)
@@ -720,7 +728,7 @@ def _parse(path: str) -> configparser.ConfigParser:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}{_CHOOSE}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     try:

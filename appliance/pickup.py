@@ -81,7 +81,14 @@ def write(folder: str, sender: str, recipients: list[str], message: bytes) -> st
     """Leave one message in the pickup folder, atomically and durably; returns the file's path.
 
     Written under a dot-name the daemon ignores, fsynced, then renamed: the daemon sees a whole
-    file or none, and a file that is there survives a crash.
+    file or none, and a file that is there survives a crash. Any OSError means the message was
+    not left (the temporary file is removed), so the caller may say "not sent" and a retry
+    cannot send it twice.
+
+    A local user may write into the folder (mode 1733) but not read it, so it cannot fsync the
+    folder. The file is therefore fsynced a second time after the rename: on journaling file
+    systems (ext4, XFS) that commits the journal holding the rename too. Postfix's postdrop makes
+    the same bet for its maildrop folder. The folder is fsynced as well whenever we may read it.
     """
     name = f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(8)}"
     tmp, final = os.path.join(folder, f".{name}.tmp"), os.path.join(folder, name + SUFFIX)
@@ -92,14 +99,27 @@ def write(folder: str, sender: str, recipients: list[str], message: bytes) -> st
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        os.rename(tmp, final)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
-    os.close(fd)
-    os.rename(tmp, final)
-    fsync_dir(folder)
+    try:
+        os.fsync(fd)
+    except OSError:
+        os.unlink(final)                    # not known to be durable: take it back, the caller says so
+        raise
+    finally:
+        os.close(fd)
+    _sync_folder_if_readable(folder)
     return final
+
+
+def _sync_folder_if_readable(folder: str) -> None:
+    try:
+        fsync_dir(folder)
+    except PermissionError:
+        pass        # a local user in the write-only folder: the second fsync in write() covers it
 
 
 # --- disk work for the daemon, run in the pool ------------------------------------------------------

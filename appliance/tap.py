@@ -10,9 +10,10 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from appliance import address, checks, config as configmod
+from appliance import address, checks, config as configmod, listenbind
 from appliance.errors import ConfigError
 from appliance.service import ApplianceService, ThreadPoolService
 
@@ -21,9 +22,11 @@ SMTP_LISTENERS = {"smtp": ("mx", False), "submission": ("submission", False), "s
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", configmod.DEFAULT_PATH, "Path of mailappliance.conf."]]
+    optParameters = [["config", "c", None, f"Path of mailappliance.conf (default: "
+                                           f"${configmod.ENVIRONMENT_VARIABLE}, else {configmod.DEFAULT_PATH})."]]
 
     def postOptions(self) -> None:
+        self["config"] = configmod.chosen_path(self["config"])
         try:
             cfg = configmod.load(self["config"])
             problems = checks.check_files(cfg, starting=True)
@@ -37,6 +40,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> ApplianceService:
+    listenbind.print_listen_errors_plainly()
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
@@ -232,7 +236,21 @@ def _listen(top: ApplianceService, parts: Parts, name: str, description: str, fa
     factory = connlimit.LimitedFactory(factory, parts.connections, kind, name, parts.reactor)
     if implicit:
         factory = parts.tls_module.implicit(factory, parts.tls)
-    listener = StreamServerEndpointService(endpoints.serverFromString(parts.reactor, description), factory)
+    listener = _Listener(endpoints.serverFromString(parts.reactor, description), factory)
+    listener.config_path, listener.description = parts.cfg.path, description
     listener._raiseSynchronously = True
     listener.setName(f"listen-{name}")
     listener.setServiceParent(top)
+
+
+class _Listener(StreamServerEndpointService):
+    """A [listen] service whose failed bind is one line naming the key and the reason (listenbind)."""
+
+    config_path = description = ""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise listenbind.listen_error(self.config_path, self.name.removeprefix("listen-"), self.description,
+                                          e) from None

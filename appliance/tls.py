@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 
 from cryptography import x509
@@ -165,8 +166,16 @@ def _tls_connection(transport: object) -> SSL.Connection | None:
     return None
 
 
+# Also in every self-signed certificate: mail clients on the machine itself (msmtp, fetchmail,
+# neomutt pointed at 127.0.0.1 or localhost) check the name they connected to, and the demo's
+# hostname resolves nowhere.
+LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+
+
 def generate_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
-    """Write a new EC P-256 key (mode 0600) and a ten-year self-signed certificate for `hostname`."""
+    """Write a new EC P-256 key (mode 0600) and a ten-year self-signed certificate for `hostname`,
+    localhost, 127.0.0.1 and ::1; clients trust it by naming the certificate file as their CA file."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -178,7 +187,7 @@ def generate_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=_CERTIFICATE_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_self_signed_names(hostname)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
@@ -187,6 +196,11 @@ def generate_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
                                 serialization.NoEncryption())
     _write(key_path, key_pem, 0o600)
     _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _self_signed_names(hostname: str) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dict.fromkeys((hostname, *LOOPBACK_NAMES))]
+    return names + [x509.IPAddress(ipaddress.ip_address(address)) for address in LOOPBACK_ADDRESSES]
 
 
 def _write(path: str, data: bytes, mode: int) -> None:

@@ -98,5 +98,5 @@ def test_mistakes_are_one_line_errors(sender_appliance, net):
                                   "Cc and Bcc\n"),
                         (("bad address@",), "mailappliance: 'bad address@' is not a mail address\n")):
         result = sendmail(appliance, *args, stdin="Subject: x\n\ny\n", check=False)
-        assert (result.returncode, result.stdout, result.stderr) == (1, "", error)
+        assert (result.returncode, result.stdout, result.stderr) == (64, "", error)   # EX_USAGE
     assert pickup_files(appliance) == []

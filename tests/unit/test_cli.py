@@ -1,6 +1,7 @@
 """The `mailappliance` command as an operator meets it: exit codes, what it prints, what it changes."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -114,7 +115,8 @@ def test_check_reports_files_on_disk(capsys, conf, tmp_path):
 def test_config_defaults_to_etc(capsys):
     code, _, err = run(capsys, "check")
     assert code == 1
-    assert err == f"{config.DEFAULT_PATH}: cannot read: No such file or directory\n"
+    assert err.startswith(f"{config.DEFAULT_PATH}: cannot read: No such file or directory; "
+                          "choose the file with --config")
 
 
 def test_gen_cert_does_not_overwrite_without_force(capsys, conf, tmp_path):
@@ -275,9 +277,22 @@ def test_demo_hostname_and_existing_folder(capsys, tmp_path, monkeypatch):
 
 
 def test_demo_as_root_uses_standard_ports():
-    assert cli.demo_listen(as_root=True) == {
+    assert cli.demo_listen(as_root=True, try_bind=lambda address: None) == ({
         "smtp": "tcp:25", "submission": "tcp:587", "smtps": "tcp:465", "pop3": "tcp:110", "pop3s": "tcp:995",
-        "imap": "tcp:143", "imaps": "tcp:993"}
+        "imap": "tcp:143", "imaps": "tcp:993"}, [])
+
+
+def test_the_demo_takes_the_next_port_when_one_is_busy():
+    def busy(address):
+        return OSError(errno.EADDRINUSE, "in use") if address.port in (25, 2525, 1430) else None
+    listen, notes = cli.demo_listen(as_root=True, try_bind=busy)
+    assert listen["submission"] == "tcp:587"
+    port = int(listen["smtp"].split(":")[1])
+    assert listen["smtp"] == f"tcp:{port}:interface=127.0.0.1" and port not in (25, 2525)
+    assert notes == [f"smtp: port 25 is in use, port 2525 is in use; using port {port} on 127.0.0.1 instead"]
+    listen, notes = cli.demo_listen(as_root=False, try_bind=busy)
+    assert listen["imap"] != "tcp:1430:interface=127.0.0.1" and listen["pop3"] == "tcp:1100:interface=127.0.0.1"
+    assert [note.split(";")[0] for note in notes] == ["smtp: port 2525 is in use", "imap: port 1430 is in use"]
 
 
 def test_user_show_prints_the_entry_and_fails_in_one_line(capsys, conf, tmp_path):
@@ -301,3 +316,22 @@ def test_user_grant_and_revoke_an_address(capsys, conf, tmp_path):
     assert "sales@example.test" not in (tmp_path / "users").read_text()
     code, out, err = run(capsys, "--config", conf, "user", "revoke", "alice@example.test", "sales@example.test")
     assert code == 1 and "not one of" in err
+
+
+def test_the_demo_prints_client_settings_that_verify_the_certificate(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, out, _ = run(capsys, "demo", str(tmp_path / "demo"))
+    cfg = config.load(str(tmp_path / "demo/mailappliance.conf"))
+    password = next(line.split()[1] for line in out.splitlines() if line.startswith("Password:"))
+    submission, pop3s = (endpoint.split(":")[1] for endpoint in (cfg.listen.submission, cfg.listen.pop3s))
+    msmtp = out.split("put these lines in ~/.msmtprc (mode 0600)")[1].split("\n\n")[0].splitlines()[1:]
+    assert [line.strip() for line in msmtp] == [
+        "account demo", "host 127.0.0.1", f"port {submission}", "tls on", "tls_starttls on",
+        f"tls_trust_file {cfg.tls.certificate}", "auth on", "user demo@example.test", f"password {password}",
+        "from demo@example.test", "account default : demo"]
+    fetchmail = out.split("put these lines in ~/.fetchmailrc (mode 0600)")[1].splitlines()[2:]
+    assert [line.strip() for line in fetchmail] == [
+        f"poll localhost service {pop3s} protocol POP3 auth password",
+        f'user "demo@example.test" password "{password}"',
+        f'ssl sslcertck sslcertfile "{cfg.tls.certificate}"',
+        f'mda "cat > {tmp_path}/demo/fetched-$$.eml"']

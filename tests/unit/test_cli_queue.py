@@ -151,14 +151,14 @@ def test_sendmail_without_headers_gets_them_and_a_blank_line(capsys, conf, tmp_p
     assert head.startswith(f"From: Backup Job <{ME}@example.test>".encode()) and body == b"just text\r\n"
 
 
-@pytest.mark.parametrize("argv, stdin, error", [
-    ((), b"Subject: x\n\ny\n", "no recipients: give them as arguments, or use -t to read To, Cc and Bcc"),
-    (("-f", "not valid@", "bob"), b"x\n", "'not valid@' is not a mail address"),
-    (("bob",), b"x" * 3000, "message too large: "),
+@pytest.mark.parametrize("argv, stdin, status, error", [     # sysexits(3): EX_USAGE, EX_DATAERR
+    ((), b"Subject: x\n\ny\n", 64, "no recipients: give them as arguments, or use -t to read To, Cc and Bcc"),
+    (("-f", "not valid@", "bob"), b"x\n", 64, "'not valid@' is not a mail address"),
+    (("bob",), b"x" * 3000, 65, "message too large: "),
 ])
-def test_sendmail_mistakes_are_one_line_and_leave_nothing(capsys, conf, tmp_path, argv, stdin, error):
+def test_sendmail_mistakes_are_one_line_and_leave_nothing(capsys, conf, tmp_path, argv, stdin, status, error):
     code, out, err = run(capsys, "--config", conf, "sendmail", *argv, stdin=stdin)
-    assert (code, out) == (1, "") and err.startswith(f"mailappliance: {error}") and err.count("\n") == 1
+    assert (code, out) == (status, "") and err.startswith(f"mailappliance: {error}") and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "var" / "pickup") or \
         [n for n in os.listdir(tmp_path / "var" / "pickup") if n.endswith(".msg")] == []
 

@@ -258,7 +258,8 @@ def test_malformed_ini(tmp_path, text, line):
 
 def test_missing_file(tmp_path):
     path = str(tmp_path / "nothing.conf")
-    assert problems_of(path) == [f"{path}: cannot read: No such file or directory"]
+    assert problems_of(path) == [f"{path}: cannot read: No such file or directory; choose the file with --config PATH "
+                                 "or the environment variable MAILAPPLIANCE_CONFIG"]
 
 
 # ---------------------------------------------------------------- describe and the shipped file

@@ -60,10 +60,12 @@ def client_context(max_version: int) -> SSL.Context:
 
 # ---------------------------------------------------------------- generate_self_signed
 
-def test_generated_certificate_names_the_host_for_ten_years(pair):
+def test_generated_certificate_names_the_host_and_loopback_for_ten_years(pair):
+    """localhost and the loopback addresses too: clients on the machine itself verify it (issue 12)."""
     certificate = x509.load_pem_x509_certificate(open(pair[0], "rb").read())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == [HOSTNAME]
+    assert names.get_values_for_type(x509.DNSName) == [HOSTNAME, "localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
     lifetime = certificate.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
     assert datetime.timedelta(days=3640) < lifetime <= datetime.timedelta(days=3650)
 
