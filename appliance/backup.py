@@ -796,14 +796,14 @@ def _restore_verified(config_path: str, src: str, tar: tarfile.TarFile, manifest
         restorer.undo()
         raise
     lines = [f"restored {src} (made {manifest.get('created')} on {manifest.get('hostname')})",
-             f"config      {cfg.path} ({'from the backup' if written else 'yours, kept'})"]
+             f"{'config':<16} {cfg.path} ({'from the backup' if written else 'yours, kept'})"]
     lines += [f"{area:<16} {where}: {counts[area]} entries" for area, where in
               (("state", layout.state), ("mail", layout.mail_root), ("dkim", layout.dkim)) if counts[area]]
     lines += [f"{role:<16} {path}" for role, path in counts["files"]]
-    lines += [f"skipped     {name} (this configuration names no such file)" for name in counts["unused"]]
+    lines += [f"{'skipped':<16} {name} (this configuration names no such file)" for name in counts["unused"]]
     if restorer.owner is not None:
-        lines.append("owners      as in the backup where those users exist here, else the state folder's owner")
-    lines.append(f"next        mailappliance --config {cfg.path} check, then start the daemon")
+        lines.append(f"{'owners':<16} as in the backup where those users exist here, else the state folder's owner")
+    lines.append(f"{'next':<16} mailappliance --config {cfg.path} check, then start the daemon")
     return Summary(lines)
 
 
