@@ -679,6 +679,8 @@ class Restorer:
         """Create `path` and its missing parents, each with the entry's mode (0700 without one)."""
         if os.path.isdir(path):
             return
+        if os.path.lexists(path):
+            raise NotADirectoryError(errno.ENOTDIR, "in the way: a file where a folder must go", path)
         parent = os.path.dirname(path)
         if parent != path:
             self.mkdirs(parent, entry)

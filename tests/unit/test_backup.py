@@ -72,6 +72,10 @@ def make_site(root, storage: str = "maildir") -> config.Config:
                         recipients=[Recipient(address="carol@remote.example", local=False)])
     spool.put(envelope, b"Subject: queued\r\n\r\nwaiting\r\n")
     spool.close()
+    keys = os.path.join(cfg.appliance.state_dir, "dkim")      # where `dkim keygen` writes by default
+    os.makedirs(keys, mode=0o700)
+    with open(os.path.join(keys, "example.test.mail.key"), "w", opener=lambda p, f: os.open(p, f, 0o600)) as key:
+        key.write("-----BEGIN PRIVATE KEY-----\nnot a real key\n-----END PRIVATE KEY-----\n")
     return cfg
 
 
@@ -129,6 +133,7 @@ def test_the_manifest_lists_every_file_with_its_size_mode_and_sha256(capsys, tmp
     assert uidlist in entries and "mail/example.test/alice/.Trash/cur" in entries
     assert any(p.startswith("state/queue/segments/") and p.endswith(".log") for p in entries)
     assert not any(p.endswith("mailappliance-lock") for p in entries)
+    assert entries["dkim/example.test.mail.key"]["mode"] == 0o600 and not any(p.startswith("state/dkim") for p in entries)
 
 
 def test_a_folder_as_destination_gets_a_dated_archive_and_an_existing_file_is_refused(capsys, tmp_path):
@@ -182,6 +187,7 @@ def test_restore_into_a_new_state_folder_gives_back_the_same_files(capsys, tmp_p
     assert new_state == old_state
     assert list_users(new.directory.users_file) == ["alice@example.test", "bob@example.test"]
     assert stat.S_IMODE(os.stat(new.tls.key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.join(new.appliance.state_dir, "dkim", "example.test.mail.key")).st_mode) == 0o600
     envelopes, damaged = queue.read_spool(os.path.join(new.appliance.state_dir, "queue"))
     assert [e.recipients[0].address for e in envelopes] == ["carol@remote.example"] and not damaged
 
@@ -307,3 +313,17 @@ def test_as_root_restore_keeps_owners_by_name_and_modes(capsys, tmp_path):
     assert (restored.st_uid, stat.S_IMODE(restored.st_mode)) == (nobody.pw_uid, 0o640)
     pickup = os.stat(tmp_path / "new" / "newvar" / "queue" / "segments")
     assert stat.S_IMODE(pickup.st_mode) == 0o700
+
+
+def test_a_restore_that_fails_half_way_removes_what_it_wrote(capsys, tmp_path):
+    """The TLS key's folder is a file on the new machine: the key cannot be written, after the state was."""
+    cfg = make_site(tmp_path / "site")
+    dest = archive_of(capsys, cfg, tmp_path)
+    target = new_target(tmp_path)
+    with open(target, "a") as handle:
+        handle.write("\n[tls]\ncertificate = tls/cert.pem\nkey = blocker/key.pem\n")
+    (tmp_path / "new" / "blocker").write_text("a file, not a folder")
+    code, out, err = run(capsys, "--config", target, "restore", dest)
+    assert (code, out) == (1, "")
+    assert err.startswith("mailappliance: ") and err.endswith("/new/blocker: in the way: a file where a folder must go\n") and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path / "new")) == ["blocker", "mailappliance.conf"]
