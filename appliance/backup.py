@@ -743,6 +743,13 @@ def _destination(name: str, layout: Layout) -> str | None:
     return os.path.join(root, rest) if rest else root
 
 
+# A different file already at a role's place: the users file is refused (two servers' users must not
+# be mixed silently); for the others the machine's own file is kept and the backup's copy is put
+# beside it as PATH.from-backup, for the operator to compare (a new certificate, the system's CA file).
+REFUSED_IF_DIFFERENT = {"users"}
+BESIDE = ".from-backup"
+
+
 def _refusals(layout: Layout, manifest: dict, tar: tarfile.TarFile, entries: dict[str, Entry]) -> list[str]:
     """Why the target cannot take the backup: a non-empty state folder, a different storage, files in the way."""
     if not _is_empty(layout.state):
@@ -754,15 +761,18 @@ def _refusals(layout: Layout, manifest: dict, tar: tarfile.TarFile, entries: dic
     if storage["shape"] != layout.mail_shape:
         return [f"[storage] path ends in {layout.mail_shape}; the backup's mailboxes are laid out as "
                 f"{storage['shape']}: use the same shape"]
-    problems = []
     for name, entry in entries.items():
         target = _destination(name, layout)
         if entry.type != "file" or target is None or not os.path.lexists(target):
             continue
-        if name == "files/config" or (name.startswith("files/") and _same_content(target, tar, name)):
+        role = name[len("files/"):] if name.startswith("files/") else ""
+        if role and _same_content(target, tar, name):
             continue
-        problems.append(f"{target} already exists; move it away first (restore never overwrites)")
-    return problems[:1]
+        if role and role not in REFUSED_IF_DIFFERENT and not os.path.lexists(target + BESIDE):
+            continue
+        return [f"{target if not role or role in REFUSED_IF_DIFFERENT else target + BESIDE} already exists "
+                "and differs from the backup; move it away first (restore never overwrites)"]
+    return []
 
 
 def _same_content(path: str, tar: tarfile.TarFile, name: str) -> bool:
@@ -793,12 +803,13 @@ def _restore_verified(config_path: str, src: str, tar: tarfile.TarFile, manifest
         restorer.owner = _state_owner(layout.state) if os.geteuid() == 0 else None
         if written and restorer.owner is not None:
             restorer._own(cfg.path, entries["files/config"], entries["files/config"].mode)
-        counts = _write_members(tar, entries, layout, restorer)
+        counts = _write_members(tar, entries, layout, restorer, written)
     except BaseException:
         restorer.undo()
         raise
-    lines = [f"restored {src} (made {manifest.get('created')} on {manifest.get('hostname')})",
-             f"{'config':<16} {cfg.path} ({'from the backup' if written else 'yours, kept'})"]
+    lines = [f"restored {src} (made {manifest.get('created')} on {manifest.get('hostname')})"]
+    if written:
+        lines.append(f"{'config':<16} {cfg.path} (from the backup)")
     lines += [f"{area:<16} {where}: {counts[area]} entries" for area, where in
               (("state", layout.state), ("mail", layout.mail_root), ("dkim", layout.dkim)) if counts[area]]
     lines += [f"{role:<16} {path}" for role, path in counts["files"]]
@@ -818,26 +829,35 @@ def _state_owner(state: str) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
-def _write_members(tar: tarfile.TarFile, entries: dict[str, Entry], layout: Layout, restorer: Restorer) -> dict:
+def _write_members(tar: tarfile.TarFile, entries: dict[str, Entry], layout: Layout, restorer: Restorer,
+                   config_written: bool) -> dict:
     counts: dict[str, Any] = {"state": 0, "mail": 0, "dkim": 0, "files": [], "unused": []}
     for member in tar.getmembers():
-        if member.name in (MANIFEST, "files/config"):      # the config: see _target_config
-            continue
+        if member.name == MANIFEST or (member.name == "files/config" and config_written):
+            continue        # the backup's config was written first (_target_config)
         target = _destination(member.name, layout)
         area = member.name.partition("/")[0]
         if target is None:
             if area == "files" and member.isfile():
                 counts["unused"].append(member.name)
             continue
+        if area == "files":
+            counts["files"].append((member.name[len("files/"):], _put_role_file(restorer, tar, member, target)))
+            continue
         if member.isdir():
             restorer.put_dir(member, target)
-        elif area == "files" and os.path.lexists(target):
-            counts["files"].append((member.name[6:], f"{target} (already there, identical)"))
-            continue
         else:
             restorer.put_file(member, target)
-        if area == "files":
-            counts["files"].append((member.name[6:], target))
-        else:
-            counts[area] += 1
+        counts[area] += 1
     return counts
+
+
+def _put_role_file(restorer: Restorer, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> str:
+    """Write one file the configuration names; what became of it, for the summary."""
+    if not os.path.lexists(target):
+        restorer.put_file(member, target)
+        return target
+    if _same_content(target, tar, member.name):
+        return f"{target} (already there, identical)"
+    restorer.put_file(member, target + BESIDE)      # _refusals made sure that is free
+    return f"{target} kept (it differs from the backup's: that one is {target + BESIDE})"

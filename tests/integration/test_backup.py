@@ -185,7 +185,7 @@ def test_a_backup_taken_while_mail_arrives_restores_the_same_mailboxes_and_queue
 
     new = new_machine(tmp_path, old)
     restored = new.cli("restore", archive)
-    assert f"{new.config_path} (yours, kept)" in restored.stdout
+    assert f"{new.config_path} kept (it differs from the backup's" in restored.stdout
     new.start()
     try:
         # Everything acknowledged before the backup began is there (delivered now, if it was queued then).

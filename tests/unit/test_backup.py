@@ -181,7 +181,10 @@ def test_restore_into_a_new_state_folder_gives_back_the_same_files(capsys, tmp_p
     target = new_target(tmp_path, storage)
     code, out, err = run(capsys, "--config", target, "restore", dest)
     assert (code, err) == (0, ""), err
-    assert f"config           {target} (yours, kept)" in out.splitlines()
+    assert f"config           {target} kept (it differs from the backup's: that one is {target}.from-backup)" \
+        in out.splitlines()
+    with open(target + ".from-backup") as copy, open(cfg.path) as old:
+        assert copy.read() == old.read()
     new = config.load(target)
     old_state, new_state = tree(cfg.appliance.state_dir), tree(new.appliance.state_dir)
     assert new_state == old_state
@@ -226,8 +229,8 @@ def test_restore_refuses_to_overwrite_a_different_users_file(capsys, tmp_path):
     add_user(str(tmp_path / "new" / "users"), "zed@example.test", "pw")
     code, _, err = run(capsys, "--config", target, "restore", dest)
     assert code == 1
-    assert err == f"mailappliance: {tmp_path / 'new' / 'users'} already exists; move it away first " \
-                  "(restore never overwrites)\n"
+    assert err == f"mailappliance: {tmp_path / 'new' / 'users'} already exists and differs from the backup; " \
+                  "move it away first (restore never overwrites)\n"
     assert not os.path.exists(tmp_path / "new" / "newvar")
 
 
@@ -326,4 +329,22 @@ def test_a_restore_that_fails_half_way_removes_what_it_wrote(capsys, tmp_path):
     code, out, err = run(capsys, "--config", target, "restore", dest)
     assert (code, out) == (1, "")
     assert err.startswith("mailappliance: ") and err.endswith("/new/blocker: in the way: a file where a folder must go\n") and err.count("\n") == 1
-    assert sorted(os.listdir(tmp_path / "new")) == ["blocker", "mailappliance.conf"]
+    assert sorted(os.listdir(tmp_path / "new")) == ["blocker", "mailappliance.conf"]     # no .from-backup either
+
+
+def test_a_different_certificate_on_the_new_machine_is_kept_and_the_backups_is_put_beside_it(capsys, tmp_path):
+    cfg = make_site(tmp_path / "site")
+    dest = archive_of(capsys, cfg, tmp_path)
+    target = new_target(tmp_path)
+    new = config.load(target)
+    tls.generate_self_signed(new.appliance.hostname, new.tls.certificate, new.tls.key)   # e.g. from certbot
+    with open(new.tls.key, "rb") as handle:
+        own_key = handle.read()
+    code, out, err = run(capsys, "--config", target, "restore", dest)
+    assert (code, err) == (0, "")
+    assert f"tls-key          {new.tls.key} kept (it differs from the backup's: that one is {new.tls.key}.from-backup)" \
+        in out.splitlines()
+    with open(new.tls.key, "rb") as kept, open(new.tls.key + ".from-backup", "rb") as beside, \
+            open(cfg.tls.key, "rb") as old:
+        assert (kept.read(), beside.read()) == (own_key, old.read())
+    assert stat.S_IMODE(os.stat(new.tls.key + ".from-backup").st_mode) == 0o600
