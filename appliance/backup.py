@@ -182,7 +182,10 @@ class Writer:
         """A folder (kept even when empty: an IMAP folder with no mail is still a folder)."""
         if name in self.seen:
             return
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return      # an IMAP folder deleted while we copy: it is simply not in the backup
         owner, group = _names(st)
         info = self._info(name, st, owner, group)
         info.type = tarfile.DIRTYPE
@@ -284,14 +287,18 @@ def copy_pickup(out: Writer, state: str) -> None:
 
 
 def complete_length(path: str, segment: int) -> int:
-    """The segment's length without a torn tail: a record the daemon is writing right now stays out."""
+    """How much of a segment to copy: up to its last complete record, leaving out a torn tail (the
+    record the daemon is writing right now). Damaged stretches between records are copied as they
+    are, so the restored server keeps them aside as this one would. Measured on what one scan saw:
+    the file only grows, so those bytes no longer change."""
     damage: list = []
-    size = os.path.getsize(path)
-    for _ in scan_segment(path, segment, damage):
-        pass
-    if damage and damage[-1].kind == "torn" and damage[-1].offset + damage[-1].length >= size:
-        return damage[-1].offset
-    return size
+    end = 0
+    for _, _, location in scan_segment(path, segment, damage):
+        end = location.offset + location.length
+    for item in damage:
+        if item.kind != "torn":
+            end = max(end, item.offset + item.length)
+    return end
 
 
 def copy_queue(out: Writer, state: str) -> int:
@@ -472,6 +479,9 @@ def backup(cfg: config.Config, dest: str, now: float | None = None) -> Summary:
     target = backup_path(dest, socket.gethostname(), now)
     if os.path.lexists(target):
         raise BackupError(f"{target} already exists; give a new file name or a folder")
+    for folder in (layout.state, layout.mail_root):
+        if _inside(os.path.abspath(target), folder):
+            raise BackupError(f"{target} is inside {folder}; write the backup elsewhere (it would copy itself)")
     work = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.{os.getpid()}.part")
     fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:

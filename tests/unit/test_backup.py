@@ -148,6 +148,16 @@ def test_a_folder_as_destination_gets_a_dated_archive_and_an_existing_file_is_re
                                 "give a new file name or a folder\n"
 
 
+def test_a_destination_inside_the_state_folder_is_refused(capsys, tmp_path):
+    cfg = make_site(tmp_path / "site")
+    dest = os.path.join(cfg.appliance.state_dir, "b.tar")
+    code, _, err = run(capsys, "--config", cfg.path, "backup", dest)
+    assert code == 1
+    assert err == f"mailappliance: {dest} is inside {cfg.appliance.state_dir}; write the backup elsewhere " \
+                  "(it would copy itself)\n"
+    assert not os.path.exists(dest)
+
+
 def test_a_torn_record_at_the_end_of_a_segment_stays_out_of_the_backup(capsys, tmp_path):
     """What the daemon is appending right now is not half in the backup (it would come back as damage)."""
     cfg = make_site(tmp_path / "site")
