@@ -278,12 +278,15 @@ def _plain_files(folder: str) -> list[str]:
 # -- the queue and the pickup folder
 
 def copy_pickup(out: Writer, state: str) -> None:
-    folder = os.path.join(state, pickup.FOLDER)
-    if not os.path.isdir(folder):
-        return
-    out.folder(f"state/{pickup.FOLDER}", folder)
-    for name in _plain_files(folder):
-        out.file(f"state/{pickup.FOLDER}/{name}", os.path.join(folder, name))
+    """sendmail's finished messages and those set aside in bad/; never the dot files being written."""
+    top = os.path.join(state, pickup.FOLDER)
+    for folder in (top, os.path.join(top, pickup.BAD)):
+        if not os.path.isdir(folder):
+            continue
+        name = _archive_name("state", state, folder)
+        out.folder(name, folder)
+        for item in _plain_files(folder):
+            out.file(f"{name}/{item}", os.path.join(folder, item))
 
 
 def complete_length(path: str, segment: int) -> int:
