@@ -685,27 +685,24 @@ class Restorer:
 
     tar: tarfile.TarFile
     entries: dict[str, Entry]
-    owner: tuple[int, int] | None           # the state folder's owner when we run as root, else None
-    made: list[str] = field(default_factory=list)
+    owner: tuple[int, int] | None = None    # as root: the state folder's owner, the default owner
+    made: list[tuple[str, Entry | None, int]] = field(default_factory=list)    # (path, entry, mode)
 
-    def mkdirs(self, path: str, entry: Entry | None) -> None:
-        """Create `path` and its missing parents, each with the entry's mode (0700 without one)."""
+    def mkdirs(self, path: str, entry: Entry | None = None) -> None:
+        """Create `path` and its missing parents: with the entry's mode, 0700 without one."""
         if os.path.isdir(path):
             return
         if os.path.lexists(path):
             raise NotADirectoryError(errno.ENOTDIR, "in the way: a file where a folder must go", path)
-        parent = os.path.dirname(path)
-        if parent != path:
-            self.mkdirs(parent, entry)
+        self.mkdirs(os.path.dirname(path))
         os.mkdir(path, 0o700)
-        self.made.append(path)
-        self._own(path, entry, 0o700)
+        self._made(path, entry, entry.mode if entry else 0o700)
 
     def put_file(self, member: tarfile.TarInfo, path: str) -> None:
-        entry = self.entries[member.name]
-        self.mkdirs(os.path.dirname(path), None)
+        self.mkdirs(os.path.dirname(path))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        self.made.append(path)
+        entry = self.entries[member.name]
+        self._made(path, entry, entry.mode)
         with os.fdopen(fd, "wb") as out:
             reader = self.tar.extractfile(member)
             while chunk := reader.read(CHUNK):
@@ -713,38 +710,48 @@ class Restorer:
             out.flush()
             os.fsync(out.fileno())
         os.utime(path, (member.mtime, member.mtime))
-        self._own(path, entry, entry.mode)
 
     def put_dir(self, member: tarfile.TarInfo, path: str) -> None:
-        entry = self.entries[member.name]
-        if os.path.isdir(path):
-            return          # an existing (empty) target folder keeps its owner and mode
-        self.mkdirs(os.path.dirname(path), None)
-        os.mkdir(path, 0o700)
-        self.made.append(path)
-        self._own(path, entry, entry.mode)
+        """A folder of the backup; one that exists already (an empty state folder) keeps its owner and mode."""
+        self.mkdirs(path, self.entries[member.name])
+
+    def _made(self, path: str, entry: Entry | None, mode: int) -> None:
+        self.made.append((path, entry, mode))
+        self._own(path, entry, mode)
 
     def _own(self, path: str, entry: Entry | None, mode: int) -> None:
+        """Mode always; as root also the owner (chown first: it may clear set-id bits)."""
         if self.owner is not None:
             uid, gid = _owner_ids(entry, self.owner) if entry else self.owner
             os.chown(path, uid, gid, follow_symlinks=False)
         os.chmod(path, mode)
 
+    def own_again(self) -> None:
+        """Give what was made before the owner was known (the configuration and its folder) its owner."""
+        for path, entry, mode in self.made:
+            self._own(path, entry, mode)
+
     def undo(self) -> None:
-        for path in reversed(self.made):
+        for path, _, _ in reversed(self.made):
             with contextlib.suppress(OSError):
                 os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
 
 
 def _target_config(config_path: str, tar: tarfile.TarFile, entries: dict[str, Entry],
                    restorer: Restorer) -> tuple[config.Config, bool]:
-    """The configuration to restore into: the one at --config, or the backup's written there."""
+    """The configuration to restore into: the one at --config, or the backup's written there.
+
+    Its folder, when missing, gets the mode the configuration's folder had (the daemon's user
+    must be able to read the file: /etc/mailappliance made 0700 by root would lock it out).
+    """
     if os.path.exists(config_path):
         return config.load(config_path), False
     if "files/config" not in entries:
         raise BackupError(f"{config_path} does not exist and the backup holds no configuration")
-    restorer.put_file(tar.getmember("files/config"), os.path.abspath(config_path))
-    return config.load(config_path), True
+    path = os.path.abspath(config_path)
+    restorer.mkdirs(os.path.dirname(path), entries.get("files"))
+    restorer.put_file(tar.getmember("files/config"), path)
+    return config.load(path), True
 
 
 def _destination(name: str, layout: Layout) -> str | None:
@@ -806,16 +813,16 @@ def restore(config_path: str, src: str) -> Summary:
 
 def _restore_verified(config_path: str, src: str, tar: tarfile.TarFile, manifest: dict,
                       entries: dict[str, Entry]) -> Summary:
-    restorer = Restorer(tar, entries, None)
+    restorer = Restorer(tar, entries)
     try:
         cfg, written = _target_config(config_path, tar, entries, restorer)
         layout = Layout.of(cfg)
         problems = _refusals(layout, manifest, tar, entries)
         if problems:
             raise BackupError(problems[0])
-        restorer.owner = _state_owner(layout.state) if os.geteuid() == 0 else None
-        if written and restorer.owner is not None:
-            restorer._own(cfg.path, entries["files/config"], entries["files/config"].mode)
+        if os.geteuid() == 0:
+            restorer.owner = _state_owner(layout.state)
+            restorer.own_again()
         counts = _write_members(tar, entries, layout, restorer, written)
     except BaseException:
         restorer.undo()

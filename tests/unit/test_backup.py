@@ -210,12 +210,14 @@ def test_restore_into_a_new_state_folder_gives_back_the_same_files(capsys, tmp_p
 
 def test_restore_without_a_config_writes_the_backups_next_to_the_new_state(capsys, tmp_path):
     cfg = make_site(tmp_path / "site")
+    os.chmod(tmp_path / "site", 0o755)
     dest = archive_of(capsys, cfg, tmp_path)
     target = str(tmp_path / "fresh" / "mailappliance.conf")
     code, out, err = run(capsys, "--config", target, "restore", dest)
     assert (code, err) == (0, "")
     with open(target) as new, open(cfg.path) as old:
         assert new.read() == old.read()
+    assert stat.S_IMODE(os.stat(tmp_path / "fresh").st_mode) == 0o755   # the old folder's, not 0700: the daemon reads it
     assert os.path.isfile(tmp_path / "fresh" / "var" / "mail" / "example.test" / "alice" / "mailappliance-uidlist")
     assert run(capsys, "--config", target, "check")[0] == 0
 
