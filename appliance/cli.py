@@ -504,7 +504,7 @@ def _add_backup_commands(commands) -> None:
 
 
 def _backup(args: argparse.Namespace) -> int:
-    from appliance import backup
+    from appliance import backup    # loaded only for these two commands (tarfile, hashing)
     cfg = config.load(args.config)
     try:
         done = backup.backup(cfg, args.dest)
@@ -515,7 +515,7 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from appliance import backup
+    from appliance import backup    # loaded only for these two commands (tarfile, hashing)
     try:
         done = backup.restore(args.config, args.src)
     except backup.BackupError as exc:
