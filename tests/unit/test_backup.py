@@ -14,6 +14,7 @@ import pwd
 import socket
 import stat
 import tarfile
+import threading
 
 import pytest
 
@@ -21,7 +22,7 @@ from appliance import backup, cli, config, pickup, queue, tls
 from appliance.directory.file import add_user, list_users
 from appliance.envelope import Envelope, Recipient, new_id
 from appliance.inline import InlinePool, InlineReactor
-from appliance.store import maildir, mbox
+from appliance.store import index, maildir, mbox
 
 CONF = """\
 [appliance]
@@ -365,3 +366,70 @@ def test_a_different_certificate_on_the_new_machine_is_kept_and_the_backups_is_p
             open(cfg.tls.key, "rb") as old:
         assert (kept.read(), beside.read()) == (own_key, old.read())
     assert stat.S_IMODE(os.stat(new.tls.key + ".from-backup").st_mode) == 0o600
+
+
+@pytest.mark.parametrize("storage", ["maildir", "mbox"])
+def test_a_folder_is_copied_only_while_the_server_does_not_hold_its_lock(capsys, tmp_path, storage):
+    """The server changes a folder (here: an expunge) under the folder's lock; the backup waits for
+    it, so the restored folder has the messages and the UID list of one moment: same UIDVALIDITY,
+    same UIDs for the same messages, the expunged one gone from both."""
+    cfg = make_site(tmp_path / "site", storage)
+    mailbox = os.path.join(cfg.appliance.state_dir, "mail", "example.test", "alice")
+    account = (mbox.MboxAccount if storage == "mbox" else maildir.MaildirAccount)(mailbox)
+    inbox = account.folder("INBOX")
+    before = inbox.refresh()
+    dest = str(tmp_path / "b.tar")
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (backup.backup(cfg, dest), finished.set()), daemon=True)
+    with index.locked(inbox._lock):             # what Folder.expunge does, step by step, under its lock
+        worker.start()
+        assert not finished.wait(1.0), "the backup copied a folder the server was changing"
+        inbox._remove([inbox._keys[before.uids[0]]])
+        inbox._refresh_locked()
+    worker.join(30)
+    assert finished.is_set()
+    target = new_target(tmp_path, storage)
+    assert run(capsys, "--config", target, "restore", dest)[0] == 0
+    moved = os.path.join(config.load(target).appliance.state_dir, "mail", "example.test", "alice")
+    restored = (mbox.MboxAccount if storage == "mbox" else maildir.MaildirAccount)(moved).folder("INBOX").refresh()
+    assert (restored.uidvalidity, restored.uids) == (before.uidvalidity, before.uids[1:])
+    assert restored.uidnext == before.uidnext
+    assert [restored.flags_of(uid) for uid in restored.uids] == [before.flags_of(uid) for uid in before.uids[1:]]
+
+
+def test_a_message_delivered_while_the_backup_runs_is_in_it_at_least_once(capsys, tmp_path, monkeypatch):
+    """The daemon moves a message from the queue to the mailbox (mailbox first, then the done
+    mark, which deletes the finished segment). Whichever of the two the backup copies first, the
+    move happens right after it: the message must still be in the restored queue or mailbox."""
+    cfg = make_site(tmp_path / "site")
+    spool_dir = os.path.join(cfg.appliance.state_dir, "queue")
+    bob = os.path.join(cfg.appliance.state_dir, "mail", "example.test", "bob")
+    spool = queue.Spool(spool_dir, InlineReactor(), InlinePool())
+    spool.recover()
+    moving = Envelope(id=new_id(), sender="carol@remote.example", recipients=[Recipient(address="bob@example.test")])
+    spool.put(moving, b"Subject: on its way\r\n\r\nbody\r\n")
+    spool.close()
+
+    def deliver_now() -> None:
+        maildir.write(bob, b"Subject: on its way\r\n\r\nbody\r\n")
+        spool = queue.Spool(spool_dir, InlineReactor(), InlinePool())
+        spool.recover()
+        spool.done(moving.id)
+        spool.close()
+
+    moved = []
+    for name in ("copy_queue", "copy_maildir"):
+        def copy_then_move(*args, _real=getattr(backup, name)):
+            result = _real(*args)
+            if not moved:
+                moved.append(deliver_now())
+            return result
+        monkeypatch.setattr(backup, name, copy_then_move)
+    dest = archive_of(capsys, cfg, tmp_path)
+    assert moved
+    target = new_target(tmp_path)
+    assert run(capsys, "--config", target, "restore", dest)[0] == 0
+    state = config.load(target).appliance.state_dir
+    queued = [e.id for e in queue.read_queue(os.path.join(state, "queue"))]
+    delivered = [m for sub in ("new", "cur") for m in os.listdir(os.path.join(state, "mail", "example.test", "bob", sub))]
+    assert moving.id in queued or delivered
