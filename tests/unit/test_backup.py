@@ -397,6 +397,20 @@ def test_a_folder_is_copied_only_while_the_server_does_not_hold_its_lock(capsys,
     assert [restored.flags_of(uid) for uid in restored.uids] == [before.flags_of(uid) for uid in before.uids[1:]]
 
 
+def move_after_the_first_copy(monkeypatch, names: tuple[str, str], move) -> list:
+    """Run `move` (the daemon moving a message between two places) right after the backup copied
+    the first of the two places, whichever it is; the list returned says whether it ran."""
+    moved: list = []
+    for name in names:
+        def copy_then_move(*args, _real=getattr(backup, name)):
+            result = _real(*args)
+            if not moved:
+                moved.append(move() or True)
+            return result
+        monkeypatch.setattr(backup, name, copy_then_move)
+    return moved
+
+
 def test_a_message_delivered_while_the_backup_runs_is_in_it_at_least_once(capsys, tmp_path, monkeypatch):
     """The daemon moves a message from the queue to the mailbox (mailbox first, then the done
     mark, which deletes the finished segment). Whichever of the two the backup copies first, the
@@ -417,14 +431,7 @@ def test_a_message_delivered_while_the_backup_runs_is_in_it_at_least_once(capsys
         spool.done(moving.id)
         spool.close()
 
-    moved = []
-    for name in ("copy_queue", "copy_maildir"):
-        def copy_then_move(*args, _real=getattr(backup, name)):
-            result = _real(*args)
-            if not moved:
-                moved.append(deliver_now())
-            return result
-        monkeypatch.setattr(backup, name, copy_then_move)
+    moved = move_after_the_first_copy(monkeypatch, ("copy_queue", "copy_maildir"), deliver_now)
     dest = archive_of(capsys, cfg, tmp_path)
     assert moved
     target = new_target(tmp_path)
@@ -433,3 +440,28 @@ def test_a_message_delivered_while_the_backup_runs_is_in_it_at_least_once(capsys
     queued = [e.id for e in queue.read_queue(os.path.join(state, "queue"))]
     delivered = [m for sub in ("new", "cur") for m in os.listdir(os.path.join(state, "mail", "example.test", "bob", sub))]
     assert moving.id in queued or delivered
+
+
+def test_a_message_picked_up_while_the_backup_runs_is_in_it_at_least_once(capsys, tmp_path, monkeypatch):
+    """sendmail's file is queued, then removed from pickup/: the same argument one step earlier."""
+    cfg = make_site(tmp_path / "site")
+    folder = os.path.join(cfg.appliance.state_dir, pickup.FOLDER)
+    [name] = pickup.list_ready(folder)
+    spool_dir = os.path.join(cfg.appliance.state_dir, "queue")
+    picked = Envelope(id=new_id(), sender="root@example.test", recipients=[Recipient(address="bob@example.test")])
+
+    def pick_up_now() -> None:
+        spool = queue.Spool(spool_dir, InlineReactor(), InlinePool())
+        spool.recover()
+        spool.put(picked, b"Subject: from cron\r\n\r\nnot picked up yet\r\n")
+        spool.close()
+        pickup.remove(folder, name)
+
+    moved = move_after_the_first_copy(monkeypatch, ("copy_pickup", "copy_queue"), pick_up_now)
+    dest = archive_of(capsys, cfg, tmp_path)
+    assert moved
+    target = new_target(tmp_path)
+    assert run(capsys, "--config", target, "restore", dest)[0] == 0
+    state = config.load(target).appliance.state_dir
+    queued = [e.id for e in queue.read_queue(os.path.join(state, "queue"))]
+    assert picked.id in queued or pickup.list_ready(os.path.join(state, pickup.FOLDER)) == [name]
