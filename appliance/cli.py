@@ -124,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="a line with a single dot does not end the message")
     sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
     _dkim_parser(commands)
+    _add_backup_commands(commands)
     return parser
 
 
@@ -672,3 +673,35 @@ def _dkim_show(args: argparse.Namespace) -> int:
     print("\n".join(found))
     return 0
 
+
+
+# ---------------------------------------------------------------- backup, restore
+
+def _add_backup_commands(commands) -> None:
+    backup_command = _command(commands, "backup", _backup, "copy queue, mailboxes, users, keys and config into "
+                              "one tar file, while the daemon runs")
+    backup_command.add_argument("dest", help="the archive to write, or a folder to write a dated one into")
+    restore_command = _command(commands, "restore", _restore, "put a backup back into an empty state folder "
+                               "(the configuration too, when --config names no file yet)")
+    restore_command.add_argument("src", help="the archive `backup` wrote")
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from appliance import backup    # loaded only for these two commands (tarfile, hashing)
+    cfg = config.load(args.config)
+    try:
+        done = backup.backup(cfg, args.dest)
+    except backup.BackupError as exc:
+        raise CommandError(str(exc)) from None
+    print("\n".join(done.lines))
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from appliance import backup    # loaded only for these two commands (tarfile, hashing)
+    try:
+        done = backup.restore(args.config, args.src)
+    except backup.BackupError as exc:
+        raise CommandError(str(exc)) from None
+    print("\n".join(done.lines))
+    return 0
