@@ -38,8 +38,10 @@ import os
 import pwd
 import re
 import socket
+import sqlite3
 import stat
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -430,10 +432,40 @@ def copy_tree(out: Writer, area: str, root: str, skip: Callable[[str], bool]) ->
         out.folder(_archive_name(area, root, folder), folder)
         for name in sorted(files):
             path = os.path.join(folder, name)
-            if skip(path) or _TEMPORARY.match(name) or os.path.islink(path):
+            if skip(path) or _TEMPORARY.match(name) or os.path.islink(path) or name.endswith(_SQLITE_SIDE):
+                continue
+            if name.endswith(".sqlite") and _copy_sqlite(out, _archive_name(area, root, path), path):
+                count += 1
                 continue
             count += out.file(_archive_name(area, root, path), path)
     return count
+
+
+_SQLITE_SIDE = (".sqlite-wal", ".sqlite-shm", ".sqlite-journal")
+
+
+def _copy_sqlite(out: Writer, name: str, path: str) -> bool:
+    """A live SQLite database (the checks' state, filters/statestore.py) through SQLite's own backup
+    API: copying the file while the daemon writes it (WAL mode) could catch a checkpoint half-way.
+    Opened read-only, so running as root never leaves a root-owned side file the daemon cannot open.
+    False when that fails; the caller then copies the file as it is (losing it costs only greylisting
+    and rate memory)."""
+    try:
+        st = os.stat(path)
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = os.path.join(scratch, "copy.sqlite")
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+                source.close()
+            with open(copy, "rb") as handle:
+                out.data(name, handle.read(), st)
+        return True
+    except (OSError, sqlite3.Error):
+        return False
 
 
 def _state_skip(layout: Layout) -> Callable[[str], bool]:

@@ -465,3 +465,29 @@ def test_a_message_picked_up_while_the_backup_runs_is_in_it_at_least_once(capsys
     state = config.load(target).appliance.state_dir
     queued = [e.id for e in queue.read_queue(os.path.join(state, "queue"))]
     assert picked.id in queued or pickup.list_ready(os.path.join(state, pickup.FOLDER)) == [name]
+
+
+def test_the_checks_state_database_is_copied_whole_while_it_is_open_in_wal_mode(capsys, tmp_path):
+    """Greylisting's SQLite file (filters/statestore.py) is copied through SQLite's backup API: the
+    rows still in the write-ahead log are in the restored file, and no -wal or -shm file travels."""
+    import sqlite3
+    cfg = make_site(tmp_path / "site")
+    path = os.path.join(cfg.appliance.state_dir, "checks.sqlite")
+    live = sqlite3.connect(path)
+    live.execute("PRAGMA journal_mode=WAL")
+    live.execute("PRAGMA wal_autocheckpoint=0")            # the row stays in the -wal file only
+    live.execute("CREATE TABLE triplets (key TEXT)")
+    live.execute("INSERT INTO triplets VALUES ('192.0.2/x@y/alice')")
+    live.commit()
+    assert os.path.getsize(path + "-wal") > 0
+    dest = archive_of(capsys, cfg, tmp_path)
+    live.close()
+    with tarfile.open(dest) as archive:
+        names = archive.getnames()
+    assert not any(name.endswith(("-wal", "-shm")) for name in names)
+    target = new_target(tmp_path)
+    code, _, err = run(capsys, "--config", target, "restore", dest)
+    assert code == 0, err
+    restored = sqlite3.connect(os.path.join(config.load(target).appliance.state_dir, "checks.sqlite"))
+    assert restored.execute("SELECT key FROM triplets").fetchall() == [("192.0.2/x@y/alice",)]
+    restored.close()
