@@ -61,6 +61,7 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+SCANNER_UNAVAILABLE = Reply(451, "4.7.1", "Content scanner unavailable, try again later")  # spamd/clamd, scanner_failure = tempfail
 
 # 5xx: permanent
 PREGREET = Reply(554, "5.5.1", "Protocol error: you talked before the greeting ended")  # postscreen's pregreet test
@@ -96,6 +97,8 @@ TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop")
 MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop")
 DIRECTORY_TARGET_REFUSED = Reply(550, "5.7.1", "Recipient address rejected: delivery target not allowed")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
+SPAM_REJECTED = Reply(550, "5.7.1", "Message refused as spam")            # spamd score >= spam_reject_score
+VIRUS_FOUND = Reply(554, "5.7.1", "Virus found")                           # clamd; with_text names the signature
 
 
 class POP3:

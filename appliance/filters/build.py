@@ -10,7 +10,9 @@ from typing import Any
 
 from appliance.config import Config
 from appliance.filters.base import Check
+from appliance.filters.clamd import ClamdCheck
 from appliance.filters.pipeline import Pipeline
+from appliance.filters.spamd import SpamdCheck
 
 
 def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None) -> Pipeline:
@@ -21,7 +23,19 @@ def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None) -> Pipe
     # mail, rcpt: rate limits (filters/rates.py), then greylisting (filters/greylist.py)
     # data: clamd, spamd (filters/clamd.py, filters/spamd.py), DKIM, DMARC (filters/dkimverify.py,
     #       filters/dmarc.py), the operator's hooks (filters/hooks.py), Authentication-Results last
+    checks += _scanners(cfg, reactor)
     return Pipeline(checks)
+
+
+def _scanners(cfg: Config, reactor: Any) -> list[Check]:
+    """clamd before spamd: a virus is refused without spending SpamAssassin's seconds on it."""
+    settings = cfg.checks
+    scanners: list[Check] = []
+    if settings.clamd:
+        scanners.append(ClamdCheck(reactor, settings))
+    if settings.spamd:
+        scanners.append(SpamdCheck(reactor, settings))
+    return scanners
 
 
 def make_signer(cfg: Config, reactor: Any, pool: Any) -> Any:
