@@ -71,49 +71,57 @@ class _Exchange(Protocol):
             self.answer.callback(result)
 
 
+class _Request(Factory):
+    """One connection, one exchange: the factory hands out its single _Exchange and can abort it."""
+
+    noisy = False               # no "Starting factory" line in the log for every message scanned
+
+    def __init__(self, request: Sequence[bytes], limit: int) -> None:
+        self.answer: defer.Deferred = defer.Deferred(self._cancel)
+        self.exchange = _Exchange(request, limit, self.answer)
+        self.connecting: defer.Deferred | None = None
+
+    def buildProtocol(self, addr: Any) -> _Exchange:
+        return self.exchange
+
+    def _cancel(self, _: defer.Deferred) -> None:
+        """The deadline passed: drop the connection, or the attempt to make one."""
+        if self.exchange.transport is not None:
+            self.exchange.transport.abortConnection()
+        if self.connecting is not None:
+            self.connecting.cancel()
+
+    def connect_failed(self, failure: Failure) -> None:
+        if not self.answer.called:
+            self.answer.errback(failure)
+
+
 def ask(reactor: Any, where: str, request: Sequence[bytes], timeout: float, limit: int) -> defer.Deferred:
     """Deferred[bytes]: the whole answer to `request`; fails with ScannerUnavailable, never anything else.
 
     `timeout` covers everything from connecting to the daemon's close, so a daemon that accepts
     and then says nothing costs this one message `timeout` seconds and blocks nobody else.
     """
-    state: dict[str, Any] = {}
-
-    def cancel(_: defer.Deferred) -> None:
-        protocol = state.get("protocol")
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.abortConnection()
-        connecting.cancel()
-
-    answer: defer.Deferred = defer.Deferred(cancel)
-
-    def build(_: Any) -> _Exchange:
-        state["protocol"] = _Exchange(request, limit, answer)
-        return state["protocol"]
-
-    factory = Factory()
-    factory.buildProtocol = build            # one connection, one exchange
-    connecting = endpoint(reactor, where).connect(factory)
-    connecting.addErrback(_connect_failed, answer)
+    factory = _Request(request, limit)
+    factory.connecting = endpoint(reactor, where).connect(factory)
+    factory.connecting.addErrback(factory.connect_failed)
+    answer = factory.answer
     answer.addTimeout(timeout, reactor)
     answer.addErrback(_unavailable, timeout)
     return answer
 
 
-def _connect_failed(failure: Failure, answer: defer.Deferred) -> None:
-    if not answer.called:
-        answer.errback(failure)
-
-
-def _unavailable(failure: Failure, timeout: float) -> None:
+def _unavailable(failure: Failure, timeout: float) -> Failure:
     """Every failure as ScannerUnavailable with a short reason (no tracebacks in the mail log)."""
     if failure.check(ScannerUnavailable):
-        failure.raiseException()
+        return failure
     if failure.check(defer.TimeoutError, defer.CancelledError):
-        raise ScannerUnavailable(f"no answer within {timeout:g} s")
-    if failure.check(error.ConnectionRefusedError):
-        raise ScannerUnavailable("connection refused")
-    raise ScannerUnavailable(failure.getErrorMessage() or failure.type.__name__)
+        reason = f"no answer within {timeout:g} s"
+    elif failure.check(error.ConnectionRefusedError):
+        reason = "connection refused"
+    else:
+        reason = failure.getErrorMessage() or failure.type.__name__
+    return Failure(ScannerUnavailable(reason))
 
 
 def unavailable(name: str, failure_mode: str, reason: str) -> Verdict:

@@ -205,7 +205,7 @@ def test_a_hung_scanner_times_out_without_stalling_other_sessions(tmp_path):
         started = time.monotonic()
         with appliance.smtp() as other:
             assert other.ehlo()[0] == 250 and other.noop()[0] == 250
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 1.5            # the reactor is not waiting for spamd
         waiting.join(timeout=30)
         assert outcome["reply"] == (451, b"4.7.1 Content scanner unavailable, try again later")
         assert 3.0 <= outcome["seconds"] < 10.0
