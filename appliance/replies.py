@@ -61,7 +61,8 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
-SCANNER_UNAVAILABLE = Reply(451, "4.7.1", "Content scanner unavailable, try again later")  # spamd/clamd, scanner_failure = tempfail
+# spamd or clamd down or slow with [checks] scanner_failure = tempfail
+SCANNER_UNAVAILABLE = Reply(451, "4.7.1", "Content scanner unavailable, try again later")
 
 # 5xx: permanent
 PREGREET = Reply(554, "5.5.1", "Protocol error: you talked before the greeting ended")  # postscreen's pregreet test

@@ -118,7 +118,7 @@ def unavailable(what: str, exc: OSError) -> MailboxUnavailable:
     return MailboxUnavailable(f"{what}: {name}")
 
 
-Item = tuple[str, bytes, str]          # (path to write: a mailbox or one of its folders, wire-form message, envelope sender)
+Item = tuple[str, bytes, str]          # (mailbox or folder path to write, wire-form message, envelope sender)
 
 
 @dataclass(frozen=True)

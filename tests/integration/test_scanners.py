@@ -12,16 +12,14 @@ import base64
 import email
 import email.utils
 import imaplib
-import os
 import poplib
-import smtplib
 import socket
 import threading
 import time
 
 import pytest
 
-from tests.integration.harness import (ALL_SERVICES, CHECKS_OFF, DOMAIN, HOSTNAME, SMTP_SERVICES, Appliance,
+from tests.integration.harness import (CHECKS_OFF, DOMAIN, HOSTNAME, SMTP_SERVICES, Appliance,
                                        ApplianceError, free_port, wait_for)
 from tests.integration.scanners import EICAR, EICAR_SIGNATURE, GTUBE, Clamd, SilentScanner, Spamd
 

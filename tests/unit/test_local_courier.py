@@ -123,7 +123,8 @@ def store(request, tmp_path):
 
 
 def deliver_junk(store, message: bytes = SPAM) -> str:
-    env = Envelope(id="Q3", sender="alice@example.test", recipients=[Recipient(address="bob@example.test", folder="Junk")])
+    env = Envelope(id="Q3", sender="alice@example.test",
+                   recipients=[Recipient(address="bob@example.test", folder="Junk")])
     d = LocalCourier(FakeDirectory(BOB), store).deliver(env, env.recipients[0], message)
     store.reactor.advance(0)
     return outcome(d)
