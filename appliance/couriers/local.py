@@ -16,7 +16,7 @@ from appliance.aliases import is_command_or_file
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import NoSuchMailbox, PermanentFailure
 from appliance.interfaces import ICourier, IDirectory, IMailStore, UserRecord
-from appliance.message import field, has, prepend, rewrite
+from appliance.message import field, has, prepend, replace, rewrite
 
 JUNK = "Junk"
 SPAM_PREFIX = b"[SPAM] "
@@ -79,10 +79,10 @@ def trace_headers(envelope: Envelope, recipient: Recipient) -> bytes:
 
 
 def junk_in_inbox(message: bytes) -> bytes:
-    """Spam for a mailbox without a Junk folder: `X-Spam-Flag: YES` (added when no check set it,
-    as DMARC quarantine does not) and the Subject prefixed `[SPAM] ` (once), for POP3 users' filters."""
-    if not has(message, "X-Spam-Flag"):
-        message = prepend(message, ("X-Spam-Flag", "YES"))
+    """Spam for a mailbox without a Junk folder: `X-Spam-Flag: YES` (set here too: DMARC quarantine
+    sets no flag, and a sender's own `NO` must not stay) and the Subject prefixed `[SPAM] ` (once),
+    for POP3 users' filters."""
+    message = replace(message, "X-Spam-Flag", "YES")
     if not has(message, "Subject"):
         return prepend(message, ("Subject", SPAM_PREFIX.strip()))
     return rewrite(message, ["Subject"], _prefixed)

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from appliance import replies
@@ -55,7 +55,7 @@ class _Exchange(Protocol):
             return
         self.received.append(data)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # The daemon closing its side ends the answer; a reset before anything came is a failure.
         if self.received or reason.check(error.ConnectionDone):
             self._finish(b"".join(self.received))
