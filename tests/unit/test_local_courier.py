@@ -148,12 +148,13 @@ def test_spam_lands_in_inbox_marked_for_a_user_without_junk(store):
     assert messages_in(store, "INBOX") == [TRACE + b"X-Spam-Flag: YES\r\nSubject: [SPAM] cheap pills\r\n\r\nbuy\r\n"]
 
 
-def test_marking_adds_the_flag_when_missing_and_the_prefix_once():
+def test_marking_sets_the_flag_and_the_prefix_once():
     assert junk_in_inbox(b"Subject: hi\r\n\r\nx\r\n") == b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n"
     assert junk_in_inbox(b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n") == \
         b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n"
     assert junk_in_inbox(b"From: a@b.test\r\n\r\nx\r\n") == \
         b"Subject: [SPAM]\r\nX-Spam-Flag: YES\r\nFrom: a@b.test\r\n\r\nx\r\n"
-    assert junk_in_inbox(b"X-Spam-Flag: NO\r\nSubject: hi\r\n\r\nx\r\n") == b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n"
+    assert junk_in_inbox(b"X-Spam-Flag: NO\r\nSubject: hi\r\n\r\nx\r\n") == \
+        b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n"
     assert junk_in_inbox(b"Subject:folded\r\n next line\r\n\r\nx\r\n").startswith(
         b"X-Spam-Flag: YES\r\nSubject: [SPAM] folded\r\n next line\r\n")
