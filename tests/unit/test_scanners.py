@@ -14,6 +14,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRef
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from appliance import config
+from appliance.filters.build import make_pipeline
 from appliance.filters.clamd import ClamdCheck, parse_answer as clamd_answer, request as clamd_request
 from appliance.filters.spamd import SpamdAnswer, SpamdCheck, parse_answer as spamd_answer, status_fields
 from tests.unit.checkrig import CheckRig, LogLines, settings
@@ -260,3 +262,15 @@ def test_clamd_answers_of_a_real_clamd():
     found = clamd_answer(b"stream: Eicar-Test-Signature.UNOFFICIAL FOUND\0")
     assert (found.outcome, found.name) == ("virus", "Eicar-Test-Signature.UNOFFICIAL")
     assert clamd_answer(b"INSTREAM size limit exceeded. ERROR\0").outcome == "too-big"
+
+
+# ---- configuration ---------------------------------------------------------------------------------------
+def test_the_pipeline_asks_clamd_before_spamd_only_when_configured(tmp_path):
+    def pipeline_for(checks: str) -> list[str]:
+        path = tmp_path / "mailappliance.conf"
+        path.write_text("[appliance]\nhostname = mail.example.test\ndomains = example.test\n[checks]\n" + checks)
+        return make_pipeline(config.load(str(path)), MemoryReactorClock(), None).names()
+
+    assert pipeline_for("") == []
+    assert pipeline_for("spamd = 127.0.0.1:783\nclamd = /run/clamav/clamd.ctl\n") == ["clamd", "spamd"]
+    assert pipeline_for("spamd = localhost:783\n") == ["spamd"]
