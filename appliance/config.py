@@ -165,7 +165,9 @@ class ChecksSection:
     dmarc: str = "reject"                    # what p=reject gets: reject | quarantine | tag | off
     spamd: str = ""                          # host:port of spamd; "" = off
     spam_reject_score: float = 15.0
+    spamd_max_size: int = 512000             # bytes; bigger messages are not scanned (spamc's default)
     clamd: str = ""                          # host:port, or the path of clamd's unix socket; "" = off
+    clamd_max_size: int = 26214400           # bytes; clamd's StreamMaxLength (25M in Debian's clamd.conf)
     scanner_failure: str = "accept"          # spamd or clamd down or slow: accept | tempfail
     scanner_timeout: int = 60                # seconds spamd or clamd may take for one message
     pregreet: str = "suspicious"             # off | suspicious | all: a multi-line banner with a pause
@@ -679,6 +681,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "spf": _choice("reject", "tag", "off"), "spf_temperror": _choice("tempfail", "tag"),
         "dkim_verify": _yes_no, "dmarc": _choice("reject", "quarantine", "tag", "off"),
         "spamd": _scanner(unix_ok=False), "spam_reject_score": _number,
+        "spamd_max_size": _count(1, 1073741824), "clamd_max_size": _count(1, 4294967295),
         "clamd": _scanner(unix_ok=True), "scanner_failure": _choice("accept", "tempfail"),
         "scanner_timeout": _count(1, 3600),
         "pregreet": _choice("off", "suspicious", "all"), "pregreet_wait": _count(0, 60),

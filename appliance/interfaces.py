@@ -65,11 +65,13 @@ class ICourier(Interface):
 class IMailStore(Interface):
     """A mailbox format (Maildir or mbox); nothing becomes visible before it is complete."""
 
-    def deliver(user: UserRecord, message: bytes, sender: str):
+    def deliver(user: UserRecord, message: bytes, sender: str, folder: str = "", fallback: bytes | None = None):
         """Deferred[str]: the path written. Fails with MailboxUnavailable (retry) when it cannot write.
 
         `message` is in wire form (CRLF line ends, Return-Path and Delivered-To already on top);
         the store converts to its own on-disk form. `sender` is the envelope sender ("" for <>).
+        `folder` ("" = INBOX) names a folder to deliver into when the user has it (Junk, made at
+        the first IMAP login); a user without it gets the message in INBOX, as `fallback` when given.
         """
 
     def path_for(user: UserRecord) -> str:

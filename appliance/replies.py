@@ -69,6 +69,8 @@ USER_DAILY_LIMIT = Reply(450, "4.7.1", "Daily sending limit reached")
 HOOK_TEMPFAIL = Reply(451, "4.7.1", "Try again later")                  # an operator's hook; its text replaces this
 HOOK_REJECT = Reply(550, "5.7.1", "Refused by local policy")             # an operator's hook; its text replaces this
 SPF_TEMPERROR = Reply(451, "4.7.24", "SPF validation error (DNS), try again later")   # RFC 7372 3.2: temperror
+# spamd or clamd down or slow with [checks] scanner_failure = tempfail
+SCANNER_UNAVAILABLE = Reply(451, "4.7.1", "Content scanner unavailable, try again later")
 
 # 5xx: permanent
 PREGREET = Reply(554, "5.5.1", "Protocol error: you talked before the greeting ended")  # postscreen's pregreet test
@@ -107,6 +109,8 @@ DIRECTORY_TARGET_REFUSED = Reply(550, "5.7.1", "Recipient address rejected: deli
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
 SPF_FAIL = Reply(550, "5.7.23", "SPF validation failed")          # RFC 7372 3.2; the domain's explanation follows
 DMARC_REJECT = Reply(550, "5.7.1", "Rejected by the DMARC policy of the From: domain")   # RFC 7489 6.6.4, 7.3
+SPAM_REJECTED = Reply(550, "5.7.1", "Message refused as spam")            # spamd score >= spam_reject_score
+VIRUS_FOUND = Reply(554, "5.7.1", "Virus found")                           # clamd; with_text names the signature
 
 
 class POP3:

@@ -1,6 +1,11 @@
 """Local delivery of one queued recipient: directory lookup, trace headers, then the mail store.
 
 Alias targets that are commands or files go to the courier given as `programs` instead.
+
+Spam (a recipient whose `folder` is Junk, set at end of DATA by filters/pipeline.py DataStage)
+goes to the user's Junk folder (IMAP SPECIAL-USE \\Junk), which exists once the user logged in
+over IMAP. A user without one (POP3 only) gets it in INBOX instead, marked so that a mail
+client's filter can sort it: `X-Spam-Flag: YES` and `[SPAM] ` before the Subject.
 """
 from __future__ import annotations
 
@@ -11,7 +16,10 @@ from appliance.aliases import is_command_or_file
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import NoSuchMailbox, PermanentFailure
 from appliance.interfaces import ICourier, IDirectory, IMailStore, UserRecord
-from appliance.message import field
+from appliance.message import field, has, prepend, replace, rewrite
+
+JUNK = "Junk"
+SPAM_PREFIX = b"[SPAM] "
 
 
 @implementer(ICourier)
@@ -47,7 +55,12 @@ class LocalCourier:
                    message: bytes) -> Deferred:
         if user is None:
             raise NoSuchMailbox("no such user")
-        return self._store.deliver(user, trace_headers(envelope, recipient) + message, envelope.sender)
+        trace = trace_headers(envelope, recipient)
+        if not recipient.folder:
+            return self._store.deliver(user, trace + message, envelope.sender)
+        fallback = trace + junk_in_inbox(message) if recipient.folder == JUNK else None
+        return self._store.deliver(user, trace + message, envelope.sender, folder=recipient.folder,
+                                   fallback=fallback)
 
 
 def _with_extension(recipient: Recipient) -> str:
@@ -63,3 +76,22 @@ def trace_headers(envelope: Envelope, recipient: Recipient) -> bytes:
     sender = " ".join(envelope.sender.split())
     rcpt = " ".join(_with_extension(recipient).split())
     return field("Return-Path", f"<{sender}>") + field("Delivered-To", rcpt)
+
+
+def junk_in_inbox(message: bytes) -> bytes:
+    """Spam for a mailbox without a Junk folder: `X-Spam-Flag: YES` (set here too: DMARC quarantine
+    sets no flag, and a sender's own `NO` must not stay) and the Subject prefixed `[SPAM] ` (once),
+    for POP3 users' filters."""
+    message = replace(message, "X-Spam-Flag", "YES")
+    if not has(message, "Subject"):
+        return prepend(message, ("Subject", SPAM_PREFIX.strip()))
+    return rewrite(message, ["Subject"], _prefixed)
+
+
+def _prefixed(text: bytes) -> bytes:
+    """`Subject: Hello` -> `Subject: [SPAM] Hello`; a Subject already marked is left alone."""
+    name, _, value = text.partition(b":")
+    value = value.lstrip(b" \t")
+    if value.startswith(SPAM_PREFIX.strip()):
+        return text
+    return name + b": " + SPAM_PREFIX + value

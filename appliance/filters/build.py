@@ -12,9 +12,11 @@ from typing import Any
 from appliance.config import Config
 from appliance.filters.authresults import AuthResults
 from appliance.filters.base import Check
+from appliance.filters.clamd import ClamdCheck
 from appliance.filters.dkimverify import DKIMVerify
 from appliance.filters.dmarc import DMARCCheck
 from appliance.filters.pipeline import Pipeline
+from appliance.filters.spamd import SpamdCheck
 from appliance.filters.spf import SPFCheck
 from appliance.filters.syncdns import SyncDNS
 
@@ -34,6 +36,7 @@ def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None) -> Pipe
     checks += _limits(cfg, reactor, top)
     # data: clamd, spamd (filters/clamd.py, filters/spamd.py), DKIM, DMARC (filters/dkimverify.py,
     #       filters/dmarc.py), the operator's hooks (filters/hooks.py), Authentication-Results last
+    checks += _scanners(cfg, reactor)
     if settings.dkim_verify:
         checks.append(DKIMVerify(sync_dns, reactor, pool))
     if settings.dmarc != "off":
@@ -90,6 +93,17 @@ def _hooks(cfg: Config, reactor: Any) -> list[Check]:
     """[checks] hooks, imported now (appliance/checks.py has reported any that cannot be)."""
     from appliance.filters import hooks
     return list(hooks.make_hooks(cfg.checks.hooks, reactor))
+
+
+def _scanners(cfg: Config, reactor: Any) -> list[Check]:
+    """clamd before spamd: a virus is refused without spending SpamAssassin's seconds on it."""
+    settings = cfg.checks
+    scanners: list[Check] = []
+    if settings.clamd:
+        scanners.append(ClamdCheck(reactor, settings))
+    if settings.spamd:
+        scanners.append(SpamdCheck(reactor, settings))
+    return scanners
 
 
 def make_signer(cfg: Config, reactor: Any, pool: Any) -> Any:

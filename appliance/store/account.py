@@ -81,6 +81,10 @@ class Account:
         """The folder object (None = INBOX)."""
         raise NotImplementedError
 
+    def _path(self, disk: str) -> str:
+        """The file or directory holding a folder other than INBOX."""
+        raise NotImplementedError
+
     def _meta_dir(self) -> str:
         raise NotImplementedError
 
@@ -101,6 +105,11 @@ class Account:
         if not self.exists(name):
             raise MailboxError("Mailbox does not exist", "NONEXISTENT")
         return self._open(check_name(name))
+
+    def delivery_path(self, name: str) -> str:
+        """Where the store writes a delivery to folder `name` (the mailbox itself for INBOX)."""
+        name = normalise(name)
+        return self.root if name == "INBOX" else self._path(check_name(name))
 
     def has_children(self, name: str) -> bool:
         prefix = normalise(name) + DELIMITER

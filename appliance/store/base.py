@@ -118,7 +118,18 @@ def unavailable(what: str, exc: OSError) -> MailboxUnavailable:
     return MailboxUnavailable(f"{what}: {name}")
 
 
-Item = tuple[str, bytes, str]          # (mailbox path, wire-form message, envelope sender)
+Item = tuple[str, bytes, str]          # (mailbox or folder path to write, wire-form message, envelope sender)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message waiting in a batch for the pool: whose mailbox, and which folder of it."""
+
+    path: str                     # the user's mailbox (INBOX)
+    message: bytes
+    sender: str
+    folder: str = ""              # "" = INBOX; else used when it exists (Junk)
+    fallback: bytes | None = None  # what INBOX gets instead when the folder does not exist
 
 
 @implementer(IMailStore)
@@ -137,7 +148,7 @@ class FileStore:
         self.template = template
         self.reactor = reactor
         self.pool = pool
-        self._batch: list[tuple[Item, defer.Deferred]] = []
+        self._batch: list[tuple[Delivery, defer.Deferred]] = []
 
     def path_for(self, user: UserRecord) -> str:
         """The user's mailbox; ValueError for a name that is unsafe or another mailbox's side file."""
@@ -164,25 +175,51 @@ class FileStore:
             return account
         return threads.deferToThreadPool(self.reactor, self.pool, open_now)
 
-    def deliver(self, user: UserRecord, message: bytes, sender: str) -> defer.Deferred:
+    def deliver(self, user: UserRecord, message: bytes, sender: str, folder: str = "",
+                fallback: bytes | None = None) -> defer.Deferred:
+        """Deferred[str]: the path written. `folder` (Junk) is used when the user has it; otherwise
+        the message goes to INBOX, as `fallback` when given (a copy marked for POP3 users)."""
         try:
             path = self.path_for(user)
         except ValueError:
             # Retried rather than bounced: the operator can still fix the directory entry.
             return defer.fail(MailboxUnavailable("unsafe mailbox name"))
         d: defer.Deferred = defer.Deferred()
-        self._batch.append(((path, message, sender), d))
+        self._batch.append((Delivery(path, message, sender, folder, fallback), d))
         if len(self._batch) == 1:
             self.reactor.callLater(0, self._flush)
         return d
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        done = threads.deferToThreadPool(self.reactor, self.pool, self.write_batch, [item for item, _ in batch])
+        done = threads.deferToThreadPool(self.reactor, self.pool, self._write_all, [item for item, _ in batch])
         done.addCallbacks(self._fire, self._fail_all, callbackArgs=(batch,), errbackArgs=(batch,))
 
+    def _write_all(self, deliveries: list[Delivery]) -> list[object]:
+        """Blocking: find each delivery's folder, then write them as one batch of the format."""
+        placed = [self._place(delivery) for delivery in deliveries]
+        written = iter(self.write_batch([item for item in placed if not isinstance(item, BaseException)]))
+        return [item if isinstance(item, BaseException) else next(written) for item in placed]
+
+    def _place(self, delivery: Delivery) -> Item | MailboxUnavailable:
+        """Blocking: the (path, message, sender) to write: the folder's own file when the user has it.
+
+        The folder is looked up at every delivery, not remembered: the user makes Junk by logging
+        in over IMAP once (Account.ensure_special), and may delete it again.
+        """
+        if not delivery.folder:
+            return delivery.path, delivery.message, delivery.sender
+        try:
+            account = self.account(delivery.path)
+            if account.exists(delivery.folder):
+                return account.delivery_path(delivery.folder), delivery.message, delivery.sender
+        except OSError as exc:
+            return unavailable("folder lookup failed", exc)
+        message = delivery.message if delivery.fallback is None else delivery.fallback
+        return delivery.path, message, delivery.sender
+
     @staticmethod
-    def _fire(outcomes: list[object], batch: list[tuple[Item, defer.Deferred]]) -> None:
+    def _fire(outcomes: list[object], batch: list[tuple[Delivery, defer.Deferred]]) -> None:
         for outcome, (_, d) in zip(outcomes, batch):
             if isinstance(outcome, BaseException):
                 d.errback(outcome)
@@ -190,7 +227,7 @@ class FileStore:
                 d.callback(outcome)
 
     @staticmethod
-    def _fail_all(failure: object, batch: list[tuple[Item, defer.Deferred]]) -> None:
+    def _fail_all(failure: object, batch: list[tuple[Delivery, defer.Deferred]]) -> None:
         for _, d in batch:
             d.errback(failure)
 

@@ -463,7 +463,9 @@ class MboxAccount(Account):
             entries = os.listdir(self._folders())
         except FileNotFoundError:
             return []
-        return [e for e in entries if not e.startswith(".") and not e.endswith(".imap")
+        # A delivery's dot-lock (`Junk.lock`, `Junk.lock.<pid>.<thread>`) is a file there for a
+        # moment: a side file, never a folder.
+        return [e for e in entries if not e.startswith(".") and not SIDE_FILE.search(e)
                 and os.path.isfile(os.path.join(self._folders(), e))]
 
     def _path(self, disk: str) -> str:

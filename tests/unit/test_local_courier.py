@@ -1,14 +1,19 @@
 """Local delivery: unknown users bounce, an unreachable directory is retried, trace headers are added."""
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import fail, succeed
 from twisted.python.failure import Failure
 
-from appliance.couriers.local import LocalCourier
+from appliance.couriers.local import LocalCourier, junk_in_inbox
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import (DirectoryUnavailable, MailboxUnavailable, NoSuchMailbox, PermanentFailure,
                               TemporaryFailure)
+from appliance.inline import InlinePool, InlineReactor
 from appliance.interfaces import UserRecord
+from appliance.store import folder as folder_module
+from appliance.store.maildir import MaildirStore
+from appliance.store.mbox import MboxStore
 
 BOB = UserRecord(address="bob@example.test", addresses=frozenset({"bob@example.test", "robert@example.test"}))
 
@@ -103,3 +108,53 @@ def test_commands_bounce_when_allow_commands_is_off():
     result = outcome(LocalCourier(FakeDirectory(BOB), FakeStore()).deliver(ENV, rcpt, MESSAGE))
     assert result.check(PermanentFailure)
     assert str(result.value) == "5.7.1 delivery to commands and files is turned off ([aliases] allow_commands = no)"
+
+
+# ---- spam: the Junk folder, or INBOX marked ----------------------------------------------------------------------
+SPAM = b"X-Spam-Flag: YES\r\nSubject: cheap pills\r\n\r\nbuy\r\n"
+TRACE = b"Return-Path: <alice@example.test>\r\nDelivered-To: bob@example.test\r\n"
+
+
+@pytest.fixture(params=[MaildirStore, MboxStore], ids=["maildir", "mbox"])
+def store(request, tmp_path):
+    folder_module._registry.clear()
+    yield request.param(str(tmp_path / "{local}"), InlineReactor(), InlinePool())
+    folder_module._registry.clear()
+
+
+def deliver_junk(store, message: bytes = SPAM) -> str:
+    env = Envelope(id="Q3", sender="alice@example.test",
+                   recipients=[Recipient(address="bob@example.test", folder="Junk")])
+    d = LocalCourier(FakeDirectory(BOB), store).deliver(env, env.recipients[0], message)
+    store.reactor.advance(0)
+    return outcome(d)
+
+
+def messages_in(store, name: str) -> list[bytes]:
+    folder = store.account(store.path_for(BOB)).folder(name)
+    return [folder.read(uid) for uid in folder.refresh().uids]
+
+
+def test_spam_lands_in_junk_unchanged_for_an_imap_user(store):
+    store.account(store.path_for(BOB)).ensure_special()
+    where = deliver_junk(store)
+    assert "Junk" in where
+    assert messages_in(store, "Junk") == [TRACE + SPAM]
+    assert messages_in(store, "INBOX") == []
+
+
+def test_spam_lands_in_inbox_marked_for_a_user_without_junk(store):
+    deliver_junk(store)
+    assert messages_in(store, "INBOX") == [TRACE + b"X-Spam-Flag: YES\r\nSubject: [SPAM] cheap pills\r\n\r\nbuy\r\n"]
+
+
+def test_marking_sets_the_flag_and_the_prefix_once():
+    assert junk_in_inbox(b"Subject: hi\r\n\r\nx\r\n") == b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n"
+    assert junk_in_inbox(b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n") == \
+        b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n"
+    assert junk_in_inbox(b"From: a@b.test\r\n\r\nx\r\n") == \
+        b"Subject: [SPAM]\r\nX-Spam-Flag: YES\r\nFrom: a@b.test\r\n\r\nx\r\n"
+    assert junk_in_inbox(b"X-Spam-Flag: NO\r\nSubject: hi\r\n\r\nx\r\n") == \
+        b"X-Spam-Flag: YES\r\nSubject: [SPAM] hi\r\n\r\nx\r\n"
+    assert junk_in_inbox(b"Subject:folded\r\n next line\r\n\r\nx\r\n").startswith(
+        b"X-Spam-Flag: YES\r\nSubject: [SPAM] folded\r\n next line\r\n")

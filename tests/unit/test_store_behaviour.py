@@ -13,6 +13,7 @@ import pytest
 from twisted.python.failure import Failure
 
 from appliance.errors import MailboxUnavailable
+from appliance.interfaces import UserRecord
 from appliance.inline import InlinePool, InlineReactor
 from appliance.store import MailboxError, folder as folder_module, maildir, mbox
 from appliance.store.maildir import MaildirFolder, MaildirStore
@@ -638,3 +639,72 @@ def test_mbox_folder_objects_reopened_directly_agree(mbox_path):
     folder = MboxFolder(mbox_path, mbox_path + ".imap")
     assert folder.refresh().uids == (1, 2)
     assert MboxFolder(mbox_path, mbox_path + ".imap").refresh().uids == (1, 2)
+
+
+# ---- delivery into a folder (spam into Junk) ---------------------------------------------------------------------
+ALICE = UserRecord(address="alice@example.test")
+SPAM = message("buy now")
+MARKED = b"X-Spam-Flag: YES\r\n" + message("[SPAM] buy now")
+
+
+def deliver_to(store, folder: str = "", fallback: bytes | None = None, data: bytes = SPAM) -> str:
+    d = store.deliver(ALICE, data, "x@example.org", folder=folder, fallback=fallback)
+    store.reactor.advance(0)            # the batch is flushed on the next reactor turn
+    return result_of(d)
+
+
+def folder_messages(store, path, name: str) -> list[bytes]:
+    folder = store.account(path).folder(name)
+    return [folder.read(uid) for uid in folder.refresh().uids]
+
+
+def test_spam_goes_to_junk_when_the_user_has_it(store, path):
+    store.account(path).ensure_special()             # what the first IMAP login does
+    where = deliver_to(store, "Junk", MARKED)
+    assert "Junk" in where
+    assert folder_messages(store, path, "Junk") == [SPAM]
+    assert imap_messages(store, path) == [] and pop3_messages(store, path) == []
+
+
+def test_an_open_junk_folder_sees_new_spam(store, path):
+    """An IMAP session that has Junk selected finds the delivery the way it finds INBOX mail."""
+    account = store.account(path)
+    account.ensure_special()
+    junk = account.folder("Junk")
+    assert junk.refresh().uids == ()
+    deliver_to(store, "Junk")
+    assert junk.changed()
+    assert len(junk.refresh().uids) == 1
+
+
+def test_without_junk_spam_goes_to_inbox_marked(store, path):
+    deliver_to(store, "Junk", MARKED)
+    assert pop3_messages(store, path) == [MARKED]
+    assert imap_messages(store, path) == [MARKED]
+    assert store.account(path).names() == ["INBOX"]          # nothing is created behind the user's back
+
+
+def test_a_deleted_junk_folder_sends_spam_to_inbox_again(store, path):
+    account = store.account(path)
+    account.ensure_special()
+    account.delete("Junk")
+    deliver_to(store, "Junk", MARKED)
+    assert pop3_messages(store, path) == [MARKED]
+
+
+def test_folder_and_inbox_deliveries_in_one_batch(store, path):
+    store.account(path).ensure_special()
+    first = store.deliver(ALICE, message("ham"), "x@example.org")
+    second = store.deliver(ALICE, SPAM, "x@example.org", folder="Junk", fallback=MARKED)
+    store.reactor.advance(0)
+    assert "Junk" not in result_of(first) and "Junk" in result_of(second)
+    assert imap_messages(store, path) == [message("ham")]
+    assert folder_messages(store, path, "Junk") == [SPAM]
+
+
+def test_mbox_dot_lock_beside_a_folder_is_not_a_folder(tmp_path):
+    account = MboxStore(str(tmp_path / "{local}"), InlineReactor(), InlinePool()).account(str(tmp_path / "alice"))
+    account.ensure_special()
+    for side in ("Junk.lock", "Junk.lock.123.456"):
+        (tmp_path / "alice.folders" / side).write_bytes(b"123\n")
+    assert account.names() == ["INBOX", "Drafts", "Junk", "Sent", "Trash"]
