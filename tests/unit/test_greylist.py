@@ -343,7 +343,7 @@ def test_build_puts_rates_before_greylisting_and_leaves_out_what_is_off(tmp_path
             store = getattr(check, "store", None)
             if store is not None:
                 store.close()
-        return pipeline.names()
+        return [name for name in pipeline.names() if name in ("rates", "greylist")]
 
     assert names("") == ["rates", "greylist"]                      # the defaults: suspicious, mox's limits
     assert names("greylist = off\n") == ["rates"]

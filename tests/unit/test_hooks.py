@@ -149,4 +149,6 @@ def test_importable_hooks_pass_the_start_up_check_and_join_the_pipeline_last(tmp
     assert checks.check_files(cfg) == []
     os.makedirs(cfg.appliance.state_dir, exist_ok=True)
     pipeline = make_pipeline(cfg, task.Clock(), None)
-    assert pipeline.names()[-2:] == ["hook:tests.unit.hookexamples:record", "hook:tests.unit.hookexamples:raises"]
+    # after every check, but before Authentication-Results, which reports what the checks found
+    assert pipeline.names()[-3:] == ["hook:tests.unit.hookexamples:record", "hook:tests.unit.hookexamples:raises",
+                                     "authresults"]
