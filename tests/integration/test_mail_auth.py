@@ -13,6 +13,7 @@ import pytest
 from appliance import message as msg
 from tests.integration.dnsserver import DNSServer, a, txt
 from tests.integration.harness import CLIENT_NAME, HOSTNAME, wait_for
+from tests.integration.test_scanners import IMAPS, imap_subjects
 from tests.unit.authrig import SigningKey
 
 ALLOW = "v=spf1 ip4:127.0.0.1 -all"
@@ -27,6 +28,7 @@ def auth_dns(tmp_path):
         txt("sender.test", ALLOW), KEY.record("sel._domainkey.sender.test"),
         txt("_dmarc.sender.test", "v=DMARC1; p=reject"),
         txt("_dmarc.reject.test", "v=DMARC1; p=reject"),
+        txt("_dmarc.quarantine.test", "v=DMARC1; p=quarantine"),
         txt("fail.test", "v=spf1 -all"),
     ]})
     server.start()
@@ -36,7 +38,8 @@ def auth_dns(tmp_path):
 
 @pytest.fixture
 def app(make_appliance, auth_dns):
-    return make_appliance(checks=dict(CHECKS_ON), delivery={"nameservers": auth_dns.nameserver})
+    return make_appliance(services=("smtp", "imaps"), checks=dict(CHECKS_ON),
+                          delivery={"nameservers": auth_dns.nameserver})
 
 
 def message(author: str, subject: str, extra: str = "") -> bytes:
@@ -78,3 +81,16 @@ def test_a_sender_whose_spf_fails_is_refused_at_mail(app):
         code, text = client.mail("someone@fail.test")
     assert (code, text[:6]) == (550, b"5.7.23")
     assert "check=spf" in app.log()
+
+
+def test_a_message_failing_dmarc_p_quarantine_lands_in_the_junk_folder(app):
+    imap = IMAPS(HOSTNAME, app.ports["imaps"], ssl_context=app.tls_context(), timeout=10)
+    imap.login("alice@example.test", app.users["alice"])          # the first login makes Junk
+    with app.smtp() as client:
+        client.sendmail("bounces@sender.test", ["alice@example.test"], message("pay@quarantine.test", "invoice"))
+        client.sendmail("bounces@sender.test", ["alice@example.test"],
+                        KEY.sign(message("news@sender.test", "newsletter"), "sender.test"))
+    wait_for(lambda: imap_subjects(imap, "Junk") == ["invoice"], timeout=15)
+    wait_for(lambda: imap_subjects(imap, "INBOX") == ["newsletter"], timeout=15)
+    imap.logout()
+    assert "check=dmarc" in app.log() and "verdict=junk" in app.log()
