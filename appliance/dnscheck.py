@@ -30,6 +30,8 @@ from appliance.filters.syncdns import DNSTemporaryError, SyncDNS
 
 OK, MISSING, WRONG, UNSURE = "ok", "missing", "wrong", "unsure"
 SPF_QUERY_TIME = 20.0            # seconds for one whole SPF evaluation (RFC 7208 4.6.4 bounds lookups)
+GIVE_UP_AFTER = 3            # unanswered records in a row before the rest are not asked: a dead
+                             # resolver must not keep the operator waiting dns_timeout x 20 queries
 _STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
@@ -47,15 +49,21 @@ class Finding:
 def check(setup: Setup, made: list[Record], dns: SyncDNS) -> list[Finding]:
     """One finding per record, in order. The autodiscover comment is advice only and not checked."""
     addresses = _our_addresses(setup, dns)
-    findings = []
+    findings: list[Finding] = []
+    silent = 0               # questions in a row the DNS did not answer
     for record in made:
         judge = _JUDGES.get(record.kind)
         if judge is None:
             continue
+        if silent >= GIVE_UP_AFTER:
+            findings.append(Finding(record, UNSURE, f"not asked: the DNS did not answer the last {silent} questions"))
+            continue
         try:
             findings.append(judge(record, setup, dns, addresses))
+            silent = 0
         except DNSTemporaryError as exc:
             findings.append(Finding(record, UNSURE, f"the DNS did not answer ({exc})"))
+            silent += 1
     return findings
 
 
@@ -81,7 +89,7 @@ def _text(record) -> str:
         return str(record.address)
     for attribute in ("exchange", "target"):
         if hasattr(record, attribute):
-            return getattr(record, attribute).to_text(omit_final_dot=True).lower()
+            return getattr(record, attribute).to_text().rstrip(".").lower()     # the root is ""
     return record.to_text()
 
 
