@@ -16,7 +16,8 @@ The choices, and why (docs/dns.md says the same to the operator):
   report; `enforce` only once the reports are clean and the certificate is from a public CA.
   The id is a hash of the policy text, so it changes exactly when the policy does (RFC 8461 3.1).
 - RFC 6186 SRV records for each mail-access service, implicit TLS preferred (lower priority
-  number: RFC 8314, which also names _submissions); a service that is off is `0 0 0 .` ("decidedly not available", RFC 2782).
+  number: RFC 8314, which also names _submissions); a service that is off is `0 0 0 .`
+  ("decidedly not available", RFC 2782).
 - The PTR is the hosting provider's to publish, so it is printed as a comment: what to ask for.
 """
 from __future__ import annotations

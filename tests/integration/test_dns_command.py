@@ -92,7 +92,8 @@ def test_a_zone_holding_what_dns_printed_checks_all_ok(tmp_path, operator):
         code, findings = check(operator)
     finally:
         server.stop()
-    assert {finding.split(":")[0] for finding in findings.values()} == {"ok"}, "\n".join(f"{k}: {v}" for k, v in findings.items())
+    shown = "\n".join(f"{what}: {finding}" for what, finding in findings.items())
+    assert {finding.split(":")[0] for finding in findings.values()} == {"ok"}, shown
     assert code == 0
     assert findings[f"{DOMAIN}. TXT (spf)"] == "ok"
     assert findings[f"_dmarc.{DOMAIN}. TXT (dmarc)"] == "ok: p=none"

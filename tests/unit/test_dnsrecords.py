@@ -139,7 +139,8 @@ def test_a_smarthost_is_named_in_spf_since_mail_leaves_through_it(tmp_path, caps
 def test_the_mta_sts_id_changes_with_the_policy_and_is_letters_and_digits():
     def setup(hostname: str) -> dnsrecords.Setup:
         return dnsrecords.Setup("example.test", hostname, dnsrecords.Addresses(), {})
-    first, second = (dnsrecords.sts_id(dnsrecords.sts_policy(setup(h))) for h in ("mail.example.test", "mx.example.test"))
+    first, second = (dnsrecords.sts_id(dnsrecords.sts_policy(setup(name)))
+                     for name in ("mail.example.test", "mx.example.test"))
     assert first != second and first.isalnum() and 1 <= len(first) <= 32
     assert "mx: mx.example.test\r\n" in dnsrecords.sts_policy(setup("mx.example.test"))
 
@@ -152,9 +153,9 @@ def test_refused_with_one_line_for_a_domain_not_ours_or_an_address_that_is_none(
     assert (code, out) == (1, "") and err.startswith("mailappliance: --address:") and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("endpoint, expected", [("tcp:25", (25, "")), ("tcp:2525:interface=127.0.0.1", (2525, "127.0.0.1")),
-                                                ("tcp6:587:interface=\\:\\:", (587, "::")), ("", None),
-                                                ("unix:/run/x.sock", None)])
+@pytest.mark.parametrize("endpoint, expected", [
+    ("tcp:25", (25, "")), ("tcp:2525:interface=127.0.0.1", (2525, "127.0.0.1")),
+    ("tcp6:587:interface=\\:\\:", (587, "::")), ("", None), ("unix:/run/x.sock", None)])
 def test_listen_port_reads_endpoint_strings(endpoint, expected):
     assert dnsrecords.listen_port(endpoint) == expected
 
