@@ -30,6 +30,7 @@ from appliance.filters.syncdns import DNSTemporaryError, SyncDNS
 
 OK, MISSING, WRONG, UNSURE = "ok", "missing", "wrong", "unsure"
 SPF_QUERY_TIME = 20.0            # seconds for one whole SPF evaluation (RFC 7208 4.6.4 bounds lookups)
+QUOTE_MAX = 120              # characters of a found record shown in a line
 GIVE_UP_AFTER = 3            # unanswered records in a row before the rest are not asked: a dead
                              # resolver must not keep the operator waiting dns_timeout x 20 queries
 _STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
@@ -42,8 +43,18 @@ class Finding:
     detail: str = ""
 
     def line(self) -> str:
+        """One line of printable ASCII: what DNS answered may hold anything (newlines, escape sequences)."""
         what = f"{self.record.name} {self.record.type} ({self.record.kind})"
-        return f"{what}: {self.status}" + (f": {self.detail}" if self.detail else "")
+        return _printable(f"{what}: {self.status}" + (f": {self.detail}" if self.detail else ""))
+
+
+def _printable(text: str) -> str:
+    return re.sub(r"[^\x20-\x7e]", lambda m: ascii(m.group())[1:-1], text)
+
+
+def _quoted(text: str) -> str:
+    """A record found in the DNS, quoted and cut for a line of the report."""
+    return '"' + (text if len(text) <= QUOTE_MAX else text[:QUOTE_MAX] + "...") + '"'
 
 
 def check(setup: Setup, made: list[Record], dns: SyncDNS) -> list[Finding]:
@@ -146,7 +157,7 @@ def _spf(record: Record, setup: Setup, dns: SyncDNS, addresses: tuple[str, ...])
         if result.result == "temperror":
             raise DNSTemporaryError(f"SPF evaluation for {ip}: {result.explanation}")
         if result.result != "pass":
-            return Finding(record, WRONG, f'found "{found[0]}", which gives {result.result} for our address '
+            return Finding(record, WRONG, f'found {_quoted(found[0])}, which gives {result.result} for our address '
                                           f'{ip}, expected a policy that passes it, e.g. "{record.value}"')
     return Finding(record, OK)
 
@@ -165,7 +176,7 @@ def _dkim(record: Record, setup: Setup, dns: SyncDNS, addresses: tuple[str, ...]
     if published == ours:
         return Finding(record, OK)
     if not published:
-        return Finding(record, WRONG, f'found "{found[0][:60]}", no key (p= empty: revoked), expected our key')
+        return Finding(record, WRONG, f'found {_quoted(found[0])}, no key (p= empty: revoked), expected our key')
     return Finding(record, WRONG, f"found another key (p=...{published[-16:]}), expected ours "
                                   f"(p=...{ours[-16:]}): a stale record? publish `mailappliance dkim show "
                                   f"{setup.domain}`")
@@ -185,7 +196,7 @@ def _dmarc(record: Record, setup: Setup, dns: SyncDNS, addresses: tuple[str, ...
                                       "RFC 7489 6.6.3), expected one")
     parsed = dmarc.parse_record(found[0])
     if parsed is None:
-        return Finding(record, WRONG, f'found "{found[0]}", which does not parse; expected e.g. "{record.value}"')
+        return Finding(record, WRONG, f'found {_quoted(found[0])}, which does not parse; expected e.g. "{record.value}"')
     return Finding(record, OK, f"p={parsed.p}")
 
 
@@ -199,7 +210,7 @@ def _mta_sts(record: Record, setup: Setup, dns: SyncDNS, addresses: tuple[str, .
     tags = dmarc.parse_tags(found[0]) or {}
     version = re.sub(r"[ \t]", "", found[0].split(";", 1)[0])
     if version != "v=STSv1" or not _STS_ID.match(tags.get("id", "")):
-        return Finding(record, WRONG, f'found "{found[0]}", expected "v=STSv1; id=" and 1 to 32 letters '
+        return Finding(record, WRONG, f'found {_quoted(found[0])}, expected "v=STSv1; id=" and 1 to 32 letters '
                                       f'or digits, e.g. "{record.value}"')
     return Finding(record, OK, f"(the policy file at https://mta-sts.{setup.domain}/.well-known/mta-sts.txt "
                                "is not fetched by this check)")
@@ -213,7 +224,7 @@ def _tls_rpt(record: Record, setup: Setup, dns: SyncDNS, addresses: tuple[str, .
         return Finding(record, WRONG, f"found {len(found)} records (RFC 8460 3: then none is used), expected one")
     tags = dmarc.parse_tags(found[0]) or {}
     if not tags.get("rua"):
-        return Finding(record, WRONG, f'found "{found[0]}" without rua=, expected "{record.value}"')
+        return Finding(record, WRONG, f'found {_quoted(found[0])} without rua=, expected "{record.value}"')
     return Finding(record, OK)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet import endpoints
 
@@ -90,11 +90,11 @@ class Setup:
     listen: dict[str, str]                       # [listen] service -> endpoint string ("" = off)
     dkim: tuple[tuple[str, str], ...] = ()       # (DNS selector, key record value) of our keys
     smarthost: str = ""
-    report_to: str = field(default="")           # rua mailbox; "" = postmaster@domain
 
     @property
     def reports(self) -> str:
-        return self.report_to or f"postmaster@{self.domain}"
+        """Where DMARC and TLS-RPT reports go: postmaster, which every mail domain has (RFC 5321 4.5.1)."""
+        return f"postmaster@{self.domain}"
 
 
 # ---------------------------------------------------------------- the server's address
