@@ -47,6 +47,8 @@ SRV_SERVICES = (
     ("_pop3._tcp", "pop3", 30, "POP3 with STARTTLS"),
 )
 
+STANDARD_PORTS = {"smtps": 465, "submission": 587, "imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110}
+
 # Where a UDP socket is "connected" to learn the source address the kernel would route from.
 # connect() on a datagram socket sends nothing; these documentation addresses (RFC 5737, 3849)
 # are never reached, they only make the kernel pick the default route.
@@ -172,10 +174,12 @@ def _mx(setup: Setup) -> list[Record]:
 
 def _address(setup: Setup) -> list[Record]:
     name, found = f"{setup.hostname}.", setup.addresses
-    made = [Record(name, "A", ip, f"the address of {setup.hostname} (from {found.source})", "address")
+    elsewhere = ("" if f".{setup.hostname}".endswith(f".{setup.domain}")
+                 else f"; it belongs in the zone that holds {setup.hostname}")
+    made = [Record(name, "A", ip, f"the address of {setup.hostname} (from {found.source}){elsewhere}", "address")
             for ip in found.ipv4]
-    made += [Record(name, "AAAA", ip, f"the IPv6 address of {setup.hostname} (from {found.source})", "address")
-             for ip in found.ipv6]
+    made += [Record(name, "AAAA", ip, f"the IPv6 address of {setup.hostname} (from {found.source}){elsewhere}",
+                    "address") for ip in found.ipv6]
     if not found.ipv4 and not found.ipv6:
         made.append(Record(name, "A", NO_ADDRESS, f"the address of {setup.hostname}: unknown ({found.source}); "
                            "write the public IPv4 address, or run again with --address IP", "address",
@@ -255,9 +259,13 @@ def _srv(setup: Setup) -> list[Record]:
     made = []
     for label, service, priority, text in SRV_SERVICES:
         value = srv_value(setup, service, priority)
-        why = f"RFC 6186: {text}" + (" is not offered ([listen] " + service + " is off)"
-                                     if value == "0 0 0 ." else "")
-        made.append(Record(f"{label}.{setup.domain}.", "SRV", value, why, "srv"))
+        port = int(value.split()[2])
+        if port == 0:
+            text += f" is not offered ([listen] {service} is off)"
+        elif port != STANDARD_PORTS[service]:
+            text += (f", on port {port} as [listen] {service} says (if a firewall forwards port "
+                     f"{STANDARD_PORTS[service]} to it, write {STANDARD_PORTS[service]})")
+        made.append(Record(f"{label}.{setup.domain}.", "SRV", value, f"RFC 6186: {text}", "srv"))
     return made
 
 
@@ -321,7 +329,7 @@ def zone_text(setup: Setup, made: list[Record]) -> list[str]:
     """What `mailappliance dns DOMAIN` prints: comments and one line per record, a zone file fragment."""
     lines = [f"; DNS records for {setup.domain}, whose mail is served by {setup.hostname}",
              "; (paste into the zone, or enter each in the DNS provider's form; "
-             "`mailappliance dns --check` verifies them)"]
+             f"`mailappliance dns {setup.domain} --check` verifies them)"]
     for record in made:
         lines.append("")
         lines.append(f"; {record.why}")

@@ -76,7 +76,8 @@ def test_the_printed_records_load_as_a_zone_with_the_records_a_mail_domain_needs
 
 
 def test_srv_records_carry_the_listen_ports_and_say_not_offered_for_services_that_are_off(tmp_path, capsys):
-    _, held = records_of(capsys, write_conf(tmp_path), "--address", "192.0.2.10")
+    out, held = records_of(capsys, write_conf(tmp_path), "--address", "192.0.2.10")
+    assert "on port 9993 as [listen] imaps says (if a firewall forwards port 993 to it, write 993)" in out
     assert held[("_submission._tcp.example.test.", "SRV")] == ["10 1 587 mail.example.test."]
     assert held[("_imaps._tcp.example.test.", "SRV")] == ["0 1 9993 mail.example.test."]
     for off in ("_submissions", "_imap", "_pop3", "_pop3s"):
@@ -128,6 +129,14 @@ def test_the_address_is_learned_from_the_smtp_interface_or_the_default_route_whe
     behind_nat = dnsrecords.find_addresses([], "tcp:25")
     assert behind_nat.all == () and "10.1.2.3 is not public" in behind_nat.source
     assert dnsrecords.find_addresses(["10.1.2.3"], "tcp:25").ipv4 == ("10.1.2.3",)   # the operator knows
+
+
+def test_a_hostname_outside_the_domain_is_said_to_belong_in_its_own_zone(tmp_path, capsys):
+    conf = write_conf(tmp_path, conf=CONF.replace("hostname = mail.example.test", "hostname = mx.provider.test"))
+    out, held = records_of(capsys, conf, "--address", "192.0.2.10")
+    assert held[("example.test.", "MX")] == ["10 mx.provider.test."]
+    assert "; it belongs in the zone that holds mx.provider.test" in out
+    assert "belongs in the zone" not in records_of(capsys, write_conf(tmp_path), "--address", "192.0.2.10")[0]
 
 
 def test_a_smarthost_is_named_in_spf_since_mail_leaves_through_it(tmp_path, capsys):
