@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from appliance import address, checks, config, control, dkimkeys, pickup, queue, tls
-from appliance import dnscheck, dnsrecords
+from appliance import dnsrecords
 from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, QueueWriteError
-from appliance.filters.syncdns import SyncDNS
 from appliance.message import has, headers, prepend, remove
 from appliance.usershow import ShowError, show_user
 
@@ -593,6 +592,9 @@ def _dns(args: argparse.Namespace) -> int:
     if not args.check:
         print("\n".join(dnsrecords.zone_text(setup, made)))
         return 0
+    # Imported here: dnspython, pyspf and the checks cost every other command (sendmail from cron) 0.2 s
+    from appliance import dnscheck
+    from appliance.filters.syncdns import SyncDNS
     resolver = SyncDNS(cfg.delivery.nameservers, cfg.checks.dns_timeout)
     findings = dnscheck.check(setup, made, resolver)
     for finding in findings:
