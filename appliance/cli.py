@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import email.utils
 import getpass
 import os
@@ -13,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from appliance import address, checks, config, control, dkimkeys, listenbind, pickup, queue, tls
+from appliance import address, checks, config, control, dkimkeys, dnsrecords, listenbind, pickup, queue, tls
 from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, QueueWriteError
@@ -125,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     sendmail.add_argument("recipients", nargs="*", metavar="RCPT")
     _dkim_parser(commands)
     _add_backup_commands(commands)
+    _dns_parser(commands)
     return parser
 
 
@@ -705,3 +707,52 @@ def _restore(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     print("\n".join(done.lines))
     return 0
+
+
+# ---------------------------------------------------------------- dns
+
+def _dns_parser(commands) -> None:
+    dns = _command(commands, "dns", _dns, "print the DNS records to publish for a domain, in zone-file form; "
+                   "--check resolves them and says what is missing or wrong")
+    dns.add_argument("domain")
+    dns.add_argument("--check", action="store_true",
+                     help="resolve each record (through [delivery] nameservers when set) and print one line "
+                          "each: ok, missing, wrong; exit 1 unless all are ok")
+    dns.add_argument("--address", action="append", default=[], metavar="IP",
+                     help="the server's public address, IPv4 or IPv6, repeat for both (default: the [listen] "
+                          "smtp interface, else this host's default-route address when it is public)")
+
+
+def _dns(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    setup = _dns_setup(cfg, _dkim_domain(cfg, args.domain), args.address)
+    made = dnsrecords.records(setup)
+    if not args.check:
+        print("\n".join(dnsrecords.zone_text(setup, made)))
+        return 0
+    # Imported here: dnspython, pyspf and the checks cost every other command (sendmail from cron) 0.2 s
+    from appliance import dnscheck
+    from appliance.filters.syncdns import SyncDNS
+    resolver = SyncDNS(cfg.delivery.nameservers, cfg.checks.dns_timeout)
+    findings = dnscheck.check(setup, made, resolver)
+    for finding in findings:
+        print(finding.line())
+    bad = [finding for finding in findings if finding.status != dnscheck.OK]
+    print(f"{len(findings) - len(bad)} of {len(findings)} records ok" + (f", {len(bad)} to fix" if bad else ""))
+    return 1 if bad else 0
+
+
+def _dns_setup(cfg: config.Config, domain: str, given: list[str]) -> dnsrecords.Setup:
+    """What the records are made of: hostname, addresses, [listen] ports, the DKIM keys, the smarthost."""
+    try:
+        addresses = dnsrecords.find_addresses(given, cfg.listen.smtp)
+    except ValueError as exc:
+        raise CommandError(f"--address: {exc}") from None
+    folder = dkimkeys.keys_folder(cfg.appliance.state_dir, cfg.dkim.keys)
+    try:
+        keys = dnsrecords.dkim_keys(folder, domain)
+    except dkimkeys.DKIMKeyError as exc:
+        raise CommandError(str(exc)) from None
+    smarthost = cfg.relay.smarthost[0] if cfg.relay.smarthost else ""
+    return dnsrecords.Setup(domain, cfg.appliance.hostname, addresses, dataclasses.asdict(cfg.listen), keys,
+                            smarthost=smarthost)

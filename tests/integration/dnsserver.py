@@ -42,6 +42,15 @@ def ptr(name: str, target: str) -> str:
     return f"PTR({name!r}, {target!r})"
 
 
+def srv(name: str, priority: int, weight: int, port: int, target: str) -> str:
+    """An SRV record (RFC 2782); target "" is the root: `0 0 0 .`, the service is not offered."""
+    return f"SRV({name!r}, {priority}, {weight}, {port}, {target!r})"
+
+
+def cname(name: str, target: str) -> str:
+    return f"CNAME({name!r}, {target!r})"
+
+
 def reverse_name(ip: str) -> str:
     """The in-addr.arpa or ip6.arpa name of an address."""
     import ipaddress
