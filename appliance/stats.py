@@ -191,10 +191,13 @@ def reply_code(reply: str) -> str:
     return words[0]
 
 
-def _named_replies() -> list[tuple[str, str]]:
-    """(reply line, name) of every named SMTP reply in appliance.replies, longest line first."""
-    named = [(value.line().decode(), name.lower().replace("_", " "))
-             for name, value in vars(replies).items() if isinstance(value, replies.Reply) and value.code >= 400]
+def _named_replies() -> list[tuple[str, str, str]]:
+    """(reply line, its codes and first word, name) of every named SMTP refusal in appliance.replies."""
+    named = []
+    for name, value in vars(replies).items():
+        if isinstance(value, replies.Reply) and value.code >= 400:
+            line = value.line().decode()
+            named.append((line, " ".join(line.split()[:3]), name.lower().replace("_", " ")))
     return sorted(named, key=lambda item: -len(item[0]))
 
 
@@ -202,14 +205,22 @@ _NAMED = _named_replies()
 
 
 def reply_name(reply: str) -> str:
-    """What a refusal is called: its name in appliance.replies (UNKNOWN_USER: `unknown user`), or else
-    the first words of its text without addresses (`too big` of `552 5.3.4 too big`)."""
-    for line, name in _NAMED:
+    """What a refusal is called: its name in appliance.replies (UNKNOWN_USER: `unknown user`), also
+    when its text was changed after the first word and only one named reply starts so (GREYLISTED
+    `with_text`); or else the first
+    words of its text without addresses (`too big` of `552 5.3.4 too big`)."""
+    for line, _, name in _NAMED:
         if reply.startswith(line):
             return name
-    text = reply.split(maxsplit=len(reply_code(reply).split()))[-1] if reply_code(reply) else reply
-    text = re.sub(r"<[^>]*>", "", text).split(":")[0]
-    return " ".join(text.lower().split())[:40] or "refused"
+    start = " ".join(reply.split()[:3])
+    alike = [name for _, first, name in _NAMED if first == start]
+    if len(alike) == 1:
+        return alike[0]
+    code = reply_code(reply)
+    text = reply.split(maxsplit=len(code.split()))[-1] if code else reply
+    text = re.sub(r"<[^>]*>", "", text).lstrip(" :;,.-")
+    text = re.split(r"[,:;(\[]", text)[0]
+    return " ".join(text.lower().split()[:5])[:40] or "refused"
 
 
 class CountingService(Service):

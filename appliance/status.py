@@ -89,10 +89,11 @@ class DiskUsage:
 
     def __init__(self, paths: Mapping[str, str], reactor: Any, pool: Any,
                  max_age: float = DISK_MAX_AGE, wait: float = DISK_WAIT,
-                 measure: Callable[[Mapping[str, str]], dict[str, int | None]] = _measure) -> None:
+                 in_pool: Callable[..., Deferred] | None = None) -> None:
         self.paths = dict(paths)
-        self._reactor, self._pool = reactor, pool
-        self._max_age, self._wait, self._measure = max_age, wait, measure
+        self._reactor = reactor
+        self._in_pool = in_pool or (lambda f, *args: deferToThreadPool(reactor, pool, f, *args))
+        self._max_age, self._wait = max_age, wait
         self._last: Measurement | None = None
         self._running = False
         self._waiting: list[tuple[Deferred, Any]] = []
@@ -108,7 +109,7 @@ class DiskUsage:
         if not self._running:
             self._running = True
             started = self._reactor.seconds()
-            d = deferToThreadPool(self._reactor, self._pool, self._measure, self.paths)
+            d = self._in_pool(_measure, self.paths)
             d.addCallback(lambda sizes: setattr(self, "_last", (started, sizes)))
             d.addErrback(lambda failure: _log.failure("measuring disk use failed", failure))
             d.addBoth(self._finished)
