@@ -78,3 +78,14 @@ def test_status_shows_the_mail_the_queue_the_ports_and_the_certificate(make_appl
     stopped = app.cli("status", check=False)
     assert stopped.returncode == 3 and stopped.stdout == ""
     assert stopped.stderr == f"mailappliance is not running (no control socket at {app.root}/var/control.sock)\n"
+
+
+def test_a_checks_refusal_is_counted_under_the_checks_name(make_appliance):
+    app = make_appliance(checks={"greylist": "all"})
+    with app.smtp() as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("someone@outside.example", [ALICE], make_message("greylisted"))
+    assert refused.value.recipients[ALICE][0] == 451
+    screen = app.cli("status").stdout
+    assert row(screen, "rejected") == ["1", "1"]
+    assert row(screen, "greylist 451 4.7.1") == ["1", "1"], screen
