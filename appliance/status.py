@@ -222,24 +222,27 @@ def disk_report(paths: Mapping[str, str], measured: Measurement | None, now: flo
 
 
 class StatusReport:
-    """Gathers the status document; `collect` is what the control socket's `status` runs."""
+    """Gathers the status document; `collect` is what the control socket's `status` runs.
 
-    def __init__(self, cfg: Any, services: Iterable[Any], queue: Any, counting: stats.CountingService,
-                 tls: Any, disk: DiskUsage, clock: Callable[[], float]) -> None:
-        self._cfg, self._services, self._queue = cfg, services, queue
-        self._counting, self._tls, self._disk, self._clock = counting, tls, disk, clock
+    `top` is the ApplianceService: its children are the listeners, and its `config` and `tls`
+    are read at each report, so a reload (new certificate, new settings) shows at once.
+    """
+
+    def __init__(self, top: Any, queue: Any, counting: stats.CountingService, disk: DiskUsage,
+                 clock: Callable[[], float]) -> None:
+        self._top, self._queue, self._counting, self._disk, self._clock = top, queue, counting, disk, clock
 
     def collect(self) -> Deferred:
         """Deferred[dict]: everything but the disk now, the disk when measured (or DISK_WAIT passed)."""
         now = self._clock()
-        cfg = self._cfg
+        cfg = self._top.config
         report: dict[str, Any] = {
             "hostname": cfg.appliance.hostname, "version": __version__, "pid": os.getpid(),
             "now": now, "uptime": max(0.0, now - self._counting.started_at),
-            "services": listeners(self._services, dataclasses.asdict(cfg.listen)),
+            "services": listeners(self._top, dataclasses.asdict(cfg.listen)),
             "queue": queue_summary(self._queue.envelopes(), now),
             **mail_flow(self._counting.counters),
-            "certificate": certificate(self._tls, cfg.tls.certificate, now),
+            "certificate": certificate(getattr(self._top, "tls", None), cfg.tls.certificate, now),
         }
         d = self._disk.sizes()
         d.addCallback(lambda measured: {**report, "disk": disk_report(self._disk.paths, measured, self._clock())})

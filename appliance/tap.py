@@ -99,7 +99,7 @@ def _status(top: ApplianceService, parts: Parts, counting: Any) -> None:
     """`mailappliance status`: the control socket's `status` command reports on these parts."""
     from appliance.status import DiskUsage, StatusReport, disk_paths
     disk = DiskUsage(disk_paths(parts.cfg), parts.reactor, parts.pools["disk"])
-    report = StatusReport(parts.cfg, top, parts.queue, counting, parts.tls, disk, parts.reactor.seconds)
+    report = StatusReport(top, parts.queue, counting, disk, parts.reactor.seconds)
     top.getServiceNamed("control").commands.status = report.collect
 
 
