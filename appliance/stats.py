@@ -127,6 +127,7 @@ _REFUSING_VERDICTS = ("reject", "tempfail")
 _ANSWERED_AT_ONCE = ("pregreet",)   # checks whose refusal the server sends itself, with no `rejected` line
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _RECENT_REFUSALS = 1024
+_COUNTED = "\0counted"
 
 
 class MailCounters:
@@ -157,10 +158,10 @@ class MailCounters:
         if _text(fields.get("verdict")) not in _REFUSING_VERDICTS:
             return
         check, reply = _text(fields.get("check")) or "check", _one_line(fields.get("reply"))
+        key = (_text(fields.get("peer")), reply)
         if check in _ANSWERED_AT_ONCE:
             self.counters.add(REJECTED, f"{check} {reply_code(reply)}".strip())
-            return
-        key = (_text(fields.get("peer")), reply)
+            check = _COUNTED     # should a `rejected` line for it come after all, it is not counted twice
         self._refusals[key] = check
         self._refusals.move_to_end(key)
         while len(self._refusals) > _RECENT_REFUSALS:
@@ -168,7 +169,11 @@ class MailCounters:
 
     def _rejected(self, fields: Mapping[str, object]) -> None:
         reply = _one_line(fields.get("reply"))
-        check = self._refusals.get((_text(fields.get("peer")), reply))
+        key = (_text(fields.get("peer")), reply)
+        check = self._refusals.get(key)
+        if check == _COUNTED:
+            del self._refusals[key]
+            return
         name = check or reply_name(reply)
         self.counters.add(REJECTED, f"{name} {reply_code(reply)}".strip())
 

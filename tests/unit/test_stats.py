@@ -128,6 +128,8 @@ def test_passing_verdicts_count_nothing_and_pregreet_counts_at_once(counting):
     maillog.emit("check", check="pregreet", stage="connect", verdict="reject", peer="192.0.2.7",
                  reply=replies.PREGREET.line().decode())
     assert counting.counters.by_label(stats.REJECTED, HOUR) == {"pregreet 554 5.5.1": 1}
+    maillog.rejected("smtp", "192.0.2.7", "CONNECT", replies.PREGREET.line().decode())    # if it is ever logged
+    assert counting.counters.by_label(stats.REJECTED, HOUR) == {"pregreet 554 5.5.1": 1}
 
 
 def test_a_rejection_no_reply_names_is_called_by_its_text():
