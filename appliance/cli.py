@@ -570,10 +570,10 @@ def _dkim_show(args: argparse.Namespace) -> int:
     return 0
 
 
-
 # ---------------------------------------------------------------- status
 
 NOT_RUNNING = 3     # as `systemctl status` and LSB init scripts: "program is not running"
+
 
 def _status(args: argparse.Namespace) -> int:
     """Ask the running daemon (over the control socket) and print its report as one screen."""
