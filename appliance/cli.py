@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import email.utils
 import getpass
+import json
 import os
 import pwd
 import re
@@ -14,7 +15,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from appliance import address, checks, config, control, dkimkeys, dnsrecords, listenbind, pickup, queue, tls
+from appliance import (address, checks, config, control, dkimkeys, dnsrecords, listenbind, pickup, queue,
+                       statusview, tls)
 from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, QueueWriteError
@@ -127,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     _dkim_parser(commands)
     _add_backup_commands(commands)
     _dns_parser(commands)
+    _command(commands, "status", _status, "one screen from the running daemon: services, queue, mail of the "
+             "last hour and day, rejections, failed logins, disk, certificate")
     return parser
 
 
@@ -756,3 +760,32 @@ def _dns_setup(cfg: config.Config, domain: str, given: list[str]) -> dnsrecords.
     smarthost = cfg.relay.smarthost[0] if cfg.relay.smarthost else ""
     return dnsrecords.Setup(domain, cfg.appliance.hostname, addresses, dataclasses.asdict(cfg.listen), keys,
                             smarthost=smarthost)
+
+
+# ---------------------------------------------------------------- status
+
+NOT_RUNNING = 3     # as `systemctl status` and LSB init scripts: "program is not running"
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Ask the running daemon (over the control socket) and print its report as one screen."""
+    cfg = config.load(args.config)
+    path = control.socket_path(cfg.appliance.state_dir)
+    try:
+        ok, text = control.ask(path, control.STATUS)
+    except control.NotRunning:
+        why = f"no control socket at {path}" if not os.path.lexists(path) else f"nobody answers on {path}"
+        print(f"mailappliance is not running ({why})", file=sys.stderr)
+        return NOT_RUNNING
+    except TimeoutError:
+        raise CommandError(f"the daemon did not answer on {path} within {control.REPLY_TIMEOUT:.0f} s") from None
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror or exc} (run status as the service's user or root)") from None
+    if not ok:
+        raise CommandError(f"the daemon refused status: {text}")
+    try:
+        report = json.loads(text)
+    except ValueError:
+        raise CommandError("the daemon's status answer is not JSON; is it the same version as this command?") from None
+    print("\n".join(statusview.render(report)))
+    return 0

@@ -2,15 +2,17 @@
 
 Why a socket: flush, delete, hold and release must change the running queue's memory, not only
 the files under it. The socket is mode 0600 (owner and root only), so it needs no password.
-The protocol is one line each way: `flush` | `delete ID` | `hold ID` | `release ID`, answered
-by `OK text` or `ERR text`.
+The protocol is one line each way: `flush` | `delete ID` | `hold ID` | `release ID` | `status`,
+answered by `OK text` or `ERR text`; `status` answers `OK {json}` (appliance/status.py).
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -26,6 +28,8 @@ LOCK_SUFFIX = ".flock"      # control.sock.flock: flock'ed while a daemon listen
 LEGACY_LOCK_SUFFIX = ".lock"   # the pid link twisted's wantPID used to leave
 ACTIONS = {"delete": "deleted", "hold": "held", "release": "released"}   # commands taking a queue id
 REPLY_TIMEOUT = 30.0
+STATUS = "status"
+QUIET = frozenset({STATUS})   # commands that change nothing: not logged (a monitor may poll every minute)
 
 
 def socket_path(state_dir: str) -> str:
@@ -66,6 +70,21 @@ class QueueCommands:
         return f"{ACTIONS[verb]} {qid}"
 
 
+class ControlCommands:
+    """Every command of the socket: `status` (when a status report is wired in), else the queue's."""
+
+    def __init__(self, queue: Any, status: Callable[[], Deferred] | None = None) -> None:
+        self.queue_commands = QueueCommands(queue)
+        self.status = status
+
+    def run(self, line: str) -> str | Deferred:
+        if line.strip() == STATUS:
+            if self.status is None:
+                raise CommandRefused("status is not available")
+            return self.status().addCallback(lambda report: json.dumps(report, separators=(",", ":")))
+        return self.queue_commands.run(line)
+
+
 class ControlProtocol(LineReceiver):
     """One command, one reply, then the connection is closed."""
 
@@ -88,7 +107,8 @@ class ControlProtocol(LineReceiver):
         self._reply("ERR command too long")
 
     def _ok(self, text: str, line: str) -> None:
-        maillog.emit("queue-command", command=line[:80], result=text)
+        if line.strip() not in QUIET:
+            maillog.emit("queue-command", command=line[:80], result=text)
         self._reply(f"OK {text}")
 
     def _refused(self, failure: Failure, line: str) -> None:
@@ -145,7 +165,7 @@ class ControlService(Service):
         self._path = path
         self._reactor = reactor
         self._factory = Factory.forProtocol(ControlProtocol)
-        self._factory.commands = QueueCommands(queue)
+        self.commands = self._factory.commands = ControlCommands(queue)   # tap wires commands.status in
         self._port: Any = None
         self._lock_fd: int | None = None
 

@@ -5,6 +5,8 @@ from collections.abc import Iterable
 
 from twisted.logger import Logger
 
+from appliance import stats
+
 log = Logger(namespace="mail")
 
 
@@ -24,6 +26,7 @@ def emit(event: str, **fields: object) -> None:
     """Write one `event key=value ...` line; braces are escaped for twisted.logger's format."""
     line = _fmt(event, fields)
     log.info(line.replace("{", "{{").replace("}", "}}"))
+    stats.publish(event, fields)     # the counters `mailappliance status` shows
 
 
 def connect(service: str, peer: str) -> None:

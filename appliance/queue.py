@@ -857,6 +857,10 @@ class QueueService(Service):
             self._run_now()
         return d
 
+    def envelopes(self) -> list[Envelope]:
+        """Every message still queued, as the running queue sees it (for `status`)."""
+        return self._spool.list()
+
     def _known(self, qid: str) -> Envelope:
         envelope = self._spool.get(qid)
         if envelope is None:

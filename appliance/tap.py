@@ -82,11 +82,29 @@ def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
     except aliasesmod.AliasesError as e:
         raise ConfigError(e.problems)
     top = ApplianceService(cfg, reactor, server_tls, aliases)
+    counting = _counting(top, reactor)
     parts = Parts(cfg, reactor, top)
     parts.connections = _connection_table(cfg)
     _smtp_listeners(top, parts, aliases)
     _access_listeners(top, parts)
+    _status(top, parts, counting)
     return top
+
+
+def _counting(top: ApplianceService, reactor: Any) -> Any:
+    """The counters of mail events (appliance.stats), started first so they see every event."""
+    from appliance.stats import CountingService
+    counting = CountingService(reactor.seconds)
+    counting.setServiceParent(top)
+    return counting
+
+
+def _status(top: ApplianceService, parts: Parts, counting: Any) -> None:
+    """`mailappliance status`: the control socket's `status` command reports on these parts."""
+    from appliance.status import DiskUsage, StatusReport, disk_paths
+    disk = DiskUsage(disk_paths(parts.cfg), parts.reactor, parts.pools["disk"])
+    report = StatusReport(top, parts.queue, counting, disk, parts.reactor.seconds)
+    top.getServiceNamed("control").commands.status = report.collect
 
 
 def _connection_table(cfg: configmod.Config) -> Any:
