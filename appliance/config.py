@@ -64,6 +64,14 @@ class ListenSection:
     pop3s: str = ""
     imap: str = ""
     imaps: str = ""
+    web: str = ""                     # the status page, /metrics and client autoconfig (appliance/web)
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """The [web] section: who may see the status page and /metrics (autoconfig is for everyone)."""
+    allow_networks: tuple[Network, ...] = ()      # these addresses see it without a login
+    admins: tuple[str, ...] = ()                  # logins (full addresses) who may see it from elsewhere
 
 
 @dataclass(frozen=True)
@@ -237,6 +245,7 @@ class Config:
     logins: LoginsSection = field(default_factory=LoginsSection)
     checks: ChecksSection = field(default_factory=ChecksSection)
     dkim: DKIMSection = field(default_factory=DKIMSection)
+    web: WebSection = field(default_factory=WebSection)
     ldap: LDAPSection | None = None   # read only when [directory] backend = ldap
 
 
@@ -691,6 +700,10 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "hooks": _hooks,
     }),
     "dkim": _same_names(DKIMSection, {"selector": _selector, "keys": _optional_path, "ed25519": _yes_no}),
+    "web": {
+        "allow_networks": _Key("allow_networks", _networks, LOCAL_NETWORKS),
+        "admins": _Key("admins", _addresses),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -698,7 +711,7 @@ _SECTION_TYPES: dict[str, type] = {
     "directory": DirectorySection, "storage": StorageSection, "aliases": AliasesSection,
     "masquerade": MasqueradeSection, "relay": RelaySection, "limits": LimitsSection, "queue": QueueSection,
     "delivery": DeliverySection, "logins": LoginsSection, "ldap": LDAPSection,
-    "checks": ChecksSection, "dkim": DKIMSection,
+    "checks": ChecksSection, "dkim": DKIMSection, "web": WebSection,
 }
 
 

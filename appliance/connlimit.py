@@ -35,7 +35,7 @@ from appliance import address, maillog
 
 # Listener name -> service kind (the unit of the per-client and per-service counts).
 KINDS = {"smtp": "smtp", "submission": "submission", "smtps": "submission",
-         "pop3": "pop3", "pop3s": "pop3", "imap": "imap", "imaps": "imap"}
+         "pop3": "pop3", "pop3s": "pop3", "imap": "imap", "imaps": "imap", "web": "web"}
 REFUSAL_GRACE = 5.0      # seconds a refused client gets to read its answer (a TLS handshake first)
 MAX_RAISED_LIMIT = 65536  # the soft descriptor limit is raised towards the hard one, up to this
 
