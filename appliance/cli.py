@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
 import getpass
 import os
@@ -148,6 +149,10 @@ def _check(args: argparse.Namespace) -> int:
             print(line)
     for line in checks.queue_warnings(cfg):
         print(line)
+    # Meaning errors: warnings, so exit 0 (systemctl reload runs `check` and must not stop on them).
+    with checks.directory_probe(cfg) if cfg.ldap else contextlib.nullcontext() as known:
+        for line in checks.warnings(cfg, known=known):
+            print(line)
     return 0
 
 
