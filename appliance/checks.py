@@ -263,18 +263,26 @@ def directory_probe(config: Config) -> Iterator[Known]:
     client = LDAPClient(settings, read_bind_password(settings.bind_password_file))
     deadline = time.monotonic() + settings.timeout
 
+    answers: dict[str, bool | None] = {}
+
     def known(address: str) -> bool | None:
-        if time.monotonic() >= deadline:
-            return None
-        try:
-            return (client.find_user(address, deadline) is not None
-                    or client.find_alias(address, deadline) is not None)
-        except DirectoryUnavailable:
-            return None
+        if address not in answers:
+            answers[address] = _ask(client, address, deadline)
+        return answers[address]
     try:
         yield known
     finally:
         client.close()
+
+
+def _ask(client: LDAPClient, address: str, deadline: float) -> bool | None:
+    """A user or a directory alias (nisMailAlias, group) of that address; None when LDAP does not say."""
+    if time.monotonic() >= deadline:
+        return None
+    try:
+        return client.find_user(address, deadline) is not None or client.find_alias(address, deadline) is not None
+    except DirectoryUnavailable:
+        return None
 
 
 def _line_of(path: str, section: str, key: str) -> int | None:
@@ -448,7 +456,7 @@ def _target_problem(final: str, name: str, table: aliases.AliasTable, config: Co
     if known is None:
         return None
     answer = known(address.normalise(final))
-    if answer is None:
+    if answer is None and final not in unanswered:
         unanswered.append(final)
     return f"no such user; mail to {name} is refused (550 5.1.1)" if answer is False else None
 
@@ -459,7 +467,7 @@ def _catch_all_warnings(config: Config, known: Known | None, unanswered: list[st
     for domain, target in config.aliases.catch_all:
         if address.in_domains(target, config.appliance.domains) and known is not None:
             answer = known(address.normalise(target))
-            if answer is None:
+            if answer is None and target not in unanswered:
                 unanswered.append(target)
             elif not answer:
                 lines.append(f"{where}: warning: [aliases] catch_all: {domain} -> {target}: no such user; "

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance import checks, config, tap
+from appliance.errors import DirectoryUnavailable
 from tests.unit.checkrig import LogLines
 from tests.unit.test_cli import run
 
@@ -226,3 +227,35 @@ def test_twistd_logs_the_warnings_and_starts(capsys, site):
     assert log.matching("config-warning") == [
         f'config-warning warning="{site}/aliases:3: warning: sales@example.test -> bobb@example.test: no such user; '
         "mail to sales@example.test is refused (550 5.1.1)\""]
+
+
+# ---------------------------------------------------------------- LDAP (tests/integration/test_check_ldap_aliases.py asks a real slapd)
+
+class SlowDirectory:
+    """An LDAP client whose check passes but whose lookups find the directory gone."""
+
+    def __init__(self, settings, password: str):
+        pass
+
+    def check(self, deadline: float) -> str:
+        return "ldap://ldap.example.test: bound"
+
+    def find_user(self, address: str, deadline: float):
+        raise DirectoryUnavailable("ldap://ldap.example.test: timed out")
+
+    find_alias = find_user
+
+    def close(self) -> None:
+        pass
+
+
+def test_alias_targets_ldap_does_not_answer_for_are_counted_in_one_line(capsys, site, monkeypatch):
+    monkeypatch.setattr(checks, "LDAPClient", SlowDirectory)
+    (site / "ldap.secret").write_text("s3cret\n")
+    with open(site / "mailappliance.conf", "a") as f:
+        f.write("\n[directory]\nbackend = ldap\n\n[ldap]\nurl = ldap://ldap.example.test\n"
+                "bind_dn = cn=m,dc=example,dc=test\nbind_password_file = ldap.secret\nbase_dn = dc=example,dc=test\n")
+    code, warnings, _ = check(capsys, site)
+    assert code == 0
+    assert warnings == [f"{site}/mailappliance.conf: warning: [ldap] url: 1 alias target(s) not looked up, the "
+                        "directory did not answer in time (first: alice@example.test)"]
