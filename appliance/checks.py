@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance import address, aliases, dkimkeys, queue, tls
 from appliance.config import Config, Problems
-from appliance.directory.file import check_users_file, parse_line
+from appliance.directory.file import UserFileError, check_users_file, list_users, parse_line
 from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.errors import ConfigError, DirectoryUnavailable
 
@@ -97,15 +97,19 @@ def role_warnings(config: Config, known_users: set[str]) -> list[str]:
 
     Warnings, not errors: the server runs, but complaints about it would go nowhere.
     """
-    table = (aliases.load_aliases(config.aliases.file, config.appliance.domains, config.aliases.allow_commands)
-             if config.aliases.file else None)
+    try:
+        table = (aliases.load_aliases(config.aliases.file, config.appliance.domains, config.aliases.allow_commands,
+                                      lenient=True) if config.aliases.file else None)
+    except aliases.AliasesError:
+        return []                       # an unreadable file is check_files' error
+    where = config.aliases.file or config.path     # the file to add the alias to
     warnings = []
     for domain in config.appliance.domains:
         for role in aliases.ALWAYS_ANSWERED:
             addr = f"{role}@{domain}"
             targets = (table.resolve(addr) if table else None) or [addr]
             if not any(t in known_users or not t.endswith("@" + domain) and "@" in t for t in targets):
-                warnings.append(f"warning: {addr} reaches no user; add `{role}: someone` to the aliases file")
+                warnings.append(f"{where}: warning: {addr} reaches no user; add `{role}: someone` to the aliases file")
     return warnings
 
 
@@ -116,12 +120,14 @@ def mailbox_warnings(config: Config, users: list[str]) -> list[str]:
     """
     from appliance.store import FORMATS, mailbox_path
     side_files = FORMATS[config.storage.format].side_files
+    lines = _numbered_users(config.directory.users_file)
     warnings = []
     for user in users:
         try:
             mailbox_path(config.storage.path, user, side_files)
         except ValueError as exc:
-            warnings.append(f"warning: {user} gets no {config.storage.format} mailbox: {exc}; "
+            where = _at(config.directory.users_file, lines.get(user))
+            warnings.append(f"{where}: warning: {user} gets no {config.storage.format} mailbox: {exc}; "
                             "rename the user (mail for it is retried, then bounced)")
     return warnings
 
@@ -241,6 +247,8 @@ def warnings(config: Config, *, starting: bool = False, now: float | None = None
     lines = _certificate_warnings(config, now, starting)
     if config.directory.backend == "file":
         users = _numbered_users(config.directory.users_file)
+        primaries = _primary_users(config.directory.users_file)
+        lines += role_warnings(config, set(primaries)) + mailbox_warnings(config, primaries)
         lines += _users_outside_domains(config, users)
         known = known or users.__contains__
     lines += _alias_warnings(config, known)
@@ -390,6 +398,13 @@ def _numbered_users(users_file: str) -> dict[str, int]:
         for each in (entry.address, *entry.extra_addresses):
             found.setdefault(each, number)
     return found
+
+
+def _primary_users(users_file: str) -> list[str]:
+    try:
+        return list_users(users_file)
+    except UserFileError:
+        return []                       # check_files reports an unreadable users file
 
 
 def _users_outside_domains(config: Config, users: dict[str, int]) -> list[str]:

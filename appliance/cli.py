@@ -142,17 +142,12 @@ def _check(args: argparse.Namespace) -> int:
     directory = checks.check_ldap(cfg) if cfg.ldap else None
     for line in summary(cfg, directory):
         print(line)
-    if cfg.directory.backend == "file":
-        for line in checks.role_warnings(cfg, set(list_users(cfg.directory.users_file))):
-            print(line)
-        for line in checks.mailbox_warnings(cfg, list_users(cfg.directory.users_file)):
-            print(line)
-    for line in checks.queue_warnings(cfg):
-        print(line)
-    # Meaning errors: warnings, so exit 0 (systemctl reload runs `check` and must not stop on them).
+    # Warnings exit 0: `systemctl reload` runs `check` first and must not stop on them.
     with checks.directory_probe(cfg) if cfg.ldap else contextlib.nullcontext() as known:
         for line in checks.warnings(cfg, known=known):
             print(line)
+    for line in checks.queue_warnings(cfg):
+        print(line)
     return 0
 
 
