@@ -448,11 +448,18 @@ def _alias_warnings(config: Config, known: Known | None) -> list[str]:
                 problem = _target_problem(final, name, table, config, known, unanswered)
                 if problem:
                     lines.append(f"{where}: warning: {name} -> {final}: {problem}")
+    lines.sort(key=_line_number)        # a bare name's domains and full addresses come in file order
     lines += _catch_all_warnings(config, known, unanswered)
     if unanswered:
         lines.append(f"{config.path}: warning: [ldap] url: {len(unanswered)} alias target(s) not looked up, "
                      f"the directory did not answer in time (first: {unanswered[0]})")
     return lines
+
+
+def _line_number(warning: str) -> int:
+    """The LINE of `FILE:LINE: warning: ...`; 0 for a line about the whole file."""
+    match = re.match(r"[^:]*:(\d+): warning:", warning)
+    return int(match.group(1)) if match else 0
 
 
 def _target_problem(final: str, name: str, table: aliases.AliasTable, config: Config, known: Known | None,
