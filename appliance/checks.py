@@ -5,11 +5,15 @@ looks at what the file names: folders that must be writable, the certificate and
 users and aliases files, the smarthost's and LDAP's files, and (for `check`) whether the LDAP
 directory answers. Problems read `FILE: [section] key: what is wrong`, like config's, so the
 operator reads one form of line whichever of the two found the mistake.
+
+`warnings` is the second kind of finding: what parses and loads but will not do what the
+operator meant (an alias to nobody, a user outside the domains, a certificate for another name
+or about to expire). Those are `FILE:LINE: warning: ...` lines: `check` prints them and exits 0,
+twistd logs them and starts.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 import grp
 import hashlib
 import os
