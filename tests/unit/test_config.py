@@ -328,6 +328,20 @@ def test_shipped_file_writes_every_key_with_its_real_default():
     assert all(commented for (section, _), (_, commented, _) in shipped.items() if section == "ldap")
 
 
+def test_shipped_file_comments_say_the_real_default():
+    """Each key's comment ends with `Default: VALUE` (or `empty`, or `as shown`), and it is true."""
+    for (section, key), (value, _, comment) in shipped_keys().items():
+        spec = config._SCHEMA[section][key]
+        if required(spec) or (section, key) in SITE_VALUES:
+            continue
+        said = re.search(r"Default: (.*)$", comment)
+        assert said, f"[{section}] {key}: its comment does not say its default"
+        text = re.sub(r"\s+\(.*\)$", "", said.group(1)).rstrip(".")
+        text = {"empty": "", "as shown": value}.get(text, text)
+        assert spec.convert(text, "/etc/m") == spec.convert(spec.default, "/etc/m"), \
+            f"[{section}] {key}: the comment says the default is {text!r}, it is {spec.default!r}"
+
+
 def _words(text: str) -> list[str]:
     return [word for word in re.split(r"[,\s]+", text) if word]
 
