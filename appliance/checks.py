@@ -41,7 +41,7 @@ RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
 # unchanged sends root's mail to admin@example.test. tests/unit/test_check_warnings.py keeps it current.
 SAMPLE_ALIASES_SHA256 = "d40b402ca716fdb7a3fb2b3a555bb0f156c8fd11e3a19831b25182de79aebfcc"
 
-# address -> True (a user or a directory alias), False (nobody), None (could not tell)
+# address -> True (a user has it), False (nobody), None (could not tell)
 Known = Callable[[str], "bool | None"]
 
 
@@ -288,11 +288,16 @@ def directory_probe(config: Config) -> Iterator[Known]:
 
 
 def _ask(client: LDAPClient, address: str, deadline: float) -> bool | None:
-    """A user or a directory alias (nisMailAlias, group) of that address; None when LDAP does not say."""
+    """Whether a user entry has that address; None when LDAP does not say.
+
+    A user only, not a nisMailAlias or a group: the final targets of the aliases file (and the
+    catch-all's) are looked up as users (intake.RecipientResolver._final), so a file alias that
+    names a directory group is refused 550 like one that names nobody.
+    """
     if time.monotonic() >= deadline:
         return None
     try:
-        return client.find_user(address, deadline) is not None or client.find_alias(address, deadline) is not None
+        return client.find_user(address, deadline) is not None
     except DirectoryUnavailable:
         return None
 
