@@ -311,7 +311,7 @@ def _line_of(path: str, section: str, key: str) -> int | None:
                 header = re.match(r"\[([^\]]+)\]", line)
                 if header:
                     current = header.group(1).strip()
-                elif current == section and re.match(rf"{re.escape(key)}\s*[=:]", line):
+                elif current == section and re.match(rf"{re.escape(key)}\s*[=:]", line, re.IGNORECASE):
                     return number
     except (OSError, UnicodeDecodeError):
         return None

@@ -260,3 +260,10 @@ def test_alias_targets_ldap_does_not_answer_for_are_counted_in_one_line(capsys, 
     assert code == 0
     assert warnings == [f"{site}/mailappliance.conf: warning: [ldap] url: 1 alias target(s) not looked up, the "
                         "directory did not answer in time (first: alice@example.test)"]
+
+
+def test_the_hostname_line_is_found_however_the_key_is_spelled(capsys, site):
+    conf = site / "mailappliance.conf"
+    conf.write_text("# mail server\n" + CONF.replace("hostname = mail.example.test", "HostName=mail.other.test"))
+    [warning] = check(capsys, site)[1]
+    assert warning.startswith(f"{conf}:3: warning: [appliance] hostname: mail.other.test is not among")
