@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet.testing import MemoryReactorClock
 
 from appliance import checks, config, tap
 from appliance.errors import DirectoryUnavailable
@@ -224,7 +225,7 @@ def test_twistd_logs_the_warnings_and_starts(capsys, site):
     options = tap.Options()
     with LogLines() as log:
         options.parseOptions(["--config", str(site / "mailappliance.conf")])
-        tap.makeService(options)
+        tap.makeService(options, MemoryReactorClock())    # builds everything; the real reactor stays clean
     assert log.matching("config-warning") == [
         f'config-warning warning="{site}/aliases:3: warning: sales@example.test -> bobb@example.test: no such user; '
         "mail to sales@example.test is refused (550 5.1.1)\""]
