@@ -116,6 +116,17 @@ class AliasTable:
                 problems.update(dict.fromkeys(self._loop_in(f"{local}@{domain}", alias)))
         return list(problems)
 
+    def definitions(self) -> Iterator[tuple[str, tuple[str, ...], str]]:
+        """(address, direct targets, `FILE:LINE`) of every readable definition, a bare name once
+        per local domain; for `check`, which looks at what each target names."""
+        for name, alias in self._by_address.items():
+            if not alias.broken:
+                yield name, alias.targets, alias.where
+        for local, alias in self._by_local.items():
+            for domain in sorted(self._domains):
+                if not alias.broken and f"{local}@{domain}" not in self._by_address:
+                    yield f"{local}@{domain}", alias.targets, alias.where
+
     def _loop_in(self, address: str, alias: _Alias) -> list[str]:
         try:
             self.resolve(address)

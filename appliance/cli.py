@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import email.utils
 import getpass
@@ -152,10 +153,9 @@ def _check(args: argparse.Namespace) -> int:
     directory = checks.check_ldap(cfg) if cfg.ldap else None
     for line in summary(cfg, directory) + bind_warnings:
         print(line)
-    if cfg.directory.backend == "file":
-        for line in checks.role_warnings(cfg, set(list_users(cfg.directory.users_file))):
-            print(line)
-        for line in checks.mailbox_warnings(cfg, list_users(cfg.directory.users_file)):
+    # Warnings exit 0: `systemctl reload` runs `check` first and must not stop on them.
+    with checks.directory_probe(cfg) if cfg.ldap else contextlib.nullcontext() as known:
+        for line in checks.warnings(cfg, known=known):
             print(line)
     for line in checks.queue_warnings(cfg):
         print(line)

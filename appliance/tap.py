@@ -37,6 +37,8 @@ class Options(usage.Options):
         if problems:
             raise usage.UsageError("configuration is not valid:\n" + "\n".join(problems))
         self.loaded = cfg
+        # What `check` warns about is logged at start, and the server starts: see checks.warnings.
+        self.warnings = checks.warnings(cfg, starting=True)
 
 
 def makeService(options: Options, reactor: Any = None) -> ApplianceService:
@@ -44,6 +46,9 @@ def makeService(options: Options, reactor: Any = None) -> ApplianceService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
+    from appliance import maillog
+    for line in getattr(options, "warnings", ()):
+        maillog.emit("config-warning", warning=line)
     return build(options.loaded, reactor)
 
 

@@ -62,10 +62,10 @@ def test_check_passes_after_gen_cert_and_summarises(capsys, conf, tmp_path):
         "smtp        tcp:2525",
         "submission  tcp:5870",
         f"directory   file {tmp_path}/users, 1 user",
-        "warning: postmaster@example.test reaches no user; add `postmaster: someone` to the aliases file",
-        "warning: abuse@example.test reaches no user; add `abuse: someone` to the aliases file",
-        "warning: postmaster@example.org reaches no user; add `postmaster: someone` to the aliases file",
-        "warning: abuse@example.org reaches no user; add `abuse: someone` to the aliases file",
+        f"{conf}: warning: postmaster@example.test reaches no user; add `postmaster: someone` to the aliases file",
+        f"{conf}: warning: abuse@example.test reaches no user; add `abuse: someone` to the aliases file",
+        f"{conf}: warning: postmaster@example.org reaches no user; add `postmaster: someone` to the aliases file",
+        f"{conf}: warning: abuse@example.org reaches no user; add `abuse: someone` to the aliases file",
     ]
 
 
@@ -90,7 +90,8 @@ def test_check_warns_about_a_user_whose_mbox_would_be_another_mailboxs_side_file
     code, out, err = run(capsys, "--config", conf, "check")
     assert code == 0
     warned = [line for line in out.splitlines() if "mbox mailbox" in line]
-    assert [line.split()[1] for line in warned] == ["bob.lock@example.test", "bob.imap@example.test"]
+    assert [line.split()[:3] for line in warned] == [[f"{tmp_path}/users:2:", "warning:", "bob.lock@example.test"],
+                                                     [f"{tmp_path}/users:3:", "warning:", "bob.imap@example.test"]]
     assert "reserved for another mailbox's side file" in warned[0]
 
 
