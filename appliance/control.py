@@ -145,6 +145,7 @@ class ControlService(Service):
         self._path = path
         self._reactor = reactor
         self._factory = Factory.forProtocol(ControlProtocol)
+        self._factory.noisy = False
         self._factory.commands = QueueCommands(queue)
         self._port: Any = None
         self._lock_fd: int | None = None
