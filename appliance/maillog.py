@@ -33,33 +33,33 @@ def session_id() -> str:
 
 
 def connect(service: str, peer: str, session: str = "") -> None:
-    emit("connect", session=session, service=service, peer=peer)
+    emit("connect", service=service, peer=peer, session=session)
 
 
 def disconnect(service: str, peer: str, session: str = "") -> None:
-    emit("disconnect", session=session, service=service, peer=peer)
+    emit("disconnect", service=service, peer=peer, session=session)
 
 
 def tls(service: str, peer: str, version: str, cipher: str, session: str = "") -> None:
-    emit("tls", session=session, service=service, peer=peer, version=version, cipher=cipher)
+    emit("tls", service=service, peer=peer, version=version, cipher=cipher, session=session)
 
 
 def tls_failed(service: str, peer: str, reason: str, session: str = "") -> None:
     """The TLS handshake failed (the client refused our certificate, no shared cipher, plaintext
     on a TLS port): OpenSSL's reason, since the client's own error message never reaches us."""
-    emit("tls-failed", session=session, service=service, peer=peer, reason=reason)
+    emit("tls-failed", service=service, peer=peer, reason=reason, session=session)
 
 
 def auth(service: str, peer: str, login: str, ok: bool, mechanism: str = "", reason: str = "",
          session: str = "") -> None:
     """Authentication result; the password or SASL payload is never passed here."""
-    emit("auth-ok" if ok else "auth-failed", session=session, service=service, peer=peer, login=login,
-         mech=mechanism, reason=reason)
+    emit("auth-ok" if ok else "auth-failed", service=service, peer=peer, login=login,
+         mech=mechanism, reason=reason, session=session)
 
 
 def rejected(service: str, peer: str, stage: str, reply: str, sender: str = "", rcpt: str = "",
              session: str = "") -> None:
-    emit("rejected", session=session, service=service, peer=peer, stage=stage, sender=sender, rcpt=rcpt, reply=reply)
+    emit("rejected", service=service, peer=peer, stage=stage, sender=sender, rcpt=rcpt, reply=reply, session=session)
 
 
 def received(qid: str, service: str, peer: str, sender: str, size: int, recipients: Iterable[str], protocol: str,
@@ -68,8 +68,8 @@ def received(qid: str, service: str, peer: str, sender: str, size: int, recipien
     addresses the client named, shown as orig_rcpts when they differ; `parent` the message a
     bounce is about."""
     final, named = ",".join(recipients), ",".join(_unique(given))
-    emit("received", id=qid, session=session, service=service, peer=peer, sender=f"<{sender}>", size=size,
-         rcpts=final, orig_rcpts=named if named != final else "", proto=protocol, login=login, parent=parent)
+    emit("received", id=qid, service=service, peer=peer, sender=f"<{sender}>", size=size, rcpts=final,
+         orig_rcpts=named if named != final else "", proto=protocol, login=login, parent=parent, session=session)
 
 
 def delivered(qid: str, rcpt: str, where: str, delay: float, original: str = "", parent: str = "") -> None:

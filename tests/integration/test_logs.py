@@ -157,8 +157,8 @@ class IMAP(imaplib.IMAP4):
         return socket.create_connection(("127.0.0.1", self.port), timeout)
 
 
-def test_pop3_and_imap_sessions_have_one_id_each(started):
-    app = started(services=("smtp", "pop3", "imap"))
+def test_pop3_and_imap_sessions_have_one_id_each_and_log_a_refused_certificate(started):
+    app = started(services=("smtp", "pop3", "pop3s", "imap", "imaps"))
     pop = POP3(app.ports["pop3"])
     pop.stls(context=app.tls_context())
     pop.user(ALICE)
@@ -171,6 +171,12 @@ def test_pop3_and_imap_sessions_have_one_id_each(started):
     for service in ("pop3", "imap"):
         wait_for(lambda: ended(app, service, "auth-ok"))
         assert_one_session(session_lines(app, service), ("connect", "tls", "auth-ok", "disconnect"))
+    for service in ("pop3s", "imaps"):
+        with socket.create_connection(("127.0.0.1", app.ports[service]), timeout=10) as raw:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                ssl.create_default_context().wrap_socket(raw, server_hostname=HOSTNAME)
+        wait_for(lambda: ended(app, service, "tls-failed"))
+        assert_one_session(session_lines(app, service), ("connect", "tls-failed", "disconnect"))
 
 
 def test_a_bounce_names_the_message_it_is_about(started):
@@ -182,8 +188,12 @@ def test_a_bounce_names_the_message_it_is_about(started):
     wait_for(lambda: any(b"to-my-literal" in m for m in app.messages("alice")), timeout=20)
     lines = mail_lines(app)
     [parent] = [field(line, "id") for line in lines if line.startswith("received") and "service=smtp " in line]
-    bounce = wait_for(lambda: [line for line in mail_lines(app)
-                               if line.startswith(("received", "delivered")) and f"parent={parent}" in line])
+
+    def dsn_lines() -> list[str]:
+        found = [line for line in mail_lines(app)
+                 if line.startswith(("received", "delivered")) and f"parent={parent}" in line]
+        return found if len(found) >= 2 else []
+    bounce = wait_for(dsn_lines)
     assert [line.split(" ", 1)[0] for line in bounce] == ["received", "delivered"], bounce
     assert field(bounce[0], "service") == "bounce" and field(bounce[1], "rcpt") == ALICE
     assert field(bounce[0], "id") == field(bounce[1], "id") != parent
