@@ -102,6 +102,13 @@ def test_start_up_is_a_few_lines_and_twisted_says_nothing_at_the_default_level(s
         assert chatter not in app.log(), chatter
 
 
+def test_twisted_chatter_is_written_at_debug_level_when_asked(started, monkeypatch):
+    monkeypatch.setenv("MAILAPPLIANCE_LOG_LEVEL", "debug")      # twistd inherits it
+    app = started()
+    app.stop()
+    assert f"starting on {app.ports['smtp']}" in app.log() and f"Port {app.ports['smtp']} Closed" in app.log()
+
+
 def test_check_verbose_lists_every_setting_and_plain_check_does_not(started):
     app = started()
     plain = app.cli("check").stdout
