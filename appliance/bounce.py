@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 
+from appliance import maillog
 from appliance.envelope import Envelope, Recipient, new_id
 from appliance.message import split
 
@@ -117,9 +118,15 @@ def make_dsn(envelope: Envelope, failed: list[Recipient], hostname: str, origina
         body.append(payload if payload.endswith(b"\r\n") else payload + b"\r\n")
     body.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
     data = b"".join(body)
-    dsn = Envelope(id=dsn_id, sender="", received_at=now, size=len(data),
+    dsn = Envelope(id=dsn_id, sender="", received_at=now, size=len(data), parent=envelope.id,
                    recipients=[Recipient(address=envelope.sender, local=is_local(envelope.sender))])
     return dsn, data
+
+
+def log_queued(dsn: Envelope) -> None:
+    """The `received` line of a DSN once it is queued: `parent=` names the message it is about."""
+    maillog.received(dsn.id, "bounce", "", dsn.sender, dsn.size, [r.address for r in dsn.recipients], "DSN",
+                     parent=dsn.parent)
 
 
 def _human_part(envelope: Envelope, failed: list[Recipient], hostname: str, delayed: bool) -> str:

@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                              f"else {config.DEFAULT_PATH})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _command(commands, "check", _check, "validate the whole configuration and print a summary")
+    check = _command(commands, "check", _check, "validate the whole configuration and print a summary")
+    check.add_argument("--verbose", "-v", action="store_true", help="also print every setting, defaults included")
     gen_cert = _command(commands, "gen-cert", _gen_cert, "write a self-signed certificate and key to the [tls] paths")
     gen_cert.add_argument("--force", action="store_true", help="replace existing files")
 
@@ -159,6 +160,9 @@ def _check(args: argparse.Namespace) -> int:
             print(line)
     for line in checks.queue_warnings(cfg):
         print(line)
+    if getattr(args, "verbose", False):
+        for line in config.describe(cfg):       # the start-up log has only a summary
+            print(line)
     return 0
 
 

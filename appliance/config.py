@@ -843,3 +843,43 @@ def _show(key: str, value: object) -> str:
     if isinstance(value, tuple):
         return ", ".join(str(item) for item in value)
     return str(value)
+
+
+def summarise(config: Config) -> list[dict[str, str]]:
+    """The effective configuration in a few log lines (fields of each): what an admin checks first
+    after a start. `describe` has every setting (`mailappliance check --verbose`)."""
+    listen = [f"{name}={getattr(config.listen, name)}" for name in _field_names(ListenSection)
+              if getattr(config.listen, name)]
+    where = ",".join(config.ldap.url) if config.ldap is not None else config.directory.users_file
+    relay = config.relay
+    return [
+        {"file": config.path, "hostname": config.appliance.hostname, "domains": ",".join(config.appliance.domains)},
+        {"services": " ".join(listen) or "none"},
+        {"directory": config.directory.backend, "users": where, "aliases": config.aliases.file or "none",
+         "storage": f"{config.storage.format}:{config.storage.path}", "state_dir": config.appliance.state_dir},
+        {"tls": config.tls.certificate or "off",
+         "min_version": config.tls.min_version if config.tls.certificate else "",
+         "trusted_networks": _show("", relay.trusted_networks) or "none",
+         "smarthost": ":".join(map(str, relay.smarthost)) if relay.smarthost else ""},
+        {"checks": " ".join(_checks_on(config.checks)) or "none"},
+    ]
+
+
+def _field_names(section: type) -> list[str]:
+    return [f.name for f in fields(section)]
+
+
+def _checks_on(checks: ChecksSection) -> list[str]:
+    """The inbound checks and limits in force, as `name=setting` words."""
+    words = [f"{name}={value}" for name, value in (("greylist", checks.greylist), ("spf", checks.spf),
+                                                   ("dmarc", checks.dmarc), ("pregreet", checks.pregreet))
+             if value != "off"]
+    words += ["dkim_verify"] if checks.dkim_verify else []
+    words += [f"{name}={','.join(zone for zone, _ in zones)}"
+              for name, zones in (("dnsbl", checks.dnsbl), ("dnswl", checks.dnswl)) if zones]
+    words += [f"{name}={value}" for name, value in (("spamd", checks.spamd), ("clamd", checks.clamd)) if value]
+    words += [f"{name}={value}" for name in ("client_messages_per_minute", "client_recipients_per_minute",
+                                             "user_messages_per_day", "user_new_recipients_per_day")
+              if (value := getattr(checks, name))]
+    words += [f"hooks={','.join(checks.hooks)}"] if checks.hooks else []
+    return words

@@ -193,6 +193,7 @@ class LimitedFactory(WrappingFactory):
     """
 
     protocol = _Counted  # type: ignore[assignment]
+    noisy = False              # no "Starting factory" at info level: the `started` line says it
 
     def __init__(self, wrapped: Any, table: ConnectionTable, kind: str, service: str, clock: Any) -> None:
         super().__init__(wrapped)

@@ -165,6 +165,7 @@ class ControlService(Service):
         self._path = path
         self._reactor = reactor
         self._factory = Factory.forProtocol(ControlProtocol)
+        self._factory.noisy = False
         self.commands = self._factory.commands = ControlCommands(queue)   # tap wires commands.status in
         self._port: Any = None
         self._lock_fd: int | None = None

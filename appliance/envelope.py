@@ -50,6 +50,7 @@ class Envelope:
     size: int = 0
     held: bool = False                 # `queue hold`: kept but not tried until released
     delay_notified: bool = False       # the one "delayed" DSN (after [queue] delay_warning) went out
+    parent: str = ""                   # a DSN: the queue id of the message it reports on (for the log)
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.state == PENDING]

@@ -198,6 +198,8 @@ class Arrival:
     refused: list[Recipient] = field(default_factory=list)   # failed for good after the fact: bounced
     facts: Any = None                  # filters.base.Facts of the SMTP session; None for the pickup
     id: str = field(default_factory=new_id)                  # the queue id, from arrival on
+    session: str = ""                  # the SMTP session's id, for the log; "" for the pickup
+    given: list[str] = field(default_factory=list)           # the RCPT addresses as the client named them
 
 
 # A check sees the arrival before anything is added to it. It returns None (or a Deferred firing
@@ -244,7 +246,9 @@ class Intake:
                                 helo=arrival.helo, protocol=arrival.protocol, login=arrival.login, size=len(message))
             await self.queue.put(envelope, message)
             maillog.received(arrival.id, arrival.service, arrival.peer or "local", sender, envelope.size,
-                             [r.address for r in envelope.recipients], arrival.protocol, arrival.login)
+                             [r.address for r in envelope.recipients], arrival.protocol, arrival.login,
+                             session=arrival.session,
+                             given=arrival.given or [r.original or r.address for r in envelope.recipients])
         if arrival.refused:
             await self._bounce(arrival, sender, message)
         return arrival.id
@@ -367,13 +371,14 @@ class Intake:
     async def _bounce(self, arrival: Arrival, sender: str, message: bytes) -> None:
         """Tell the sender about the refused recipients (never the null sender: no bounce of a bounce)."""
         for rcpt in arrival.refused:
-            maillog.bounced(arrival.id, rcpt.address, rcpt.last_error)
+            maillog.bounced(arrival.id, rcpt.address, rcpt.last_error, original=rcpt.original)
         if not sender:
             return
         original = Envelope(id=arrival.id, sender=sender, recipients=arrival.refused, protocol=arrival.protocol)
         dsn, data = bounce.make_dsn(original, arrival.refused, self.hostname, bounce.headers_of(message),
                                     is_local=self.resolver.is_local, now=self.clock.seconds())
         await self.queue.put(dsn, data)
+        bounce.log_queued(dsn)
 
 
 def _normalised(text: str) -> str:

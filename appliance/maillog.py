@@ -1,6 +1,7 @@
 """One function per mail event, so every log line is grep-friendly and carries the queue id."""
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 
 from twisted.logger import Logger
@@ -29,43 +30,66 @@ def emit(event: str, **fields: object) -> None:
     stats.publish(event, fields)     # the counters `mailappliance status` shows
 
 
-def connect(service: str, peer: str) -> None:
-    emit("connect", service=service, peer=peer)
+def session_id() -> str:
+    """A new session's id: ten hex digits, on every line that session writes (`grep session=ID`)."""
+    return secrets.token_hex(5)
 
 
-def disconnect(service: str, peer: str) -> None:
-    emit("disconnect", service=service, peer=peer)
+def connect(service: str, peer: str, session: str = "") -> None:
+    emit("connect", service=service, peer=peer, session=session)
 
 
-def tls(service: str, peer: str, version: str, cipher: str) -> None:
-    emit("tls", service=service, peer=peer, version=version, cipher=cipher)
+def disconnect(service: str, peer: str, session: str = "") -> None:
+    emit("disconnect", service=service, peer=peer, session=session)
 
 
-def auth(service: str, peer: str, login: str, ok: bool, mechanism: str = "", reason: str = "") -> None:
+def tls(service: str, peer: str, version: str, cipher: str, session: str = "") -> None:
+    emit("tls", service=service, peer=peer, version=version, cipher=cipher, session=session)
+
+
+def tls_failed(service: str, peer: str, reason: str, session: str = "") -> None:
+    """The TLS handshake failed (the client refused our certificate, no shared cipher, plaintext
+    on a TLS port): OpenSSL's reason, since the client's own error message never reaches us."""
+    emit("tls-failed", service=service, peer=peer, reason=reason, session=session)
+
+
+def auth(service: str, peer: str, login: str, ok: bool, mechanism: str = "", reason: str = "",
+         session: str = "") -> None:
     """Authentication result; the password or SASL payload is never passed here."""
-    emit("auth-ok" if ok else "auth-failed", service=service, peer=peer, login=login, mech=mechanism, reason=reason)
+    emit("auth-ok" if ok else "auth-failed", service=service, peer=peer, login=login,
+         mech=mechanism, reason=reason, session=session)
 
 
-def rejected(service: str, peer: str, stage: str, reply: str, sender: str = "", rcpt: str = "") -> None:
-    emit("rejected", service=service, peer=peer, stage=stage, sender=sender, rcpt=rcpt, reply=reply)
+def rejected(service: str, peer: str, stage: str, reply: str, sender: str = "", rcpt: str = "",
+             session: str = "") -> None:
+    emit("rejected", service=service, peer=peer, stage=stage, sender=sender, rcpt=rcpt, reply=reply, session=session)
 
 
 def received(qid: str, service: str, peer: str, sender: str, size: int, recipients: Iterable[str], protocol: str,
-             login: str = "") -> None:
-    emit("received", id=qid, service=service, peer=peer, sender=f"<{sender}>", size=size,
-         rcpts=",".join(recipients), proto=protocol, login=login)
+             login: str = "", session: str = "", given: Iterable[str] = (), parent: str = "") -> None:
+    """A message is queued. `recipients` are the final ones (aliases expanded); `given` the
+    addresses the client named, shown as orig_rcpts when they differ; `parent` the message a
+    bounce is about."""
+    final, named = ",".join(recipients), ",".join(_unique(given))
+    emit("received", id=qid, service=service, peer=peer, sender=f"<{sender}>", size=size, rcpts=final,
+         orig_rcpts=named if named != final else "", proto=protocol, login=login, parent=parent, session=session)
 
 
-def delivered(qid: str, rcpt: str, where: str, delay: float) -> None:
-    emit("delivered", id=qid, rcpt=rcpt, to=where, delay=f"{delay:.3f}")
+def delivered(qid: str, rcpt: str, where: str, delay: float, original: str = "", parent: str = "") -> None:
+    emit("delivered", id=qid, rcpt=rcpt, orig_rcpt=original, to=where, delay=f"{delay:.3f}", parent=parent)
 
 
-def deferred(qid: str, rcpt: str, reason: str, retry_in: float) -> None:
-    emit("deferred", id=qid, rcpt=rcpt, reason=reason, retry_in=f"{retry_in:.0f}")
+def deferred(qid: str, rcpt: str, reason: str, retry_in: float, original: str = "", parent: str = "") -> None:
+    emit("deferred", id=qid, rcpt=rcpt, orig_rcpt=original, reason=reason, retry_in=f"{retry_in:.0f}",
+         parent=parent)
 
 
-def bounced(qid: str, rcpt: str, reason: str) -> None:
-    emit("bounced", id=qid, rcpt=rcpt, reason=reason)
+def bounced(qid: str, rcpt: str, reason: str, original: str = "", parent: str = "") -> None:
+    emit("bounced", id=qid, rcpt=rcpt, orig_rcpt=original, reason=reason, parent=parent)
+
+
+def _unique(addresses: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(addresses))
 
 
 def removed(qid: str, reason: str) -> None:

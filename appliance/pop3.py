@@ -25,7 +25,7 @@ from appliance.interfaces import IMaildrop
 from appliance.store.pop3view import MessageGone, NoSuchMessage
 from appliance.realm import LoggedIn, Login, LoginThrottled, MaildropInUse
 from appliance.replies import POP3
-from appliance.tls import log_once
+from appliance.tls import log_failure, log_once
 from appliance.transport import no_delay
 
 # (fewest, most) arguments; PASS takes the rest of the line, spaces included.
@@ -90,6 +90,7 @@ class POP3Server(pop3.POP3):
 
     def __init__(self) -> None:
         self.peer = ""
+        self.sid = maillog.session_id()      # on every log line of this connection
         self.secure = False
         self._discarding = False       # plaintext pipelined after STLS, dropped (CVE-2011-0411)
         self._gone = False
@@ -106,7 +107,7 @@ class POP3Server(pop3.POP3):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.secure = self.factory.implicit_tls
-        maillog.connect(self.factory.service, self.peer)
+        maillog.connect(self.factory.service, self.peer, session=self.sid)
         no_delay(self.transport)
         greeting = b"+OK " + self.factory.hostname.encode("idna") + b" POP3 server ready"
         if self.factory.offers_apop:
@@ -132,7 +133,8 @@ class POP3Server(pop3.POP3):
             else:
                 logout()
         self.setTimeout(None)
-        maillog.disconnect(self.factory.service, self.peer)
+        log_failure(self, self.factory.service, reason)
+        maillog.disconnect(self.factory.service, self.peer, session=self.sid)
 
     def timeoutConnection(self) -> None:
         self.transport.write(POP3.TIMEOUT + b"\r\n")
@@ -161,7 +163,7 @@ class POP3Server(pop3.POP3):
         try:
             self.processCommand(command, *args)
         except Exception:
-            maillog.log.failure("POP3 command failed", peer=self.peer)
+            maillog.log.failure("POP3 command failed session={session}", peer=self.peer, session=self.sid)
             self._error(POP3.LOCAL_ERROR)
 
     def processCommand(self, command: bytes, *args: bytes) -> Any:
@@ -296,14 +298,14 @@ class POP3Server(pop3.POP3):
         if authzid and authzid != login:        # acting for someone else is not offered
             refused = self.factory.login.refuse(service=self.factory.service, peer=self.peer, mechanism="PLAIN",
                                                 login=login.decode("utf-8", "replace"),
-                                                reason="authorization identity refused")
+                                                reason="authorization identity refused", session=self.sid)
             return self._longOperation(self._answer_login(refused))
         return self._login(UsernamePassword(login, password), login, "PLAIN")
 
     def _login(self, credentials: Any, login: bytes, mechanism: str) -> defer.Deferred:
         """Through the one login path (appliance.realm); later commands wait for the answer (PIPELINING)."""
         d = self.factory.login.attempt(credentials, IMaildrop, service=self.factory.service, peer=self.peer,
-                                       login=login.decode("utf-8", "replace"), mechanism=mechanism)
+                                       login=login.decode("utf-8", "replace"), mechanism=mechanism, session=self.sid)
         return self._longOperation(self._answer_login(d))
 
     def _answer_login(self, d: defer.Deferred) -> defer.Deferred:
@@ -384,7 +386,7 @@ class POP3Server(pop3.POP3):
         if failure.check(MessageGone):
             return self._send(POP3.MESSAGE_GONE)
         if not failure.check(OSError):
-            maillog.log.failure("POP3 read failed", failure, peer=self.peer)
+            maillog.log.failure("POP3 read failed session={session}", failure, peer=self.peer, session=self.sid)
         return self._send(POP3.READ_FAILED)
 
     def do_DELE(self, number: bytes) -> None:
@@ -427,7 +429,7 @@ class POP3Server(pop3.POP3):
         return self._committing
 
     def _commit_failed(self, failure: Failure) -> None:
-        maillog.error("pop3-update-failed", peer=self.peer, reason=failure.getErrorMessage())
+        maillog.error("pop3-update-failed", session=self.sid, peer=self.peer, reason=failure.getErrorMessage())
         self._send(POP3.NOT_KEPT)
 
 
@@ -435,6 +437,7 @@ class POP3Factory(protocol.ServerFactory):
     """Shared settings of one POP3 listener; each connection gets a POP3Server."""
 
     protocol = POP3Server
+    noisy = False              # no "Starting factory" at info level: the `started` line says it
     # What appliance.connlimit answers a connection it refuses.
     refusals = {connlimit.PER_CLIENT: POP3.TOO_MANY_CONNECTIONS, connlimit.PER_SERVICE: POP3.SERVER_BUSY,
                 connlimit.DESCRIPTORS: POP3.SERVER_BUSY}

@@ -922,7 +922,8 @@ class QueueService(Service):
     def _delivered(self, where: str, envelope: Envelope, rcpt: Recipient) -> None:
         rcpt.state = DELIVERED
         rcpt.last_error = ""
-        maillog.delivered(envelope.id, rcpt.address, str(where), self._reactor.seconds() - envelope.received_at)
+        maillog.delivered(envelope.id, rcpt.address, str(where), self._reactor.seconds() - envelope.received_at,
+                          original=rcpt.original, parent=envelope.parent)
 
     def _failed(self, failure: Failure, envelope: Envelope, rcpt: Recipient) -> None:
         """A courier's failure: its status says retry (4.x.y) or bounce (5.x.y); anything else is our bug."""
@@ -943,13 +944,14 @@ class QueueService(Service):
         delay = self.backoff(rcpt.attempts)
         rcpt.next_attempt = now + delay
         rcpt.status, rcpt.last_error = status, describe(status, text)
-        maillog.deferred(envelope.id, rcpt.address, rcpt.last_error, delay)
+        maillog.deferred(envelope.id, rcpt.address, rcpt.last_error, delay, original=rcpt.original,
+                         parent=envelope.parent)
 
     def _permanent(self, envelope: Envelope, rcpt: Recipient, status: str, text: str) -> None:
         """Bounce the recipient; `status` may be 4.x.y (4.4.7: retried until the queue lifetime ran out)."""
         rcpt.state = FAILED
         rcpt.status, rcpt.last_error = status, describe(status, text)
-        maillog.bounced(envelope.id, rcpt.address, rcpt.last_error)
+        maillog.bounced(envelope.id, rcpt.address, rcpt.last_error, original=rcpt.original, parent=envelope.parent)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number `attempts`: retry_initial doubling, capped at retry_max."""
@@ -988,6 +990,7 @@ class QueueService(Service):
         if delayed:
             maillog.emit("delay-notice", id=envelope.id, to=envelope.sender, dsn=dsn.id)
         queued = self.put(dsn, data)
+        queued.addCallback(lambda _: bounce.log_queued(dsn))
         queued.addErrback(lambda f: log.failure("could not queue the DSN for {id}", f, id=envelope.id))
         return queued
 

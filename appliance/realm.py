@@ -352,6 +352,7 @@ class Mind:
     service: str
     peer: str
     user: UserRecord | None = None
+    session: str = ""                 # the protocol session's id, for the log
 
 
 @dataclass(frozen=True)
@@ -434,9 +435,9 @@ class Login:
         self.clock = clock
 
     def attempt(self, credentials: Any, interface: type[Interface], *, service: str, peer: str,
-                login: str, mechanism: str) -> Deferred:
+                login: str, mechanism: str, session: str = "") -> Deferred:
         """Throttle, check `credentials` (one directory call), log the outcome, build the avatar."""
-        mind = Mind(service, peer)
+        mind = Mind(service, peer, session=session)
         d = self.throttle.admit(peer, login)
         d.addCallbacks(self._check, self._not_admitted, callbackArgs=(credentials, interface, mind, login, mechanism),
                        errbackArgs=(mind, login, mechanism))
@@ -453,13 +454,14 @@ class Login:
         if failure.check(LoginThrottled) and failure.value.log_for:
             more = failure.value.log_for - 1
             maillog.auth(mind.service, mind.peer, login, False, mechanism,
-                         f"throttled, {more} more not logged" if more else "throttled")
+                         f"throttled, {more} more not logged" if more else "throttled", session=mind.session)
         return failure                 # or CancelledError: the client left while waiting
 
-    def refuse(self, *, service: str, peer: str, login: str, mechanism: str, reason: str) -> Deferred:
+    def refuse(self, *, service: str, peer: str, login: str, mechanism: str, reason: str,
+               session: str = "") -> Deferred:
         """A login refused before any check (an authorisation identity we do not offer): counted
         as a failure like a wrong password."""
-        maillog.auth(service, peer, login, False, mechanism, reason)
+        maillog.auth(service, peer, login, False, mechanism, reason, session=session)
         now = self.clock.seconds()
         for key in self.throttle.keys(peer, login):
             self.throttle.count(key).failures.append(now)
@@ -469,7 +471,7 @@ class Login:
         _, avatar, logout = result
         assert mind.user is not None
         ticket.succeeded()
-        maillog.auth(mind.service, mind.peer, mind.user.address, True, mechanism)
+        maillog.auth(mind.service, mind.peer, mind.user.address, True, mechanism, session=mind.session)
         return LoggedIn(avatar, mind.user, logout)
 
     def _failed(self, failure: Failure, mind: Mind, login: str, mechanism: str, ticket: Ticket) -> Any:
@@ -491,9 +493,10 @@ class Login:
         else:
             ticket.succeeded()         # the password was right; the mailbox failed
             if not failure.check(MailboxUnavailable, OSError):
-                maillog.log.failure("login failed unexpectedly", failure, service=mind.service, peer=mind.peer)
+                maillog.log.failure("login failed unexpectedly session={session}", failure, service=mind.service,
+                                    peer=mind.peer, session=mind.session)
             reason = "mailbox unavailable"
-        maillog.auth(mind.service, mind.peer, login, False, mechanism, reason)
+        maillog.auth(mind.service, mind.peer, login, False, mechanism, reason, session=mind.session)
         return failure
 
 

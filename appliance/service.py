@@ -37,8 +37,8 @@ class ApplianceService(service.MultiService):
         self.aliases = aliases
 
     def startService(self) -> None:
-        for line in configmod.describe(self.config):
-            maillog.emit("config", setting=line)
+        for fields in configmod.summarise(self.config):    # every setting: `mailappliance check --verbose`
+            maillog.emit("config", **fields)
         for problem, action in getattr(self.aliases, "problems", None) or ():
             # Started anyway: only the names concerned are refused or deferred, everybody else gets mail.
             maillog.error("aliases-problem", problem=problem, action=action)

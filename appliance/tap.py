@@ -43,6 +43,8 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> ApplianceService:
     listenbind.print_listen_errors_plainly()
+    from appliance import twistdlog
+    twistdlog.install()        # Twisted's own chatter at debug level, under twistd only
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor

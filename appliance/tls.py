@@ -223,4 +223,26 @@ def log_once(conn: object, service: str) -> None:
         info = session_info(conn.transport)  # type: ignore[attr-defined]
         if info:
             conn._tls_logged = True  # type: ignore[attr-defined]
-            maillog.tls(service, conn.peer, *info)  # type: ignore[attr-defined]
+            maillog.tls(service, conn.peer, *info, session=getattr(conn, "sid", ""))  # type: ignore[attr-defined]
+
+
+def log_failure(conn: object, service: str, reason: object) -> None:
+    """Log a `tls-failed` line when a connection ended on a TLS error (called from connectionLost).
+
+    A handshake that fails (the client refuses our certificate, no shared version or cipher,
+    plaintext sent to a TLS port) reaches the protocol only as the reason it lost its connection,
+    as pyOpenSSL's SSL.Error: without this line the log shows a connect and a disconnect, no why.
+    """
+    text = failure_reason(reason)
+    if text is not None:
+        maillog.tls_failed(service, getattr(conn, "peer", ""), text, session=getattr(conn, "sid", ""))
+
+
+def failure_reason(reason: object) -> str | None:
+    """OpenSSL's words for a connection lost to a TLS error ("tlsv1 alert unknown ca"); None for any other end."""
+    error = getattr(reason, "value", None)
+    if not isinstance(error, SSL.Error):
+        return None
+    details = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    words = [str(item[-1]) for item in details if isinstance(item, tuple) and item and item[-1]]
+    return "; ".join(words) or str(error) or type(error).__name__

@@ -165,7 +165,8 @@ class SelectedCommands:
         if self._idle_tag is not None and not self._syncing:
             self._syncing = True
             d = self._sync()
-            d.addErrback(lambda failure: maillog.log.failure("IMAP IDLE update failed", failure, peer=self.peer))
+            d.addErrback(lambda failure: maillog.log.failure("IMAP IDLE update failed session={session}", failure,
+                                                             peer=self.peer, session=self.sid))
             d.addBoth(lambda _: setattr(self, "_syncing", False))
 
     def do_IDLE(self, tag: bytes) -> None:

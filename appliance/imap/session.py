@@ -39,7 +39,7 @@ from appliance.imap.watcher import FolderWatcher
 from appliance.interfaces import IAccount
 from appliance.realm import LoggedIn, Login
 from appliance.replies import IMAPReply
-from appliance.tls import log_once
+from appliance.tls import log_failure, log_once
 from appliance.transport import no_delay
 
 MAX_LINE = 65536                # one command line; UID sets from sync clients can be long
@@ -126,7 +126,7 @@ class LoginCommands:
         if authzid and authzid != login:
             refused = self.factory.login.refuse(service=self.factory.service, peer=self.peer, mechanism="PLAIN",
                                                 login=login.decode("utf-8", "replace"),
-                                                reason="authorization identity refused")
+                                                reason="authorization identity refused", session=self.sid)
             self._answer_login(refused, tag)
             return
         self._login(tag, login, password, "PLAIN")
@@ -135,7 +135,8 @@ class LoginCommands:
     def _login(self, tag: bytes, login: bytes, password: bytes, mechanism: str) -> None:
         """Check `login`/`password` and answer `tag`; LOGIN and AUTHENTICATE PLAIN both end here."""
         d = self.factory.login.attempt(UsernamePassword(login, password), IAccount, service=self.factory.service,
-                                       peer=self.peer, login=login.decode("utf-8", "replace"), mechanism=mechanism)
+                                       peer=self.peer, login=login.decode("utf-8", "replace"), mechanism=mechanism,
+                                       session=self.sid)
         self._answer_login(d, tag)
 
     def _answer_login(self, d: defer.Deferred, tag: bytes) -> None:
@@ -177,6 +178,7 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
     def __init__(self) -> None:
         super().__init__()
         self.peer = ""
+        self.sid = maillog.session_id()      # on every log line of this connection
         self.secure = False
         self.user = ""
         self._login_pending: defer.Deferred | None = None
@@ -198,14 +200,15 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         self.callLater = self.factory.reactor.callLater     # idle timeouts on the factory's clock
         self.timeOut = self.factory.prelogin_timeout          # until login; then POSTAUTH_TIMEOUT
         no_delay(self.transport)
-        maillog.connect(self.factory.service, self.peer)
+        maillog.connect(self.factory.service, self.peer, session=self.sid)
         super().connectionMade()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._login_pending is not None:
             self._login_pending.cancel()      # a login held back by the throttle: nobody to answer
         self._leave_folder()
-        maillog.disconnect(self.factory.service, self.peer)
+        log_failure(self, self.factory.service, reason)
+        maillog.disconnect(self.factory.service, self.peer, session=self.sid)
         super().connectionLost(reason)
 
     def sendServerGreeting(self) -> None:
@@ -234,7 +237,7 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         try:
             getattr(self, "parse_" + self.parseState)(line)
         except Exception:
-            maillog.log.failure("IMAP command failed", peer=self.peer)
+            maillog.log.failure("IMAP command failed session={session}", peer=self.peer, session=self.sid)
             self.parseState = "command"
             self._reply(line.split(b" ", 1)[0] or b"*", replies.IMAP_INTERNAL_ERROR)
         if self._busy and self.parseState == "command" and not self.paused and not self.transport.disconnecting:
@@ -280,7 +283,8 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         elif failure.check(imap4.IllegalMailboxEncoding):
             self._reply(tag, replies.IMAP_BAD_NAME_ENCODING)
         else:
-            maillog.log.failure("IMAP argument parsing failed", failure, peer=self.peer)
+            maillog.log.failure("IMAP argument parsing failed session={session}", failure, peer=self.peer,
+                                session=self.sid)
             self._reply(tag, replies.IMAP_INTERNAL_ERROR)
 
     # ---- replies: every tagged answer leaves through _respond ---------------------------------------
@@ -345,7 +349,8 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         elif failure.check(SequenceError, search.SearchError):
             self.sendBadResponse(tag, str(failure.value).encode("ascii", "replace"))
         else:
-            maillog.log.failure("IMAP command failed", failure, peer=self.peer, login=self.user)
+            maillog.log.failure("IMAP command failed session={session}", failure, peer=self.peer, login=self.user,
+                                session=self.sid)
             self._reply(tag, replies.IMAP_SERVER_BUG)
 
     def _mailbox_names(self, tag: bytes, *raw: bytes) -> list[str] | None:
@@ -394,6 +399,7 @@ class IMAPFactory(ServerFactory):
     """The `imap` (STARTTLS) or `imaps` listener's shared parts; wrap imaps with tls.implicit()."""
 
     protocol = IMAPServer
+    noisy = False              # no "Starting factory" at info level: the `started` line says it
     # What appliance.connlimit answers a connection it refuses: BYE instead of a greeting (RFC 3501 7.1.5).
     refusals = {connlimit.PER_CLIENT: replies.IMAP_TOO_MANY_CONNECTIONS.line(),
                 connlimit.PER_SERVICE: replies.IMAP_SERVER_BUSY.line(),

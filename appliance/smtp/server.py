@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from appliance import address, connlimit, maillog, replies
 from appliance.filters.base import Facts, Stage
 from appliance.smtp.dataspool import DataBuffer, DataSpool
-from appliance.tls import log_once, session_info
+from appliance.tls import log_failure, log_once, session_info
 from appliance.transport import no_delay
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.intake import Arrival
@@ -62,6 +62,7 @@ class Session:
         self.sender: str | None = None
         self.recipients: list[Any] = []       # envelope.Recipient
         self.rcpt_addresses: set[str] = set()
+        self.given: list[str] = []            # the RCPT addresses accepted, in order, as the client named them
 
 
 class ApplianceSMTP(ESMTP):
@@ -89,7 +90,7 @@ class ApplianceSMTP(ESMTP):
         self._login_pending: defer.Deferred | None = None
         self.session = Session()
         self.peer = ""
-        self.sid = secrets.token_hex(5)       # the session id on every check's log line
+        self.sid = maillog.session_id()       # the session id on every log line of this connection
         self.facts: Facts | None = None       # what the checks learn (appliance/filters)
         self._greeting = False                # the banner is still being sent (pregreet detection)
         self._refusal: SMTPReplyError | None = None   # a connect-stage refusal, answered at MAIL
@@ -107,7 +108,7 @@ class ApplianceSMTP(ESMTP):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         no_delay(self.transport)
-        maillog.connect(f.policy.name, self.peer)
+        maillog.connect(f.policy.name, self.peer, session=self.sid)
         # Connection limits are counted before we get here (appliance.connlimit, for every listener).
         self.facts = Facts(session=self.sid, service=f.policy.name, peer=self.peer, mx=not f.policy.offers_auth,
                            trusted=f.policy.insider(self))
@@ -152,7 +153,8 @@ class ApplianceSMTP(ESMTP):
         self.setTimeout(None)
         if self._login_pending is not None:
             self._login_pending.cancel()        # a login held back by the throttle: nobody to answer
-        maillog.disconnect(self.factory.policy.name, self.peer)
+        log_failure(self, self.factory.policy.name, reason)
+        maillog.disconnect(self.factory.policy.name, self.peer, session=self.sid)
         self._drop_data()
         self._input = b""
 
@@ -232,7 +234,7 @@ class ApplianceSMTP(ESMTP):
         try:
             result = self._sasl_step(line) if self._sasl is not None else self._command(line)
         except Exception:
-            maillog.log.failure("SMTP command failed", peer=self.peer)
+            maillog.log.failure("SMTP command failed session={session}", peer=self.peer, session=self.sid)
             result = self._reply_error(replies.LOCAL_ERROR)
         self._wait_for(result)
 
@@ -254,7 +256,7 @@ class ApplianceSMTP(ESMTP):
             self._flow_control()
 
     def _unexpected(self, failure: Failure) -> None:
-        maillog.log.failure("SMTP command failed", failure, peer=self.peer)
+        maillog.log.failure("SMTP command failed session={session}", failure, peer=self.peer, session=self.sid)
         self._reply_error(replies.LOCAL_ERROR)
 
     def _command(self, line: bytes) -> Any:
@@ -288,12 +290,14 @@ class ApplianceSMTP(ESMTP):
         if failure.check(SMTPReplyError):
             reply, detail = failure.value.reply, failure.value.detail
         elif failure.check(DirectoryUnavailable):
-            maillog.error("directory-unavailable", service=self.factory.policy.name, reason=failure.getErrorMessage())
+            maillog.error("directory-unavailable", session=self.sid, service=self.factory.policy.name,
+                          reason=failure.getErrorMessage())
             reply, detail = replies.DIRECTORY_UNAVAILABLE, ""
         else:
-            maillog.log.failure("SMTP {stage} failed", failure, stage=stage)
+            maillog.log.failure("SMTP {stage} failed session={session}", failure, stage=stage, session=self.sid)
             reply, detail = replies.LOCAL_ERROR, ""
-        maillog.rejected(self.factory.policy.name, self.peer, stage, reply.line(detail).decode(), **log_fields)
+        maillog.rejected(self.factory.policy.name, self.peer, stage, reply.line(detail).decode(), session=self.sid,
+                         **log_fields)
         delay = self._bad_recipient_delay(stage, reply)
         if delay:
             return deferLater(self.factory.clock or _reactor(), delay, self._reply_error, reply, detail)
@@ -461,7 +465,7 @@ class ApplianceSMTP(ESMTP):
         login = credentials.username.decode("utf-8", "replace") if isinstance(credentials.username, bytes) \
             else str(credentials.username)
         d = self.factory.login.attempt(credentials, IMailUser, service=self.factory.policy.name, peer=self.peer,
-                                       login=login, mechanism=mechanism)
+                                       login=login, mechanism=mechanism, session=self.sid)
         self._login_pending = d
         d.addCallbacks(self._auth_ok, self._auth_failed)
         return d
@@ -569,6 +573,7 @@ class ApplianceSMTP(ESMTP):
             self.facts.txn.recipients.append(rcpt)
         if rcpt not in self.session.rcpt_addresses:
             self.session.rcpt_addresses.add(rcpt)
+            self.session.given.append(rcpt)
             known = {r.address for r in self.session.recipients}
             for r in recipients:
                 if r.address not in known:
@@ -631,15 +636,19 @@ class ApplianceSMTP(ESMTP):
         session, self.session = self.session, Session()
         if self._data_too_big or data.size - 2 > self.factory.limits.max_message_size:
             data.close()
-            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "552 5.3.4 too big", sender=session.sender)
+            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "552 5.3.4 too big", sender=session.sender,
+                             session=self.sid)
             return self._reply_error(replies.MESSAGE_TOO_BIG)
         if data.error is not None:
-            maillog.error("data-spool-failed", service=self.factory.policy.name, reason=str(data.error))
-            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "451 4.3.0 spool", sender=session.sender)
+            maillog.error("data-spool-failed", session=self.sid, service=self.factory.policy.name,
+                          reason=str(data.error))
+            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "451 4.3.0 spool", sender=session.sender,
+                             session=self.sid)
             return self._reply_error(replies.LOCAL_ERROR)
         body = unstuff(data.read(skip=2))         # drop our leading CRLF; read() closes the buffer
         if b"\0" in body:
-            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "554 5.6.0 NUL", sender=session.sender)
+            maillog.rejected(self.factory.policy.name, self.peer, "DATA", "554 5.6.0 NUL", sender=session.sender,
+                             session=self.sid)
             return self._reply_error(replies.BAD_MESSAGE, "message contains NUL characters")
         arrival = self._arrival(session, body)
         d = defer.maybeDeferred(self.factory.intake.accept, arrival)
@@ -653,7 +662,8 @@ class ApplianceSMTP(ESMTP):
         return Arrival(sender=session.sender or "", recipients=list(session.recipients), message=body,
                        service=policy.name, protocol=self.protocol_name, peer=self.peer, helo=self.helo or "",
                        tls=self.tls_description(), login=self.user.address if self.user is not None else "",
-                       insider=policy.insider(self), submission=policy.submission, facts=self.facts)
+                       insider=policy.insider(self), submission=policy.submission, facts=self.facts,
+                       session=self.sid, given=list(session.given))
 
     @staticmethod
     def _not_queued(failure: Failure, qid: str) -> Failure:
@@ -776,6 +786,7 @@ class SMTPFactory(ServerFactory):
     """Builds ApplianceSMTP connections for one listener (appliance.connlimit counts them)."""
 
     protocol = ApplianceSMTP
+    noisy = False              # no "Starting factory" at info level: the `started` line says it
     # What appliance.connlimit answers a connection it refuses.
     refusals = {connlimit.PER_CLIENT: replies.TOO_MANY_CONNECTIONS.line(),
                 connlimit.PER_SERVICE: replies.SERVER_BUSY.line(), connlimit.DESCRIPTORS: replies.SERVER_BUSY.line()}

@@ -202,7 +202,10 @@ def test_refused_recipients_are_bounced_to_the_masqueraded_sender(house):
     assert envelope.id == one.id and dsn.sender == ""
     assert [r.address for r in dsn.recipients] == ["alice@example.test"]
     assert b"Status: 5.1.1" in report and f"X-Queue-ID: {one.id}".encode() in report
-    assert ("bounced", {"id": one.id, "rcpt": "ghost@example.test", "reason": "5.1.1 no such user"}) in lines
+    [bounced] = [fields for event, fields in lines if event == "bounced"]
+    assert (bounced["id"], bounced["rcpt"], bounced["reason"]) == (one.id, "ghost@example.test", "5.1.1 no such user")
+    [received] = [fields for event, fields in lines if event == "received" and fields["id"] == dsn.id]
+    assert (received["service"], received["parent"]) == ("bounce", one.id)    # the DSN, linked to its message
 
 
 def test_a_directory_outage_fails_the_whole_resolution(house):

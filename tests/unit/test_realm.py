@@ -338,7 +338,7 @@ def test_a_refusal_is_answered_after_a_second_and_logged_once_per_address(monkey
     """A client that retries the moment it is refused cannot spin the server, nor fill the log."""
     from appliance import maillog
     lines = []
-    monkeypatch.setattr(maillog, "auth", lambda *args: lines.append(args[-1]))
+    monkeypatch.setattr(maillog, "auth", lambda *args, **fields: lines.append(args[-1]))
     gate = Gate(failures_per_address=1, max_delay=1)
     gate.login.throttle.refusal_delay = 1.0
     for _ in range(3):
