@@ -819,3 +819,19 @@ def _show(key: str, value: object) -> str:
     if isinstance(value, tuple):
         return ", ".join(str(item) for item in value)
     return str(value)
+
+
+def changed(old: Config, new: Config) -> list[tuple[str, str]]:
+    """(section, key) of every key whose effective value differs between two loads, in file order.
+
+    What a SIGHUP reload reports and decides on (appliance.reload): the keys are the INI names
+    (`[masquerade] as`, not the field), and a whole [ldap] section appearing or going away
+    counts as each of its keys.
+    """
+    found = []
+    for name, keys in _SCHEMA.items():
+        before, after = getattr(old, name), getattr(new, name)
+        for key, spec in keys.items():
+            if getattr(before, spec.field, None) != getattr(after, spec.field, None):
+                found.append((name, key))
+    return found

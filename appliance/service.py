@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -35,6 +36,7 @@ class ApplianceService(service.MultiService):
         self.reactor = reactor
         self.tls = tls
         self.aliases = aliases
+        self.reloader: Callable[[], object] | None = None    # appliance.reload.Reloader, set by tap.build
 
     def startService(self) -> None:
         for line in configmod.describe(self.config):
@@ -49,14 +51,6 @@ class ApplianceService(service.MultiService):
                      services=",".join(s.name for s in self if s.name.startswith("listen-")))
 
     def reload(self) -> None:
-        """SIGHUP: reload certificates and aliases; a bad new file keeps the old one in service."""
-        problems: list[str] = []
-        if self.tls is not None and self.tls.available:
-            problem = self.tls.reload()
-            if problem:
-                problems.append(problem)
-        if self.aliases is not None:
-            problems.extend(self.aliases.reload())
-        for problem in problems:
-            maillog.error("reload-kept-old", problem=problem)
-        maillog.emit("reloaded", problems=len(problems))
+        """SIGHUP: the whole configuration again, all of it or none of it (appliance.reload)."""
+        if self.reloader is not None:
+            self.reloader()
