@@ -38,6 +38,13 @@ class ApplianceService(service.MultiService):
         self.aliases = aliases
         self.reloader: Callable[[], object] | None = None    # appliance.reload.Reloader, set by tap.build
 
+    def privilegedStartService(self) -> None:
+        """Catch SIGHUP before the listeners bind: a reload sent as soon as a port answers must
+        not kill the process (SIGHUP's default action); it runs once the reactor runs, after
+        every service has started."""
+        self._catch_sighup()
+        super().privilegedStartService()
+
     def startService(self) -> None:
         for line in configmod.describe(self.config):
             maillog.emit("config", setting=line)
@@ -45,10 +52,13 @@ class ApplianceService(service.MultiService):
             # Started anyway: only the names concerned are refused or deferred, everybody else gets mail.
             maillog.error("aliases-problem", problem=problem, action=action)
         super().startService()
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        self._catch_sighup()        # in case privilegedStartService was not called (not twistd)
         maillog.emit("started", hostname=self.config.appliance.hostname,
                      services=",".join(s.name for s in self if s.name.startswith("listen-")))
+
+    def _catch_sighup(self) -> None:
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def reload(self) -> None:
         """SIGHUP: the whole configuration again, all of it or none of it (appliance.reload)."""

@@ -154,3 +154,38 @@ def test_a_broken_aliases_file_is_refused_and_the_old_table_kept(appliance):
     assert "reload-refused" in outcome, outcome
     send(appliance, [f"sales@{DOMAIN}"], "still-bob")
     wait_for(lambda: count_with(appliance, "bob", b"still-bob") == 1)
+
+
+def test_restricted_lists_and_masquerading_are_reloaded(appliance, tmp_path):
+    table = tmp_path / "aliases"
+    table.write_text("all: alice, bob\n")
+    rewrite(appliance, aliases={"file": str(table)})
+    reload(appliance)
+    assert rcpt_reply(appliance, f"all@{DOMAIN}") == 250
+    assert rcpt_reply(appliance, "carol@pc1.lan.example.test") == 554          # not ours: relay denied
+    rewrite(appliance, aliases={"restricted": f"all@{DOMAIN}"},
+            masquerade={"domains": "lan.example.test", "as": DOMAIN})
+    outcome = reload(appliance)
+    assert "[aliases] restricted" in outcome and "[masquerade] domains" in outcome, outcome
+    assert rcpt_reply(appliance, f"all@{DOMAIN}") == 550                     # outsiders may not write to it
+    send(appliance, [f"alice@pc1.lan.example.test"], "hidden-host")        # a hidden host is ours now
+    wait_for(lambda: count_with(appliance, "alice", b"hidden-host") == 1)
+
+
+def test_a_new_users_file_is_used_after_reload(appliance):
+    assert rcpt_reply(appliance, f"carol@{DOMAIN}") == 550
+    rewrite(appliance, directory={"users_file": "users-2"})
+    appliance.cli("user", "add", f"carol@{DOMAIN}", stdin="carol-secret-3\n")   # writes users-2, as the file says
+    assert "[directory] users_file" in reload(appliance)
+    assert rcpt_reply(appliance, f"carol@{DOMAIN}") == 250
+    assert rcpt_reply(appliance, f"alice@{DOMAIN}") == 550                   # alice is only in the old file
+
+
+def test_a_reload_as_soon_as_the_ports_answer_does_not_kill_the_server(make_appliance):
+    """`systemctl reload` right after start: SIGHUP's default action would end the process."""
+    appliance = make_appliance()               # returns as soon as the ports accept connections
+    os.kill(appliance.pid, signal.SIGHUP)
+    wait_for(lambda: _outcomes(appliance))
+    assert appliance.process.poll() is None
+    assert "reloaded" in _outcomes(appliance)[-1]
+    assert rcpt_reply(appliance, f"alice@{DOMAIN}") == 250
