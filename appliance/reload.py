@@ -6,6 +6,10 @@ start (config.load, then checks.check_files), every object that depends on it is
 and only when all of that worked are they put in service, in one reactor turn. Sessions
 already open finish on the objects they started with; new connections get the new ones.
 
+The reading happens in the reactor thread, once per SIGHUP: the configuration, aliases,
+certificate and key are small files, and the one larger read (greylisting's table, when its
+keys changed) is what a start does too. Sessions wait for it a moment; none is dropped.
+
 What cannot change without a restart (RESTART_ONLY) refuses the reload with one line naming
 the keys; the server goes on with its old settings. What the reload logs, one line:
 
