@@ -126,7 +126,9 @@ def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
 def prepare_reload(cfg: configmod.Config, parts: Parts, top: ApplianceService) -> Any:
     """Build everything `cfg` asks for beside the running objects; return the swap (appliance.reload).
 
-    Raises (ConfigError or another exception) before anything in service is touched.
+    Raises (ConfigError or another exception) before anything in service is touched; the one
+    thing that joins the running tree early is the checks' state store, when greylisting or the
+    rate limits are turned on (build.py starts it once and every later pipeline shares it).
     """
     from appliance import tls as tlsmod
     server_tls = tlsmod.ServerTLS(cfg.tls, source=cfg.path)
