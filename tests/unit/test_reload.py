@@ -150,3 +150,15 @@ def test_the_unit_reloads_with_sighup():
     with open(unit, encoding="utf-8") as handle:
         reloads = [line for line in handle if line.startswith("ExecReload=")]
     assert reloads[-1].strip() == "ExecReload=/bin/kill -HUP $MAINPID"
+
+
+def test_a_directory_moving_to_ldap_names_the_ldap_keys_and_reloads(conf, tmp_path):
+    secret = tmp_path / "ldap.secret"
+    secret.write_text("secret\n")
+    old = config.load(str(conf))
+    write(conf, edited(directory={"backend": "ldap"},
+                       ldap={"url": "ldap://127.0.0.1:3389", "bind_dn": "cn=svc,dc=example,dc=test",
+                             "bind_password_file": str(secret), "base_dn": "dc=example,dc=test"}))
+    changed = config.changed(old, config.load(str(conf)))
+    assert ("directory", "backend") in changed and ("ldap", "url") in changed
+    assert reload.restart_keys(changed) == []
