@@ -59,6 +59,9 @@ def test_a_new_aliases_file_at_the_default_path_is_read_on_reload(appliance):
     assert "reloaded" in outcome and "[aliases] file" in outcome, outcome
     send(appliance, [f"sales@{DOMAIN}"], "to-sales")
     wait_for(lambda: count_with(appliance, "bob", b"to-sales") == 1)
+    # Local mail (`sendmail`, through the pickup folder) is resolved with the new table too.
+    appliance.cli("sendmail", f"sales@{DOMAIN}", stdin="Subject: cron-to-sales\n\nnightly\n")
+    wait_for(lambda: count_with(appliance, "bob", b"cron-to-sales") == 1)
 
 
 def test_a_new_aliases_file_key_is_used_after_reload(appliance, tmp_path):
