@@ -192,3 +192,26 @@ def test_a_reload_as_soon_as_the_ports_answer_does_not_kill_the_server(make_appl
     assert appliance.process.poll() is None
     assert "reloaded" in _outcomes(appliance)[-1]
     assert rcpt_reply(appliance, f"alice@{DOMAIN}") == 250
+
+
+def test_a_pop3_maildrop_stays_locked_across_a_reload(make_appliance):
+    """The reload builds a new login path; the lock of a POP3 session opened before it still holds."""
+    import poplib
+
+    from tests.integration.test_pop3 import POP3_SSL
+
+    appliance = make_appliance(services=("smtp", "pop3s"))
+
+    def login() -> POP3_SSL:
+        client = POP3_SSL(appliance.ports["pop3s"], appliance.tls_context())
+        client.user(f"alice@{DOMAIN}")
+        client.pass_(appliance.users["alice"])
+        return client
+
+    first = login()
+    rewrite(appliance, logins={"failures_per_address": "6"})       # a new throttle and Login too
+    assert "[logins] failures_per_address" in reload(appliance)
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        login()
+    first.quit()
+    login().quit()
