@@ -883,3 +883,19 @@ def _checks_on(checks: ChecksSection) -> list[str]:
               if (value := getattr(checks, name))]
     words += [f"hooks={','.join(checks.hooks)}"] if checks.hooks else []
     return words
+
+
+def changed(old: Config, new: Config) -> list[tuple[str, str]]:
+    """(section, key) of every key whose effective value differs between two loads, in file order.
+
+    What a SIGHUP reload reports and decides on (appliance.reload): the keys are the INI names
+    (`[masquerade] as`, not the field), and a whole [ldap] section appearing or going away
+    counts as each of its keys.
+    """
+    found = []
+    for name, keys in _SCHEMA.items():
+        before, after = getattr(old, name), getattr(new, name)
+        for key, spec in keys.items():
+            if getattr(before, spec.field, None) != getattr(after, spec.field, None):
+                found.append((name, key))
+    return found

@@ -202,6 +202,11 @@ class PickupService(Service):
         self._loop.clock = reactor
         self._draining: defer.Deferred | None = None
 
+    def use(self, intake: Intake, max_message_size: int) -> None:
+        """After a reload: the next messages picked up go through the new intake and size limit."""
+        self._intake = intake
+        self._max_size = max_message_size
+
     def startService(self) -> None:
         super().startService()
         try:

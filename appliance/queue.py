@@ -810,6 +810,15 @@ class QueueService(Service):
                          held="yes" if envelope.held else "")
         self._run_due()
 
+    def reconfigure(self, queue_section: QueueSection, hostname: str) -> None:
+        """A reload's [queue] timings and host name (for DSNs), used from the next decision on.
+
+        The couriers mapping is the caller's: a reload replaces its entries (appliance.tap), so a
+        delivery in flight finishes with the courier it started with.
+        """
+        self._settings = queue_section
+        self._hostname = hostname
+
     def stopService(self) -> Deferred:
         """Stop retrying and close the spool; deliveries in flight are redone after a restart."""
         super().stopService()

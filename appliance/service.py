@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -35,6 +36,14 @@ class ApplianceService(service.MultiService):
         self.reactor = reactor
         self.tls = tls
         self.aliases = aliases
+        self.reloader: Callable[[], object] | None = None    # appliance.reload.Reloader, set by tap.build
+
+    def privilegedStartService(self) -> None:
+        """Catch SIGHUP before the listeners bind: a reload sent as soon as a port answers must
+        not kill the process (SIGHUP's default action); it runs once the reactor runs, after
+        every service has started."""
+        self._catch_sighup()
+        super().privilegedStartService()
 
     def startService(self) -> None:
         for fields in configmod.summarise(self.config):    # every setting: `mailappliance check --verbose`
@@ -43,20 +52,15 @@ class ApplianceService(service.MultiService):
             # Started anyway: only the names concerned are refused or deferred, everybody else gets mail.
             maillog.error("aliases-problem", problem=problem, action=action)
         super().startService()
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        self._catch_sighup()        # in case privilegedStartService was not called (not twistd)
         maillog.emit("started", hostname=self.config.appliance.hostname,
                      services=",".join(s.name for s in self if s.name.startswith("listen-")))
 
+    def _catch_sighup(self) -> None:
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
     def reload(self) -> None:
-        """SIGHUP: reload certificates and aliases; a bad new file keeps the old one in service."""
-        problems: list[str] = []
-        if self.tls is not None and self.tls.available:
-            problem = self.tls.reload()
-            if problem:
-                problems.append(problem)
-        if self.aliases is not None:
-            problems.extend(self.aliases.reload())
-        for problem in problems:
-            maillog.error("reload-kept-old", problem=problem)
-        maillog.emit("reloaded", problems=len(problems))
+        """SIGHUP: the whole configuration again, all of it or none of it (appliance.reload)."""
+        if self.reloader is not None:
+            self.reloader()

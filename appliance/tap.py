@@ -19,6 +19,7 @@ from appliance.service import ApplianceService, ThreadPoolService
 
 # Listener name -> (policy kind, implicit TLS)
 SMTP_LISTENERS = {"smtp": ("mx", False), "submission": ("submission", False), "smtps": ("submission", True)}
+IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
 
 class Options(usage.Options):
@@ -55,47 +56,169 @@ def makeService(options: Options, reactor: Any = None) -> ApplianceService:
 
 
 class Parts:
-    """The shared objects every listener is built from."""
+    """The long-lived objects, built once at start and kept by every reload: thread pools, store,
+    queue, POP3 maildrop locks, the connection table, the DATA spool, the listeners.
+
+    `cfg` is the configuration in force; a reload replaces it, and `wiring` (what is rebuilt
+    from it, see Wiring) with it.
+    """
 
     def __init__(self, cfg: configmod.Config, reactor: Any, top: ApplianceService) -> None:
         from appliance import tls as tlsmod
-        from appliance.realm import make_login
-        from appliance.directory import make_directory
-        from appliance.masquerade import Masquerader
-        from appliance.passwords import CheckQueue
+        from appliance.imap import FolderWatcher
+        from appliance.realm import MaildropLocks
+        from appliance.smtp import dataspool
         from appliance.store import make_store
 
         self.cfg, self.reactor = cfg, reactor
         self.tls = top.tls
         self.pools = pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
-        # Password checks on threads of their own: guessing never delays the lookups RCPT needs.
-        self.checks = CheckQueue(reactor, pools["passwords"], cfg.logins.check_threads, cfg.logins.max_pending_checks)
-        self.directory = make_directory(cfg, reactor, pools["directory"], self.checks)
         self.store = make_store(cfg.storage, reactor, pools["disk"])
-        self.login = make_login(self.directory, self.store, reactor, settings=cfg.logins)
+        self.locks = MaildropLocks()          # one POP3 lock per maildrop, across reloads too
+        self.couriers: dict[str, Any] = {}    # the queue's; a reload replaces the entries
+        self.queue = _queue(self, top)
+        self.connections = _connection_table(cfg)
+        # One spool and one memory budget for the DATA transfers of every SMTP listener.
+        self.data_spool = dataspool.DataSpool(os.path.join(cfg.appliance.state_dir, dataspool.FOLDER))
+        self.watcher = FolderWatcher(reactor, pools["disk"])
+        self.listeners: dict[str, Any] = {}   # listener name -> its connlimit.LimitedFactory
+        self.pickup: Any = None
+        self.wiring: Wiring | None = None
+        self.tls_module = tlsmod
+
+
+class Wiring:
+    """What a reload rebuilds from the configuration: directory, login, aliases, resolver,
+    checks, intake, couriers and one protocol factory per listener.
+
+    A session keeps the factory (and so the objects) it was built by until it ends; the
+    listeners hand new connections to the newest Wiring's factories.
+    """
+
+    def __init__(self, cfg: configmod.Config, parts: Parts, top: ApplianceService, previous: "Wiring | None") -> None:
+        from appliance.filters.build import make_pipeline, make_signer
+        from appliance.intake import RecipientResolver
+        from appliance.masquerade import Masquerader
+        self.cfg = cfg
+        self.aliases = _aliases(cfg)
+        self.directory, self.login, self.throttle = _directory_and_login(cfg, parts, previous)
         m = cfg.masquerade
         self.masquerader = Masquerader(m.domains, m.as_domain, m.exceptions)
-        self.queue = _queue(cfg, reactor, top, pools["queue"], self.directory, self.store)
-        self.tls_module = tlsmod
+        a = cfg.aliases
+        self.resolver = RecipientResolver(self.directory, self.aliases, cfg.appliance.domains,
+                                          delimiter=a.recipient_delimiter, catch_all=dict(a.catch_all),
+                                          restricted=frozenset(a.restricted), masquerader=self.masquerader)
+        self.pipeline = make_pipeline(cfg, parts.reactor, parts.pools["checks"], top,
+                                      keep=_unchanged_checks(previous, cfg))
+        self.intake = _intake(cfg, parts, self, make_signer(cfg, parts.reactor, parts.pools["checks"]))
+        self.couriers = _couriers(cfg, parts, self.directory)
+        self.factories = {**_smtp_factories(cfg, parts, self), **_access_factories(cfg, parts, self)}
 
 
 def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
     """Wire directory, store, queue and listeners; children start in the order added."""
-    from appliance import aliases as aliasesmod, tls as tlsmod
-    server_tls = tlsmod.ServerTLS(cfg.tls, source=cfg.path)
-    try:
-        aliases = (aliasesmod.AliasResolver(cfg.aliases.file, cfg.appliance.domains, cfg.aliases.allow_commands)
-                   if cfg.aliases.file else None)
-    except aliasesmod.AliasesError as e:
-        raise ConfigError(e.problems)
-    top = ApplianceService(cfg, reactor, server_tls, aliases)
+    from appliance import tls as tlsmod
+    from appliance.pickup import FOLDER, PickupService
+    from appliance.reload import Reloader
+    top = ApplianceService(cfg, reactor, tlsmod.ServerTLS(cfg.tls, source=cfg.path), None)
     counting = _counting(top, reactor)
     parts = Parts(cfg, reactor, top)
-    parts.connections = _connection_table(cfg)
-    _smtp_listeners(top, parts, aliases)
-    _access_listeners(top, parts)
+    wiring = parts.wiring = Wiring(cfg, parts, top, None)
+    top.aliases = wiring.aliases
+    parts.couriers.update(wiring.couriers)
+    parts.pickup = PickupService(os.path.join(cfg.appliance.state_dir, FOLDER), wiring.intake, reactor,
+                                 parts.pools["disk"], max_message_size=cfg.limits.max_message_size)
+    parts.pickup.setServiceParent(top)
+    for name, factory in wiring.factories.items():
+        _listen(top, parts, name, getattr(cfg.listen, name), factory, implicit=name in IMPLICIT_TLS)
+    top.reloader = Reloader(cfg, lambda new: prepare_reload(new, parts, top))
     _status(top, parts, counting)
     return top
+
+
+def prepare_reload(cfg: configmod.Config, parts: Parts, top: ApplianceService) -> Any:
+    """Build everything `cfg` asks for beside the running objects; return the swap (appliance.reload).
+
+    Raises (ConfigError or another exception) before anything in service is touched; the one
+    thing that joins the running tree early is the checks' state store, when greylisting or the
+    rate limits are turned on (build.py starts it once and every later pipeline shares it).
+    """
+    from appliance import tls as tlsmod
+    server_tls = tlsmod.ServerTLS(cfg.tls, source=cfg.path)
+    wiring = Wiring(cfg, parts, top, parts.wiring)
+
+    def swap() -> None:
+        parts.tls.adopt(server_tls)
+        _resize_pools(parts, cfg)
+        _set_connection_limits(parts.connections, cfg)
+        parts.couriers.update(wiring.couriers)
+        parts.queue.reconfigure(cfg.queue, cfg.appliance.hostname)
+        parts.pickup.use(wiring.intake, cfg.limits.max_message_size)
+        for name, limited in parts.listeners.items():
+            wiring.factories[name].numPorts = limited.wrappedFactory.numPorts
+            limited.wrappedFactory = wiring.factories[name]
+        parts.cfg, parts.wiring = cfg, wiring
+        top.config, top.aliases = cfg, wiring.aliases
+    return swap
+
+
+def _aliases(cfg: configmod.Config) -> Any:
+    """The aliases file's resolver, or None; ConfigError when the file cannot be read at all."""
+    from appliance import aliases as aliasesmod
+    if not cfg.aliases.file:
+        return None
+    try:
+        return aliasesmod.AliasResolver(cfg.aliases.file, cfg.appliance.domains, cfg.aliases.allow_commands)
+    except aliasesmod.AliasesError as e:
+        raise ConfigError(e.problems)
+
+
+def _directory_and_login(cfg: configmod.Config, parts: Parts, previous: Wiring | None) -> tuple[Any, Any, Any]:
+    """The directory ([directory], [ldap]: the bind password file read again) and the Login over it.
+
+    The Login shares the POP3 maildrop locks of every earlier one, and keeps the login throttle
+    (the failure counts) unless [logins] changed.
+    """
+    from twisted.cred.portal import Portal
+    from appliance.directory import make_directory
+    from appliance.passwords import CheckQueue
+    from appliance.realm import AuthThrottle, DirectoryChecker, Login, MailRealm
+    logins = cfg.logins
+    password_checks = CheckQueue(parts.reactor, parts.pools["passwords"], logins.check_threads, logins.max_pending_checks)
+    directory = make_directory(cfg, parts.reactor, parts.pools["directory"], password_checks)
+    same_logins = previous is not None and previous.cfg.logins == logins
+    throttle = previous.throttle if same_logins else AuthThrottle(parts.reactor, logins)
+    portal = Portal(MailRealm(parts.store, parts.locks), [DirectoryChecker(directory)])
+    return directory, Login(portal, throttle, parts.reactor), throttle
+
+
+# [checks] keys each stateful check is built from: a reload that changes none of them keeps the
+# running check, with what it remembers (triplets, rate windows); otherwise the new one starts
+# from what the state store has committed.
+_STATEFUL_CHECKS = {
+    "greylist": ("greylist", "greylist_delay", "greylist_retry_window", "greylist_expire", "greylist_whitelist_after"),
+    "rates": ("client_messages_per_minute", "client_recipients_per_minute", "user_messages_per_day",
+              "user_new_recipients_per_day"),
+}
+
+
+def _unchanged_checks(previous: Wiring | None, cfg: configmod.Config) -> list[Any]:
+    if previous is None:
+        return []
+    kept = []
+    for name, keys in _STATEFUL_CHECKS.items():
+        check = previous.pipeline.find(name)
+        if check is not None and all(getattr(previous.cfg.checks, k) == getattr(cfg.checks, k) for k in keys):
+            kept.append(check)
+    return kept
+
+
+def _intake(cfg: configmod.Config, parts: Parts, wiring: Wiring, signer: Any) -> Any:
+    from appliance.filters.pipeline import DataStage
+    from appliance.intake import Intake
+    return Intake(parts.queue, cfg.appliance.hostname, wiring.resolver, clock=parts.reactor,
+                  masquerader=wiring.masquerader, checks=[DataStage(wiring.pipeline)] if wiring.pipeline else [],
+                  signer=signer)
 
 
 def _counting(top: ApplianceService, reactor: Any) -> Any:
@@ -126,6 +249,13 @@ def _connection_table(cfg: configmod.Config) -> Any:
                                      descriptors=None)   # RLIMIT_NOFILE, read live
 
 
+def _set_connection_limits(table: Any, cfg: configmod.Config) -> None:
+    """A reload's limits, in the table that keeps counting the connections already open."""
+    limits = cfg.limits
+    table.per_client, table.per_service = limits.max_connections_per_ip, limits.max_connections_per_service
+    table.descriptor_reserve, table.exempt = limits.descriptor_reserve, cfg.relay.trusted_networks
+
+
 def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
     directory_threads = cfg.ldap.pool_size if cfg.ldap is not None else 2
     # "checks": SPF, DKIM and DMARC (pyspf, dkimpy) block on DNS and hash whole messages.
@@ -139,20 +269,33 @@ def _pool(top: ApplianceService, name: str, size: int) -> Any:
     return pool_service.pool
 
 
-def _queue(cfg: configmod.Config, reactor: Any, top: ApplianceService, pool: Any, directory: Any, store: Any) -> Any:
-    from appliance.couriers.command import CommandCourier
-    from appliance.couriers.local import LocalCourier
+def _resize_pools(parts: Parts, cfg: configmod.Config) -> None:
+    """[ldap] pool_size and [logins] check_threads: a shrunk pool lets busy threads finish first."""
+    for name, size in _pool_sizes(cfg).items():
+        if parts.pools[name].max != size:
+            parts.pools[name].adjustPoolsize(0, size)
+
+
+def _queue(parts: Parts, top: ApplianceService) -> Any:
+    """The queue, delivering through `parts.couriers`; `is_local` reads the domains in force."""
     from appliance.queue import QueueService, Spool
-    programs = CommandCourier(reactor, top.getServiceNamed("pool-disk").pool) if cfg.aliases.allow_commands else None
-    couriers = {"local": LocalCourier(directory, store, programs), "remote": _outbound(cfg, reactor)}
-    spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, pool)
-    queue = QueueService(spool, couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
-                         is_local=lambda a: address.in_domains(a, cfg.appliance.domains))
+    cfg, reactor = parts.cfg, parts.reactor
+    spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, parts.pools["queue"])
+    queue = QueueService(spool, parts.couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
+                         is_local=lambda a: address.in_domains(a, parts.cfg.appliance.domains))
     queue.setName("queue")
     queue.setServiceParent(top)
     from appliance.control import ControlService, socket_path
     ControlService(socket_path(cfg.appliance.state_dir), queue, reactor).setServiceParent(top)
     return queue
+
+
+def _couriers(cfg: configmod.Config, parts: Parts, directory: Any) -> dict[str, Any]:
+    """Local delivery through `directory`; remote through MX routing or the smarthost."""
+    from appliance.couriers.command import CommandCourier
+    from appliance.couriers.local import LocalCourier
+    programs = CommandCourier(parts.reactor, parts.pools["disk"]) if cfg.aliases.allow_commands else None
+    return {"local": LocalCourier(directory, parts.store, programs), "remote": _outbound(cfg, parts.reactor)}
 
 
 def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
@@ -184,70 +327,47 @@ def _pem_blocks(data: bytes) -> list[bytes]:
     return [block + end for block in data.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
 
 
-def _smtp_listeners(top: ApplianceService, parts: Parts, aliases: Any) -> None:
-    from appliance.intake import Intake, RecipientResolver
+def _smtp_factories(cfg: configmod.Config, parts: Parts, wiring: Wiring) -> dict[str, Any]:
+    """One SMTPFactory per configured SMTP listener, all sharing the intake and the DATA spool."""
     from appliance.smtp.mx import MXPolicy
     from appliance.smtp.server import SMTPFactory
     from appliance.smtp.submission import SubmissionPolicy
-    cfg = parts.cfg
-    resolver = RecipientResolver(parts.directory, aliases, cfg.appliance.domains,
-                                 delimiter=cfg.aliases.recipient_delimiter, catch_all=dict(cfg.aliases.catch_all),
-                                 restricted=frozenset(cfg.aliases.restricted), masquerader=parts.masquerader)
-    from appliance.filters.build import make_pipeline, make_signer
-    from appliance.filters.pipeline import DataStage
-    pipeline = make_pipeline(cfg, parts.reactor, parts.pools["checks"], top)
-    intake = Intake(parts.queue, cfg.appliance.hostname, resolver, clock=parts.reactor, masquerader=parts.masquerader,
-                    checks=[DataStage(pipeline)] if pipeline else [],
-                    signer=make_signer(cfg, parts.reactor, parts.pools["checks"]))
-    from appliance.pickup import FOLDER, PickupService
-    PickupService(os.path.join(cfg.appliance.state_dir, FOLDER), intake, parts.reactor,
-                  top.getServiceNamed("pool-disk").pool,
-                  max_message_size=cfg.limits.max_message_size).setServiceParent(top)
-    from appliance.smtp import dataspool
-    # One spool and one memory budget for the DATA transfers of every SMTP listener.
-    data_spool = dataspool.DataSpool(os.path.join(cfg.appliance.state_dir, dataspool.FOLDER))
+    factories = {}
     for name, (kind, implicit) in SMTP_LISTENERS.items():
-        description = getattr(cfg.listen, name)
-        if not description:
+        if not getattr(cfg.listen, name):
             continue
         if kind == "mx":
-            policy: Any = MXPolicy(resolver, cfg.relay.trusted_networks)
+            policy: Any = MXPolicy(wiring.resolver, cfg.relay.trusted_networks)
         else:
-            policy = SubmissionPolicy(name, resolver)
-        factory = SMTPFactory(policy=policy, intake=intake, directory=parts.directory, login=parts.login,
+            policy = SubmissionPolicy(name, wiring.resolver)
+        factory = SMTPFactory(policy=policy, intake=wiring.intake, directory=wiring.directory, login=wiring.login,
                               hostname=cfg.appliance.hostname,
                               domains=cfg.appliance.domains, limits=cfg.limits, tls=parts.tls, tls_settings=cfg.tls,
                               implicit_tls=implicit, clock=parts.reactor,
                               unlimited_networks=cfg.relay.trusted_networks,
-                              checks=pipeline, checks_settings=cfg.checks)
-        factory.data_spool = data_spool
-        _listen(top, parts, name, description, factory, implicit)
+                              checks=wiring.pipeline, checks_settings=cfg.checks)
+        factory.data_spool = parts.data_spool
+        factories[name] = factory
+    return factories
 
 
-def _access_listeners(top: ApplianceService, parts: Parts) -> None:
+def _access_factories(cfg: configmod.Config, parts: Parts, wiring: Wiring) -> dict[str, Any]:
     """POP3 and IMAP, each with a plain (STLS/STARTTLS) and an implicit-TLS listener, all logging in
     through the one Login (so the POP3 maildrop lock covers both POP3 ports)."""
-    from appliance.imap import FolderWatcher, IMAPFactory
+    from appliance.imap import IMAPFactory
     from appliance.pop3 import POP3Factory
-    cfg = parts.cfg
-    pool = top.getServiceNamed("pool-disk").pool
-    common = dict(login=parts.login, hostname=cfg.appliance.hostname, tls=parts.tls, tls_settings=cfg.tls,
+    common = dict(login=wiring.login, hostname=cfg.appliance.hostname, tls=parts.tls, tls_settings=cfg.tls,
                   reactor=parts.reactor)
-    watcher = FolderWatcher(parts.reactor, pool)
     makers = {
-        "pop3": lambda implicit: POP3Factory(directory=parts.directory, implicit_tls=implicit,
+        "pop3": lambda implicit: POP3Factory(directory=wiring.directory, implicit_tls=implicit,
                                              max_errors=cfg.limits.max_errors,
                                              prelogin_timeout=cfg.limits.idle_timeout_prelogin, **common),
-        "imap": lambda implicit: IMAPFactory(implicit_tls=implicit, pool=pool, watcher=watcher,
+        "imap": lambda implicit: IMAPFactory(implicit_tls=implicit, pool=parts.pools["disk"], watcher=parts.watcher,
                                              max_message_size=cfg.limits.max_message_size,
                                              prelogin_timeout=cfg.limits.idle_timeout_prelogin, **common),
     }
-    for name in ("pop3", "pop3s", "imap", "imaps"):
-        description = getattr(cfg.listen, name)
-        if not description:
-            continue
-        implicit = name.endswith("s")
-        _listen(top, parts, name, description, makers[name.rstrip("s")](implicit), implicit)
+    return {name: makers[name.rstrip("s")](name in IMPLICIT_TLS)
+            for name in ("pop3", "pop3s", "imap", "imaps") if getattr(cfg.listen, name)}
 
 
 def _listen(top: ApplianceService, parts: Parts, name: str, description: str, factory: Any, implicit: bool) -> None:
@@ -258,7 +378,7 @@ def _listen(top: ApplianceService, parts: Parts, name: str, description: str, fa
     """
     from appliance import connlimit
     kind = connlimit.KINDS[name]
-    factory = connlimit.LimitedFactory(factory, parts.connections, kind, name, parts.reactor)
+    factory = parts.listeners[name] = connlimit.LimitedFactory(factory, parts.connections, kind, name, parts.reactor)
     if implicit:
         factory = parts.tls_module.implicit(factory, parts.tls)
     listener = _Listener(endpoints.serverFromString(parts.reactor, description), factory)

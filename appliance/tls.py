@@ -81,6 +81,15 @@ class ServerTLS:
             return f"{self._source}: [tls] {exc.key}: {exc}"
         return None
 
+    def adopt(self, other: "ServerTLS") -> None:
+        """Put in service the settings and context a reload built aside (appliance.reload).
+
+        This object stays the one every listener and session holds, so new connections and a
+        later STARTTLS get the new pair, while an established TLS connection keeps the
+        SSL.Connection (and context) it was made with: nobody is dropped.
+        """
+        self._section, self._source, self._context = other._section, other._source, other._context
+
 
 def make_context(section: TLSSection) -> SSL.Context:
     """A server context for the chain and key in `section`, refusing versions below min_version."""

@@ -7,6 +7,7 @@ doubts; DMARC reads SPF and DKIM; Authentication-Results comes last).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from appliance.config import Config
@@ -21,8 +22,12 @@ from appliance.filters.spf import SPFCheck
 from appliance.filters.syncdns import SyncDNS
 
 
-def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None) -> Pipeline:
-    """The configured checks; `pool` runs the blocking ones (pyspf, dkimpy); `top` gets their services."""
+def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None, keep: Sequence[Check] = ()) -> Pipeline:
+    """The configured checks; `pool` runs the blocking ones (pyspf, dkimpy); `top` gets their services.
+
+    `keep`: checks of the running pipeline that a reload hands over (appliance.tap), used again
+    instead of new ones, so greylisting's triplets and the rate windows live on in memory.
+    """
     checks: list[Check] = []
     settings = cfg.checks
     # One blocking resolver (and its cache) for pyspf, dkimpy and DMARC, used in `pool` only.
@@ -33,7 +38,7 @@ def make_pipeline(cfg: Config, reactor: Any, pool: Any, top: Any = None) -> Pipe
     if settings.spf != "off":
         checks.append(SPFCheck(sync_dns, reactor, pool, cfg.appliance.hostname, settings.spf, settings.spf_temperror))
     # mail, rcpt: rate limits (filters/rates.py), then greylisting (filters/greylist.py)
-    checks += _limits(cfg, reactor, top)
+    checks += _limits(cfg, reactor, top, keep)
     # data: clamd, spamd (filters/clamd.py, filters/spamd.py), DKIM, DMARC (filters/dkimverify.py,
     #       filters/dmarc.py), the operator's hooks (filters/hooks.py), Authentication-Results last
     checks += _scanners(cfg, reactor)
@@ -71,22 +76,39 @@ def _connect_checks(cfg: Config, reactor: Any) -> list[Check]:
     return [Prefetch(found), *found]
 
 
-def _limits(cfg: Config, reactor: Any, top: Any) -> list[Check]:
+def _limits(cfg: Config, reactor: Any, top: Any, keep: Sequence[Check] = ()) -> list[Check]:
     """Rates, then greylisting (a client over its rate is not worth a triplet); their state in state_dir."""
-    from appliance.filters import greylist, rates, statestore
+    from appliance.filters import greylist, rates
     settings = cfg.checks
     wanted_rates, wanted_greylist = rates.any_limit(settings), settings.greylist != "off"
     if not (wanted_rates or wanted_greylist):
         return []
-    store = statestore.StateStore(os.path.join(cfg.appliance.state_dir, statestore.FILENAME))
-    if top is not None:
-        store.setServiceParent(top)
+    store = _state_store(cfg, top)
     found: list[Check] = []
     if wanted_rates:
-        found.append(rates.Rates(settings, reactor, store))
+        found.append(_kept(keep, rates.Rates) or rates.Rates(settings, reactor, store))
     if wanted_greylist:
-        found.append(greylist.Greylist(settings, store, reactor))
+        found.append(_kept(keep, greylist.Greylist) or greylist.Greylist(settings, store, reactor))
     return found
+
+
+def _state_store(cfg: Config, top: Any) -> Any:
+    """One state store per process: a reload's pipeline uses the running one (a second writer
+    thread on the same sqlite file would only contend with the first)."""
+    from appliance.filters import statestore
+    if top is not None:
+        try:
+            return top.getServiceNamed(statestore.StateStore.name)
+        except KeyError:
+            pass
+    store = statestore.StateStore(os.path.join(cfg.appliance.state_dir, statestore.FILENAME))
+    if top is not None:
+        store.setServiceParent(top)         # started at once when top already runs (a reload)
+    return store
+
+
+def _kept(keep: Sequence[Check], kind: type) -> Check | None:
+    return next((check for check in keep if type(check) is kind), None)
 
 
 def _hooks(cfg: Config, reactor: Any) -> list[Check]:

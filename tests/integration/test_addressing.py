@@ -123,12 +123,12 @@ def test_mail_to_a_masqueraded_host_address_is_local(make_appliance):
 def test_broken_reload_keeps_the_old_table(org, aliases_file):
     aliases_file.write_text(ALIASES + "broken line without a colon\n")
     os.kill(org.pid, signal.SIGHUP)
-    wait_for(lambda: "reload-kept-old" in org.log())
+    wait_for(lambda: "reload-refused" in org.log())
     send(org, [f"contact@{DOMAIN}"], "after-bad-reload")
     wait_for(lambda: count_with(org, "alice", b"after-bad-reload") == 1)
     aliases_file.write_text(ALIASES + "newalias: bob\n")
     os.kill(org.pid, signal.SIGHUP)
-    wait_for(lambda: org.log().count("reloaded problems=0") >= 1)
+    wait_for(lambda: org.log().count("reloaded changed=none") >= 1)
     send(org, [f"newalias@{DOMAIN}"], "after-good-reload")
     wait_for(lambda: count_with(org, "bob", b"after-good-reload") == 1)
 
