@@ -1,14 +1,13 @@
 """`mailappliance dkim keygen|show` and appliance/dkimkeys.py: the files an operator gets, the record to publish."""
 from __future__ import annotations
 
-import io
 import os
 import stat
-import sys
 
 import pytest
 
-from appliance import cli, dkimkeys
+from appliance import dkimkeys
+from tests.unit.test_cli import run
 
 CONF = """\
 [appliance]
@@ -25,15 +24,6 @@ def write_conf(tmp_path, ed25519: str = "no", extra: str = "") -> str:
     path.write_text(CONF.format(ed25519=ed25519) + extra)
     return str(path)
 
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    old, sys.stdin = sys.stdin, io.StringIO("")
-    try:
-        code = cli.main(list(argv))
-    finally:
-        sys.stdin = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def record_strings(zone: str) -> list[str]:

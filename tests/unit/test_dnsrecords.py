@@ -5,15 +5,14 @@ import would read it: what counts is what the zone ends up holding.
 """
 from __future__ import annotations
 
-import io
 import ipaddress
-import sys
 
 import dns.rdatatype
 import dns.zone
 import pytest
 
-from appliance import cli, dkimkeys, dnsrecords
+from appliance import dkimkeys, dnsrecords
+from tests.unit.test_cli import run
 
 CONF = """\
 [appliance]
@@ -32,15 +31,6 @@ def write_conf(tmp_path, extra: str = "", conf: str = CONF) -> str:
     path.write_text(conf + extra)
     return str(path)
 
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    old, sys.stdin = sys.stdin, io.StringIO("")
-    try:
-        code = cli.main(list(argv))
-    finally:
-        sys.stdin = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def zone(text: str) -> dict[tuple[str, str], list[str]]:
