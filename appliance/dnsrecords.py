@@ -18,6 +18,9 @@ The choices, and why (docs/dns.md says the same to the operator):
 - RFC 6186 SRV records for each mail-access service, implicit TLS preferred (lower priority
   number: RFC 8314, which also names _submissions); a service that is off is `0 0 0 .`
   ("decidedly not available", RFC 2782).
+- autoconfig/autodiscover CNAMEs to the hostname, where `[listen] web` serves the client settings
+  (docs/autoconfig.md): printed even while the web listener is off (harmless, and right once it
+  is on); the `_autodiscover._tcp` SRV carries the web listener's port, so it is a comment until then.
 - The PTR is the hosting provider's to publish, so it is printed as a comment: what to ask for.
 """
 from __future__ import annotations

@@ -10,6 +10,8 @@ import plistlib
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -57,23 +59,13 @@ def site(tmp_path):
         yield base
 
 
-def serve(cfg):
+@contextmanager
+def serve(cfg: config.Config) -> Iterator[str]:
+    """The autoconfig resources of `cfg` on a real Site; yields its base URL."""
     root = Resource()
     autoconfig.mount(root, autoconfig.resources(cfg))
-    return _base(serving(root))
-
-
-class _base:
-    """serving() yielding "http://127.0.0.1:PORT" instead of the port."""
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-
-    def __enter__(self) -> str:
-        return f"http://127.0.0.1:{self.manager.__enter__()}"
-
-    def __exit__(self, *exc) -> None:
-        self.manager.__exit__(*exc)
+    with serving(root) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def fetch(url: str, data: bytes | None = None, method: str | None = None,
