@@ -32,12 +32,15 @@ smtp = tcp:2525
 """
 ALL_ON = "submission = tcp:587\nsmtps = tcp:465\nimaps = tcp:993\npop3s = tcp:995"
 
-# Outlook 2016's request, byte for byte as it sends it (MS-OXDSCLI 4.1)
+# The request Outlook sends (MS-OXDSCLI 4.1.1's example, with its line breaks and indentation)
 OUTLOOK_REQUEST = (
     '<?xml version="1.0" encoding="utf-8"?>\r\n'
-    '<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006">'
-    "<Request><EMailAddress>{address}</EMailAddress>"
-    "<AcceptableResponseSchema>{schema}</AcceptableResponseSchema></Request></Autodiscover>")
+    '<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006">\r\n'
+    "  <Request>\r\n"
+    "    <EMailAddress>{address}</EMailAddress>\r\n"
+    "    <AcceptableResponseSchema>{schema}</AcceptableResponseSchema>\r\n"
+    "  </Request>\r\n"
+    "</Autodiscover>\r\n")
 NS = {"a": autoconfig.NS_RESPONSE, "o": autoconfig.NS_OUTLOOK}
 
 # readFromXML's accepted values (Thunderbird's Sanitizer.translate tables)
