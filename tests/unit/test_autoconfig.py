@@ -140,6 +140,15 @@ def test_services_that_are_off_are_left_out_and_ports_come_from_listen(tmp_path)
     assert read["outgoing"] == [expected_server("smtp", 10587, "STARTTLS")]
 
 
+def test_implicit_tls_is_offered_before_starttls_of_the_same_protocol(tmp_path):
+    with serve(load(tmp_path, "imap = tcp:143\nimaps = tcp:993\nsubmission = tcp:587\nsmtps = tcp:465")) as base:
+        read = thunderbird_reads(fetch(base + "/mail/config-v1.1.xml")[2])
+        _, root = outlook_asks(base, "alice@example.test")
+    assert read["incoming"] == [expected_server("imap", 993, "SSL"), expected_server("imap", 143, "STARTTLS")]
+    assert [p.findtext("o:Port", namespaces=NS) for p in root.iterfind("o:Response/o:Account/o:Protocol", NS)] \
+        == ["993", "465"]
+
+
 def test_a_server_without_submission_describes_nothing(tmp_path):
     with serve(load(tmp_path, "imaps = tcp:993")) as base:
         for path in ("/mail/config-v1.1.xml", "/mobileconfig?emailaddress=alice@example.test"):
