@@ -58,7 +58,8 @@ def _quoted(text: str) -> str:
 
 
 def check(setup: Setup, made: list[Record], dns: SyncDNS) -> list[Finding]:
-    """One finding per record, in order. The autodiscover comment is advice only and not checked."""
+    """One finding per record, in order. Advice (a record to publish only once something is turned on,
+    printed as a comment) is not checked."""
     addresses = _our_addresses(setup, dns)
     findings: list[Finding] = []
     silent = 0               # questions in a row the DNS did not answer
@@ -276,5 +277,6 @@ def _ptr(record: Record, setup: Setup, dns: SyncDNS, addresses: tuple[str, ...])
 
 _JUDGES: dict[str, Callable[[Record, Setup, SyncDNS, tuple[str, ...]], Finding]] = {
     "mx": _mx, "address": _address, "spf": _spf, "dkim": _dkim, "dmarc": _dmarc, "mta-sts": _mta_sts,
-    "tls-rpt": _tls_rpt, "srv": _srv, "autoconfig": _autoconfig, "ptr": _ptr,
+    "tls-rpt": _tls_rpt, "srv": _srv, "autoconfig": _autoconfig,
+    "autodiscover": _autoconfig, "ptr": _ptr,
 }

@@ -18,6 +18,9 @@ The choices, and why (docs/dns.md says the same to the operator):
 - RFC 6186 SRV records for each mail-access service, implicit TLS preferred (lower priority
   number: RFC 8314, which also names _submissions); a service that is off is `0 0 0 .`
   ("decidedly not available", RFC 2782).
+- autoconfig/autodiscover CNAMEs to the hostname, where `[listen] web` serves the client settings
+  (docs/autoconfig.md): printed even while the web listener is off (harmless, and right once it
+  is on); the `_autodiscover._tcp` SRV carries the web listener's port, so it is a comment until then.
 - The PTR is the hosting provider's to publish, so it is printed as a comment: what to ask for.
 """
 from __future__ import annotations
@@ -270,14 +273,33 @@ def _srv(setup: Setup) -> list[Record]:
 
 
 def _autoconfig(setup: Setup) -> list[Record]:
-    return [Record(f"autoconfig.{setup.domain}.", "CNAME", f"{setup.hostname}.",
-                   f"Thunderbird's autoconfig host; it reads http://autoconfig.{setup.domain}/mail/"
-                   "config-v1.1.xml, so it helps once a web server there serves that file",
-                   "autoconfig"),
+    """Where mail clients fetch their settings (appliance/web/autoconfig.py serves them on `[listen] web`).
+
+    The CNAMEs are printed either way (harmless while the web listener is off, right once it is
+    on); the SRV record names the web listener's port, so it is only a comment while that is off.
+    """
+    web = listen_port(setup.listen.get("web", ""))
+    serving = ("served by [listen] web" if web else "useful once [listen] web is on") + \
+        "; over HTTPS the certificate must name this host too (docs/autoconfig.md)"
+    made = [Record(f"autoconfig.{setup.domain}.", "CNAME", f"{setup.hostname}.",
+                   f"Thunderbird's autoconfig host: it asks https://autoconfig.{setup.domain}/mail/"
+                   f"config-v1.1.xml, {serving}", "autoconfig"),
             Record(f"autodiscover.{setup.domain}.", "CNAME", f"{setup.hostname}.",
-                   "Outlook's autodiscover needs an Exchange-style web service, which this appliance does "
-                   "not offer: not needed (Outlook users enter the settings by hand)", "autodiscover",
-                   publish=False)]
+                   f"Outlook's Autodiscover host: it posts to https://autodiscover.{setup.domain}/autodiscover/"
+                   f"autodiscover.xml, {serving}", "autodiscover")]
+    label = f"_autodiscover._tcp.{setup.domain}."
+    if web is None:
+        made.append(Record(label, "SRV", f"0 1 443 {setup.hostname}.",
+                           "Outlook's Autodiscover by SRV (when autodiscover.DOMAIN has no certificate of its "
+                           "own): needs [listen] web on 443", "advice", publish=False))
+        return made
+    at = setup.hostname if web[0] == 443 else f"{setup.hostname}:{web[0]}"
+    why = (f"Outlook's Autodiscover by SRV: it then posts to https://{at}/autodiscover/autodiscover.xml, "
+           f"where the certificate of {setup.hostname} suffices (Outlook asks the user once to allow it)")
+    if web[0] != 443:
+        why += f" (on port {web[0]} as [listen] web says; if a firewall forwards port 443 to it, write 443)"
+    made.append(Record(label, "SRV", f"0 1 {web[0]} {setup.hostname}.", why, "srv"))
+    return made
 
 
 def _ptr(setup: Setup) -> list[Record]:

@@ -74,6 +74,21 @@ def test_srv_records_carry_the_listen_ports_and_say_not_offered_for_services_tha
         assert held[(f"{off}._tcp.example.test.", "SRV")] == ["0 0 0 ."]
 
 
+def test_client_setup_records_point_at_the_web_listener_and_its_srv_is_a_comment_while_it_is_off(tmp_path, capsys):
+    out, held = records_of(capsys, write_conf(tmp_path), "--address", "192.0.2.10")
+    assert held[("autoconfig.example.test.", "CNAME")] == ["mail.example.test."]
+    assert held[("autodiscover.example.test.", "CNAME")] == ["mail.example.test."]
+    assert ("_autodiscover._tcp.example.test.", "SRV") not in held
+    assert "; _autodiscover._tcp.example.test. 3600 IN SRV 0 1 443 mail.example.test." in out.splitlines()
+    assert "needs [listen] web on 443" in out
+
+    conf = write_conf(tmp_path, conf=CONF.replace("[listen]\n", "[listen]\nweb = tcp:interface=0.0.0.0:443\n"))
+    out, held = records_of(capsys, conf, "--address", "192.0.2.10")
+    assert held[("_autodiscover._tcp.example.test.", "SRV")] == ["0 1 443 mail.example.test."]
+    assert held[("autodiscover.example.test.", "CNAME")] == ["mail.example.test."]
+    assert "https://mail.example.test/autodiscover/autodiscover.xml" in out
+
+
 def test_the_ptr_to_ask_for_is_a_comment_naming_the_reverse_of_the_address(tmp_path, capsys):
     out, held = records_of(capsys, write_conf(tmp_path), "--address", "192.0.2.10", "--address", "2001:db8::10")
     assert not [key for key in held if key[1] == "PTR"]
