@@ -111,6 +111,8 @@ class MailMetrics:
                                ["service", "reason"])
         self.tls = counter("tls_handshakes", "TLS sessions established, by service and TLS version.",
                            ["service", "version"])
+        self.web_refused = counter("web_refused", "Requests to the status page or /metrics answered 401 or 403.",
+                                   ["status"])
         self.delay = Histogram(f"{PREFIX}_delivery_delay_seconds", "Seconds from reception to delivery.",
                                ["destination"], buckets=DELAY_BUCKETS, registry=registry)
         for where in ("local", "remote"):     # present at 0 from the start, so rate() sees the first one
@@ -128,6 +130,7 @@ class MailMetrics:
             "rejected": lambda fields: self._refusals("rejected", fields),
             "auth-ok": lambda fields: self._login("ok", fields), "auth-failed": lambda fields: self._login("failed", fields),
             "tls": self._tls, "connect": self._connect, "connection-refused": self._refused,
+            "web-refused": self._web_refused,
         }
 
     def __call__(self, event: str, fields: Mapping[str, object]) -> None:
@@ -170,6 +173,10 @@ class MailMetrics:
         reason = _text(fields.get("reason"))
         known = reason in ("per-client", "per-service", "descriptors")
         self.refused.labels(self._service(fields), reason if known else OTHER).inc()
+
+    def _web_refused(self, fields: Mapping[str, object]) -> None:
+        code = _text(fields.get("status"))
+        self.web_refused.labels(code if code in ("401", "403") else OTHER).inc()
 
 
 # --- read at scrape time ---------------------------------------------------------------------------

@@ -144,6 +144,7 @@ def test_logins_by_result_and_protocol_tls_versions_and_connections(top):
     maillog.tls("pop3s", "192.0.2.1", "TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256")
     maillog.connect("smtp", "192.0.2.1")
     maillog.emit("connection-refused", service="smtp", peer="192.0.2.1", reason="per-client")
+    maillog.emit("web-refused", service="web", peer="192.0.2.1", path="/metrics", status=403, reason="network")
     samples = parse(scrape(resource)[1])
     assert value(samples, "mailappliance_logins_total", result="ok", protocol="imap") == 1
     assert value(samples, "mailappliance_logins_total", result="failed", protocol="smtp") == 2
@@ -151,6 +152,7 @@ def test_logins_by_result_and_protocol_tls_versions_and_connections(top):
     assert value(samples, "mailappliance_tls_handshakes_total", service="pop3s", version="TLSv1.2") == 1
     assert value(samples, "mailappliance_connections_total", service="smtp") == 1
     assert value(samples, "mailappliance_connections_refused_total", service="smtp", reason="per-client") == 1
+    assert value(samples, "mailappliance_web_refused_total", status="403") == 1
 
 
 def test_events_count_only_while_the_service_runs():
