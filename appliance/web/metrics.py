@@ -128,7 +128,8 @@ class MailMetrics:
             "deferred": lambda fields: self.deferred.inc(), "bounced": lambda fields: self.bounced.inc(),
             "check": lambda fields: self._refusals("check", fields),
             "rejected": lambda fields: self._refusals("rejected", fields),
-            "auth-ok": lambda fields: self._login("ok", fields), "auth-failed": lambda fields: self._login("failed", fields),
+            "auth-ok": lambda fields: self._login("ok", fields),
+            "auth-failed": lambda fields: self._login("failed", fields),
             "tls": self._tls, "connect": self._connect, "connection-refused": self._refused,
             "web-refused": self._web_refused,
         }

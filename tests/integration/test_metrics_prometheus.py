@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,7 +54,6 @@ def require_prometheus() -> None:
 
 
 def doc_rules() -> dict[str, Any]:
-    import re
     text = DOC.read_text(encoding="utf-8")
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text[text.index("## Metrics"):], re.S)]
     return next(block for block in blocks if isinstance(block, dict) and "groups" in block)

@@ -7,7 +7,6 @@ stays quiet when it should; every metric an expression names must be one /metric
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -184,7 +183,8 @@ RULE_TESTS: dict[str, Any] = {
                  "exp_alerts": [fired(
                      "MailCertificateExpiresSoon", "soon", "critical",
                      "The TLS certificate of soon expires in less than 14 days",
-                     "It ends in 9d 22h 0m 0s. Renew it, then `kill -HUP` the daemon: it serves the new one at once.")]},
+                     "It ends in 9d 22h 0m 0s. Renew it, then `kill -HUP` the daemon:"
+                     " it serves the new one at once.")]},
             ],
         },
     ],
