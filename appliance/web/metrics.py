@@ -81,10 +81,14 @@ def split_reason(label: str) -> tuple[str, str]:
     return match.group(1) or "refused", match.group(2)
 
 
-def destination(where: str) -> str:
-    """`local` or `remote` from a `delivered` event's `to=`: the local courier names the mailbox
-    file or the command (`/var/mail/...`, `|program`), the remote one the host (`mx[192.0.2.1]:25 250 ok`)."""
-    return "local" if where.startswith(("/", "|")) else "remote"
+def destination(fields: Mapping[str, object]) -> str:
+    """`local` or `remote` for a `delivered` event: its `via=` (`local`, `relay`) when the queue
+    says it; else from `to=`: the local courier names the mailbox file or the command
+    (`/var/mail/...`, `|program`), the remote one the host (`mx[192.0.2.1]:25 250 ok`)."""
+    via = _text(fields.get("via"))
+    if via in ("local", "relay"):
+        return "local" if via == "local" else "remote"
+    return "local" if _text(fields.get("to")).startswith(("/", "|")) else "remote"
 
 
 def _text(value: object) -> str:
@@ -151,7 +155,7 @@ class MailMetrics:
         self.received.labels(self._service(fields)).inc()
 
     def _delivered(self, fields: Mapping[str, object]) -> None:
-        where = destination(_text(fields.get("to")))
+        where = destination(fields)
         self.delivered.labels(where).inc()
         try:
             delay = float(_text(fields.get("delay")))

@@ -106,6 +106,16 @@ def test_counters_move_with_the_mail_events(top):
     assert value(samples, "mailappliance_recipients_bounced_total") == 1
 
 
+def test_the_queue_saying_local_or_relay_decides_the_destination(top):
+    resource = MetricsResource(top)
+    # The queue's `via=` (the recipient is ours, or relayed) wins over guessing from `to=`.
+    maillog.emit("delivered", id="Q1", rcpt="x@example.org", to="smarthost:587 250 ok", delay="1.0", via="relay")
+    maillog.emit("delivered", id="Q2", rcpt="bob@example.test", to="bob@example.test", delay="1.0", via="local")
+    samples = parse(scrape(resource)[1])
+    assert value(samples, "mailappliance_recipients_delivered_total", destination="remote") == 1
+    assert value(samples, "mailappliance_recipients_delivered_total", destination="local") == 1
+
+
 def test_the_delivery_delay_lands_in_its_histogram_bucket(top):
     resource = MetricsResource(top)
     maillog.delivered("Q1", "bob@example.test", "/var/mail/bob/new/1.M1", 0.3)
