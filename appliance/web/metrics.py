@@ -6,7 +6,8 @@ Two kinds of numbers, fed two ways:
   delays) is counted from maillog's events, as the status counters are (appliance/stats.py):
   every event an operator sees in the log already goes through `stats.publish`, so /metrics
   counts exactly what the log shows and costs the SMTP path a dictionary look-up and a
-  counter increment per event (bench/metrics_events: about 10 microseconds per message). `MetricsService` subscribes while the daemon runs;
+  counter increment per event (bench/metrics_events: about 10 microseconds per message).
+  `MetricsService` subscribes while the daemon runs;
 - what is (the queue, open connections, the certificate's end of validity) is read at scrape
   time by custom collectors, so it is never stale and costs nothing between scrapes.
 
