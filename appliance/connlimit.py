@@ -153,6 +153,7 @@ class _Counted(ProtocolWrapper):
             self.wrappedProtocol = None
             if factory is not None:
                 factory.table.release(factory.kind, self.host)
+                factory.open = max(0, factory.open - 1)
 
 
 
@@ -203,6 +204,7 @@ class LimitedFactory(WrappingFactory):
         # PER_CLIENT / PER_SERVICE / DESCRIPTORS -> the line to send: each protocol's factory names its own
         self.refusals: dict[str, bytes] = wrapped.refusals
         self.clock = clock
+        self.open = 0            # this listener's admitted connections now open (for /metrics)
         table.register(kind)
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -223,6 +225,7 @@ class LimitedFactory(WrappingFactory):
         if inner is None:
             self.table.release(self.kind, host)
             return None
+        self.open += 1
         return _Counted(self, inner, host)
 
     def registerProtocol(self, p: Any) -> None:
