@@ -204,7 +204,7 @@ class Gate:
         credentials = access.basic_credentials(request.getHeader(b"authorization"))
         if credentials is None:
             maillog.web_refused(peer, _path(request), 401, access.ANONYMOUS)
-            return _answer(request, 401, page.LOGIN_NEEDED, self.CHALLENGE)
+            return _answer(request, 401, page.LOGIN_NEEDED, {} if _wants_html(request) else self.CHALLENGE)
         d = self.check(credentials, peer, "basic", request)
         d.addCallback(self._basic_checked, request, target, peer, credentials[0])
         d.addErrback(self._failed, request)
@@ -237,6 +237,13 @@ class Gate:
     def _failed(self, failure: Failure, request: Any) -> None:
         _log.failure("web request failed", failure)
         _finish(request, _answer(request, 500, "Internal error."))
+
+
+def _wants_html(request: Any) -> bool:
+    """A browser (it asks for text/html) gets the login form without a Basic challenge: a
+    challenge would make it prompt first (and a headless one wait for ever) instead of showing
+    the form. Scripts and Prometheus get the challenge and answer it with Basic."""
+    return b"text/html" in (request.getHeader(b"accept") or b"")
 
 
 def _path(request: Any) -> str:
