@@ -169,6 +169,7 @@ def _secure_headers(request: Any) -> None:
     request.setHeader(b"referrer-policy", b"no-referrer")
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"strict-transport-security", b"max-age=31536000")
+    request.setHeader(b"server", b"mailappliance")        # not Twisted's version for every scanner
 
 
 def _peer(request: Any) -> str:
