@@ -177,7 +177,7 @@ def _peer(request: Any) -> str:
 
 
 def _finish(request: Any, body: Any) -> None:
-    if body is server.NOT_DONE_YET or request.finished or request._disconnected:
+    if body is server.NOT_DONE_YET or request.finished or getattr(request, "_disconnected", False):
         return
     request.write(body)
     request.finish()
