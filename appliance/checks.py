@@ -17,7 +17,7 @@ from appliance.directory.file import check_users_file
 from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.errors import ConfigError, DirectoryUnavailable
 
-TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")   # services that cannot run without a certificate
+TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps", "web")   # services that cannot run without a certificate
 
 
 def check_files(config: Config, *, starting: bool = False) -> list[str]:

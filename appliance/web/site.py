@@ -146,6 +146,10 @@ class WebSite(server.Site):
     noisy = False
     refusals = REFUSALS
 
+    def startFactory(self) -> None:
+        """No access log file, and no once-a-second timer keeping its date string fresh."""
+        self._logFile = None
+
     def log(self, request: Any) -> None:
         """No access log: the refusals are logged by the gate; a line per page view is chatter."""
 

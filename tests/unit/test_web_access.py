@@ -187,3 +187,13 @@ def test_admins_compare_without_case():
                                     b"Basic " + base64.b64encode(b":password"), b"Basic " + base64.b64encode(b"\xff:x")])
 def test_unusable_basic_headers_are_no_credentials(header):
     assert access.basic_credentials(header) is None
+
+
+def test_the_web_listener_needs_a_certificate(tmp_path):
+    """It is always TLS: without [tls] certificate the daemon refuses to start, naming the reason."""
+    from appliance import checks, config
+    from tests.unit.test_config import MINIMAL, write
+    cfg = config.load(write(tmp_path, MINIMAL + "[tls]\ncertificate =\nkey =\n[listen]\nweb = tcp:8443\n"))
+    assert checks.check_files(cfg) == [
+        f"{cfg.path}: [tls] certificate: empty, but [listen] web need TLS; "
+        "set it and run `mailappliance gen-cert` for a self-signed one"]
