@@ -204,7 +204,7 @@ class Gate:
         token = request.getCookie(access.COOKIE)
         login = self.sessions.login(token.decode("ascii", "replace")) if token else None
         if login is not None and access.is_admin(login, web.admins):
-            request.web_login = login
+            request.web_login = login               # the page offers "Log out" for the session
             return target.render(request)
         credentials = access.basic_credentials(request.getHeader(b"authorization"))
         if credentials is None:
@@ -236,8 +236,7 @@ class Gate:
             maillog.web_refused(peer, _path(request), 403, access.NOT_ADMIN, user)
             _finish(request, _answer(request, 403, page.NOT_ALLOWED))
         else:
-            request.web_login = user
-            _finish(request, target.render(request))
+            _finish(request, target.render(request))     # no web_login: Basic has no session to end
 
     def _failed(self, failure: Failure, request: Any) -> None:
         _log.failure("web request failed", failure)
