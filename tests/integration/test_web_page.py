@@ -3,7 +3,10 @@ who is not an admin is refused. The appliance allows no network without a login 
 loopback browser is "from elsewhere"."""
 from __future__ import annotations
 
+import base64
 import re
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -85,3 +88,29 @@ def test_a_user_who_is_not_an_admin_is_refused(web_app, tmp_path):
         assert not driver.find_elements("id", "flow")
     wait_for(lambda: re.search(rf"web-refused service=web peer=127\.0\.0\.1 path=/login status=403 "
                                rf"login={BOB} reason=\"not an admin\"", web_app.log()), timeout=5)
+
+
+def test_metrics_from_elsewhere_need_an_admin_over_basic(web_app):
+    """What a Prometheus scrape from another host sees: a Basic challenge, then the metrics."""
+    context = web_app.tls_context()
+    context.check_hostname = False
+
+    def get(login: str | None = None, password: str = "") -> tuple[int, dict, bytes]:
+        request = urllib.request.Request(_url(web_app, "/metrics"))
+        if login:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=20) as answer:
+                return answer.status, dict(answer.headers), answer.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, dict(refused.headers), refused.read()
+
+    status, headers, _ = get()
+    assert status == 401 and headers["WWW-Authenticate"].startswith('Basic realm="mailappliance status"')
+    assert get(ALICE, "wrong")[0] == 401
+    assert get(BOB, PASSWORDS["bob"])[0] == 403
+    status, headers, _ = get(ALICE, PASSWORDS["alice"])
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    log = web_app.log()
+    assert "auth-failed service=web peer=127.0.0.1 login=alice@example.test mech=basic" in log
+    assert 'path=/metrics status=401 reason="no login"' in log
