@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,8 @@ MAX_BODY = 4096
 HEADER_DEADLINE = 10.0
 IDLE_TIMEOUT = 30.0
 EVENTS_SHOWN = 100
+LOG_EVERY = 10.0          # seconds between two web-refused lines of one (peer, status, reason, login)
+LOG_KEYS = 1024
 
 _log = Logger(namespace="web")
 
@@ -187,15 +190,39 @@ def _finish(request: Any, body: Any) -> None:
     request.finish()
 
 
+class RefusalLog:
+    """maillog.web_refused, at most once per LOG_EVERY seconds for the same (peer, status, reason,
+    login), the next line saying how many were left out: a client repeating a refused request on
+    a kept-alive connection must not write the log full. At most LOG_KEYS keys are remembered."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._seen: OrderedDict[tuple[str, int, str, str], tuple[float, int]] = OrderedDict()
+
+    def __call__(self, peer: str, path: str, status: int, reason: str, login: str = "") -> None:
+        key, now = (peer, status, reason, login), self._clock()
+        last, left_out = self._seen.get(key, (None, 0))
+        if last is not None and now - last < LOG_EVERY:
+            self._seen[key] = (last, left_out + 1)
+            return
+        self._seen[key] = (now, 0)
+        self._seen.move_to_end(key)
+        while len(self._seen) > LOG_KEYS:
+            self._seen.popitem(last=False)
+        maillog.web_refused(peer, path, status, f"{reason}, {left_out} more not logged" if left_out else reason, login)
+
+
 class Gate:
     """The access decision for the guarded paths (the page and /metrics)."""
 
     CHALLENGE = {b"www-authenticate": b'Basic realm="mailappliance status", charset="UTF-8"'}
 
-    def __init__(self, settings: Callable[[], Any], login: Any, sessions: access.Sessions) -> None:
+    def __init__(self, settings: Callable[[], Any], login: Any, sessions: access.Sessions,
+                 clock: Callable[[], float]) -> None:
         self.settings = settings       # -> the current [web] section (re-read after a reload)
         self.login = login
         self.sessions = sessions
+        self.refused = RefusalLog(clock)
 
     def render(self, request: Any, target: Resource) -> Any:
         web, peer = self.settings(), _peer(request)
@@ -208,7 +235,7 @@ class Gate:
             return target.render(request)
         credentials = access.basic_credentials(request.getHeader(b"authorization"))
         if credentials is None:
-            maillog.web_refused(peer, _path(request), 401, access.ANONYMOUS)
+            self.refused(peer, _path(request), 401, access.ANONYMOUS)
             return _answer(request, 401, page.LOGIN_NEEDED, {} if _wants_html(request) else self.CHALLENGE)
         d = self.check(credentials, peer, "basic", request)
         d.addCallback(self._basic_checked, request, target, peer, credentials[0])
@@ -230,10 +257,10 @@ class Gate:
 
     def _basic_checked(self, user: str | None, request: Any, target: Resource, peer: str, login: str) -> None:
         if user is None:
-            maillog.web_refused(peer, _path(request), 401, "bad credentials", login)
+            self.refused(peer, _path(request), 401, "bad credentials", login)
             _finish(request, _answer(request, 401, page.LOGIN_FAILED, self.CHALLENGE))
         elif not access.is_admin(user, self.settings().admins):
-            maillog.web_refused(peer, _path(request), 403, access.NOT_ADMIN, user)
+            self.refused(peer, _path(request), 403, access.NOT_ADMIN, user)
             _finish(request, _answer(request, 403, page.NOT_ALLOWED))
         else:
             _finish(request, target.render(request))     # no web_login: Basic has no session to end
@@ -272,7 +299,7 @@ class LoginForm(Resource):
         password = _field(request, b"password")
         peer = _peer(request)
         if not login or len(login) > access.MAX_CREDENTIAL or len(password) > access.MAX_CREDENTIAL:
-            maillog.web_refused(peer, _path(request), 403, "bad login form", login[:100])
+            self.gate.refused(peer, _path(request), 403, "bad login form", login[:100])
             return _answer(request, 403, page.LOGIN_FAILED)
         d = self.gate.check((login, password), peer, "form", request)
         d.addCallback(self._checked, request, peer, login)
@@ -282,7 +309,7 @@ class LoginForm(Resource):
     def _checked(self, user: str | None, request: Any, peer: str, login: str) -> None:
         if user is None or not access.is_admin(user, self.gate.settings().admins):
             reason = "bad credentials" if user is None else access.NOT_ADMIN
-            maillog.web_refused(peer, _path(request), 403, reason, user or login)
+            self.gate.refused(peer, _path(request), 403, reason, user or login)
             _finish(request, _answer(request, 403, page.LOGIN_FAILED))
             return
         token = self.gate.sessions.create(user)
@@ -413,7 +440,7 @@ def make_site(top: Any, parts: Any, report: Any) -> WebSite:
     events = EventsService(parts.reactor.seconds)
     events.setServiceParent(top)
     sessions = access.Sessions(parts.reactor.seconds)
-    gate = Gate(lambda: top.config.web, parts.login, sessions)
+    gate = Gate(lambda: top.config.web, parts.login, sessions, parts.reactor.seconds)
     counting = top.getServiceNamed("stats")
     status = StatusPage(report, parts.queue, counting, events, parts.pools["disk"], parts.reactor)
     guarded: dict[bytes, Resource] = {b"/": status, b"/metrics": MetricsResource(top)}

@@ -63,7 +63,8 @@ class Clock:
 
 @pytest.fixture
 def gate():
-    return site.Gate(lambda: Settings(), FakeLogin(), access.Sessions(Clock()))
+    clock = Clock()
+    return site.Gate(lambda: Settings(), FakeLogin(), access.Sessions(clock), clock)
 
 
 @pytest.fixture
@@ -116,11 +117,11 @@ def test_elsewhere_without_login_a_browser_gets_the_form_and_a_script_the_challe
     browser = request_from("192.0.2.1", {b"accept": b"text/html,*/*"})
     assert b'id="login"' in run(gate, browser) and browser.responseCode == 401
     assert browser.responseHeaders.getRawHeaders(b"www-authenticate") is None
-    script = request_from("192.0.2.1")
+    script = request_from("192.0.2.2")
     run(gate, script)
     assert script.responseCode == 401
     assert script.responseHeaders.getRawHeaders(b"www-authenticate")[0].startswith(b"Basic realm=")
-    assert [line[2:] for line in logged] == [(401, access.ANONYMOUS), (401, access.ANONYMOUS)]
+    assert [line[2:4] for line in logged] == [(401, access.ANONYMOUS), (401, access.ANONYMOUS)]
 
 
 def test_basic_for_an_admin_shows_the_page_through_the_web_login(gate, logged):
@@ -149,7 +150,7 @@ def test_a_session_of_an_admin_opens_the_page_until_it_ends(gate, logged):
 
 def test_a_session_is_worth_nothing_once_its_login_is_no_longer_an_admin():
     settings = Settings()
-    gate = site.Gate(lambda: settings, FakeLogin(), access.Sessions(Clock()))
+    gate = site.Gate(lambda: settings, FakeLogin(), access.Sessions(Clock()), Clock())
     token = gate.sessions.create(ADMIN)
     settings.admins = ()                   # a reload took the admin out of [web] admins
     request = request_from("192.0.2.1", cookie=token.encode())
@@ -197,3 +198,14 @@ def test_the_web_listener_needs_a_certificate(tmp_path):
     assert checks.check_files(cfg) == [
         f"{cfg.path}: [tls] certificate: empty, but [listen] web need TLS; "
         "set it and run `mailappliance gen-cert` for a self-signed one"]
+
+
+def test_a_refused_client_repeating_itself_writes_a_line_every_few_seconds(gate, logged):
+    for _ in range(5):
+        run(gate, request_from("192.0.2.1"))
+    gate.refused._clock.now += site.LOG_EVERY
+    run(gate, request_from("192.0.2.1"))
+    run(gate, request_from("192.0.2.9"))
+    assert [(line[0], line[3]) for line in logged] == [
+        ("192.0.2.1", access.ANONYMOUS), ("192.0.2.1", f"{access.ANONYMOUS}, 4 more not logged"),
+        ("192.0.2.9", access.ANONYMOUS)]
