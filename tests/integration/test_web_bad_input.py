@@ -66,6 +66,17 @@ def test_the_page_is_served_over_tls_to_an_allowed_network(web_app):
     assert b"content-security-policy: default-src 'none'" in answer.lower()
 
 
+def test_a_client_offering_alpn_is_served_without_it(web_app):
+    """Browsers offer h2 and http/1.1 by ALPN; the TLS handshake used to fail with an alert."""
+    context = _tls(web_app)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", web_app.ports["web"]), timeout=10)
+    with context.wrap_socket(raw, server_hostname="mail.example.test") as sock:
+        assert sock.selected_alpn_protocol() is None
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _status(_read_all(sock)) == 200
+
+
 def test_plain_http_gets_no_page(web_app):
     with socket.create_connection(("127.0.0.1", web_app.ports["web"]), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
