@@ -32,7 +32,7 @@ from appliance.directory.file import UserFileError, check_users_file, list_users
 from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.errors import ConfigError, DirectoryUnavailable
 
-TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")   # services that cannot run without a certificate
+TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps", "web")   # services that cannot run without a certificate
 EXPIRY_WARNING_DAYS = 14        # as certbot renews at 30 days left, a pair this close did not renew
 # RFC 2606 and RFC 6761: names that never reach anybody, so mail to them always bounces.
 RESERVED_TLDS = ("example", "test", "invalid", "localhost")

@@ -297,6 +297,7 @@ def _demo(args: argparse.Namespace) -> int:
     if os.path.exists(path):
         raise CommandError(f"{path} already exists; give a new folder")
     listen, notes = demo_listen(as_root=os.geteuid() == 0)
+    listen["web"] = demo_web_listen()
     os.makedirs(folder, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(_DEMO_CONFIG.format(hostname=args.hostname, domain=DEMO_DOMAIN,
@@ -340,6 +341,17 @@ def demo_listen(as_root: bool, try_bind: Callable[[listenbind.Address], OSError 
     return listen, notes
 
 
+_DEMO_WEB_PORT = 8443
+
+
+def demo_web_listen(try_bind: Callable[[listenbind.Address], OSError | None] = listenbind.try_bind) -> str:
+    """The demo's status page: on 127.0.0.1 only, as root too (loopback sees it without a login),
+    port 8443 or else any free one."""
+    if try_bind(listenbind.Address(_DEMO_WEB_PORT, "127.0.0.1", socket.AF_INET)) is None:
+        return f"tcp:{_DEMO_WEB_PORT}:interface=127.0.0.1"
+    return f"tcp:{listenbind.free_port('127.0.0.1')}:interface=127.0.0.1"
+
+
 def _port(description: str) -> str:
     return description.split(":")[1]
 
@@ -370,6 +382,8 @@ def _demo_instructions(cfg: config.Config, listen: dict[str, str], password: str
         "",
         f"Then read it over IMAP on port {_port(listen['imap'])} (STARTTLS) "
         f"or {_port(listen['imaps'])} (TLS), or POP3.",
+        *([f"The status page (from this machine, no login): https://127.0.0.1:{_port(listen['web'])}/"]
+          if listen.get("web") else []),
         *_client_settings(cfg, listen, password),
     ]
 

@@ -99,3 +99,10 @@ def removed(qid: str, reason: str) -> None:
 def error(what: str, **fields: object) -> None:
     """An internal failure worth an operator's attention; the traceback goes through log.failure."""
     log.error(_fmt("error " + what, fields).replace("{", "{{").replace("}", "}}"))
+
+
+def web_refused(peer: str, path: str, status: int, reason: str, login: str = "") -> None:
+    """A request to the status page or /metrics answered 401/403 (appliance/web): who, what, why.
+
+    The path is the client's text: cut short, so a huge URL cannot make a huge log line."""
+    emit("web-refused", service="web", peer=peer, path=path[:200], status=status, login=login[:200], reason=reason)

@@ -132,7 +132,8 @@ def build(cfg: configmod.Config, reactor: Any) -> ApplianceService:
     for name, factory in wiring.factories.items():
         _listen(top, parts, name, getattr(cfg.listen, name), factory, implicit=name in IMPLICIT_TLS)
     top.reloader = Reloader(cfg, lambda new: prepare_reload(new, parts, top))
-    _status(top, parts, counting)
+    report = _status(top, parts, counting)
+    _web(top, parts, report)
     return top
 
 
@@ -155,6 +156,8 @@ def prepare_reload(cfg: configmod.Config, parts: Parts, top: ApplianceService) -
         parts.queue.reconfigure(cfg.queue, cfg.appliance.hostname)
         parts.pickup.use(wiring.intake, cfg.limits.max_message_size)
         for name, limited in parts.listeners.items():
+            if name not in wiring.factories:       # the web listener reads the wiring in service itself
+                continue
             wiring.factories[name].numPorts = limited.wrappedFactory.numPorts
             limited.wrappedFactory = wiring.factories[name]
         parts.cfg, parts.wiring = cfg, wiring
@@ -229,12 +232,25 @@ def _counting(top: ApplianceService, reactor: Any) -> Any:
     return counting
 
 
-def _status(top: ApplianceService, parts: Parts, counting: Any) -> None:
+def _status(top: ApplianceService, parts: Parts, counting: Any) -> Any:
     """`mailappliance status`: the control socket's `status` command reports on these parts."""
     from appliance.status import DiskUsage, StatusReport, disk_paths
     disk = DiskUsage(disk_paths(parts.cfg), parts.reactor, parts.pools["disk"])
     report = StatusReport(top, parts.queue, counting, disk, parts.reactor.seconds)
     top.getServiceNamed("control").commands.status = report.collect
+    return report
+
+
+def _web(top: ApplianceService, parts: Parts, report: Any) -> None:
+    """`[listen] web`: the status page, /metrics and client autoconfig (appliance/web/site.py).
+
+    Always over TLS with the server's certificate, even on loopback: a login (HTTP Basic or the
+    form's session cookie) must never travel in clear, and one rule is simpler than two.
+    """
+    if not parts.cfg.listen.web:
+        return
+    from appliance.web.site import make_site
+    _listen(top, parts, "web", parts.cfg.listen.web, make_site(top, parts, report), implicit=True)
 
 
 def _connection_table(cfg: configmod.Config) -> Any:

@@ -104,7 +104,16 @@ def make_context(section: TLSSection) -> SSL.Context:
     # An idle TLS connection (IMAP IDLE, a quiet POP3 session) then holds no 34 KiB read and
     # write buffers: the difference between ~100 KiB and ~60 KiB per idle client.
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    context.set_alpn_select_callback(_no_alpn)
     return context
+
+
+def _no_alpn(connection: SSL.Connection, offered: list[bytes]) -> object:
+    """Go on without ALPN, whatever the client offers (RFC 7301 3.2 allows no answer): every
+    listener speaks one protocol, HTTP/1.1 for the web one. Twisted's own callback answered b""
+    when nothing matched, which pyOpenSSL turns into a TLS "internal error" alert: every browser,
+    and any client offering ALPN, could not connect."""
+    return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 def load_pair(cert_path: str, key_path: str) -> tuple[crypto.PKey, list[crypto.X509]]:

@@ -267,6 +267,9 @@ def test_demo_as_a_normal_user(capsys, tmp_path, monkeypatch):
     assert verify_password(password, password_of(cfg.directory.users_file, "demo@example.test"))
     assert f"mailappliance --config {cfg.path}" in out
     assert f"swaks --server 127.0.0.1 --port 5870 --tls --auth-user demo@example.test --auth-password '{password}'" in out
+    web_port = cfg.listen.web.split(":")[1]
+    assert cfg.listen.web == f"tcp:{web_port}:interface=127.0.0.1"
+    assert f"The status page (from this machine, no login): https://127.0.0.1:{web_port}/" in out
 
 
 def test_demo_hostname_and_existing_folder(capsys, tmp_path, monkeypatch):
@@ -336,3 +339,9 @@ def test_the_demo_prints_client_settings_that_verify_the_certificate(capsys, tmp
         f'user "demo@example.test" password "{password}"',
         f'ssl sslcertck sslcertfile "{cfg.tls.certificate}"',
         f'mda "cat > {tmp_path}/demo/fetched-$$.eml"']
+
+
+def test_the_demo_status_page_stays_on_loopback_and_moves_off_a_busy_port():
+    assert cli.demo_web_listen(try_bind=lambda address: None) == "tcp:8443:interface=127.0.0.1"
+    busy = cli.demo_web_listen(try_bind=lambda address: OSError(98, "in use"))
+    assert busy.startswith("tcp:") and busy.endswith(":interface=127.0.0.1") and busy != "tcp:8443:interface=127.0.0.1"
