@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.browser import chromium
 from tests.integration.harness import DOMAIN, PASSWORDS, make_message, wait_for
+from tests.integration.test_reload import reload, rewrite
 
 ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
 
@@ -90,20 +91,25 @@ def test_a_user_who_is_not_an_admin_is_refused(web_app, tmp_path):
                                rf"login={BOB} reason=\"not an admin\"", web_app.log()), timeout=5)
 
 
+def _metrics(app, login: str | None = None, password: str = "") -> tuple[int, dict, bytes]:
+    """GET /metrics over TLS, with HTTP Basic when a login is given: (status, headers, body)."""
+    context = app.tls_context()
+    context.check_hostname = False
+    request = urllib.request.Request(_url(app, "/metrics"))
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=20) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, dict(refused.headers), refused.read()
+
+
 def test_metrics_from_elsewhere_need_an_admin_over_basic(web_app):
     """What a Prometheus scrape from another host sees: a Basic challenge, then the metrics."""
-    context = web_app.tls_context()
-    context.check_hostname = False
 
     def get(login: str | None = None, password: str = "") -> tuple[int, dict, bytes]:
-        request = urllib.request.Request(_url(web_app, "/metrics"))
-        if login:
-            request.add_header("Authorization", "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode())
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=20) as answer:
-                return answer.status, dict(answer.headers), answer.read()
-        except urllib.error.HTTPError as refused:
-            return refused.code, dict(refused.headers), refused.read()
+        return _metrics(web_app, login, password)
 
     status, headers, _ = get()
     assert status == 401 and headers["WWW-Authenticate"].startswith('Basic realm="mailappliance status"')
@@ -114,3 +120,13 @@ def test_metrics_from_elsewhere_need_an_admin_over_basic(web_app):
     log = web_app.log()
     assert "auth-failed service=web peer=127.0.0.1 login=alice@example.test mech=basic" in log
     assert 'path=/metrics status=401 reason="no login"' in log
+
+
+def test_a_reload_that_names_a_new_admin_lets_them_in_and_keeps_the_page_serving(web_app):
+    """SIGHUP with the web listener on: [web] admins is read again, the listener keeps serving."""
+    assert _metrics(web_app, BOB, PASSWORDS["bob"])[0] == 403
+    rewrite(web_app, web={"allow_networks": "", "admins": f"{ALICE}, {BOB}"})
+    outcome = reload(web_app)
+    assert "reloaded" in outcome and "[web] admins" in outcome, outcome
+    assert _metrics(web_app, BOB, PASSWORDS["bob"])[0] == 200
+    assert _metrics(web_app, ALICE, PASSWORDS["alice"])[0] == 200
