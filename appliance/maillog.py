@@ -56,8 +56,9 @@ def received(qid: str, service: str, peer: str, sender: str, size: int, recipien
          rcpts=",".join(recipients), proto=protocol, login=login)
 
 
-def delivered(qid: str, rcpt: str, where: str, delay: float) -> None:
-    emit("delivered", id=qid, rcpt=rcpt, to=where, delay=f"{delay:.3f}")
+def delivered(qid: str, rcpt: str, where: str, delay: float, via: str = "") -> None:
+    """via: `local` (a mailbox or program here) or `relay` (handed to another server)."""
+    emit("delivered", id=qid, rcpt=rcpt, to=where, delay=f"{delay:.3f}", via=via)
 
 
 def deferred(qid: str, rcpt: str, reason: str, retry_in: float) -> None:

@@ -922,7 +922,8 @@ class QueueService(Service):
     def _delivered(self, where: str, envelope: Envelope, rcpt: Recipient) -> None:
         rcpt.state = DELIVERED
         rcpt.last_error = ""
-        maillog.delivered(envelope.id, rcpt.address, str(where), self._reactor.seconds() - envelope.received_at)
+        maillog.delivered(envelope.id, rcpt.address, str(where), self._reactor.seconds() - envelope.received_at,
+                          via="local" if rcpt.local else "relay")
 
     def _failed(self, failure: Failure, envelope: Envelope, rcpt: Recipient) -> None:
         """A courier's failure: its status says retry (4.x.y) or bounce (5.x.y); anything else is our bug."""
