@@ -120,6 +120,9 @@ class EventCounters:
         self._labels: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
+    def now(self) -> float:
+        return self._clock()
+
     def add(self, kind: str, label: str = "", count: int = 1) -> None:
         now = int(self._clock())
         with self._lock:
