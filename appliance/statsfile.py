@@ -2,7 +2,7 @@
 
 Why one small JSON file rewritten whole (and not an append-only log of events): the counters
 are already bounded (a day of minutes, a week of hours, only the buckets that hold something),
-so the file is too: usually a few kilobytes, at worst a few megabytes. Rewriting it once a
+so the file is too: a few kilobytes for a quiet week, a few hundred for a busy one. Rewriting it once a
 minute on a thread (durable.replace_file: temp file, fsync, rename) costs the SMTP path
 nothing, and a crash loses at most the last minute of counts, never the file.
 
@@ -27,7 +27,7 @@ FORMAT = "mailappliance-counters 1"
 RINGS = ("minute", "hour")
 MAX_BYTES = 16 * 1024 * 1024      # far above what the bounded counters can write
 MAX_BUCKETS = 20_000              # per ring (the rings hold 1440 and 168)
-MAX_KEYS = 5_000                  # (kind, label) pairs per bucket
+MAX_KEYS = 20_000                 # distinct (kind, label) pairs (the counters keep ~kinds x 64)
 MAX_TEXT = 500                    # characters of a kind or a label
 MAX_COUNT = 2**53                 # what a JSON number holds exactly
 
@@ -37,11 +37,27 @@ class StatsFileError(ValueError):
 
 
 def encode(snapshot: Snapshot, saved_at: float) -> bytes:
-    """The file's bytes: one JSON object, buckets as [number, [[kind, label, count], ...]]."""
-    document = {"format": FORMAT, "saved": saved_at,
-                **{ring: [[number, [[kind, label, n] for (kind, label), n in sorted(counts.items())]]
-                          for number, counts in snapshot.get(ring, ())] for ring in RINGS}}
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    """The file's bytes: one JSON object; each (kind, label) is written once in `keys`, and a
+    bucket is [number, [key index, count, key index, count, ...]].
+
+    Encoded bucket by bucket, not in one json.dumps call: the C encoder holds the interpreter
+    lock for as long as it runs (70 ms for a full week in one call), which would stall the
+    reactor thread that serves SMTP; between small calls the lock changes hands as usual.
+    """
+    index: dict[Key, int] = {}
+    rings = {}
+    for ring in RINGS:
+        buckets = []
+        for number, counts in snapshot.get(ring, ()):
+            flat: list[int] = []
+            for key, n in counts.items():
+                flat += (index.setdefault(key, len(index)), n)
+            buckets.append(json.dumps([number, flat], separators=(",", ":")))
+        rings[ring] = "[" + ",".join(buckets) + "]"
+    head = json.dumps({"format": FORMAT, "saved": saved_at, "keys": [list(key) for key in index]},
+                      separators=(",", ":"), ensure_ascii=True)
+    tail = "".join(f',"{ring}":{rings[ring]}' for ring in RINGS)
+    return (head[:-1] + tail + "}").encode("ascii")
 
 
 def decode(data: bytes) -> tuple[Snapshot, float]:
@@ -57,24 +73,36 @@ def decode(data: bytes) -> tuple[Snapshot, float]:
     saved = document.get("saved")
     if not _number(saved) or not math.isfinite(saved):
         raise StatsFileError("no valid `saved` time")
-    return {ring: _buckets(document.get(ring), ring) for ring in RINGS}, float(saved)
+    keys = _keys(document.get("keys"))
+    return {ring: _buckets(document.get(ring), ring, keys) for ring in RINGS}, float(saved)
 
 
-def _buckets(value: object, ring: str) -> list[tuple[int, dict[Key, int]]]:
+def _keys(value: object) -> list[Key]:
+    if not isinstance(value, list) or len(value) > MAX_KEYS:
+        raise StatsFileError(f"`keys` is not a list of at most {MAX_KEYS} [kind, label]")
+    keys = []
+    for key in value:
+        if not (isinstance(key, list) and len(key) == 2 and _text(key[0]) and _text(key[1])):
+            raise StatsFileError("a key is not [kind, label]")
+        keys.append((key[0], key[1]))
+    return keys
+
+
+def _buckets(value: object, ring: str, keys: list[Key]) -> list[tuple[int, dict[Key, int]]]:
     if not isinstance(value, list) or len(value) > MAX_BUCKETS:
         raise StatsFileError(f"`{ring}` is not a list of at most {MAX_BUCKETS} buckets")
     buckets = []
     for bucket in value:
         if not (isinstance(bucket, list) and len(bucket) == 2 and _whole(bucket[0]) and isinstance(bucket[1], list)
-                and len(bucket[1]) <= MAX_KEYS):
-            raise StatsFileError(f"a `{ring}` bucket is not [number, [[kind, label, count], ...]]")
+                and len(bucket[1]) % 2 == 0):
+            raise StatsFileError(f"a `{ring}` bucket is not [number, [key, count, ...]]")
         counts: dict[Key, int] = {}
-        for entry in bucket[1]:
-            if not (isinstance(entry, list) and len(entry) == 3 and _text(entry[0]) and _text(entry[1])
-                    and _whole(entry[2])):
-                raise StatsFileError(f"a count in `{ring}` bucket {bucket[0]} is not [kind, label, count]")
-            key = (entry[0], entry[1])
-            counts[key] = min(MAX_COUNT, counts.get(key, 0) + entry[2])
+        flat = bucket[1]
+        for at in range(0, len(flat), 2):
+            key, n = flat[at], flat[at + 1]
+            if not (_whole(key) and key < len(keys) and _whole(n)):
+                raise StatsFileError(f"a count in `{ring}` bucket {bucket[0]} is not [key index, count]")
+            counts[keys[key]] = min(MAX_COUNT, counts.get(keys[key], 0) + n)
         buckets.append((bucket[0], counts))
     return buckets
 

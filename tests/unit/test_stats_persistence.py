@@ -217,7 +217,8 @@ def test_restored_labels_stay_bounded(reactor, path):
     """A file holding many labels (hand-made, or from an older version) does not grow the labels."""
     minute = int(START // MINUTE)
     document = {"format": statsfile.FORMAT, "saved": START, "hour": [],
-                "minute": [[minute, [["rejected", f"reason {n}", 1] for n in range(500)]]]}
+                "keys": [["rejected", f"reason {n}"] for n in range(500)],
+                "minute": [[minute, [number for n in range(500) for number in (n, 1)]]]}
     with open(path, "w") as handle:
         json.dump(document, handle)
     counting = service(reactor, path)

@@ -50,10 +50,15 @@ def test_any_json_reads_or_is_refused(value):
     read(json.dumps(value).encode())
 
 
-@given(st.one_of(json_values, buckets.map(lambda b: [[n, [[k, l, c] for (k, l), c in d.items()]] for n, d in b])),
-       st.sampled_from(["minute", "hour", "saved", "format"]))
+flat_buckets = st.lists(st.tuples(st.integers(min_value=-2, max_value=2**41),
+                                  st.lists(st.integers(min_value=-2, max_value=6), max_size=8)).map(list), max_size=5)
+key_lists = st.lists(st.lists(st.text(max_size=10), min_size=1, max_size=3), max_size=5)
+
+
+@given(st.one_of(json_values, flat_buckets, key_lists), st.sampled_from(["minute", "hour", "keys", "saved", "format"]))
 def test_a_counters_file_with_any_one_part_changed_reads_or_is_refused(value, part):
-    document = {"format": statsfile.FORMAT, "saved": NOW, "minute": [], "hour": [], part: value}
+    document = {"format": statsfile.FORMAT, "saved": NOW, "keys": [["received", ""], ["rejected", "x"]],
+                "minute": [[int(NOW // 60), [0, 1, 1, 2]]], "hour": [], part: value}
     read(json.dumps(document).encode())
 
 
