@@ -9,7 +9,7 @@ import stat
 import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from appliance import maillog, stats, statsfile
 from appliance.stats import DAY, HOUR, MINUTE, WEEK, CountingService
@@ -25,7 +25,6 @@ class StatsLog:
 
     def _observe(self, event: dict) -> None:
         if event.get("log_namespace") == "stats":
-            from twisted.logger import formatEvent
             self.lines.append(formatEvent(event))
 
     def __enter__(self) -> "StatsLog":
