@@ -149,6 +149,10 @@ class _ScriptFree:
     @staticmethod
     def _point(dots: Any, name: str) -> None:
         value = label = ""
+        for circle in [child for child in dots if _local(child.tag) == "circle"]:
+            for axis in ("cx", "cy"):          # 17.096153846153847: a tenth of a pixel is plenty
+                if circle.get(axis):
+                    circle.set(axis, f"{float(circle.get(axis)):.1f}")
         for desc in [child for child in dots if _local(child.tag) == "desc"]:
             kind = (desc.get("class") or "").split()
             if kind[:1] in (["x"], ["y"]):
