@@ -75,8 +75,10 @@ def received(qid: str, service: str, peer: str, sender: str, size: int, recipien
          orig_rcpts=named if named != final else "", proto=protocol, login=login, parent=parent, session=session)
 
 
-def delivered(qid: str, rcpt: str, where: str, delay: float, original: str = "", parent: str = "") -> None:
-    emit("delivered", id=qid, rcpt=rcpt, orig_rcpt=original, to=where, delay=f"{delay:.3f}", parent=parent)
+def delivered(qid: str, rcpt: str, where: str, delay: float, original: str = "", parent: str = "",
+              via: str = "") -> None:
+    """via: `local` (a mailbox or program here) or `relay` (handed to another server)."""
+    emit("delivered", id=qid, rcpt=rcpt, orig_rcpt=original, to=where, delay=f"{delay:.3f}", via=via, parent=parent)
 
 
 def deferred(qid: str, rcpt: str, reason: str, retry_in: float, original: str = "", parent: str = "") -> None:

@@ -932,7 +932,8 @@ class QueueService(Service):
         rcpt.state = DELIVERED
         rcpt.last_error = ""
         maillog.delivered(envelope.id, rcpt.address, str(where), self._reactor.seconds() - envelope.received_at,
-                          original=rcpt.original, parent=envelope.parent)
+                          original=rcpt.original, parent=envelope.parent,
+                          via="local" if rcpt.local else "relay")
 
     def _failed(self, failure: Failure, envelope: Envelope, rcpt: Recipient) -> None:
         """A courier's failure: its status says retry (4.x.y) or bounce (5.x.y); anything else is our bug."""

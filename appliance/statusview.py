@@ -96,7 +96,7 @@ def _flow(report: Mapping[str, Any]) -> list[str]:
     r_hour, r_day = rejected.get("last_hour") or {}, rejected.get("last_day") or {}
     logins = report.get("failed_logins") or {}
     rows: list[tuple[str, object, object]] = []
-    for kind in ("received", "delivered", "deferred", "bounced", "rejected"):
+    for kind in ("received", "delivered", "relayed", "deferred", "bounced", "rejected"):
         rows.append((f"  {kind}", hour.get(kind, 0), day.get(kind, 0)))
         if kind == "rejected":
             for reason in sorted(r_day, key=lambda name: (-r_day[name], name)):

@@ -225,9 +225,11 @@ def _intake(cfg: configmod.Config, parts: Parts, wiring: Wiring, signer: Any) ->
 
 
 def _counting(top: ApplianceService, reactor: Any) -> Any:
-    """The counters of mail events (appliance.stats), started first so they see every event."""
+    """The counters of mail events (appliance.stats), started first so they see every event,
+    kept in state_dir across restarts."""
+    from appliance import statsfile
     from appliance.stats import CountingService
-    counting = CountingService(reactor.seconds)
+    counting = CountingService(reactor.seconds, statsfile.path_in(top.config.appliance.state_dir), scheduler=reactor)
     counting.setServiceParent(top)
     return counting
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from appliance import maillog, replies, stats
-from appliance.stats import DAY, HOUR, MINUTE, EventCounters, MailCounters
+from appliance.stats import DAY, HOUR, MINUTE, WEEK, EventCounters, MailCounters
 
 START = 1_800_000_000.0     # a whole minute: 30_000_000 * 60
 
@@ -68,6 +68,49 @@ def test_series_gives_one_count_per_minute_oldest_first(clock):
     assert counters.series("delivered", 4) == [0, 1, 0, 3]
 
 
+def test_the_hour_ring_keeps_a_week_after_the_minutes_have_gone(clock):
+    counters = EventCounters(clock)
+    counters.add("received", count=4)
+    clock.advance(2 * DAY)
+    counters.add("received")
+    assert counters.total("received", DAY) == 1
+    assert counters.total("received", WEEK) == 5
+    clock.advance(5 * DAY - HOUR)           # the first event's hour is the oldest of the week
+    assert counters.total("received", WEEK) == 5
+    clock.advance(HOUR)
+    assert counters.total("received", WEEK) == 1
+
+
+def test_timelines_of_an_hour_a_day_and_a_week(clock):
+    """Per minute for the hour, per 5 minutes for the day, per hour for the week: periods start at
+    multiples of their width, the last one is the current (partial) one."""
+    counters = EventCounters(clock)
+    counters.add("received", count=2)                   # at START, a whole hour
+    clock.advance(7 * MINUTE + 30)
+    counters.add("received")
+    counters.add("bounced")
+    starts, series = counters.timeline(("received", "bounced"), 60, MINUTE)
+    assert starts[-1] == START + 7 * MINUTE and starts[0] == starts[-1] - 59 * MINUTE
+    assert series["received"][-8:] == [2, 0, 0, 0, 0, 0, 0, 1] and sum(series["received"]) == 3
+    assert series["bounced"][-1] == 1 and sum(series["bounced"]) == 1
+    starts, series = counters.timeline(("received",), 288, 5 * MINUTE)
+    assert len(starts) == 288 and starts[-1] == START + 5 * MINUTE
+    assert series["received"][-2:] == [2, 1]
+    starts, series = counters.timeline(("received", "relayed"), 168, HOUR)
+    assert starts[-1] == START and series["received"][-1] == 3 and series["relayed"] == [0] * 168
+    clock.advance(3 * HOUR)
+    assert counters.series("received", 168, HOUR)[-4:] == [3, 0, 0, 0]
+    assert counters.series("received", 60) == [0] * 60
+
+
+def test_a_timeline_longer_than_its_ring_is_cut_and_odd_widths_are_refused(clock):
+    counters = EventCounters(clock)
+    assert len(counters.series("received", 5000, MINUTE)) == 24 * 60
+    assert len(counters.series("received", 5000, HOUR)) == 7 * 24
+    with pytest.raises(ValueError):
+        counters.series("received", 10, 90)
+
+
 def test_labels_are_counted_apart_and_bounded(clock):
     counters = EventCounters(clock, max_labels=3)
     for label in ("a", "b", "c", "d", "e", "a"):
@@ -81,17 +124,21 @@ def test_memory_stays_bounded_over_days_of_events_with_ever_new_labels(clock):
         counters.add("rejected", f"reason {minute}")
         counters.add("received")
         clock.advance(MINUTE)
-    assert len(counters._counts) == len(counters._minutes) == 24 * 60
-    assert max(len(bucket) for bucket in counters._counts) <= 2
+    minutes, hours = counters._minutes, counters._hours
+    assert len(minutes.counts) == len(minutes.numbers) == 24 * 60
+    assert len(hours.counts) == len(hours.numbers) == 7 * 24
+    assert max(len(bucket) for bucket in minutes.counts) <= 2
+    assert max(len(bucket) for bucket in hours.counts) <= stats.MAX_LABELS + 2
     assert len(counters._labels["rejected"]) == stats.MAX_LABELS
-    assert sum(sys.getsizeof(b) for b in counters._counts) < 2_000_000
+    assert sum(sys.getsizeof(b) for b in minutes.counts + hours.counts) < 2_000_000
     assert counters.total("received", DAY) == 24 * 60 - 1     # the current minute has none yet
     assert counters.by_label("rejected", HOUR) == {stats.OTHER: 59}
 
 
 def test_maillog_events_are_counted_as_the_status_screen_shows_them(counting):
     maillog.received("Q1", "smtp", "192.0.2.1", "a@example.org", 100, ["bob@example.test"], "ESMTP")
-    maillog.delivered("Q1", "bob@example.test", "/var/mail/bob", 0.1)
+    maillog.delivered("Q1", "bob@example.test", "/var/mail/bob", 0.1, via="local")
+    maillog.delivered("Q1", "carol@example.net", "mx.example.net[192.0.2.25]:25", 0.3, via="relay")
     maillog.deferred("Q2", "x@example.net", "4.4.3 MX lookup failed", 300)
     maillog.bounced("Q3", "y@example.net", "5.1.1 no such user")
     maillog.auth("submission", "192.0.2.9", "alice@example.test", False, "PLAIN", "bad password")
@@ -99,7 +146,7 @@ def test_maillog_events_are_counted_as_the_status_screen_shows_them(counting):
     maillog.rejected("smtp", "192.0.2.7", "RCPT", replies.UNKNOWN_USER.line().decode(), rcpt="no@example.test")
     counters = counting.counters
     assert {kind: counters.total(kind, HOUR) for kind in stats.FLOW} == {
-        "received": 1, "delivered": 1, "deferred": 1, "bounced": 1, "rejected": 1}
+        "received": 1, "delivered": 1, "relayed": 1, "deferred": 1, "bounced": 1, "rejected": 1}
     assert counters.by_label(stats.FAILED_LOGIN, DAY) == {"submission": 1}
     assert counters.by_label(stats.REJECTED, DAY) == {"unknown user 550 5.1.1": 1}
 

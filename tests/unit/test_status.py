@@ -179,8 +179,9 @@ REPORT = {
                  {"name": "submission", "endpoint": "tcp:587", "address": "0.0.0.0:587"}],
     "queue": {"messages": 2, "held": 0, "deferred": 1, "recipients": 2, "oldest": 3700,
               "reasons": [{"reason": "4.4.3 MX lookup for nowhere.example failed: timeout", "recipients": 1}]},
-    "mail": {"last_hour": {"received": 3, "delivered": 2, "deferred": 1, "bounced": 0, "rejected": 5},
-             "last_day": {"received": 40, "delivered": 38, "deferred": 4, "bounced": 1, "rejected": 60}},
+    "mail": {"last_hour": {"received": 3, "delivered": 2, "relayed": 1, "deferred": 1, "bounced": 0, "rejected": 5},
+             "last_day": {"received": 40, "delivered": 38, "relayed": 7, "deferred": 4, "bounced": 1,
+                          "rejected": 60}},
     "rejected": {"last_hour": {"unknown user 550 5.1.1": 3, "greylist 451 4.7.1": 2},
                  "last_day": {"unknown user 550 5.1.1": 40, "greylist 451 4.7.1": 12, "dnsbl 554 5.7.1": 8}},
     "failed_logins": {"last_hour": 1, "last_day": 9},
@@ -201,10 +202,11 @@ def test_the_screen_shows_every_part_in_aligned_columns():
     assert "  deferred   1  4.4.3 MX lookup for nowhere.example failed: timeout" in screen
     table = screen[screen.index(next(line for line in screen if line.startswith("mail "))):]
     table = table[:next(n for n, line in enumerate(table) if line.startswith("failed logins")) + 1]
-    assert len(table) == 10
+    assert len(table) == 11
     assert len({len(line) for line in table}) == 1     # the numbers' columns line up under their heads
     rows = {line[:30].strip(): line[30:].split() for line in table}
     assert rows["received"] == ["3", "40"] and rows["rejected"] == ["5", "60"]
+    assert rows["delivered"] == ["2", "38"] and rows["relayed"] == ["1", "7"]
     assert rows["unknown user 550 5.1.1"] == ["3", "40"]
     assert rows["dnsbl 554 5.7.1"] == ["0", "8"]
     assert rows["failed logins"] == ["1", "9"]
