@@ -55,6 +55,10 @@ def test_an_admin_logs_in_and_sees_the_mail_sent_and_the_plots(web_app, tmp_path
         assert _number(driver, "rejected-last_hour") == 0
         for span in ("hour", "day", "week"):
             assert driver.find_elements("css selector", f"#plot-{span} svg"), span
+        # The hour plot's "received" series has a data point for the two messages (pygal's value desc).
+        values = [int(float(v)) for v in re.findall(r'<desc class="value">([0-9.]+)</desc>',
+                                                    driver.find_element("id", "plot-hour").get_attribute("innerHTML"))]
+        assert 2 in values or sum(values) >= 4, values
         services = driver.find_element("id", "services").text
         assert re.search(rf"web .*127\.0\.0\.1:{web_app.ports['web']}", services), services
         assert f"Logged in as {ALICE}" in driver.page_source
