@@ -92,6 +92,9 @@ def test_start_up_is_a_few_lines_and_twisted_says_nothing_at_the_default_level(s
     app.stop()
     lines = mail_lines(app)
     start = lines[:next(i for i, line in enumerate(lines) if line.startswith("started")) + 1]
+    # The config's own warnings (this test config has no postmaster alias) are the operator's to
+    # fix, not chatter: what is bounded is everything else.
+    start = [line for line in start if not line.startswith("config-warning ")]
     assert len(start) <= 10, "\n".join(start)
     summary = "\n".join(start)
     for name in ALL_SERVICES:
