@@ -87,10 +87,14 @@ class RecipientResolver:
         return (yield self._finals(self._catch_all(rcpt), rcpt))
 
     @defer.inlineCallbacks
-    def _finals(self, targets: list[str], rcpt: str) -> Any:
-        result = []
+    def _finals(self, targets: list[str], rcpt: str, depth: int = 0) -> Any:
+        """Deferred[list[Recipient]], one per mailbox or address: a user named both in the aliases
+        file and in a directory group that the file names still gets one copy."""
+        result: list[Recipient] = []
         for target in targets:
-            result.append((yield self._final(target, rcpt)))
+            for recipient in (yield self._final(target, rcpt, depth)):
+                if all(recipient.address != r.address for r in result):
+                    result.append(recipient)
         return result
 
     @defer.inlineCallbacks
@@ -108,6 +112,13 @@ class RecipientResolver:
                 raise SMTPReplyError(replies.ALIAS_LOOP)
             if targets is not None:
                 return targets
+        return (yield self._expand_directory(addr, depth))
+
+    @defer.inlineCallbacks
+    def _expand_directory(self, addr: str, depth: int) -> Any:
+        """Deferred[list[str] | None]: the directory's own alias, list or forward for `addr`,
+        members expanded in turn (`expand`), refused when deeper than MAX_DIRECTORY_ALIAS_DEPTH
+        or when a value reads as a command or file."""
         directory_aliases = getattr(self.directory, "resolve_alias", None)
         if directory_aliases is None:
             return None
@@ -149,18 +160,30 @@ class RecipientResolver:
         return [target]
 
     @defer.inlineCallbacks
-    def _final(self, target: str, rcpt: str) -> Any:
-        """One expanded target: a local user that must exist, a remote address to forward to, or a
-        command (`|cmd`) or file (`/path`) that the aliases file may name when allow_commands is on."""
+    def _final(self, target: str, rcpt: str, depth: int = 0) -> Any:
+        """Deferred[list[Recipient]] for one expanded target: a local user, a remote address to
+        forward to, a command (`|cmd`) or file (`/path`) that the aliases file may name when
+        allow_commands is on, or a directory list (nisMailAlias, groupOfNames) and its members.
+
+        The aliases file's targets are final for the file, but `sales: staff@...` may name a list
+        that lives in the directory: it is expanded as if staff@ had been given at RCPT, through
+        the same path (depth limit, no commands or files from the directory). A user is looked
+        up first, so a file alias to a user still delivers to the mailbox, as it always has.
+        `depth` counts the lists passed on the way here, so a loop through the aliases file and
+        the directory (sales -> staff -> sales) ends in 550 5.4.6 too.
+        """
         if target.startswith(("|", "/")):
-            return Recipient(address=target, local=True, original=rcpt)
+            return [Recipient(address=target, local=True, original=rcpt)]
         if not address.in_domains(target, self.domains):
-            return Recipient(address=address.normalise(target), local=False, original=_unless_same(rcpt, target))
+            return [Recipient(address=address.normalise(target), local=False, original=_unless_same(rcpt, target))]
         user = yield self.directory.lookup(target)
-        if user is None:
+        if user is not None:
+            return [Recipient(address=_mailbox_address(user.address, rcpt), local=True,
+                              original=_unless_same(rcpt, user.address))]
+        members = yield self._expand_directory(target, depth)
+        if members is None:
             raise SMTPReplyError(replies.UNKNOWN_USER)
-        return Recipient(address=_mailbox_address(user.address, rcpt), local=True,
-                         original=_unless_same(rcpt, user.address))
+        return (yield self._finals(members, rcpt, depth + 1))
 
 
 def _mailbox_address(found: str, rcpt: str) -> str:

@@ -105,3 +105,30 @@ def test_directory_lists_expand_recursively_and_loops_stop():
     r = RecipientResolver(ldap, None, ("example.test",))
     assert [a for a, *_ in resolve(r, "staff@example.test")] == ["alice@example.test", "bob@example.test"]
     assert reply_of(r, "loop@example.test").startswith("550 5.4.6")
+
+
+def test_aliases_file_target_that_is_a_directory_list_expands_to_its_members(tmp_path):
+    ldap = LDAPLike({"staff@example.test": ["alice@example.test", "team@example.test"],
+                     "team@example.test": ["bob@example.test", "outside@elsewhere.test"]})
+    r = RecipientResolver(ldap, table(tmp_path, "sales: staff@example.test, alice\n"), ("example.test",))
+    assert resolve(r, "sales@example.test") == [("alice@example.test", True, "sales@example.test", ""),
+                                                 ("bob@example.test", True, "sales@example.test", ""),
+                                                 ("outside@elsewhere.test", False, "sales@example.test", "")]
+    assert reply_of(r, "nobody@example.test").startswith("550 5.1.1")
+
+
+def test_aliases_file_target_neither_user_nor_list_is_still_refused(tmp_path):
+    r = RecipientResolver(LDAPLike({}), table(tmp_path, "sales: ghost@example.test\n"), ("example.test",))
+    assert reply_of(r, "sales@example.test").startswith("550 5.1.1")
+
+
+def test_loop_through_aliases_file_and_directory_list_is_refused(tmp_path):
+    ldap = LDAPLike({"staff@example.test": ["alice@example.test", "sales@example.test"]})
+    r = RecipientResolver(ldap, table(tmp_path, "sales: staff@example.test\n"), ("example.test",))
+    assert reply_of(r, "sales@example.test").startswith("550 5.4.6")
+
+
+def test_command_in_a_directory_list_named_by_the_aliases_file_is_refused(tmp_path):
+    ldap = LDAPLike({"staff@example.test": ["alice@example.test", "|/bin/sh -c id"]})
+    r = RecipientResolver(ldap, table(tmp_path, "sales: staff@example.test\n"), ("example.test",))
+    assert reply_of(r, "sales@example.test") == "550 5.7.1 Recipient address rejected: delivery target not allowed"
