@@ -167,6 +167,18 @@ def test_nis_mail_alias_and_group_give_each_member_one_copy(ldap, slapd):
     assert not os.path.exists(app.mailbox_path("nomail@example.test"))
 
 
+def test_aliases_file_alias_to_a_directory_group_or_alias_reaches_its_members(ldap, slapd, tmp_path):
+    """`sales: staff@...` in the aliases file, where staff@ is a groupOfNames in LDAP (and
+    `help:` a nisMailAlias): the members get the mail, as if the group had been written to."""
+    aliases = tmp_path / "aliases.file"
+    aliases.write_text("sales: staff@example.test\nhelp: postmaster@example.test, alice\n")
+    app = ldap.appliance(slapd.url, aliases={"file": str(aliases)})
+    assert send(app, ["sales@example.test"], "to sales") == {}
+    assert send(app, ["help@example.test"], "to help") == {}
+    for user in ("alice", "bob"):
+        wait_for_subjects(app, user, ["to sales", "to help"])
+
+
 # ---- SMTP AUTH -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
