@@ -288,16 +288,18 @@ def directory_probe(config: Config) -> Iterator[Known]:
 
 
 def _ask(client: LDAPClient, address: str, deadline: float) -> bool | None:
-    """Whether a user entry has that address; None when LDAP does not say.
+    """Whether a user entry, a nisMailAlias or a group has that address; None when LDAP does not say.
 
-    A user only, not a nisMailAlias or a group: the final targets of the aliases file (and the
-    catch-all's) are looked up as users (intake.RecipientResolver._final), so a file alias that
-    names a directory group is refused 550 like one that names nobody.
+    The final targets of the aliases file (and the catch-all's) are delivered to a user, or
+    expanded when they name a directory list (intake.RecipientResolver._final), so only an
+    address that is neither is refused 550 5.1.1. The list's members are not looked at here:
+    `user show` prints them, and the directory is theirs to keep right.
     """
     if time.monotonic() >= deadline:
         return None
     try:
-        return client.find_user(address, deadline) is not None
+        return (client.find_user(address, deadline) is not None
+                or client.find_alias(address, deadline) is not None)
     except DirectoryUnavailable:
         return None
 

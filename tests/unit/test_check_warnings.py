@@ -263,6 +263,30 @@ def test_alias_targets_ldap_does_not_answer_for_are_counted_in_one_line(capsys, 
                         "directory did not answer in time (first: alice@example.test)"]
 
 
+class GroupDirectory(SlowDirectory):
+    """An LDAP client that has the user alice@ and the group staff@, and nothing else."""
+
+    def find_user(self, address: str, deadline: float):
+        return object() if address == "alice@example.test" else None
+
+    def find_alias(self, address: str, deadline: float):
+        return ["alice@example.test"] if address == "staff@example.test" else None
+
+
+def test_an_alias_to_a_directory_group_is_fine_one_to_nobody_is_not(capsys, site, monkeypatch):
+    """The server expands a file alias's target that is an LDAP group (intake.RecipientResolver._final)."""
+    monkeypatch.setattr(checks, "LDAPClient", GroupDirectory)
+    (site / "ldap.secret").write_text("s3cret\n")
+    (site / "aliases").write_text(ROLES + "sales: staff@example.test\nsupport: stafff@example.test\n")
+    with open(site / "mailappliance.conf", "a") as f:
+        f.write("\n[directory]\nbackend = ldap\n\n[ldap]\nurl = ldap://ldap.example.test\n"
+                "bind_dn = cn=m,dc=example,dc=test\nbind_password_file = ldap.secret\nbase_dn = dc=example,dc=test\n")
+    code, warnings, _ = check(capsys, site)
+    assert code == 0
+    assert warnings == [f"{site}/aliases:4: warning: support@example.test -> stafff@example.test: no such user; "
+                        "mail to support@example.test is refused (550 5.1.1)"]
+
+
 def test_the_hostname_line_is_found_however_the_key_is_spelled(capsys, site):
     conf = site / "mailappliance.conf"
     conf.write_text("# mail server\n" + CONF.replace("hostname = mail.example.test", "HostName=mail.other.test"))
