@@ -170,14 +170,18 @@ def _trial_binds(cfg: config.Config) -> tuple[list[str], list[str]]:
     """Bind and close every [listen] address, unless our daemon runs (its own ports are busy then)."""
     if listenbind.daemon_running(cfg.appliance.state_dir):
         return [], []
-    listen = {name: getattr(cfg.listen, name) for name in _DEMO_PORTS}
-    problems, warnings = listenbind.bind_problems(listen)
+    problems, warnings = listenbind.bind_problems(_listeners(cfg))
     return [f"{cfg.path}: {problem}" for problem in problems], warnings
+
+
+def _listeners(cfg: config.Config) -> dict[str, str]:
+    """Every [listen] key with its endpoint ("" when off): the mail services and the web listener."""
+    return dataclasses.asdict(cfg.listen)
 
 
 def summary(cfg: config.Config, directory: str | None = None) -> list[str]:
     """What `check` prints when all is well; `directory` is what the LDAP check found."""
-    services = [(name, getattr(cfg.listen, name)) for name in _DEMO_PORTS if getattr(cfg.listen, name)]
+    services = [(name, endpoint) for name, endpoint in _listeners(cfg).items() if endpoint]
     lines = [f"{cfg.path}: OK",
              f"hostname    {cfg.appliance.hostname}",
              f"domains     {', '.join(cfg.appliance.domains)}"]

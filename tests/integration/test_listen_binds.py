@@ -46,6 +46,16 @@ def test_check_tries_the_binds_and_names_the_busy_port(appliance):
     assert (result.returncode, result.stdout, result.stderr) == (1, "", busy_line(appliance) + "\n")
 
 
+def test_check_tries_the_web_listener_too_and_lists_it(tmp_path):
+    web = Appliance(str(tmp_path / "web"), services=("smtp", "web"))
+    web.setup()
+    with hold(web.ports["web"]):
+        result = web.cli("check", check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", busy_line(web, "web") + "\n")
+    listed = web.cli("check").stdout
+    assert f"web         tcp:{web.ports['web']}:interface=127.0.0.1" in listed.splitlines(), listed
+
+
 def test_start_with_a_busy_port_is_one_line_not_a_traceback(appliance):
     with hold(appliance.ports["submission"]), pytest.raises(ApplianceError):
         appliance.start()
