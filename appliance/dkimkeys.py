@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from appliance import durable
+
 RSA_BITS = 2048              # RFC 8301 3.2: at least 1024, 2048 recommended; 4096 does not fit many DNS UIs
 RSA, ED25519 = "rsa", "ed25519"
 ALGORITHMS = (RSA, ED25519)
@@ -99,7 +101,7 @@ def generate(folder: str, domain: str, selector: str, algorithms: tuple[str, ...
     _make_folder(folder, owner)
     _make_folder(os.path.join(folder, domain), owner)
     for path, algorithm in zip(paths, algorithms):
-        _write_private(path, new_private_pem(algorithm), owner)
+        durable.replace_file(path, new_private_pem(algorithm), FILE_MODE, owner=owner)
     return paths
 
 
@@ -111,28 +113,6 @@ def _make_folder(path: str, owner: tuple[int, int] | None) -> None:
     os.chmod(path, FOLDER_MODE)        # makedirs' mode is masked by the umask
     if owner is not None:
         os.chown(path, *owner)
-
-
-def _write_private(path: str, pem: bytes, owner: tuple[int, int] | None) -> None:
-    """Atomically: a 0600 temporary file beside `path`, fsync'ed, renamed over it.
-
-    The file is 0600 from its creation (O_CREAT mode), never readable by others for a moment.
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fchmod(handle.fileno(), FILE_MODE)
-            if owner is not None:
-                os.fchown(handle.fileno(), *owner)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def owner_for(state_dir: str, folder: str) -> tuple[int, int] | None:

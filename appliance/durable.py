@@ -19,9 +19,11 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def replace_file(path: str, data: bytes, mode: int = 0o600, *, sync_dir: bool = True) -> None:
-    """Replace `path` whole with `data`. With sync_dir=False the caller syncs the folder itself
-    (once for several files)."""
+def replace_file(path: str, data: bytes, mode: int = 0o600, *, sync_dir: bool = True,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` whole with `data`, `mode` from its creation (never readable by others for a
+    moment) and given to `owner` (uid, gid) before it appears. With sync_dir=False the caller
+    syncs the folder itself (once for several files)."""
     folder = os.path.dirname(path)
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -29,6 +31,8 @@ def replace_file(path: str, data: bytes, mode: int = 0o600, *, sync_dir: bool = 
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -1,6 +1,8 @@
 """Fixtures that give each integration test its own running appliance (see harness.py)."""
 from __future__ import annotations
 
+import socket
+
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -54,3 +56,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed and report.when == "call":   # setup failures already carry the log
         for number, appliance in enumerate(getattr(item, "appliances", [])):
             report.sections.append((f"appliance {number} log", appliance.diagnostics()))
+
+
+@pytest.fixture
+def silent_nameserver() -> Iterator[str]:
+    """A `[delivery] nameservers` value whose UDP port takes queries and never answers: mail for
+    remote domains is deferred 4.4.3 and stays queued."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    yield f"127.0.0.1:{silent.getsockname()[1]}"
+    silent.close()

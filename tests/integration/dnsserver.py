@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 
-from tests.integration.harness import default_bindir
+from tests.integration.harness import default_bindir, end_process, log_tail
 
 START_TIMEOUT = 15.0
 
@@ -123,20 +123,10 @@ class DNSServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        end_process(self.process, 5)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     @property
     def nameserver(self) -> str:

@@ -45,6 +45,27 @@ def default_bindir() -> str:
 _handed_out: set[int] = set()
 
 
+def end_process(process: "subprocess.Popen | None", timeout: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout`: a helper daemon the tests started (DNS, spamd, ...)."""
+    if process is None or process.poll() is not None:
+        return None if process is None else process.returncode
+    process.terminate()
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout)
+
+
+def log_tail(path: str, lines: int = 30) -> str:
+    """The last lines of a helper daemon's log, for the message of a test that failed to start it."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now.
 
@@ -198,14 +219,7 @@ class Appliance:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.terminate()
-        try:
-            return self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(STOP_TIMEOUT)
+        return end_process(self.process, STOP_TIMEOUT)
 
     def kill9(self) -> None:
         """Simulate a crash or power loss of the process: no shutdown code runs."""

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 
-from tests.integration.harness import free_port, require_program
+from tests.integration.harness import end_process, free_port, log_tail, require_program
 
 START_TIMEOUT = 60.0           # spamd compiles its rules first: seconds on a busy 2-core machine
 UNPRIVILEGED = "nobody"
@@ -94,22 +94,12 @@ class _Daemon:
 
     def stop(self, remove: bool = True) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process)
         if remove:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     @property
     def address(self) -> str:

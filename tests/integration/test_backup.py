@@ -11,11 +11,8 @@ from __future__ import annotations
 import imaplib
 import os
 import re
-import socket
 import threading
 import time
-
-import pytest
 
 from tests.integration.harness import (DOMAIN, HOSTNAME, Appliance, ApplianceError, make_message, render_config,
                                        wait_for)
@@ -28,14 +25,6 @@ SLOW_RETRIES = {"retry_initial": "3600", "retry_max": "3600"}
 MAX_ARRIVALS = 400      # the arrival loop's bounds: messages, and seconds
 ARRIVALS_SECONDS = 60.0
 
-
-@pytest.fixture
-def silent_dns():
-    """A UDP port that takes DNS queries and never answers: mail for remote domains stays queued."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    yield f"127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
 
 
 def imap(app: Appliance) -> IMAPS:
@@ -158,9 +147,9 @@ def new_machine(tmp_path, old: Appliance) -> Appliance:
 
 
 def test_a_backup_taken_while_mail_arrives_restores_the_same_mailboxes_and_queue(make_appliance, tmp_path,
-                                                                                  storage, silent_dns):
+                                                                                  storage, silent_nameserver):
     old = make_appliance(storage=storage, services=SERVICES, relay={"trusted_networks": "127.0.0.1/32"},
-                         delivery={"nameservers": silent_dns}, queue=SLOW_RETRIES)
+                         delivery={"nameservers": silent_nameserver}, queue=SLOW_RETRIES)
     shape_the_mailbox(old)
     before = mailbox_state(old)
     uidls = pop3_uidls(old)

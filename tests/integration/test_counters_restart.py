@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import smtplib
-import socket
 import stat
 
 import pytest
@@ -15,14 +14,6 @@ from tests.integration.test_status import row
 ALICE = f"alice@{DOMAIN}"
 FAR = "carol@far.example"
 
-
-@pytest.fixture
-def silent_nameserver():
-    """A UDP port that takes DNS queries and never answers: the smarthost keeps what it relays."""
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    yield f"127.0.0.1:{silent.getsockname()[1]}"
-    silent.close()
 
 
 def flow(screen: str) -> dict[str, list[str]]:

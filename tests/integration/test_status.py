@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import socket
 import time
 
 import pytest
@@ -24,14 +23,6 @@ def row(screen: str, label: str) -> list[str]:
             return line[len(line.rstrip()) - 20:].split()
     raise AssertionError(f"no row {label!r} in:\n{screen}")
 
-
-@pytest.fixture
-def silent_nameserver():
-    """A UDP port that takes DNS queries and never answers: remote mail is deferred 4.4.3."""
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    yield f"127.0.0.1:{silent.getsockname()[1]}"
-    silent.close()
 
 
 def test_status_shows_the_mail_the_queue_the_ports_and_the_certificate(make_appliance, silent_nameserver):
