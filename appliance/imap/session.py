@@ -45,7 +45,9 @@ from appliance.transport import no_delay
 MAX_LINE = 65536                # one command line; UID sets from sync clients can be long
 MAX_ERRORS = 20                 # BAD replies in a row (no good command between them) before BYE
 CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-                b"UNSELECT", b"SPECIAL-USE", b"CHILDREN"]
+                b"UNSELECT", b"SPECIAL-USE", b"CHILDREN",
+                b"LIST-EXTENDED",
+                b"LIST-STATUS"]
 
 
 class LoginCommands:
