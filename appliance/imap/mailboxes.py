@@ -5,6 +5,7 @@ does the blocking work in the disk pool; names arrive in modified UTF-7 and leav
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.mail import imap4
@@ -17,6 +18,17 @@ from appliance.imap.backend import DELIMITER, SYSTEM_FLAGS, Account, MailboxErro
 from appliance.imap.parse import MAX_STRING_LITERAL, Arguments, mailbox_name, quote_name
 
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+
+
+def _after_space(parser: Callable) -> Callable:
+    """`parser` for the argument after a mailbox name, skipping the SP between them.
+
+    A quoted or atom name's parser takes that SP itself; after a literal name (`STATUS {5}`) the
+    rest of the line starts with it, and the stock parsers refuse ` (MESSAGES)`.
+    """
+    def parse(self: Any, line: bytes) -> Any:
+        return parser(self, line[1:] if line.startswith(b" ") else line)
+    return parse
 
 
 class MailboxCommands:
@@ -147,7 +159,7 @@ class MailboxCommands:
         d.addCallback(self._status, tag, folder_name, wanted)
         d.addErrback(self._fail, tag)
 
-    auth_STATUS = select_STATUS = (do_STATUS, Arguments.arg_astring, Arguments.arg_plist)
+    auth_STATUS = select_STATUS = (do_STATUS, Arguments.arg_astring, _after_space(Arguments.arg_plist))
 
     def _status(self, snapshot: Any, tag: bytes, name: str, wanted: list[bytes]) -> None:
         self.sendUntaggedResponse(self._status_response(snapshot, name, wanted))
@@ -183,5 +195,6 @@ class MailboxCommands:
             lambda _: self._reply(tag, replies.IMAP_APPENDED, data=b"%d %d" % result)))
         d.addErrback(self._fail, tag)
 
-    auth_APPEND = select_APPEND = (do_APPEND, Arguments.arg_astring, Arguments.opt_flags_date, Arguments.arg_literal)
+    auth_APPEND = select_APPEND = (do_APPEND, Arguments.arg_astring, _after_space(Arguments.opt_flags_date),
+                                   Arguments.arg_literal)
 

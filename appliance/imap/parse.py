@@ -46,7 +46,12 @@ def _parse_date(text: str) -> float:
 def mailbox_name(raw: bytes) -> str:
     """A client's mailbox name (modified UTF-7, RFC 3501 5.1.3) as the store's normal form."""
     try:
-        return normalise(raw.decode("imap4-utf-7"))
+        name = raw.decode("imap4-utf-7")
+        # Only the one canonical spelling (RFC 3501 5.1.3: no ASCII inside &...-, no bare &): else
+        # `&AGE-` would be stored as `a`, and LIST would show a name the client never created.
+        if name.encode("imap4-utf-7") != raw:
+            raise ValueError("not canonical modified UTF-7")
+        return normalise(name)
     except Exception:
         reply = replies.IMAP_NAME_ENCODING
         raise MailboxError(reply.text, reply.code) from None
