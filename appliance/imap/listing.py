@@ -55,7 +55,7 @@ def matcher(pattern: str, delimiter: str) -> Callable[[str], bool]:
                 token = tokens[i]
                 if token == "*" or (token == "%" and char != delimiter):
                     step.add(i)
-                elif token == char or (fold and token.upper() == char):
+                elif token == char or (fold and token.isascii() and token.upper() == char):
                     step.add(i + 1)
             if not step:
                 return False
