@@ -158,13 +158,13 @@ def parse_request(tokens: list[bytes], status_items: Iterable[bytes], lsub: bool
     rest = list(tokens)
     selection: set[str] = set()
     extended = False
-    if not lsub and rest and _is_paren(rest[0]) and rest[0] == OPEN:
+    if not lsub and rest and _is_open(rest[0]):
         selection, rest = _options(rest, SELECTION_OPTIONS, "selection")
         extended = True
     if len(rest) < 2 or _is_paren(rest[0]):
         raise ListSyntaxError("Missing reference or pattern")
     reference, rest = rest[0], rest[1:]
-    if _is_paren(rest[0]) and rest[0] == OPEN and not lsub:
+    if _is_open(rest[0]) and not lsub:
         end = _close(rest)
         patterns = list(rest[1:end])
         if not patterns or len(patterns) > MAX_PATTERNS or any(_is_paren(p) for p in patterns):
@@ -187,14 +187,23 @@ def parse_request(tokens: list[bytes], status_items: Iterable[bytes], lsub: bool
 
 
 def _is_paren(token: bytes) -> bool:
-    return isinstance(token, Atom) and token in (OPEN, CLOSE)
+    return _is_open(token) or _is_close(token)
+
+
+def _is_open(token: bytes) -> bool:
+    """`(` as syntax; a quoted "(" is a name."""
+    return isinstance(token, Atom) and token == OPEN
+
+
+def _is_close(token: bytes) -> bool:
+    return isinstance(token, Atom) and token == CLOSE
 
 
 def _close(tokens: list[bytes]) -> int:
     """The index of the `)` closing the `(` at tokens[0]; only one level of nesting is valid here."""
     for i, token in enumerate(tokens[1:], 1):
         if _is_paren(token):
-            if token == CLOSE:
+            if _is_close(token):
                 return i
             raise ListSyntaxError("Nested list")
     raise ListSyntaxError("Missing )")
@@ -213,18 +222,18 @@ def _options(tokens: list[bytes], known: set[str], kind: str) -> tuple[set[str],
 
 def _return_options(tokens: list[bytes], status_items: set[bytes]) -> tuple[set[str], list[bytes]]:
     """`(SUBSCRIBED CHILDREN STATUS (MESSAGES UNSEEN) ...)`; unknown options are BAD (RFC 5258 3)."""
-    if not _is_paren(tokens[0]) or tokens[0] != OPEN:
+    if not _is_open(tokens[0]):
         raise ListSyntaxError("Expected ( after RETURN")
     options: set[str] = set()
     status: list[bytes] = []
     i = 1
-    while i < len(tokens) and tokens[i] != CLOSE:
+    while i < len(tokens) and not _is_close(tokens[i]):
         word = tokens[i].decode("ascii", "replace").upper()
         if not isinstance(tokens[i], Atom) or word not in RETURN_OPTIONS:
             raise ListSyntaxError("Unknown return option")
         options.add(word)
         if word == "STATUS":
-            end = i + 1 + _close(tokens[i + 1:]) if i + 1 < len(tokens) and tokens[i + 1] == OPEN else -1
+            end = i + 1 + _close(tokens[i + 1:]) if i + 1 < len(tokens) and _is_open(tokens[i + 1]) else -1
             items = [t.upper() for t in tokens[i + 2:end]] if end > 0 else []
             if not items or any(item not in status_items for item in items):
                 raise ListSyntaxError("Invalid STATUS items")
@@ -290,7 +299,7 @@ def select(request: ListRequest, reference: str, patterns: list[str], account: S
     if request.extended:
         universe |= account.subscribed | {p for name in account.subscribed for p in ancestors(name, delim)}
     entries = []
-    for name in _ordered(universe, account.names):
+    for name in _ordered(universe):
         if not wanted(name):
             continue
         entry = _extended_entry(request, name, account, existing, parents) if request.extended \
@@ -300,19 +309,19 @@ def select(request: ListRequest, reference: str, patterns: list[str], account: S
     return entries
 
 
-def _ordered(names: Iterable[str], existing: list[str]) -> list[str]:
+def _ordered(names: Iterable[str]) -> list[str]:
     """INBOX first, then by name: a stable order that clients can diff."""
     return sorted(set(names), key=lambda name: (name != "INBOX", name))
 
 
-def _children(name: str, existing: set[str], parents: set[str]) -> str:
+def _children(name: str, parents: set[str]) -> str:
     return "\\HasChildren" if name in parents else "\\HasNoChildren"
 
 
 def _basic_entry(name: str, account: Snapshot, existing: set[str], parents: set[str]) -> Entry | None:
     """RFC 3501 LIST: folders, and the levels above them as \\Noselect; subscriptions play no part."""
     if name in existing:
-        return Entry(name, [_children(name, existing, parents)] + _special(name, account), selectable=True)
+        return Entry(name, [_children(name, parents)] + _special(name, account), selectable=True)
     if name in parents:
         return Entry(name, ["\\Noselect", "\\HasChildren"])
     return None
@@ -344,7 +353,7 @@ def _extended_entry(request: ListRequest, name: str, account: Snapshot, existing
     if not exists:
         attributes.append("\\NonExistent")
     if "CHILDREN" in request.returns:
-        attributes.append(_children(name, existing, parents))
+        attributes.append(_children(name, parents))
     attributes += _special(name, account) if exists else []
     return Entry(name, attributes, childinfo, selectable=exists)
 
@@ -369,13 +378,13 @@ def _lsub(account: Snapshot, wanted: Callable[[str], bool], existing: set[str], 
     parents = {parent for name in existing for parent in ancestors(name, account.delimiter)}
     levels = {parent for name in account.subscribed for parent in ancestors(name, account.delimiter)}
     entries = []
-    for name in _ordered(account.subscribed | (levels if trailing_percent else set()), account.names):
+    for name in _ordered(account.subscribed | (levels if trailing_percent else set())):
         if not wanted(name):
             continue
         if name not in account.subscribed:
             entries.append(Entry(name, ["\\Noselect"]))
         elif name in existing:
-            entries.append(Entry(name, [_children(name, existing, parents)] + _special(name, account), selectable=True))
+            entries.append(Entry(name, [_children(name, parents)] + _special(name, account), selectable=True))
         else:
             entries.append(Entry(name, []))
     return entries
