@@ -298,11 +298,15 @@ def select(request: ListRequest, reference: str, patterns: list[str], account: S
     universe = existing | parents
     if request.extended:
         universe |= account.subscribed | {p for name in account.subscribed for p in ancestors(name, delim)}
+    chosen_below: set[str] = set()
+    if "RECURSIVEMATCH" in request.selection:
+        chosen_below = {parent for name in universe if _chosen(request, name, account, existing, parents)
+                        for parent in ancestors(name, delim)}
     entries = []
     for name in _ordered(universe):
         if not wanted(name):
             continue
-        entry = _extended_entry(request, name, account, existing, parents) if request.extended \
+        entry = _extended_entry(request, name, account, existing, parents, chosen_below) if request.extended \
             else _basic_entry(name, account, existing, parents)
         if entry is not None:
             entries.append(entry)
@@ -332,23 +336,31 @@ def _special(name: str, account: Snapshot) -> list[str]:
     return [special] if special else []
 
 
-def _extended_entry(request: ListRequest, name: str, account: Snapshot, existing: set[str],
-                    parents: set[str]) -> Entry | None:
-    """RFC 5258 3: selection options choose the names, return options decorate them."""
-    subscribed = name in account.subscribed
-    exists = name in existing
-    chosen = exists or name in parents           # without SUBSCRIBED, only folders and their levels
+def _chosen(request: ListRequest, name: str, account: Snapshot, existing: set[str], parents: set[str]) -> bool:
+    """Whether `name` meets the selection options (RFC 5258 3.1); without any, folders and their levels do."""
+    chosen = name in existing or name in parents
     if "SUBSCRIBED" in request.selection:
-        chosen = subscribed
+        chosen = name in account.subscribed
     if "SPECIAL-USE" in request.selection:
-        chosen = chosen and name in account.special and exists
+        chosen = chosen and name in account.special and name in existing
+    return chosen
+
+
+def _extended_entry(request: ListRequest, name: str, account: Snapshot, existing: set[str], parents: set[str],
+                    chosen_below: set[str]) -> Entry | None:
+    """RFC 5258 3: selection options choose the names, return options decorate them.
+
+    `chosen_below`: the names with a descendant that meets the selection options; with
+    RECURSIVEMATCH such a name is listed even if not chosen itself, with CHILDINFO (RFC 5258 3.5).
+    """
+    exists = name in existing
     childinfo = []
-    if "RECURSIVEMATCH" in request.selection and _descendant_chosen(request, name, account, existing):
+    if "RECURSIVEMATCH" in request.selection and name in chosen_below:
         childinfo = [opt for opt in ("SUBSCRIBED", "SPECIAL-USE") if opt in request.selection]
-    if not chosen and not childinfo:
+    if not childinfo and not _chosen(request, name, account, existing, parents):
         return None
     attributes = []
-    if "SUBSCRIBED" in request.returns and subscribed:
+    if "SUBSCRIBED" in request.returns and name in account.subscribed:
         attributes.append("\\Subscribed")
     if not exists:
         attributes.append("\\NonExistent")
@@ -356,17 +368,6 @@ def _extended_entry(request: ListRequest, name: str, account: Snapshot, existing
         attributes.append(_children(name, parents))
     attributes += _special(name, account) if exists else []
     return Entry(name, attributes, childinfo, selectable=exists)
-
-
-def _descendant_chosen(request: ListRequest, name: str, account: Snapshot, existing: set[str]) -> bool:
-    """RECURSIVEMATCH (RFC 5258 3.5): whether a folder below `name` meets the other selection options."""
-    prefix = name + account.delimiter
-    below = [other for other in existing | account.subscribed if other.startswith(prefix)]
-    if "SUBSCRIBED" in request.selection:
-        below = [other for other in below if other in account.subscribed]
-    if "SPECIAL-USE" in request.selection:
-        below = [other for other in below if other in account.special and other in existing]
-    return bool(below)
 
 
 def _lsub(account: Snapshot, wanted: Callable[[str], bool], existing: set[str], trailing_percent: bool) -> list[Entry]:
