@@ -132,3 +132,11 @@ def test_literals_in_extended_list(raw):
     answer = raw.command([b"l LIST (SUBSCRIBED) {0}\r\n", b" ({3}\r\n", b"foo {1+}\r\n", b"*) RETURN (CHILDREN)\r\n"])
     assert b'* LIST (\\Subscribed \\HasChildren) "." "foo"' in answer and b"l OK LIST" in answer
     assert answer.count(b"* LIST") == 7          # the five special folders, a.b.c and foo
+
+
+def test_a_refused_list_never_runs_its_literal_plus_octets_as_commands(raw):
+    answer = raw.command([b'l LIST "unterminated {11+}\r\n', b"zz LOGOUT\r\n\r\n"])
+    assert answer.startswith(b"l BAD"), answer
+    answer = raw.command([b"l2 LIST (BOGUS) {3+}\r\n", b"zz2 *\r\n"])
+    assert answer.startswith(b"l2 BAD"), answer
+    assert send(raw, b"n NOOP") == []                                 # not logged out: the octets were skipped
