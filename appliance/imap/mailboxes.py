@@ -13,7 +13,7 @@ from twisted.mail.imap4 import IllegalClientResponse
 from twisted.python.failure import Failure
 
 from appliance import replies
-from appliance.imap import listing
+import appliance.imap.listing as listing
 from appliance.imap.backend import DELIMITER, SYSTEM_FLAGS, Account, MailboxError, normalise
 from appliance.imap.parse import MAX_STRING_LITERAL, Arguments, mailbox_name, quote_name
 
