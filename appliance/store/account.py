@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
+from appliance.durable import replace_file
 from appliance.store.base import MailboxError, make_dirs
 from appliance.store.folder import Folder
-from appliance.store.index import write_atomic
 
 DELIMITER = "."
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk"}
@@ -184,8 +184,9 @@ class Account:
             return set()
 
     def _save_subscriptions(self, names: set[str]) -> None:
+        """Replace the file, synced with its folder: nothing rebuilds a lost subscription, and OK was said."""
         make_dirs(self._meta_dir())
-        write_atomic(self._subscriptions_path(), "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
+        replace_file(self._subscriptions_path(), "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
 
     def subscribe(self, name: str) -> None:
         """Subscribe `name`, whether or not such a folder exists (RFC 3501 6.3.6 allows both)."""
