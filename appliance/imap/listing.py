@@ -21,6 +21,7 @@ SELECTION_OPTIONS = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
 RETURN_OPTIONS = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
 MAX_PATTERNS = 100              # patterns in one `LIST "" (...)`: a bound on the work one command asks for
 MAX_TOKENS = 400                # tokens in one LIST command, literals included
+MAX_LITERAL = 4096              # one reference or pattern sent as a literal (names are at most 200 characters)
 
 
 class ListSyntaxError(ValueError):

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from appliance import replies
 import appliance.imap.listing as listing
 from appliance.imap.backend import DELIMITER, SYSTEM_FLAGS, Account, MailboxError, normalise
-from appliance.imap.parse import MAX_STRING_LITERAL, Arguments, mailbox_name, quote_name
+from appliance.imap.parse import Arguments, mailbox_name, quote_name
 
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
 
@@ -103,7 +103,7 @@ class MailboxCommands:
             return tokens, b""
         if len(tokens) >= listing.MAX_TOKENS:
             raise IllegalClientResponse("Too many arguments")
-        size, nonsync = self._literal_size(literal, MAX_STRING_LITERAL)
+        size, nonsync = self._literal_size(literal, listing.MAX_LITERAL)
         d = self._read_literal(size, nonsync, imap4.LiteralString)
         d.addCallback(lambda read: self.arg_list(read[1], tokens + [listing.String(read[0])]))
         return d

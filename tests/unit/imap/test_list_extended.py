@@ -140,3 +140,9 @@ def test_a_refused_list_never_runs_its_literal_plus_octets_as_commands(raw):
     answer = raw.command([b"l2 LIST (BOGUS) {3+}\r\n", b"zz2 *\r\n"])
     assert answer.startswith(b"l2 BAD"), answer
     assert send(raw, b"n NOOP") == []                                 # not logged out: the octets were skipped
+
+
+def test_a_list_literal_longer_than_any_name_is_refused_before_it_is_read(raw):
+    answer = raw.command([b'l LIST "" {5000}\r\n', b"never sent\r\n"])
+    assert answer.startswith(b"l BAD"), answer
+    assert send(raw, b"n NOOP") == []
