@@ -10,6 +10,10 @@ clients are tested against Dovecot:
 - basic LIST always carries \\HasChildren/\\HasNoChildren (RFC 3348); extended LIST only when
   RETURN (CHILDREN) asks for them;
 - special-use attributes (RFC 6154) are always given: they are cheap and every client wants them.
+Two choices differ from Dovecot 2.3: LSUB keeps the child and special-use attributes of folders
+that exist (as before LIST-EXTENDED; Dovecot gives `()`), and RECURSIVEMATCH gives CHILDINFO to
+every matching name with a chosen name below it, even when that name matches too (RFC 5258 3.5
+says so; Dovecot leaves such parents out for `*`).
 """
 from __future__ import annotations
 
