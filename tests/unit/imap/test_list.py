@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import imaplib
 import re
+import threading
 
 import pytest
 
+from appliance.store.maildir import MaildirAccount
+from appliance.store.mbox import MboxAccount
 from tests.unit.imap.live import RawClient, serving
 
 LINE = re.compile(rb'^\(([^)]*)\) "\." ("(?:[^"\\]|\\.)*"|[^ ]+)(?: (.*))?$')
@@ -170,7 +173,7 @@ def test_rename_keeps_the_old_subscription_and_subscribes_the_new_name(client):
     assert "Other" not in subscribed
 
 
-def test_subscriptions_of_two_sessions_at_once_are_all_kept(server):
+def test_subscriptions_from_two_sessions_are_all_kept(server):
     first, second = server.client(), server.client()
     for n in range(10):
         first.subscribe(f'"One{n}"')
@@ -179,6 +182,24 @@ def test_subscriptions_of_two_sessions_at_once_are_all_kept(server):
     assert {f"One{n}" for n in range(10)} | {f"Two{n}" for n in range(10)} <= found
     first.logout()
     second.logout()
+
+
+@pytest.mark.parametrize("account_class", [MaildirAccount, MboxAccount])
+def test_subscriptions_changed_by_many_threads_at_once_are_all_kept(tmp_path, account_class):
+    """Each SUBSCRIBE reads, changes and replaces one file, in a pool thread; none may undo another."""
+    root = str(tmp_path / "alice")
+    account_class(root).ensure_special()
+
+    def subscribe(prefix: str) -> None:
+        for n in range(15):
+            account_class(root).subscribe(f"{prefix}{n}")
+
+    threads = [threading.Thread(target=subscribe, args=(prefix,)) for prefix in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(account_class(root).subscriptions()) == 4 * 15 + 5        # and INBOX, Drafts, Junk, Sent, Trash
 
 
 # ---- names: modified UTF-7, quoted strings and literals -------------------------------------------------
