@@ -34,6 +34,7 @@ from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
 from appliance.imap.parse import Arguments, Discard, mailbox_name, nonsync_literal_size
 from appliance.imap.selected import SelectedCommands
+from appliance.imap.sortthread import SortThreadCommands
 from appliance.imap.view import SequenceError, View
 from appliance.imap.watcher import FolderWatcher
 from appliance.interfaces import IAccount
@@ -45,7 +46,14 @@ from appliance.transport import no_delay
 MAX_LINE = 65536                # one command line; UID sets from sync clients can be long
 MAX_ERRORS = 20                 # BAD replies in a row (no good command between them) before BYE
 CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-                b"UNSELECT", b"SPECIAL-USE", b"CHILDREN"]
+                b"UNSELECT", b"SPECIAL-USE", b"CHILDREN",
+                b"ESEARCH",
+                b"SORT",
+                b"SORT=DISPLAY",
+                b"ESORT",
+                b"THREAD=ORDEREDSUBJECT",
+                b"THREAD=REFERENCES",
+                ]
 
 
 class LoginCommands:
@@ -168,7 +176,8 @@ class LoginCommands:
             self._reply(tag, reply)
 
 
-class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand, Arguments, IMAP4Server):
+class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, SortThreadCommands, FetchCommand, Arguments,
+                 IMAP4Server):
     """One IMAP connection; the factory holds the shared parts."""
 
     MAX_LENGTH = MAX_LINE
@@ -385,7 +394,7 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         self.sendUntaggedResponse(b'ID ("name" "mailappliance")')
         self._completed(tag, b"ID")
 
-    unauth_ID = auth_ID = select_ID = (do_ID, Arguments.arg_line)
+    unauth_ID = auth_ID = select_ID = (do_ID, Arguments.arg_tokens)     # parameters may be literals
 
     def do_LOGOUT(self, tag: bytes) -> None:
         self._untagged(replies.IMAP_LOGGING_OUT)
