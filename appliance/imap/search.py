@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.mail.imap4 import IllegalClientResponse
+
 from appliance import message
 from appliance.imap import envelope
 from appliance.imap.backend import Meta, mime
@@ -55,7 +57,7 @@ def parse(line: bytes) -> list[Node]:
     """The search keys of one line (no literals, no CHARSET) as nodes, all of which must match."""
     try:
         tokens = tokenize([line])
-    except ValueError as exc:
+    except IllegalClientResponse as exc:
         raise SearchError(str(exc)) from None
     return keys(tokens, "UTF-8")
 
