@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from twisted.mail.imap4 import IllegalClientResponse
 
 from appliance import message
-from appliance.imap import envelope
+import appliance.imap.envelope as envelope
 from appliance.imap.backend import Meta, mime
 from appliance.imap.parse import Str, tokenize
 from appliance.imap.view import Range, SequenceError, _bounds, parse_set

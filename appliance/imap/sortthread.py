@@ -12,7 +12,8 @@ from typing import Any
 
 from appliance import message, replies
 import appliance.imap.search as search
-from appliance.imap import sort, thread
+import appliance.imap.sort as sort
+import appliance.imap.thread as thread
 from appliance.imap.backend import Folder, Meta, mime
 from appliance.imap.parse import Arguments
 
