@@ -128,15 +128,18 @@ def parse_criteria(words: Sequence[object]) -> list[tuple[str, bool]]:
     return criteria
 
 
-def order(items: list, metas: dict[int, Meta], criteria: list[tuple[str, bool]],
-          uid_of: Callable[[object], int]) -> list:
-    """`items` (in mailbox order) sorted by the criteria; ties stay in mailbox order (RFC 5256 3).
+def key_function(criterion: str) -> Callable[[Meta | None], object]:
+    """The sort key of one criterion, computed from a message's Meta (None: the message is gone)."""
+    return _key_function(criterion)
 
-    One stable sort per criterion, the last first: REVERSE flips one criterion and never the
-    sequence-number tie break.
+
+def order(uids: list[int], criteria: list[tuple[str, bool]], keys: Callable[[str], dict[int, object]]) -> list[int]:
+    """`uids` (in mailbox order) sorted by the criteria; ties stay in mailbox order (RFC 5256 3).
+
+    `keys(criterion)` gives every uid's key for that criterion. One stable sort per criterion,
+    the last first: REVERSE flips one criterion and never the sequence-number tie break.
     """
-    result = list(items)
+    result = list(uids)
     for criterion, reverse in reversed(criteria):
-        key = _key_function(criterion)
-        result.sort(key=lambda item: key(metas.get(uid_of(item))), reverse=reverse)   # noqa: B023
+        result.sort(key=keys(criterion).__getitem__, reverse=reverse)
     return result

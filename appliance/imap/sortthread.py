@@ -22,10 +22,36 @@ _references: dict[tuple[str, int, int], bytes | None] = {}
 _references_guard = threading.Lock()
 
 
-def sort_numbers(found: list, metas: dict[int, Meta], criteria: list[tuple[str, bool]], by_uid: bool) -> list[int]:
-    """Blocking-safe: the numbers of the found messages in sort order."""
-    ordered = sort.order(found, metas, criteria, lambda c: c.uid)
-    return [c.uid if by_uid else c.seq for c in ordered]
+_KEYS_LIMIT = 1_000_000                  # cached sort keys, all folders and criteria; emptied past this
+_keys: dict[tuple[str, int, str], dict[int, object]] = {}
+_keys_guard = threading.Lock()
+
+
+def sort_keys(folder: Folder, criterion: str, uids: list[int]) -> dict[int, object]:
+    """Blocking: uid -> sort key for one criterion, computed once per message and kept.
+
+    A message never changes under its UID (RFC 3501 2.3.1.1), so neither do its keys: a repeated
+    SORT looks them up instead of walking the metadata index again.
+    """
+    with _keys_guard:
+        if sum(len(table) for table in _keys.values()) + len(uids) > _KEYS_LIMIT:
+            _keys.clear()
+        table = _keys.setdefault((folder.path, folder.state.uidvalidity, criterion), {})
+    missing = [uid for uid in uids if uid not in table]
+    if missing:
+        metas = folder.meta(missing)
+        key = sort.key_function(criterion)
+        table.update((uid, key(metas.get(uid))) for uid in missing)
+    return table
+
+
+def sorted_uids(folder: Folder, nodes: list, candidates: Any, criteria: list[tuple[str, bool]]) -> list[int]:
+    """Blocking: the UIDs of the matching messages in sort order; `candidates` are UIDs for ALL."""
+    if nodes == [("ALL",)]:
+        uids = list(candidates)                          # every message: nothing to test
+    else:
+        uids = [c.uid for c in search.run(nodes, candidates, folder.read, folder.meta)]
+    return sort.order(uids, criteria, lambda criterion: sort_keys(folder, criterion, uids))
 
 
 def _references_of(folder: Folder, validity: int, uid: int) -> bytes | None:
@@ -64,6 +90,7 @@ class SortThreadCommands:
     """SORT, UID SORT, THREAD, UID THREAD in the selected state."""
 
     folder: Folder | None
+    view: Any
     _candidates: Any           # SelectedCommands._candidates
     _run: Any                  # IMAPServer._run: blocking work in the disk pool
     _reply: Any
@@ -97,21 +124,21 @@ class SortThreadCommands:
         program = self._search_program(tag, tokens)
         if program is None:
             return
-        folder = self.folder
-        assert folder is not None
-        by_uid, candidates = bool(uid), self._candidates()
-
-        def blocking() -> list[int]:
-            found, metas = search.run_with_meta(program.nodes, candidates, folder.read, folder.meta, True)
-            return sort_numbers(found, metas, criteria, by_uid)
-
-        d = self._run(blocking)
-        d.addCallback(self._sorted, tag, by_uid, returns)
+        folder, view = self.folder, self.view
+        assert folder is not None and view is not None
+        known = view.known
+        # Every message (the common SORT ... ALL) needs no Candidate objects made in the reactor.
+        candidates = known.uids if program.nodes == [("ALL",)] else self._candidates()
+        d = self._run(sorted_uids, folder, program.nodes, candidates, criteria)
+        d.addCallback(self._sorted, tag, known if not uid else None, returns)
         d.addErrback(self._fail, tag)
 
     select_SORT = (do_SORT, Arguments.arg_tokens)
 
-    def _sorted(self, numbers: list[int], tag: bytes, by_uid: bool, returns: list[str] | None) -> None:
+    def _sorted(self, uids: list[int], tag: bytes, numbering: Any, returns: list[str] | None) -> None:
+        """Answer with UIDs, or (`numbering`: the snapshot the numbers refer to) sequence numbers."""
+        by_uid = numbering is None
+        numbers = uids if by_uid else [numbering.position[u] + 1 for u in uids]
         if returns is not None:
             self.sendUntaggedResponse(search.esearch(tag, numbers, returns, by_uid, sorted_order=True))
         else:
