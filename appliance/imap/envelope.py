@@ -184,6 +184,14 @@ def sent_date(date: bytes | None) -> float | None:
         return None
 
 
+def squeeze(value: str) -> str:
+    """Runs of blanks (and line breaks) as one space, none at either end: how SEARCH compares text.
+
+    str.split in C: a regular expression over a 100 KiB body costs SEARCH BODY half its time.
+    """
+    return " ".join(value.split())
+
+
 def blanks(value: str) -> str:
     """Tabs and line breaks as spaces, runs of blanks as one (RFC 5256 2.1 step 1)."""
     return _BLANKS.sub(" ", value)

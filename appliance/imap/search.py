@@ -125,7 +125,7 @@ def _string(tokens: list) -> str:
         value = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SearchError("Search string is not UTF-8") from None
-    return envelope.fold(envelope.blanks(value))
+    return envelope.fold(envelope.squeeze(value))
 
 
 def _date(text: bytes) -> tuple[int, int, int]:
@@ -221,14 +221,14 @@ class _Message:
     def decoded_head(self) -> str:
         """Every header field, encoded words decoded, folded: what TEXT searches before the body."""
         if self._head is None:
-            self._head = envelope.fold(envelope.blanks("\n".join(
+            self._head = envelope.fold(envelope.squeeze("\n".join(
                 name.decode("latin-1") + ": " + envelope.decode_header(value)
                 for name, value in message.headers(self.head))))
         return self._head
 
     def decoded_body(self) -> str:
         if self._body is None:
-            self._body = envelope.fold(envelope.blanks(" ".join(body_texts(self.raw))))
+            self._body = envelope.fold(envelope.squeeze(" ".join(body_texts(self.raw))))
         return self._body
 
 
@@ -295,7 +295,7 @@ def _compare(day, kind: str, wanted) -> bool:
 def _envelope_text(m: _Message, key: str) -> str:
     env = m.envelope
     if key == "SUBJECT":
-        return envelope.fold(envelope.blanks(envelope.decode_header(env.subject)))
+        return envelope.fold(envelope.squeeze(envelope.decode_header(env.subject)))
     addresses = {"FROM": env.sender, "TO": env.to, "CC": env.cc, "BCC": env.bcc}[key]
     return envelope.fold(envelope.addresses_text(addresses))
 
@@ -326,7 +326,7 @@ def matches(node: Node, m: _Message, last_seq: int, last_uid: int) -> bool:
         return node[2] in _envelope_text(m, node[1])
     if kind == "HEADER":
         values = [value for name, value in message.headers(m.head) if name.lower() == node[1]]
-        return any(node[2] in envelope.fold(envelope.blanks(envelope.decode_header(v))) for v in values)
+        return any(node[2] in envelope.fold(envelope.squeeze(envelope.decode_header(v))) for v in values)
     if kind == "BODY":
         return node[1] in m.decoded_body()
     if kind == "TEXT":
