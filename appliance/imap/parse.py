@@ -120,11 +120,6 @@ def tokenize(segments: list[bytes]) -> list:
     return stack[0]
 
 
-def quoted(value: bytes) -> bytes:
-    """A value as an IMAP quoted string (8-bit octets pass: this is for our own parsers)."""
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
-
 def _then(value: Any, step: Callable[[Any], Any]) -> Any:
     """`step(value)` now, or once a Deferred value fires."""
     return value.addCallback(step) if isinstance(value, defer.Deferred) else step(value)

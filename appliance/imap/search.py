@@ -59,7 +59,7 @@ def parse(line: bytes) -> list[Node]:
         tokens = tokenize([line])
     except IllegalClientResponse as exc:
         raise SearchError(str(exc)) from None
-    return keys(tokens, "UTF-8")
+    return keys(tokens)
 
 
 def program(tokens: list, allow_return: bool = True) -> Program:
@@ -68,11 +68,10 @@ def program(tokens: list, allow_return: bool = True) -> Program:
     if allow_return and _is_word(tokens, "RETURN"):
         tokens.pop(0)
         returns = return_options(tokens)
-    charset = "US-ASCII"
     if _is_word(tokens, "CHARSET"):
         tokens.pop(0)
-        charset = charset_of(tokens)
-    return Program(keys(tokens, charset), returns)
+        charset_of(tokens)            # US-ASCII is read as UTF-8, its superset
+    return Program(keys(tokens), returns)
 
 
 def return_options(tokens: list) -> list[str]:
@@ -98,7 +97,8 @@ def charset_of(tokens: list) -> str:
     return name
 
 
-def keys(tokens: list, charset: str) -> list[Node]:
+def keys(tokens: list) -> list[Node]:
+    """The search keys (RFC 3501 9 `search-key`), all of which must match."""
     nodes = []
     while tokens:
         nodes.append(_node(tokens, 0))

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from appliance import message, replies
+import appliance.imap.envelope as envelope
 import appliance.imap.search as search
 import appliance.imap.sort as sort
 import appliance.imap.thread as thread
@@ -79,7 +80,7 @@ def thread_posts(folder: Folder, found: list, metas: dict[int, Meta], by_uid: bo
     posts = []
     for candidate in found:
         meta = metas.get(candidate.uid)
-        env = sort.envelope.safe(meta.envelope) if meta is not None else sort.envelope.EMPTY
+        env = envelope.safe(meta.envelope) if meta is not None else envelope.EMPTY
         refs = _references_of(folder, validity, candidate.uid) if with_references else None
         posts.append(thread.Post(candidate.uid if by_uid else candidate.seq, candidate.seq, sort.sent_date(meta),
                                  env.subject, env.message_id, refs, env.in_reply_to))
@@ -101,8 +102,8 @@ class SortThreadCommands:
     def _search_program(self, tag: bytes, tokens: list) -> search.Program | None:
         """The charset and search keys that SORT and THREAD share; None once the command is refused."""
         try:
-            charset = search.charset_of(tokens)
-            return search.Program(search.keys(tokens, charset))
+            search.charset_of(tokens)
+            return search.Program(search.keys(tokens))
         except search.CharsetError:
             self._reply(tag, replies.IMAP_BAD_CHARSET)
         except search.SearchError as exc:
