@@ -55,6 +55,8 @@ CASES = {
     "CREATE": (b"a CREATE ", b"Caf&AOk- New", b"", b"a OK"),
     "DELETE": (b"a DELETE ", b"Old", b"", b"a OK"),
     "RENAME": (b"a RENAME ", b"Old", b" Older", b"a OK"),
+    "RENAME both": (b"a RENAME ", b"Old", b" {5+}\r\nOlder", b"a OK"),
+    "LIST both": (b"a LIST ", b"", b" {5+}\r\nKeep*", b'"Keep"'),
     "SUBSCRIBE": (b"a SUBSCRIBE ", b"Keep", b"", b"a OK"),
     "UNSUBSCRIBE": (b"a UNSUBSCRIBE ", b"Keep", b"", b"a OK"),
     "LIST": (b'a LIST "" ', b"Kee*", b"", b'"Keep"'),
@@ -67,6 +69,10 @@ CASES = {
     "SEARCH in a list": (b"a SEARCH (OR SUBJECT nothing FROM ", b"bob", b") ALL", b"* SEARCH 1"),
     "FETCH header list": (b"a FETCH 1 BODY.PEEK[HEADER.FIELDS (", b"Message-ID", b")]", b"BODY[HEADER.FIELDS"),
     "COPY": (b"a COPY 1 ", b"Keep", b"", b"[COPYUID "),
+    "UID COPY": (b"a UID COPY 1 ", b"Keep", b"", b"[COPYUID "),
+    "UID FETCH header list": (b"a UID FETCH 1 (FLAGS BODY.PEEK[HEADER.FIELDS.NOT (", b"Subject", b" From)])",
+                              b"Message-ID: <1@x>"),
+    "UID SEARCH HEADER": (b"a UID SEARCH HEADER ", b"From", b" {3+}\r\nbob", b"* SEARCH 1"),
     "ID": (b'a ID ("name" ', b"imaplib", b")", b"* ID "),
     "SORT": (b"a SORT (SUBJECT) UTF-8 SUBJECT ", "olé".encode(), b"", b"* SORT 1"),
     "THREAD": (b"a THREAD REFERENCES ", b"UTF-8", b" ALL", b"* THREAD (1)"),
@@ -121,6 +127,17 @@ def test_a_literal_where_no_string_goes_is_refused_in_step(client):
     lines = command(client, b"a STORE 1 +FLAGS {9+}\r\nz0 LOGOUT\r\n")
     assert lines[-1].startswith(b"a BAD"), lines
     still_in_step(client)
+
+
+def test_authenticate_takes_no_literal_and_skips_one(server):
+    """AUTHENTICATE has no string argument (its response is a line of base64): a LITERAL+ is skipped."""
+    client = server.client(login=False)
+    try:
+        lines = command(client, b"a AUTHENTICATE PLAIN {9+}\r\nz0 LOGOUT\r\n")
+        assert lines[-1].startswith(b"a BAD"), lines
+        assert command(client, b"b LOGIN alice@example.test secret\r\n")[-1].startswith(b"b OK")
+    finally:
+        client.shutdown()
 
 
 def test_a_refused_search_skips_its_literal(client):
