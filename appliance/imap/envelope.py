@@ -135,10 +135,14 @@ def decode_header(data: bytes | None) -> str:
 
 
 def fold(value: str) -> str:
-    """i;unicode-casemap (RFC 5051): case folded, compatibility decomposed; blank runs as one space."""
+    """i;unicode-casemap (RFC 5051): case folded and compatibility decomposed, then upper case.
+
+    Upper case last, so ASCII text sorts as i;ascii-casemap sorts it (RFC 5256 SORT: `_` after
+    the letters) and both sides of a SEARCH comparison are folded alike.
+    """
     if value.isascii():
-        return value.lower()
-    return unicodedata.normalize("NFKD", value.casefold())
+        return value.upper()
+    return unicodedata.normalize("NFKD", value.casefold()).upper()
 
 
 def address_text(address: Address) -> str:

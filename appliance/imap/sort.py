@@ -101,9 +101,9 @@ def _key_function(criterion: str) -> Callable[[Meta | None], object]:
         "DATE": sent_date,
         "SIZE": lambda m: m.size if m else 0,
         "SUBJECT": lambda m: subject_key(env(m).subject)[0],
-        "FROM": lambda m: envelope.first_mailbox(env(m).sender).lower(),
-        "TO": lambda m: envelope.first_mailbox(env(m).to).lower(),
-        "CC": lambda m: envelope.first_mailbox(env(m).cc).lower(),
+        "FROM": lambda m: envelope.first_mailbox(env(m).sender).upper(),     # i;ascii-casemap
+        "TO": lambda m: envelope.first_mailbox(env(m).to).upper(),
+        "CC": lambda m: envelope.first_mailbox(env(m).cc).upper(),
         "DISPLAYFROM": lambda m: envelope.fold(envelope.display(env(m).sender)),
         "DISPLAYTO": lambda m: envelope.fold(envelope.display(env(m).to)),
     }

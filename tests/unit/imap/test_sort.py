@@ -6,7 +6,7 @@ import imaplib
 
 import pytest
 
-from appliance.imap.sort import base_subject
+from appliance.imap.sort import base_subject, subject_key
 from tests.unit.imap.live import FORMATS, LiveServer, command
 
 
@@ -137,3 +137,10 @@ def test_sort_needs_a_selected_mailbox(tmp_path):
 ])
 def test_base_subject(subject, base, refwd):
     assert base_subject(subject) == (base, refwd)
+
+
+def test_subjects_compare_as_i_ascii_casemap():
+    """RFC 5256 3: i;ascii-casemap upper-cases, so `_` sorts after the letters, and case never counts."""
+    assert subject_key(b"Re: _notes")[0] > subject_key(b"Zebra")[0]
+    assert subject_key(b"apple")[0] == subject_key(b"Fwd: APPLE")[0]
+    assert subject_key(b"=?UTF-8?Q?=C3=A9t=C3=A9?=")[0] == subject_key("ÉTÉ".encode())[0]
