@@ -15,12 +15,11 @@ from appliance.imap.backend import Meta
 
 CRITERIA = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
 
-# RFC 5256 2.1's grammar (subj-blob, subj-refwd, subj-leader, subj-trailer), case-insensitive.
-_BLOB = r"\[[^\[\]]*\][ \t]*"
-_LEADER = re.compile(r"(?:(?:" + _BLOB + r")*(?:re|fwd?)[ \t]*(?:" + _BLOB + r")?:|[ \t]+)", re.I)
-_BLOB_PREFIX = re.compile(_BLOB)
-_TRAILER = re.compile(r"(?:\(fwd\)|[ \t])$", re.I)
-_MAX_ROUNDS = 10000          # step 6 rounds: each removes "[fwd:" and "]", so a subject line cannot need more
+# RFC 5256 2.1's grammar: subj-blob, subj-refwd (after a run of blobs), blanks; case-insensitive.
+_BLOB = re.compile(r"\[[^\[\]]*\][ \t]*")
+_BLOBS = re.compile(r"(?:\[[^\[\]]*\][ \t]*)*")
+_REFWD = re.compile(r"(?:re|fwd?)[ \t]*(?:\[[^\[\]]*\][ \t]*)?:", re.I)
+_BLANKS = re.compile(r"[ \t]+")
 
 
 class SortError(ValueError):
@@ -30,46 +29,59 @@ class SortError(ValueError):
 def base_subject(subject: str) -> tuple[str, bool]:
     """RFC 5256 2.1 steps 2-6 on a decoded subject: (base subject, whether it was a reply or forward).
 
-    Step 1 (decoding encoded words, blanks) is `subject_key`'s; the result keeps its case.
+    Step 1 (decoding encoded words, blanks) is `subject_key`'s; the result keeps its case. The
+    subject is never sliced while it is worked on, only the bounds move: a Subject made of
+    thousands of `[x]` or `[fwd:` costs linear time, not quadratic.
     """
-    text, refwd = envelope.blanks(subject), False
-    for _ in range(_MAX_ROUNDS):
-        text, trailer = _strip_trailers(text)
-        refwd = refwd or trailer
-        text, leader = _strip_leaders(text)
-        refwd = refwd or leader
-        if text[:5].lower() == "[fwd:" and text.endswith("]"):      # step 6, then again from step 2
-            text, refwd = text[5:-1], True
+    text = envelope.blanks(subject)
+    start, end, refwd = 0, len(text), False
+    for _ in range(len(text) + 1):                 # each round removes "[fwd:" and "]", or stops
+        end, forwarded = _strip_trailers(text, start, end)
+        start, replied = _strip_leaders(text, start, end)
+        refwd = refwd or forwarded or replied
+        if end - start >= 6 and text[start:start + 5].lower() == "[fwd:" and text[end - 1] == "]":
+            start, end, refwd = start + 5, end - 1, True            # step 6, then again from step 2
             continue
         break
-    return text, refwd
+    return text[start:end], refwd
 
 
-def _strip_trailers(text: str) -> tuple[str, bool]:
-    """Step 2: drop trailing blanks and "(fwd)" until none is left."""
+def _strip_trailers(text: str, start: int, end: int) -> tuple[int, bool]:
+    """Step 2: the new end once trailing blanks and "(fwd)"s are gone; whether there was a "(fwd)"."""
     forwarded = False
-    while True:
-        match = _TRAILER.search(text)
-        if not match:
-            return text, forwarded
-        forwarded = forwarded or match.group(0) not in (" ", "\t")
-        text = text[:match.start()]
+    while end > start:
+        if text[end - 1] in " \t":
+            end -= 1
+        elif end - start >= 5 and text[end - 5:end].lower() == "(fwd)":
+            end, forwarded = end - 5, True
+        else:
+            break
+    return end, forwarded
 
 
-def _strip_leaders(text: str) -> tuple[str, bool]:
-    """Steps 3 to 5: subj-leaders, and subj-blobs when something is left after them."""
+def _strip_leaders(text: str, start: int, end: int) -> tuple[int, bool]:
+    """Steps 3 to 5: the new start once subj-leaders are gone, and subj-blobs that leave a subject."""
     replied = False
-    while True:
-        match = _LEADER.match(text)
-        if match and match.end():
-            replied = replied or match.group(0).strip() != ""
-            text = text[match.end():]
+    while start < end:
+        blanks = _BLANKS.match(text, start, end)
+        if blanks:
+            start = blanks.end()
             continue
-        match = _BLOB_PREFIX.match(text)
-        if match and text[match.end():].strip():
-            text = text[match.end():]
+        run = _BLOBS.match(text, start, end)
+        refwd = _REFWD.match(text, run.end(), end)
+        if refwd:                                      # *subj-blob subj-refwd
+            start, replied = refwd.end(), True
             continue
-        return text, replied
+        if run.end() == start:
+            break
+        if run.end() < end:                            # step 4, blob after blob: text follows them all
+            start = run.end()
+            continue
+        last = start                                   # the run ends the subject: its last blob stays
+        while (blob := _BLOB.match(text, last, end)) and blob.end() < end:
+            last = blob.end()
+        return last, replied
+    return start, replied
 
 
 @functools.lru_cache(maxsize=65536)
