@@ -83,7 +83,14 @@ def _unlink(node: Node) -> None:
 
 
 def _is_ancestor(node: Node, of: Node) -> bool:
-    """Whether `node` is `of` or above it: linking `of` under a descendant of itself makes a loop."""
+    """Whether `node` is `of` or above it: linking `of` under a descendant of itself makes a loop.
+
+    A node without children is above nothing: that answer costs no walk up a long reply chain.
+    """
+    if node is of:
+        return True
+    if not node.children:
+        return False
     walker: Node | None = of
     while walker is not None:
         if walker is node:
