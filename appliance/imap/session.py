@@ -10,7 +10,8 @@ Internet-facing server:
   one login path, appliance.realm), NO [UNAVAILABLE] when the directory cannot answer, no
   exception text to clients;
 - the commands themselves, one mixin per job: LoginCommands (here), MailboxCommands (mailboxes.py),
-  SelectedCommands (selected.py), FetchCommand (fetch.py), Arguments (parse.py).
+  SelectedCommands (selected.py), SortThreadCommands (sortthread.py), FetchCommand (fetch.py),
+  Arguments (parse.py).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
 from appliance.imap.parse import Arguments, Discard, mailbox_name, nonsync_literal_size
 from appliance.imap.selected import SelectedCommands
+from appliance.imap.sortthread import SortThreadCommands
 from appliance.imap.view import SequenceError, View
 from appliance.imap.watcher import FolderWatcher
 from appliance.interfaces import IAccount
@@ -47,7 +49,14 @@ MAX_ERRORS = 20                 # BAD replies in a row (no good command between 
 CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
                 b"UNSELECT", b"SPECIAL-USE", b"CHILDREN",
                 b"LIST-EXTENDED",
-                b"LIST-STATUS"]
+                b"LIST-STATUS",
+                b"ESEARCH",
+                b"SORT",
+                b"SORT=DISPLAY",
+                b"ESORT",
+                b"THREAD=ORDEREDSUBJECT",
+                b"THREAD=REFERENCES",
+                ]
 
 
 class LoginCommands:
@@ -170,7 +179,8 @@ class LoginCommands:
             self._reply(tag, reply)
 
 
-class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand, Arguments, IMAP4Server):
+class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, SortThreadCommands, FetchCommand, Arguments,
+                 IMAP4Server):
     """One IMAP connection; the factory holds the shared parts."""
 
     MAX_LENGTH = MAX_LINE
@@ -387,7 +397,7 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand,
         self.sendUntaggedResponse(b'ID ("name" "mailappliance")')
         self._completed(tag, b"ID")
 
-    unauth_ID = auth_ID = select_ID = (do_ID, Arguments.arg_line)
+    unauth_ID = auth_ID = select_ID = (do_ID, Arguments.arg_tokens)     # parameters may be literals
 
     def do_LOGOUT(self, tag: bytes) -> None:
         self._untagged(replies.IMAP_LOGGING_OUT)

@@ -1,21 +1,20 @@
-"""An IMAP server on a loopback port, served by a private reactor in a thread, for imaplib clients.
+"""The IMAP server on a real loopback socket, for Python's imaplib: a reactor of its own in a thread.
 
-Why: the LIST tests talk to the server the way a client does, with Python's imaplib over a
-real socket (literals, continuation requests and all), over a Maildir or an mbox store. A private
-reactor keeps the global one untouched for the trial-based tests in the same process (see
-tests/unit/siterig.py); a real thread pool does the disk work, as in the daemon.
+The unit harness (harness.py) drives a session over a StringTransport; these tests want what a
+client library sees through TCP (continuation requests, literals split across packets, pipelined
+LITERAL+ octets). The reactor is a private instance (the global one belongs to trial's tests),
+started once per test process and never stopped (a reactor cannot restart); each test gets its
+own listener, store and thread pool, torn down after it.
 """
 from __future__ import annotations
 
 import imaplib
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from twisted.cred.portal import Portal
-from twisted.internet.selectreactor import SelectReactor
+from twisted.internet import epollreactor
 from twisted.python.threadpool import ThreadPool
 
 from appliance.config import TLSSection
@@ -23,82 +22,110 @@ from appliance.imap import FolderWatcher, IMAPFactory
 from appliance.realm import AuthThrottle, Login, MailRealm
 from appliance.store.maildir import MaildirStore
 from appliance.store.mbox import MboxStore
-from tests.unit.imap.harness import LOOPBACK, PASSWORD, USER, Checker, FakeTLS
+from tests.unit.imap.harness import LOOPBACK, PASSWORD, USER, Checker
 
-TIMEOUT = 10.0
-STORES = {"maildir": (MaildirStore, "{domain}/{local}"), "mbox": (MboxStore, "{domain}/{local}")}
+FORMATS = {"maildir": MaildirStore, "mbox": MboxStore}
+_reactor = None
+_reactor_guard = threading.Lock()
 
 
-class Server:
-    """Where the test server listens, and where it keeps the mail."""
+def reactor():
+    """The private reactor, running in a daemon thread."""
+    global _reactor
+    with _reactor_guard:
+        if _reactor is None:
+            _reactor = epollreactor.EPollReactor()
+            threading.Thread(target=_reactor.run, kwargs={"installSignalHandlers": False}, daemon=True,
+                             name="imap-live-reactor").start()
+        return _reactor
 
-    def __init__(self, port: int, root: Path):
-        self.port = port
-        self.root = root
 
-    def client(self) -> imaplib.IMAP4:
-        """A new imaplib connection, logged in as alice."""
-        client = imaplib.IMAP4("127.0.0.1", self.port, timeout=TIMEOUT)
-        client.login(USER.decode(), PASSWORD.decode())
+def in_reactor(fn, *args, timeout: float = 10):
+    """Run `fn(*args)` in the reactor thread and return its result."""
+    done = threading.Event()
+    box: dict = {}
+
+    def call():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:        # handed to the test thread
+            box["error"] = exc
+        done.set()
+
+    reactor().callFromThread(call)
+    if not done.wait(timeout):
+        raise TimeoutError("the reactor did not answer")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+class LiveServer:
+    """One listener on 127.0.0.1 over a fresh store of the given format."""
+
+    def __init__(self, tmp_path: Path, mailbox_format: str = "maildir", max_message_size: int = 1 << 20):
+        self.reactor = reactor()
+        self.pool = ThreadPool(1, 4, name="imap-live-disk")
+        self.pool.start()
+        store = FORMATS[mailbox_format](str(tmp_path / "mail" / "{domain}" / "{local}"), self.reactor, self.pool)
+        login = Login(Portal(MailRealm(store), [Checker()]), AuthThrottle(self.reactor), self.reactor)
+        self.factory = IMAPFactory(login=login, hostname="mail.example.test", tls=None,
+                                   tls_settings=TLSSection("", "", plaintext_auth_networks=LOOPBACK),
+                                   implicit_tls=False, reactor=self.reactor, pool=self.pool,
+                                   watcher=FolderWatcher(self.reactor, self.pool), max_message_size=max_message_size)
+        self.port = in_reactor(lambda: self.reactor.listenTCP(0, self.factory, interface="127.0.0.1"))
+
+    def client(self, login: bool = True) -> imaplib.IMAP4:
+        client = imaplib.IMAP4("127.0.0.1", self.port.getHost().port, timeout=10)
+        # imaplib writes a literal's octets and its line end apart: without this, Nagle's algorithm
+        # and delayed ACKs hold each APPEND for 40 ms.
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if login:
+            client.login(USER.decode(), PASSWORD.decode())
         return client
 
-
-@contextmanager
-def serving(tmp_path: Path, store_format: str) -> Iterator[Server]:
-    """An IMAP listener (plaintext LOGIN allowed from loopback) over a fresh store of `store_format`."""
-    reactor = SelectReactor()
-    pool = ThreadPool(1, 2, "test-imap-disk")
-    pool.start()
-    store_class, template = STORES[store_format]
-    store = store_class(str(tmp_path / "mail" / template), reactor, pool)
-    login = Login(Portal(MailRealm(store), [Checker()]), AuthThrottle(reactor), reactor)
-    factory = IMAPFactory(login=login, tls=FakeTLS(), tls_settings=TLSSection("", "", plaintext_auth_networks=LOOPBACK),
-                          implicit_tls=False, reactor=reactor, pool=pool, watcher=FolderWatcher(reactor, pool))
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
-    thread.start()
-    try:
-        yield Server(port.getHost().port, tmp_path / "mail")
-    finally:
-        reactor.callFromThread(port.stopListening)
-        reactor.callFromThread(reactor.stop)
-        thread.join(TIMEOUT)
-        pool.stop()
-        assert not thread.is_alive(), "the test reactor did not stop"
-
-
-class RawClient:
-    """Commands sent byte for byte, for what imaplib cannot send: LITERAL+, literals where it would quote."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.reader = self.sock.makefile("rb")
-        self.reader.readline()
-        self.command([b"a0 LOGIN " + USER + b" " + PASSWORD + b"\r\n"])
-
-    def command(self, parts: list[bytes]) -> bytes:
-        """Send a command in `parts`, each but the last ending in a literal's announcement; its whole answer.
-
-        After a synchronising literal's announcement (`{5}`) the server's continuation request is
-        awaited, as RFC 3501 7.5 requires of a client; after `{5+}` (RFC 7888) the octets follow at once.
-        """
-        tag = parts[0].split(b" ", 1)[0]
-        answer = []
-        for part in parts[:-1]:
-            self.sock.sendall(part)
-            if not part.endswith(b"+}\r\n"):
-                line = self.reader.readline()
-                answer.append(line)
-                if not line.startswith(b"+"):
-                    return b"".join(answer)
-        self.sock.sendall(parts[-1])
-        for _ in range(10000):
-            line = self.reader.readline()
-            answer.append(line)
-            if not line or line.startswith(tag + b" "):
-                break
-        return b"".join(answer)
-
     def close(self) -> None:
-        self.command([b"zz LOGOUT\r\n"])
-        self.sock.close()
+        in_reactor(self.port.stopListening)
+        self.pool.stop()
+
+
+def command(client: imaplib.IMAP4, data: bytes) -> list[bytes]:
+    """Send raw bytes (a whole command, literals included) and read lines up to the tagged answer.
+
+    For what imaplib cannot say itself: LITERAL+ literals, pipelined octets. `data`'s tag is its
+    first word; continuation requests are answered by nothing (the caller sends what follows).
+    """
+    tag = data.split(b" ", 1)[0]
+    client.send(data)
+    lines = []
+    for _ in range(100000):
+        line = client.readline()
+        if not line:
+            raise EOFError(b"connection closed after " + b"".join(lines))
+        lines.append(line)
+        if line.startswith(tag + b" "):
+            return lines
+    raise AssertionError("no tagged answer")
+
+
+def read_until_tagged(client: imaplib.IMAP4, tag: bytes) -> list[bytes]:
+    lines = []
+    for _ in range(100000):
+        line = client.readline()
+        if not line:
+            raise EOFError(b"connection closed after " + b"".join(lines))
+        lines.append(line)
+        if line.startswith(tag + b" "):
+            return lines
+    raise AssertionError("no tagged answer")
+
+
+def sync_literal(client: imaplib.IMAP4, before: bytes, literal: bytes, after: bytes) -> list[bytes]:
+    """`before {n}`, wait for the server's "+", then the octets and `after`: a synchronising literal."""
+    tag = before.split(b" ", 1)[0]
+    client.send(before + b"{%d}\r\n" % len(literal))
+    go_ahead = client.readline()
+    if not go_ahead.startswith(b"+"):
+        return [go_ahead] + ([] if go_ahead.startswith(tag + b" ") else read_until_tagged(client, tag))
+    client.send(literal + after + b"\r\n")
+    return read_until_tagged(client, tag)

@@ -6,7 +6,7 @@ import pytest
 from tests.unit.imap.harness import tagged
 
 BASE = (b"IMAP4rev1 LITERAL+ SASL-IR ID IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN"
-        b" LIST-EXTENDED LIST-STATUS")
+        b" LIST-EXTENDED LIST-STATUS ESEARCH SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES")
 
 
 def test_greeting_is_ok_with_capabilities(fresh):

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.store.maildir import MaildirAccount
 from appliance.store.mbox import MboxAccount
-from tests.unit.imap.live import RawClient, serving
+from tests.unit.imap.listlive import RawClient, serving
 
 LINE = re.compile(rb'^\(([^)]*)\) "\." ("(?:[^"\\]|\\.)*"|[^ ]+)(?: (.*))?$')
 

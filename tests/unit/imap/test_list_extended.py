@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.imap.live import RawClient, serving
+from tests.unit.imap.listlive import RawClient, serving
 
 
 @pytest.fixture(params=["maildir", "mbox"])
