@@ -255,26 +255,44 @@ class Intake:
         Fails with a check's SMTPReplyError, or with the queue's own failure (QueueWriteError):
         each source answers that its own way (SMTP 451, the pickup keeps its file).
         """
-        return defer.ensureDeferred(self._accept(arrival))
+        try:
+            self.check_loops(arrival)
+            if self.checks or (self.signer is not None and self.ours(arrival)):
+                return defer.ensureDeferred(self._checked(arrival))
+            # The common case (no end-of-DATA checks, nothing to sign): plain callbacks, no
+            # coroutine, on the ingest's hot path.
+            return self._queue(arrival, *self.stamp(arrival))
+        except Exception:
+            return defer.fail()
 
-    async def _accept(self, arrival: Arrival) -> str:
-        self.check_loops(arrival)
+    async def _checked(self, arrival: Arrival) -> str:
         for check in self.checks:
             await defer.maybeDeferred(check, arrival)
         sender, message = self.stamp(arrival)
         if self.signer is not None and self.ours(arrival):
             message = await self.signer.sign(sender, message)
+        return await self._queue(arrival, sender, message)
+
+    def _queue(self, arrival: Arrival, sender: str, message: bytes) -> defer.Deferred:
+        """Deferred[queue id]: the message queued (durably) and logged, then the refused recipients bounced."""
         if arrival.recipients:
             envelope = Envelope(id=arrival.id, sender=sender, recipients=list(arrival.recipients), peer=arrival.peer,
                                 helo=arrival.helo, protocol=arrival.protocol, login=arrival.login, size=len(message))
-            await self.queue.put(envelope, message)
-            maillog.received(arrival.id, arrival.service, arrival.peer or "local", sender, envelope.size,
-                             [r.address for r in envelope.recipients], arrival.protocol, arrival.login,
-                             session=arrival.session,
-                             given=arrival.given or [r.original or r.address for r in envelope.recipients])
+            d = self.queue.put(envelope, message)
+            d.addCallback(self._log_received, arrival, sender, envelope)
+        else:
+            d = defer.succeed(None)
         if arrival.refused:
-            await self._bounce(arrival, sender, message)
-        return arrival.id
+            d.addCallback(lambda _: defer.ensureDeferred(self._bounce(arrival, sender, message)))
+        d.addCallback(lambda _: arrival.id)
+        return d
+
+    @staticmethod
+    def _log_received(_: object, arrival: Arrival, sender: str, envelope: Envelope) -> None:
+        maillog.received(arrival.id, arrival.service, arrival.peer or "local", sender, envelope.size,
+                         [r.address for r in envelope.recipients], arrival.protocol, arrival.login,
+                         session=arrival.session,
+                         given=arrival.given or [r.original or r.address for r in envelope.recipients])
 
     def check_loops(self, arrival: Arrival) -> None:
         """Mail loops, before anything else (RFC 5321 6.3): too many hops, or a forward already made.
@@ -335,7 +353,7 @@ class Intake:
         present = headers(message)
         added = []
         if not has(present, "Date"):
-            added.append(("Date", email.utils.formatdate(self.clock.seconds(), localtime=True)))
+            added.append(("Date", rfc5322_date(self.clock.seconds())))
         if not has(present, "Message-ID"):
             added.append(("Message-ID", email.utils.make_msgid(domain=self.hostname)))
         return prepend(message, *added)
@@ -363,7 +381,7 @@ class Intake:
         lines = [f"from {origin}", f"\tby {self.hostname} (mailappliance) with {arrival.protocol} id {arrival.id}"]
         if note:
             lines.append(f"\t({note})")
-        tail = f"; {email.utils.formatdate(self.clock.seconds(), localtime=True)}"
+        tail = f"; {rfc5322_date(self.clock.seconds())}"
         if len(arrival.recipients) == 1:
             rcpt = arrival.recipients[0]
             lines.append(f"\tfor <{rcpt.original or rcpt.address}>{tail}")
@@ -402,6 +420,19 @@ class Intake:
                                     is_local=self.resolver.is_local, now=self.clock.seconds())
         await self.queue.put(dsn, data)
         bounce.log_queued(dsn)
+
+
+_date_second: int | None = None
+_date_text = ""
+
+
+def rfc5322_date(seconds: float) -> str:
+    """email.utils.formatdate(seconds, localtime=True), formatted once per second (every Received line has one)."""
+    global _date_second, _date_text
+    second = int(seconds)
+    if second != _date_second:
+        _date_text, _date_second = email.utils.formatdate(second, localtime=True), second
+    return _date_text
 
 
 def _normalised(text: str) -> str:

@@ -203,7 +203,8 @@ class ApplianceSMTP(ESMTP):
         segment, with one send() instead of one per reply; a client that waits for each reply
         sends one command per chunk and so still gets each reply at once.
         """
-        self._batch = []
+        if self._batch is None:
+            self._batch = []
         try:
             self._process()
         finally:
@@ -266,10 +267,13 @@ class ApplianceSMTP(ESMTP):
             result.addBoth(self._resume)
 
     def _resume(self, _: object) -> None:
+        """The pending answer is out (in the batch): run the commands that waited for it."""
         self._busy = False
-        if not self.transport.disconnecting:
-            self._process_batched()
-            self._flow_control()
+        if self.transport.disconnecting:
+            self._flush_replies()
+            return
+        self._process_batched()
+        self._flow_control()
 
     def _unexpected(self, failure: Failure) -> None:
         maillog.log.failure("SMTP command failed session={session}", failure, peer=self.peer, session=self.sid)
@@ -295,6 +299,10 @@ class ApplianceSMTP(ESMTP):
         self._send(line + b"\r\n")
 
     def _send(self, data: bytes) -> None:
+        if self._batch is None and self._busy:
+            # The answer a command waited for (the 250 after the queue's fsync): _resume, the
+            # Deferred's last callback, sends it together with the replies to what waited.
+            self._batch = []
         if self._batch is not None:
             self._batch.append(data)
         elif self._writer is not None:
