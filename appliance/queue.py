@@ -41,6 +41,9 @@ HEADER = struct.Struct(">4sHIII")
 SEGMENT_LIMIT = 64 * 1024 * 1024   # rotate the active segment past this size
 BATCH_LIMIT = 1024 * 1024          # flush at once, without waiting for the turn to end, past this
 MAX_ID = 64                        # queue ids are short (envelope.new_id; control.valid_id)
+# An envelope is a JSON array (the compact record, Envelope.to_record) or, written by older
+# versions, a JSON object: the scan's cheap check before a CRC.
+_ENVELOPE_OPENERS = (ord("["), ord("{"))
 
 
 class SpoolLocked(Exception):
@@ -59,7 +62,7 @@ class Location(NamedTuple):
 # --- the on-disk format -------------------------------------------------------------------------
 
 def encode_record(qid: str, envelope_json: bytes, message: bytes) -> bytes:
-    """One segment record: header, queue id, envelope JSON, message bytes."""
+    """One segment record: header, queue id, envelope (Envelope.to_record), message bytes."""
     ident = qid.encode("ascii")
     crc = zlib.crc32(message, zlib.crc32(envelope_json, zlib.crc32(ident)))
     header = HEADER.pack(MAGIC, len(ident), len(envelope_json), len(message), crc)
@@ -96,7 +99,7 @@ def _record_at(data, at: int, size: int) -> tuple[str, bytes, int, int] | None:
         return None
     ident = data[at + HEADER.size:at + HEADER.size + id_len]
     # cheap checks first: while resynchronising, most candidates fail here without a CRC over their length
-    if not (ident.isascii() and ident.isalnum()) or data[at + HEADER.size + id_len] != ord("{"):
+    if not (ident.isascii() and ident.isalnum()) or data[at + HEADER.size + id_len] not in _ENVELOPE_OPENERS:
         return None
     if zlib.crc32(data[at + HEADER.size:end]) != crc:
         return None
@@ -438,7 +441,7 @@ class Spool:
             return fail(QueueWriteError("the spool is not open"))
         if not (envelope.id.isascii() and envelope.id.isalnum() and len(envelope.id) <= MAX_ID):
             return fail(QueueWriteError(f"bad queue id {envelope.id!r}"))
-        record = encode_record(envelope.id, envelope.to_json(), message)
+        record = encode_record(envelope.id, envelope.to_record(), message)
         d: Deferred = Deferred()
         self._puts.append(_Put(envelope, len(record) - len(message), len(record), d))
         self._job.records.append(record)
@@ -506,7 +509,7 @@ class Spool:
 
     def _parse(self, envelope_json: bytes, qid: str) -> Envelope | None:
         try:
-            return Envelope.from_json(envelope_json)
+            return Envelope.decode(envelope_json)
         except (ValueError, TypeError, KeyError) as e:
             maillog.error("unreadable envelope in spool", id=qid, reason=str(e))
             return None
