@@ -84,7 +84,7 @@ class Envelope:
     @classmethod
     def from_record(cls, data: bytes) -> "Envelope":
         """Read `to_record`'s form back; ValueError for anything else (the bytes come from disk)."""
-        raw = json.loads(data)
+        raw = _loads(data)
         if not (isinstance(raw, list) and len(raw) == len(_ENVELOPE_TYPES) + 2 and raw[0] == RECORD_VERSION
                 and isinstance(raw[-1], list)):
             raise ValueError("not a version 2 envelope record")
@@ -105,6 +105,14 @@ class Envelope:
         if data[:1] == b"[":
             return cls.from_record(data)
         return cls.from_json(data)
+
+
+def _loads(data: bytes) -> object:
+    """json.loads, with nesting too deep for it (`[[[[...`) a ValueError like any other bad input."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("an envelope record nested too deep") from None
 
 
 # The types of the compact record's fields, in order (see to_record); a number may be an int or a float.
