@@ -828,3 +828,50 @@ def test_the_compact_record_is_smaller_than_the_json_object():
     env = envelope("bob@example.test")
     assert Envelope.decode(env.to_record()) == env
     assert len(env.to_record()) < len(env.to_json()) * 0.7
+
+
+# --- the writer's own thread ------------------------------------------------------------------------
+
+def test_the_writer_thread_runs_jobs_in_order_reports_failures_and_ends_on_stop():
+    import threading
+    writer = queue.WriterThread()
+    done = threading.Event()
+    results: list = []
+
+    def job(n):
+        if n == 2:
+            raise OSError("disk full")
+        return n, threading.current_thread().name
+
+    for n in range(4):
+        writer.callInThreadWithCallback(lambda ok, value: results.append((ok, value)), job, n)
+    writer.callInThreadWithCallback(lambda ok, value: done.set(), lambda: None)
+    thread = writer._thread
+    assert done.wait(10)
+    assert [r[1] for r in results if r[0]] == [(0, "queue-writer"), (1, "queue-writer"), (3, "queue-writer")]
+    assert [(ok, value.check(OSError)) for ok, value in results if not ok] == [(False, OSError)]
+    writer.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_spool_with_its_writer_thread_keeps_the_promise_and_stops_the_thread_on_close(tmp_path):
+    import threading
+    reactor = FakeReactor()          # callFromThread runs at once, here in the writer thread
+    writer = queue.WriterThread()
+    spool = Spool(str(tmp_path), reactor, SyncPool(), writer)
+    spool.lock()
+    spool.recover()
+    durable = threading.Event()
+    env = envelope("bob@example.test")
+    spool.put(env, message(3)).addCallback(lambda _: durable.set())
+    reactor.advance(0)               # the turn ends: the batch goes to the writer thread
+    assert durable.wait(10)
+    closed = threading.Event()
+    thread = writer._thread
+    spool.close().addCallback(lambda _: closed.set())
+    assert closed.wait(10)
+    thread.join(10)
+    assert not thread.is_alive()
+    (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
+    assert back == env
