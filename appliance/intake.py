@@ -60,31 +60,44 @@ class RecipientResolver:
             return f"{local}@{self.masquerader.as_domain}"
         return addr
 
-    @defer.inlineCallbacks
-    def resolve(self, rcpt: str, insider: bool = True) -> Any:
+    def resolve(self, rcpt: str, insider: bool = True) -> defer.Deferred:
         """Deferred[list[Recipient]]; fails with SMTPReplyError (550 5.1.1, 5.7.1 or 5.4.6).
 
         `insider`: the sender is one of ours (authenticated, or on a trusted network), which
-        restricted lists require.
+        restricted lists require. Plain callbacks, not a generator: this runs for every RCPT.
         """
-        rcpt = self.unmasquerade(rcpt)
-        if not address.in_domains(rcpt, self.domains):
-            return [Recipient(address=rcpt, local=False)]
-        candidates = [(rcpt, "")]
-        base, extension = self._split_extension(rcpt)
-        if base != rcpt:
-            candidates.append((base, extension))
-        for candidate, ext in candidates:
-            if candidate in self.restricted and not insider:
-                raise SMTPReplyError(replies.LIST_RESTRICTED)
-            targets = yield self.expand(candidate)
+        try:
+            rcpt = self.unmasquerade(rcpt)
+            if not address.in_domains(rcpt, self.domains):
+                return defer.succeed([Recipient(address=rcpt, local=False)])
+            candidates = [(rcpt, "")]
+            base, extension = self._split_extension(rcpt)
+            if base != rcpt:
+                candidates.append((base, extension))
+            return self._candidate(candidates, 0, rcpt, insider)
+        except Exception:
+            return defer.fail()
+
+    def _candidate(self, candidates: list[tuple[str, str]], index: int, rcpt: str, insider: bool) -> defer.Deferred:
+        """Try candidates[index] (alias, then user), then the next; the catch-all after the last."""
+        if index == len(candidates):
+            return self._finals(self._catch_all(rcpt), rcpt)
+        candidate, ext = candidates[index]
+        if candidate in self.restricted and not insider:
+            raise SMTPReplyError(replies.LIST_RESTRICTED)
+
+        def expanded(targets: list[str] | None) -> Any:
             if targets is not None:
-                return (yield self._finals(targets, rcpt))
-            user = yield self.directory.lookup(candidate)
+                return self._finals(targets, rcpt)
+            return self.directory.lookup(candidate).addCallback(found)
+
+        def found(user: Any) -> Any:
             if user is not None:
-                return [Recipient(address=_mailbox_address(user.address, rcpt), original=_unless_same(rcpt, user.address),
-                                  extension=ext)]
-        return (yield self._finals(self._catch_all(rcpt), rcpt))
+                return [Recipient(address=_mailbox_address(user.address, rcpt),
+                                  original=_unless_same(rcpt, user.address), extension=ext)]
+            return self._candidate(candidates, index + 1, rcpt, insider)
+
+        return self.expand(candidate).addCallback(expanded)
 
     @defer.inlineCallbacks
     def _finals(self, targets: list[str], rcpt: str, depth: int = 0) -> Any:
@@ -97,8 +110,7 @@ class RecipientResolver:
                     result.append(recipient)
         return result
 
-    @defer.inlineCallbacks
-    def expand(self, addr: str, depth: int = 0) -> Any:
+    def expand(self, addr: str, depth: int = 0) -> defer.Deferred:
         """Deferred[list[str] | None]: the aliases file first, then the directory's own aliases
         (LDAP nisMailAlias, groupOfNames, mailRoutingAddress), whose members may be lists too."""
         if self.aliases is not None:
@@ -106,13 +118,15 @@ class RecipientResolver:
                 targets = self.aliases.resolve(addr)
             except AliasBrokenError as e:
                 maillog.error("alias-broken", rcpt=addr, reason=str(e))
-                raise SMTPReplyError(replies.ALIAS_BROKEN)
+                return defer.fail(SMTPReplyError(replies.ALIAS_BROKEN))
             except Exception as e:  # AliasLoopError, or deeper than the aliases file allows
                 maillog.error("alias-loop", rcpt=addr, reason=str(e))
-                raise SMTPReplyError(replies.ALIAS_LOOP)
+                return defer.fail(SMTPReplyError(replies.ALIAS_LOOP))
             if targets is not None:
-                return targets
-        return (yield self._expand_directory(addr, depth))
+                return defer.succeed(targets)
+        if getattr(self.directory, "resolve_alias", None) is None:
+            return defer.succeed(None)          # a directory without aliases of its own (the users file)
+        return self._expand_directory(addr, depth)
 
     @defer.inlineCallbacks
     def _expand_directory(self, addr: str, depth: int) -> Any:
