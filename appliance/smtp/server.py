@@ -554,7 +554,16 @@ class ApplianceSMTP(ESMTP):
         problem = self._mail_params(params)
         if problem is not None:
             return self._reply_error(*problem)
-        d = defer.maybeDeferred(self.factory.policy.check_sender, self, sender)
+        if not self.factory.checks:         # no mail-stage checks: no Deferred unless the policy needs one
+            try:
+                answer = self.factory.policy.check_sender(self, sender)
+            except Exception:
+                return self._fail(Failure(), "MAIL", sender=sender)
+            if not isinstance(answer, defer.Deferred):
+                return self._sender_ok(answer, sender)
+            d = answer
+        else:
+            d = defer.maybeDeferred(self.factory.policy.check_sender, self, sender)
         d.addCallback(self._check_sender, sender)
         d.addCallbacks(self._sender_ok, self._fail, callbackArgs=(sender,), errbackArgs=("MAIL",),
                        errbackKeywords={"sender": sender})
@@ -748,8 +757,10 @@ def unstuff(body: bytes) -> bytes:
     `body` ends with CRLF. A bare LF or CR never ended DATA (only <CRLF>.<CRLF> does), and is
     turned into CRLF here so no later hop can read a second message into it.
     """
-    body = (b"\r\n" + body).replace(b"\r\n..", b"\r\n.")[2:]
-    if body.count(b"\n") != body.count(b"\r\n") or body.count(b"\r") != body.count(b"\r\n"):
+    if body.startswith(b"..") or b"\r\n.." in body:      # most messages have no stuffed line: no copy
+        body = (b"\r\n" + body).replace(b"\r\n..", b"\r\n.")[2:]
+    lines = body.count(b"\r\n")
+    if body.count(b"\n") != lines or body.count(b"\r") != lines:
         body = _BARE_EOL.sub(b"\r\n", body)
     return body
 
