@@ -296,9 +296,9 @@ def _resize_pools(parts: Parts, cfg: configmod.Config) -> None:
 
 def _queue(parts: Parts, top: ApplianceService) -> Any:
     """The queue, delivering through `parts.couriers`; `is_local` reads the domains in force."""
-    from appliance.queue import QueueService, Spool
+    from appliance.queue import QueueService, Spool, WriterThread
     cfg, reactor = parts.cfg, parts.reactor
-    spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, parts.pools["queue"])
+    spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, parts.pools["queue"], WriterThread())
     queue = QueueService(spool, parts.couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
                          is_local=lambda a: address.in_domains(a, parts.cfg.appliance.domains))
     queue.setName("queue")
