@@ -241,7 +241,7 @@ def _status(top: ApplianceService, parts: Parts, counting: Any) -> Any:
     """`mailappliance status`: the control socket's `status` command reports on these parts."""
     from appliance.status import DiskUsage, StatusReport, disk_paths
     disk = DiskUsage(disk_paths(parts.cfg), parts.reactor, parts.pools["disk"])
-    report = StatusReport(top, parts.queue, counting, disk, parts.reactor.seconds)
+    report = StatusReport(top, parts.queue, counting, disk, parts.reactor.seconds, quotas=parts.quotas)
     top.getServiceNamed("control").commands.status = report.collect
     return report
 

@@ -8,7 +8,8 @@ then encrypt: RFC 4978 6). Two small pieces do it without touching the rest of t
   else (producers, loseConnection, pauseProducing, ...) to the real transport;
 - reads: `dataReceived` inflates before the line parser sees the bytes, at most INFLATE_CHUNK
   octets at a time and none while the session is paused, so a small compressed "bomb" never
-  becomes more than one chunk in memory (pausing still stops reading the socket).
+  becomes more than one chunk in memory (pausing still stops reading the socket); the line
+  parser's resumeProducing calls dataReceived(b"") and so drains what waited.
 
 Memory per compressed connection, measured with tracemalloc: the deflater ~23 KiB (a 2 KiB
 window, RFC 4978 4 allows windowBits -8 to -15 for deflateInit2, and memLevel 4), the inflater
@@ -84,7 +85,9 @@ class CompressCommand:
     auth_COMPRESS = select_COMPRESS = (do_COMPRESS, Arguments.arg_atom)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._inflater is None:
+        """From the transport: compressed. From inside the line parser while we feed it (its
+        setLineMode after a literal, resumeProducing): plain already, so passed straight on."""
+        if self._inflater is None or self._draining:
             super().dataReceived(data)  # type: ignore[misc]
             return
         self._compressed += data
@@ -115,8 +118,3 @@ class CompressCommand:
         maillog.emit("imap-compress-error", session=self.sid, peer=self.peer, reason=reason)
         self._compressed = b""
         self.transport.loseConnection()
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()  # type: ignore[misc]
-        if self._inflater is not None and self._compressed and not self._draining:
-            self._drain()

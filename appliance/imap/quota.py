@@ -25,9 +25,15 @@ from appliance.imap.selected import SelectedCommands
 from appliance.imap.view import SequenceError
 from appliance.interfaces import UserRecord
 from appliance.store.base import MailboxError
-from appliance.store.quota import Usage
+from appliance.store.quota import Quotas, Usage
 
 ROOT = b""          # the one quota root of every user
+
+
+def check_room(quotas: Quotas, record: UserRecord, account: Any, incoming: int) -> None:
+    """Blocking: MailboxError [OVERQUOTA] when `incoming` more octets do not fit in the user's quota."""
+    if not quotas.measure(record, account).fits(incoming):
+        raise MailboxError(replies.IMAP_OVER_QUOTA.text, replies.IMAP_OVER_QUOTA.code)
 
 
 def quota_line(usage: Usage) -> bytes:
@@ -106,7 +112,7 @@ class QuotaCommands:
         message.seek(0, 2)
         size = message.tell()
         message.seek(0)
-        d = self._run(self.factory.quotas.check_room, self.user_record, self.account, size)
+        d = self._run(check_room, self.factory.quotas, self.user_record, self.account, size)
         d.addCallbacks(lambda _: append(tag, *args), self._fail, errbackArgs=(tag,))
 
     auth_APPEND = select_APPEND = (do_APPEND, *MailboxCommands.auth_APPEND[1:])
@@ -127,7 +133,7 @@ class QuotaCommands:
         quotas, record, account = self.factory.quotas, self.user_record, self.account
 
         def check() -> None:
-            quotas.check_room(record, account, sum(meta.size for meta in folder.meta(uids).values()))
+            check_room(quotas, record, account, sum(meta.size for meta in folder.meta(uids).values()))
 
         self._run(check).addCallbacks(lambda _: copy(tag, *args, **options), self._fail, errbackArgs=(tag,))
 

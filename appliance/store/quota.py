@@ -18,7 +18,7 @@ Quotas are soft by nature here, as in Dovecot: two deliveries checked at the sam
 both fit and together pass the limit by one message. Nothing is ever lost over quota: SMTP
 answers 452 4.2.2 at RCPT (the sender retries), the queue defers a delivery to a full mailbox
 (MailboxFull is a temporary failure; it bounces only when the queue lifetime ends), and IMAP
-answers APPEND and COPY with NO [OVERQUOTA].
+answers APPEND and COPY with NO [OVERQUOTA] (imap/quota.py).
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ from appliance.aliases import is_command_or_file
 from appliance.errors import TemporaryFailure
 from appliance.interfaces import UserRecord
 from appliance.replies import SMTPReplyError
-from appliance.store.base import MailboxError
 
 _SIZE_IN_NAME = re.compile(r",S=([0-9]{1,18})(?:[,:]|$)")
 MAX_REMEMBERED = 1000      # users whose last measured usage is kept for `status` (the fullest ones)
@@ -222,13 +221,6 @@ class Quotas:
         if usage.full:
             raise SMTPReplyError(replies.MAILBOX_FULL)
         return recipients
-
-    def check_room(self, user: UserRecord, account: Any, incoming: int) -> None:
-        """Blocking, for IMAP APPEND/COPY: MailboxError [OVERQUOTA] when `incoming` octets do not fit."""
-        if not self.limit(user):
-            return
-        if not self.measure(user, account).fits(incoming):
-            raise MailboxError(replies.IMAP_OVER_QUOTA.text, replies.IMAP_OVER_QUOTA.code)
 
     # ---- what `status` shows ----------------------------------------------------------------------
     def _remember(self, address: str, usage: Usage) -> None:
