@@ -32,7 +32,7 @@ class MXPolicy:
             raise SMTPReplyError(replies.RELAY_DENIED)
         d = self.resolver.resolve(rcpt, insider=self.insider(conn))
         if self.quotas is not None:
-            d.addCallback(self.quotas.admit_recipients, self.resolver.directory)
+            d.addCallback(self.quotas.admit_recipients, self.resolver.directory, getattr(conn, "declared_size", 0))
         return d
 
     def may_relay(self, conn: Any) -> bool:

@@ -45,7 +45,7 @@ class SubmissionPolicy:
     def check_recipient(self, conn: Any, rcpt: str) -> Any:
         d = self.resolver.resolve(rcpt, insider=True)
         if self.quotas is not None:
-            d.addCallback(self.quotas.admit_recipients, self.resolver.directory)
+            d.addCallback(self.quotas.admit_recipients, self.resolver.directory, getattr(conn, "declared_size", 0))
         return d
 
     def insider(self, conn: Any) -> bool:

@@ -59,11 +59,6 @@ class Usage:
         return not self.limit or self.used + incoming <= self.limit
 
     @property
-    def full(self) -> bool:
-        """Nothing more fits: what RCPT refuses (the message's size is not known yet)."""
-        return bool(self.limit) and self.used >= self.limit
-
-    @property
     def share(self) -> float:
         return self.used / self.limit if self.limit else 0.0
 
@@ -198,15 +193,19 @@ class Quotas:
     @staticmethod
     def _admitted(usage: Usage, user: UserRecord, incoming: int) -> None:
         if not usage.fits(incoming):
-            maillog.emit("over-quota", user=user.address, used=usage.used, limit=usage.limit, size=incoming)
+            maillog.emit("over-quota", user=user.address, used=usage.used, limit=usage.limit, size=incoming,
+                         stage="delivery")
             raise MailboxFull("4.2.2", "mailbox full")
 
     @defer.inlineCallbacks
-    def admit_recipients(self, recipients: list, directory: Any) -> Any:
-        """RCPT: 452 4.2.2 when the address is one local user whose mailbox is already full.
+    def admit_recipients(self, recipients: list, directory: Any, declared: int = 0) -> Any:
+        """RCPT: 452 4.2.2 when the address is one local user whose mailbox cannot take the message.
 
-        Only a RCPT naming one mailbox is refused: a list with one full member is accepted, and
-        that member's copy waits in the queue, so the others get theirs at once.
+        `declared` is MAIL's SIZE= (RFC 1870; smtplib, Postfix and Exim send it): the message must
+        fit. Without it, only a mailbox already at its limit is refused, and a message that then
+        turns out too big waits in the queue. Only a RCPT naming one mailbox is refused: a list
+        with one full member is accepted, and that member's copy waits in the queue, so the
+        others get theirs at once.
         """
         mailboxes = [r for r in recipients if r.local and not is_command_or_file(r.address)]
         if len(recipients) != 1 or len(mailboxes) != 1:
@@ -218,7 +217,9 @@ class Quotas:
             usage = yield self.usage(user)
         except (OSError, ValueError):
             return recipients          # the queue's delivery will tell; RCPT is no place to fail on it
-        if usage.full:
+        if not usage.fits(max(declared, 1)):
+            maillog.emit("over-quota", user=user.address, used=usage.used, limit=usage.limit, size=declared,
+                         stage="rcpt")
             raise SMTPReplyError(replies.MAILBOX_FULL)
         return recipients
 

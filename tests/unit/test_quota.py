@@ -178,6 +178,16 @@ def test_rcpt_for_a_full_mailbox_is_452_4_2_2(quotas):
     assert outcome(quotas.admit_recipients(rcpt, directory)) == rcpt
 
 
+def test_rcpt_uses_the_size_mail_declared(quotas):
+    directory = Directory(BOB)
+    rcpt = [Recipient(address="bob@example.test")]
+    quotas.store.write(quotas.store.path_for(BOB), BODY, "x@example.test")
+    room = 3000 - quotas.measure(BOB).used
+    assert outcome(quotas.admit_recipients(rcpt, directory, room)) == rcpt
+    failure = outcome(quotas.admit_recipients(rcpt, directory, room + 1))
+    assert isinstance(failure, Failure) and failure.value.reply.line() == b"452 4.2.2 Mailbox full"
+
+
 # ---- status -------------------------------------------------------------------------------------------------
 def test_status_lists_nearly_full_mailboxes(quotas):
     assert statusview._quota(quota_report(quotas)) == [
