@@ -91,13 +91,16 @@ class CompressCommand:
             super().dataReceived(data)  # type: ignore[misc]
             return
         self._compressed += data
-        if not self._draining:
-            self._drain()
+        self._drain()
 
     def _drain(self) -> None:
-        """Inflate and parse, a chunk at a time, while the session takes input."""
+        """Inflate and parse, a chunk at a time, while the session takes input.
+
+        The lines the parser already holds go first: after a pipelined command paused the session
+        (resumeProducing calls here with b""), the commands inflated behind it wait there."""
         self._draining = True
         try:
+            super().dataReceived(b"")  # type: ignore[misc]
             while self._compressed and not self.paused and not self.transport.disconnecting:
                 try:
                     plain = self._inflater.decompress(self._compressed, INFLATE_CHUNK)

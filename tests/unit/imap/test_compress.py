@@ -106,3 +106,31 @@ def test_garbage_instead_of_deflate_closes_the_connection(authed):
     compressed(authed)
     authed.send(b"\xff\xff\xff\xff not deflate at all\r\n")
     assert authed.transport.disconnecting
+
+
+class HeldPool:
+    """A disk pool that runs its jobs only when told: a command waits on the disk meanwhile."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append((on_result, f, args, kwargs))
+
+    def run(self):
+        while self.jobs:
+            on_result, f, args, kwargs = self.jobs.pop(0)
+            on_result(True, f(*args, **kwargs))
+
+
+def test_commands_pipelined_behind_a_slow_one_are_answered_when_it_ends(authed):
+    """mbsync sends several UID FETCH at once: those inflated while the first waited must run after it."""
+    client = compressed(authed)
+    pool = authed.protocol.factory.pool = HeldPool()
+    assert authed.send(client.pack(b"s SELECT INBOX\r\nn1 NOOP\r\nn2 NOOP\r\n")) == b""
+    authed.transport.clear()
+    for _ in range(5):                        # SELECT's jobs, each in turn
+        pool.run()
+    reply = client.inflater.decompress(authed.transport.value())
+    assert tagged(reply, b"s").startswith(b"s OK")
+    assert reply.endswith(b"n1 OK NOOP completed\r\nn2 OK NOOP completed\r\n")
