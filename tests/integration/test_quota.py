@@ -23,7 +23,8 @@ import zlib
 
 import pytest
 
-from tests.integration.harness import DOMAIN, HOSTNAME, Appliance, make_message, require_program, wait_for
+from tests.integration.harness import (DOMAIN, HOSTNAME, Appliance, make_message, render_config, require_program,
+                                       wait_for)
 from tests.integration.test_imap import IMAPS, MBSYNC_CONFIG
 
 ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
@@ -229,3 +230,91 @@ def test_mbsync_syncs_over_compress(app, tmp_path):
     inbox = local / "INBOX"
     assert sum(len(os.listdir(inbox / sub)) for sub in ("cur", "new")) == 3
     assert "imap-compress" in app.log()
+
+
+# ---- LDAP: the quota attribute -------------------------------------------------------------------------
+# mailQuota as the postfix-book and iRedMail schemas define it (an IA5 string of bytes), under a private
+# test OID; the test slapd loads only Debian's stock schemas, which have no quota attribute.
+QUOTA_SCHEMA = """dn: cn=mailquota,cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: mailquota
+olcAttributeTypes: ( 1.3.6.1.4.1.32473.1.1 NAME 'mailQuota' DESC 'storage quota in octets'
+  EQUALITY caseIgnoreIA5Match SYNTAX 1.3.6.1.4.1.1466.115.121.1.26 SINGLE-VALUE )
+olcObjectClasses: ( 1.3.6.1.4.1.32473.2.1 NAME 'mailQuotaUser' SUP top AUXILIARY MAY mailQuota )
+
+"""
+
+
+def quota_people_ldif() -> str:
+    from tests.integration.slapd import password_hash
+    from tests.integration.test_ldap_directory import PEOPLE
+    return f"""
+dn: uid=quinn,{PEOPLE}
+objectClass: inetOrgPerson
+objectClass: mailQuotaUser
+uid: quinn
+cn: Quinn Quota
+sn: Quota
+mail: quinn@example.test
+mailQuota: 3072
+userPassword: {password_hash("{SSHA}", "quinn-pw")}
+
+dn: uid=rita,{PEOPLE}
+objectClass: inetOrgPerson
+objectClass: mailQuotaUser
+uid: rita
+cn: Rita Roomy
+sn: Roomy
+mail: rita@example.test
+mailQuota: 0
+userPassword: {password_hash("{SSHA}", "rita-pw")}
+"""
+
+
+def test_ldap_quota_attribute_is_the_users_limit(request, tmp_path):
+    from tests.integration.slapd import Slapd, require_slapd
+    from tests.integration.test_ldap_appliance import LDAPSetup
+    from tests.integration.test_ldap_directory import organisation_ldif
+
+    class QuotaSlapd(Slapd):
+        def _config_ldif(self) -> str:
+            frontend = "dn: olcDatabase={-1}frontend"
+            return super()._config_ldif().replace(frontend, QUOTA_SCHEMA + frontend, 1)
+
+    require_slapd()
+    appliances: list[Appliance] = []
+    request.node.appliances = appliances
+    ldap = LDAPSetup(str(tmp_path), appliances)
+    try:
+        server = QuotaSlapd(os.path.join(ldap.folder, "slapd"))
+        os.makedirs(server.folder)
+        ldap.slapds.append(server)
+        server.setup(organisation_ldif() + quota_people_ldif())
+        server.start()
+        # [storage] quota 2K for everyone else: alice (no attribute) is limited by it, rita (0) is not.
+        app = ldap.appliance(server.url, services=SERVICES)
+        app.sections["storage"]["quota"] = "2K"            # LDAPSetup knows no [storage]: set it, restart
+        with open(app.config_path, "w", encoding="utf-8") as handle:
+            handle.write(render_config(app.sections))
+        app.restart()
+        app.users = {"quinn": "quinn-pw", "rita": "rita-pw"}
+        quinn, rita, alice = (f"{name}@{DOMAIN}" for name in ("quinn", "rita", "alice"))
+        for n in range(2):
+            with app.smtp() as client:
+                sent = client.sendmail("someone@outside.example", [quinn, rita, alice],
+                                       make_message(f"round {n}", FILLER))
+            if n == 0:
+                assert sent == {}
+                wait_for(lambda: all(subjects(app, user) == ["round 0"] for user in (quinn, rita, alice)))
+            else:
+                # quinn's own 3072 octets cannot take a second one, nor alice's default 2K; rita's 0 is unlimited.
+                assert sent == {quinn: (452, b"4.2.2 Mailbox full"), alice: (452, b"4.2.2 Mailbox full")}
+        wait_for(lambda: sorted(subjects(app, rita)) == ["round 0", "round 1"])
+        client = imaps(app, quinn)
+        roots, quota = client.getquotaroot("INBOX")[1]
+        assert re.fullmatch(rb'"" \(STORAGE \d+ 3\)', quota[0]), quota
+        client.logout()
+        shown = app.cli("user", "show", quinn).stdout
+        assert re.search(r"^quota +[12] KiB used of 3K \([0-9]+%; the user's own\)$", shown, re.M), shown
+    finally:
+        ldap.stop()
