@@ -186,6 +186,10 @@ class Quotas:
         """Deferred[None] when `incoming` more octets fit; fails with MailboxFull when they do not."""
         if not self.limit(user):
             return defer.succeed(None)
+        try:
+            self.store.path_for(user)
+        except ValueError:
+            return defer.succeed(None)      # no mailbox for such a name: the store refuses it, with its reason
         d = self.usage(user)
         d.addCallback(self._admitted, user, incoming)
         return d
