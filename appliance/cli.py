@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 from appliance import (address, checks, config, control, dkimkeys, dnsrecords, listenbind, pickup, queue,
                        statusview, tls)
-from appliance.directory.file import (UserFileError, add_user, delete_user, grant_address, list_users, set_password,
-                                      set_quota)
+from appliance.directory.file import (UserFileError, add_user, delete_user, grant_address, list_users, own_quotas,
+                                      set_password, set_quota)
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, QueueWriteError
 from appliance.message import has, headers, prepend, remove
@@ -196,7 +196,24 @@ def summary(cfg: config.Config, directory: str | None = None) -> list[str]:
         lines.append(f"directory   file {cfg.directory.users_file}, {count} user{'s' if count != 1 else ''}")
     else:
         lines.append(f"directory   {cfg.directory.backend}: {directory}")
-    return lines
+    return lines + _quota_summary(cfg)
+
+
+def _quota_summary(cfg: config.Config) -> list[str]:
+    """One `quota` line when some limit is set: the default and where users' own limits come from.
+
+    Usage is not measured here (that would walk every mailbox): `user show` and `status` show it."""
+    default = config.format_size(cfg.storage.quota) if cfg.storage.quota else "unlimited"
+    if cfg.directory.backend == "file":
+        own = len(own_quotas(cfg.directory.users_file))
+        if not cfg.storage.quota and not own:
+            return []
+        return [f"quota       {default} by default, {own} user{'s' if own != 1 else ''} with their own; "
+                "`user show ADDRESS` shows usage"]
+    if not cfg.storage.quota:
+        return []
+    source = f", or the user's {cfg.ldap.quota_attribute}" if cfg.ldap and cfg.ldap.quota_attribute else ""
+    return [f"quota       {default} by default{source}; `user show ADDRESS` shows usage"]
 
 
 def _gen_cert(args: argparse.Namespace) -> int:

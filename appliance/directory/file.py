@@ -337,6 +337,12 @@ def list_users(users_file: str) -> list[str]:
     return list(dict.fromkeys(entry.address for entry in table.values()))
 
 
+def own_quotas(users_file: str) -> dict[str, int]:
+    """Primary address -> own quota in bytes (0 = unlimited), for the users who have one."""
+    table, _ = index_entries(users_file, _read_lines(users_file))
+    return {entry.address: entry.quota for entry in table.values() if entry.quota is not None}
+
+
 def check_users_file(users_file: str) -> list[str]:
     """Problems (`FILE:LINE: reason`) for `mailappliance check`; a missing file is fine."""
     try:

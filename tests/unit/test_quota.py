@@ -89,6 +89,22 @@ def test_user_quota_command(capsys, tmp_path):
     assert (code, err) == (1, "mailappliance: nobody@example.test: no such user\n")
 
 
+def test_check_summarises_quotas_only_when_some_are_set(capsys, tmp_path):
+    from appliance import tls
+    conf = tmp_path / "mailappliance.conf"
+    conf.write_text(CONF)
+    tls.generate_self_signed("mail.example.test", str(tmp_path / "tls/cert.pem"), str(tmp_path / "tls/key.pem"))
+    run(capsys, "--config", str(conf), "user", "add", "alice@example.test", stdin="pw\n")
+    assert not any(line.startswith("quota") for line in run(capsys, "--config", str(conf), "check")[1].splitlines())
+    run(capsys, "--config", str(conf), "user", "quota", "alice@example.test", "1G")
+    assert "quota       unlimited by default, 1 user with their own; `user show ADDRESS` shows usage" in run(
+        capsys, "--config", str(conf), "check")[1].splitlines()
+    conf.write_text(CONF + "\n[storage]\nquota = 2G\n")
+    run(capsys, "--config", str(conf), "user", "quota", "alice@example.test", "none")
+    assert "quota       2G by default, 0 users with their own; `user show ADDRESS` shows usage" in run(
+        capsys, "--config", str(conf), "check")[1].splitlines()
+
+
 # ---- measuring -------------------------------------------------------------------------------------------
 def test_maildir_usage_reads_names_and_stats_only_names_without_a_size(tmp_path, monkeypatch):
     root = str(tmp_path / "alice")
