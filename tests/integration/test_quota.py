@@ -16,7 +16,6 @@ import os
 import re
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 import zlib
