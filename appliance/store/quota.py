@@ -39,6 +39,7 @@ from appliance.replies import SMTPReplyError
 
 _SIZE_IN_NAME = re.compile(r",S=([0-9]{1,18})(?:[,:]|$)")
 MAX_REMEMBERED = 1000      # users whose last measured usage is kept for `status` (the fullest ones)
+MAX_FOLDERS = 10000        # Maildir folders whose sizes are remembered (least recently checked forgotten)
 NEARLY_FULL = 0.9          # `status` lists mailboxes at or above this share of their limit
 
 
@@ -74,11 +75,13 @@ class _MaildirSizes:
 class UsageMeter:
     """The space each folder takes, remembered per Maildir folder until its directories change.
 
-    Thread-safe: deliveries and IMAP sessions measure from several pool threads at once.
+    Thread-safe: deliveries and IMAP sessions measure from several pool threads at once. At most
+    MAX_FOLDERS folders are remembered (a few hundred bytes each): a forgotten one is listed again.
     """
 
-    def __init__(self) -> None:
-        self._maildirs: dict[str, _MaildirSizes] = {}
+    def __init__(self, max_folders: int = MAX_FOLDERS) -> None:
+        self._maildirs: OrderedDict[str, _MaildirSizes] = OrderedDict()
+        self._max_folders = max_folders
         self._guard = threading.Lock()
 
     def mailbox(self, account: Any) -> int:
@@ -94,6 +97,8 @@ class UsageMeter:
         stamp = _dir_stamp(path)
         with self._guard:
             known = self._maildirs.get(path)
+            if known is not None:
+                self._maildirs.move_to_end(path)
         if known is not None and known.stamp == stamp:
             return known.total
         previous = known.unnamed if known is not None else {}
@@ -110,6 +115,9 @@ class UsageMeter:
                 total += size
         with self._guard:
             self._maildirs[path] = _MaildirSizes(stamp, total, unnamed)
+            self._maildirs.move_to_end(path)
+            while len(self._maildirs) > self._max_folders:
+                self._maildirs.popitem(last=False)
         return total
 
 

@@ -126,6 +126,16 @@ def test_maildir_usage_reads_names_and_stats_only_names_without_a_size(tmp_path,
     assert meter.mailbox(account) == 3 * LF_SIZE
 
 
+def test_remembered_folders_are_bounded(tmp_path):
+    meter = UsageMeter(max_folders=2)
+    accounts = [MaildirAccount(str(tmp_path / name)) for name in ("a", "b", "c")]
+    for account in accounts:
+        write(account.root, BODY)
+        assert meter.mailbox(account) == LF_SIZE
+    assert len(meter._maildirs) == 2
+    assert meter.mailbox(accounts[0]) == LF_SIZE            # forgotten, listed again
+
+
 def test_mbox_usage_is_the_size_of_every_folder_file(tmp_path):
     root = str(tmp_path / "alice")
     append(root, BODY, "bob@example.test")
