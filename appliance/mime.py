@@ -48,6 +48,22 @@ def split_head(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:end + 4], raw[end + 4:]
 
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def head_block(stored: bytes) -> bytes:
+    """split_head(crlf(stored))[0] without converting the body: what ENVELOPE needs of a stored message.
+
+    A blank line of the CRLF form is `\n`, an optional `\r`, `\n` in the stored form (LF or
+    CRLF); crlf() works line by line, so converting only the octets up to it gives the same head.
+    """
+    if stored.startswith(b"\n") or stored.startswith(b"\r\n"):
+        return b"\r\n"
+    found = _BLANK_LINE.search(stored)
+    prefix = stored if found is None else stored[:found.end()]
+    return split_head(crlf(prefix))[0]
+
+
 def header_fields(head: bytes, names: list[bytes], negate: bool) -> bytes:
     """HEADER.FIELDS / HEADER.FIELDS.NOT: the chosen fields as stored, then the empty line."""
     wanted = {n.lower() for n in names}
@@ -245,7 +261,11 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
 
 
 def crlf(data: bytes) -> bytes:
-    """Stored form (LF) to wire form (CRLF), leaving lines that already end in CRLF alone."""
+    """Stored form (LF) to wire form (CRLF), leaving lines that already end in CRLF alone.
+
+    Most stored messages hold no CR at all: one pass (and one copy) then does it."""
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 

@@ -191,7 +191,7 @@ class FetchCommand:
         seen = not view.readonly and marks_seen(query)
         d = self._mark_seen(items) if seen else defer.succeed(None)
         if kinds & _FROM_INDEX:
-            d.addCallback(lambda _: self._run(folder.meta, [u for _, u in items]))
+            d.addCallback(lambda _: self._run(folder.meta, [u for _, u in items], "bodystructure" in kinds))
         else:
             d.addCallback(lambda _: {})
         d.addCallback(self._stream, items, query, bool(uid), seen)

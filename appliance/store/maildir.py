@@ -20,7 +20,7 @@ from appliance.durable import fsync_dir
 from appliance.errors import MailboxUnavailable
 from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
-from appliance.store.folder import Folder, shared
+from appliance.store.folder import Folder, racy, shared
 
 SUBDIRS = ("cur", "new", "tmp")
 
@@ -202,6 +202,7 @@ class MaildirFolder(Folder):
         super().__init__(path, path)
         self._names: dict[str, tuple[str, str]] = {}      # key -> (subdir, file name)
         self._seen_stamp: tuple[int, ...] | None = None
+        self._racy = True                # the last scan may have missed a change in its own clock tick
 
     def _dir_stamp(self) -> tuple[int, ...]:
         stamp = []
@@ -214,10 +215,12 @@ class MaildirFolder(Folder):
         return tuple(stamp)
 
     def changed(self) -> bool:
-        return self._dir_stamp() != self._seen_stamp
+        return self._racy or self._dir_stamp() != self._seen_stamp
 
     def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
+        scanned = time.time_ns()
         self._seen_stamp = self._dir_stamp()       # before listing: a change during the scan is seen next time
+        self._racy = racy(max(self._seen_stamp[0], self._seen_stamp[2]), scanned)
         names: dict[str, tuple[str, str]] = {}
         found: dict[str, tuple[frozenset[str], bool]] = {}
         for sub in ("new", "cur"):
@@ -252,6 +255,20 @@ class MaildirFolder(Folder):
 
     def _mtime(self, key: str) -> float:
         return os.stat(self._file(key)).st_mtime
+
+    def _read_dated(self, key: str) -> tuple[bytes, float]:
+        """One open for both: the date from fstat of the file just read (no second path lookup)."""
+        for attempt in range(2):
+            try:
+                with open(self._file(key), "rb") as handle:
+                    return handle.read(), os.fstat(handle.fileno()).st_mtime
+            except KeyError:
+                raise FileNotFoundError(key) from None
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                self._scan()            # renamed by a flag change in another process: look once more
+        raise FileNotFoundError(key)
 
     def _move(self, key: str, flags: frozenset[str]) -> bool:
         """Rename a message to cur/ with `flags`; False when it has vanished."""
