@@ -7,6 +7,7 @@ is the name up to the first `,` or `:` (RFC 1939-valid, or its MD5). Folders are
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -142,7 +143,13 @@ def split_name(name: str) -> tuple[str, frozenset[str]]:
     """`base:2,FS` -> (base, {\\Flagged, \\Seen}); unknown letters (keywords, P) are kept on disk only."""
     base, _, info = name.partition(":")
     letters = info[2:] if info.startswith("2,") else ""
-    return base, frozenset(FLAGS[c] for c in letters if c in FLAGS)
+    return base, _flag_set(letters)
+
+
+@functools.lru_cache(maxsize=1024)
+def _flag_set(letters: str) -> frozenset[str]:
+    """The flags of some info letters; a folder's 10,000 names use a handful of letter strings."""
+    return frozenset(FLAGS[c] for c in letters if c in FLAGS)
 
 
 def info_letters(flags: frozenset[str], old_name: str = "") -> str:
@@ -260,8 +267,8 @@ class MaildirFolder(Folder):
         """One open for both: the date from fstat of the file just read (no second path lookup)."""
         for attempt in range(2):
             try:
-                with open(self._file(key), "rb") as handle:
-                    return handle.read(), os.fstat(handle.fileno()).st_mtime
+                data, info = _read_stat(self._file(key))
+                return data, info.st_mtime
             except KeyError:
                 raise FileNotFoundError(key) from None
             except FileNotFoundError:
@@ -356,8 +363,24 @@ def _message_files(folder: str) -> list[str]:
 
 
 def _read_file(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+    return _read_stat(path)[0]
+
+
+def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
+    """A message file's octets and its stat: open, fstat, one read, close (Python's buffered open()
+    costs a third more per file, which shows when a first FETCH reads 10,000 of them)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        data = os.read(fd, info.st_size + 1)
+        if len(data) != info.st_size:     # it grew or shrank since the fstat: read to the end
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data, info
+    finally:
+        os.close(fd)
 
 
 # ---- the account -----------------------------------------------------------------------------------
