@@ -115,8 +115,10 @@ def _section_label(numbers: tuple[int, ...], kind: str, fields: list[bytes] | No
 def fetch_response(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool,
                    flags_changed: bool, state: Any, view: View) -> bytes | None:
     """One `* n FETCH (...)` line; None when the message is gone or its metadata is missing."""
-    parts = fetch_parts(seq, uid, raw, meta, query, by_uid, flags_changed, state, view)
-    return None if parts is None else b"".join(parts)
+    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view)
+    if items is None:
+        return None
+    return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(item[0] if len(item) == 1 else b"".join(item) for item in items))
 
 
 BIG_PIECE = 16 << 10     # a piece this long is written as it is; shorter ones are joined with their neighbours
@@ -125,10 +127,17 @@ BIG_PIECE = 16 << 10     # a piece this long is written as it is; shorter ones a
 def fetch_parts(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool,
                 flags_changed: bool, state: Any, view: View) -> list[bytes] | None:
     """`fetch_response` as pieces for transport.writeSequence: message octets stay their own piece."""
+    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view)
+    return None if items is None else _coalesce(seq, items)
+
+
+def _items(uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool, flags_changed: bool,
+           state: Any, view: View) -> list[list[bytes]] | None:
+    """The data items of one FETCH response, each as pieces; None when the message is gone or its metadata is missing."""
     if uid not in state.position:
         return None            # expunged by another session meanwhile: nothing to show
     flags = format_flags(state.flags_of(uid), uid in view.recent)
-    items: list[list[bytes]] = []          # each item as pieces; items are separated by a space
+    items: list[list[bytes]] = []
     if by_uid and not any(p.type == "uid" for p in query):
         items.append([b"UID %d" % uid])
     for part in query:
@@ -145,7 +154,7 @@ def fetch_parts(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query:
             items.append(body_item(part, raw))
     if flags_changed and not any(p.type == "flags" for p in query):
         items.append([b"FLAGS " + flags])
-    return _coalesce(seq, items)
+    return items
 
 
 def _coalesce(seq: int, items: list[list[bytes]]) -> list[bytes]:
