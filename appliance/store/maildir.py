@@ -238,6 +238,12 @@ class MaildirFolder(Folder):
         self._names = names
         return found
 
+    def _relist(self) -> None:
+        """List the folder again to find renamed files, outside a refresh: the published Snapshot
+        is older than this listing's stamp now, so the next refresh must not trust the stamp."""
+        self._scan()
+        self._racy = True
+
     def _order(self, key: str) -> object:
         return arrival_order(key)
 
@@ -254,7 +260,7 @@ class MaildirFolder(Folder):
             return _read_file(path)
         except FileNotFoundError:
             # Renamed by a flag change in another process since our scan: look once more.
-            self._scan()
+            self._relist()
             try:
                 return _read_file(self._file(key))
             except KeyError:
@@ -274,7 +280,7 @@ class MaildirFolder(Folder):
             except FileNotFoundError:
                 if attempt:
                     raise
-                self._scan()            # renamed by a flag change in another process: look once more
+                self._relist()            # renamed by a flag change in another process: look once more
         raise FileNotFoundError(key)
 
     def _move(self, key: str, flags: frozenset[str]) -> bool:
@@ -290,7 +296,7 @@ class MaildirFolder(Folder):
                 return True
             except FileNotFoundError:
                 if attempt == 0:
-                    self._scan()
+                    self._relist()
         return False
 
     def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
@@ -318,7 +324,7 @@ class MaildirFolder(Folder):
                     missed.append(key)
             if not missed or attempt:
                 return
-            self._scan()
+            self._relist()
             keys = missed
 
     def _add(self, message: bytes, flags: frozenset[str], date: float | None) -> str:

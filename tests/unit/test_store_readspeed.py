@@ -190,3 +190,19 @@ def test_recently_used_folders_stay_open_within_a_bound(tmp_path):
     del folders
     assert len(folder_module._kept) == folder_module.KEEP_OPEN
     assert id(maildir.open_folder(str(tmp_path / f"box{folder_module.KEEP_OPEN + 2}"))) == ids[-1]
+
+
+def test_a_listing_made_to_find_a_renamed_file_does_not_hide_other_changes(store, path):
+    """Reading a message another process renamed lists the folder again; the new message that
+    arrived meanwhile must still reach the next refresh (the listing's stamp is not a publish)."""
+    Maildir.stored_messages(path, [b"Subject: a\n\n"])
+    folder = maildir.MaildirAccount(path).folder("INBOX")
+    age(path, 60)
+    uid = folder.refresh().uids[0]
+    name = os.listdir(os.path.join(path, "new"))[0]
+    os.rename(os.path.join(path, "new", name), os.path.join(path, "cur", name + ":2,S"))   # another reader
+    Maildir.by_hand(path, b"Subject: b\n\n", "1700000009.M9P1.example")
+    age(path, 30)
+    assert folder.read(uid) == b"Subject: a\r\n\r\n"            # found again by listing the folder
+    state = folder.refresh()
+    assert len(state.uids) == 2 and state.flags_of(uid) == {"\\Seen"}
