@@ -37,7 +37,7 @@ class Meta:
     size: int                 # RFC822.SIZE: octets in CRLF form
     internaldate: float       # seconds since the epoch
     envelope: bytes           # the ENVELOPE response, ready to send
-    bodystructure: bytes      # the extended BODYSTRUCTURE response, ready to send
+    bodystructure: bytes | None = None   # the extended BODYSTRUCTURE response, ready to send; None until asked
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 
 from appliance import mime
@@ -18,14 +19,27 @@ from appliance.store.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, loa
 
 _registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()
 _registry_guard = threading.Lock()
+# The folders used last stay open after their sessions end: a client logging in again (a phone
+# polling, a second SELECT) finds the Snapshot, UID list and loaded index in memory and pays a
+# few stat calls instead of a rescan. Bounded: a 10,000-message folder keeps a few MB.
+KEEP_OPEN = 8
+_kept: "OrderedDict[str, Folder]" = OrderedDict()
+# A directory or file changed less than this long before a scan may change again within the
+# same timestamp tick without its stamp moving: such a scan is not trusted to be the last word.
+RACY_NS = 1_000_000_000
 
 
-def _stamp(path: str) -> tuple[int, int] | None:
+def _stamp(path: str) -> tuple[int, int, int] | None:
     try:
         info = os.stat(path)
     except OSError:
         return None
-    return info.st_mtime_ns, info.st_size
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def racy(mtime_ns: int, scanned_ns: int) -> bool:
+    """Whether a change at `mtime_ns` is too close to a scan started at `scanned_ns` to trust the stamp."""
+    return mtime_ns >= scanned_ns - RACY_NS
 
 
 def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
@@ -35,6 +49,10 @@ def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
         if folder is None:
             folder = make()
             _registry[path] = folder
+        _kept[path] = folder
+        _kept.move_to_end(path)
+        while len(_kept) > KEEP_OPEN:
+            _kept.popitem(last=False)
         return folder
 
 
@@ -48,7 +66,8 @@ class Folder:
         self._index = MetaIndex(f"{meta_dir}/{INDEX}")
         self._uids = UidState(0)
         self._keys: dict[int, str] = {}          # uid -> message key
-        self._uid_stamp: tuple[int, int] | None = None
+        self._uid_stamp: tuple[int, int, int] | None = None
+        self._scanned = False
         self._meta_guard = threading.Lock()
         self.state = Snapshot(0, 1)
 
@@ -95,12 +114,20 @@ class Folder:
 
     # ---- the folder's life ------------------------------------------------------------------------
     def refresh(self) -> Snapshot:
-        """Rescan the folder, give UIDs to new messages, and publish a new Snapshot."""
+        """Rescan the folder, give UIDs to new messages, and publish a new Snapshot.
+
+        When neither the folder (`changed`, a few stat calls) nor the UID list changed since the
+        last scan, the Snapshot in memory is still right and is returned as is: a warm SELECT
+        costs no directory listing.
+        """
+        if self._scanned and not self.changed() and _stamp(self._uidlist) == self._uid_stamp:
+            return self.state
         with locked(self._lock):
             self._refresh_locked()
         return self.state
 
     def _refresh_locked(self) -> None:
+        self._scanned = True
         found = self._scan()
         uids = self._load_uids()
         dirty = uids.validity != self._uids.validity
@@ -117,8 +144,10 @@ class Folder:
 
     def _load_uids(self) -> UidState:
         """The UID list, re-read only when another process or folder object changed it."""
-        if self._uid_stamp is not None and _stamp(self._uidlist) == self._uid_stamp:
+        stamp = _stamp(self._uidlist)
+        if self._uid_stamp is not None and stamp == self._uid_stamp:
             return self._uids
+        self._uid_stamp = stamp          # taken before reading: a change meanwhile is read next time
         return load_uids(self._uidlist)
 
     def _save_uids(self) -> None:
@@ -143,6 +172,8 @@ class Folder:
 
     def claim(self, uids: frozenset[int]) -> frozenset[int]:
         """Claim fresh messages for one session's \\Recent; each is claimed by one session only."""
+        if not uids:
+            return frozenset()
         with locked(self._lock):
             keys = list(self._keys_for(uids).values())
             claimed = set(self._claim(keys))
@@ -194,8 +225,13 @@ class Folder:
         """One message in CRLF form; KeyError or FileNotFoundError when it is gone."""
         return mime.crlf(self._read(self._keys[uid]))
 
-    def meta(self, uids: list[int]) -> dict[int, Meta]:
-        """Meta for each still-present UID, from the index, reading only messages it lacks."""
+    def meta(self, uids: list[int], structure: bool = False) -> dict[int, Meta]:
+        """Meta for each still-present UID, from the index, reading only messages it lacks.
+
+        A message first described reads only what ENVELOPE, RFC822.SIZE and INTERNALDATE need
+        (the header block; the size by counting line ends); its BODYSTRUCTURE, which needs the
+        whole MIME tree, is worked out and added to the index only when `structure` is asked for.
+        """
         with self._meta_guard:
             self._index.load()
         keys = {uid: self._keys.get(uid) for uid in uids}
@@ -205,8 +241,8 @@ class Folder:
             if key is None:
                 continue
             meta = self._index.entries.get(key)
-            if meta is None:
-                meta = self._describe(key)
+            if meta is None or structure and meta.bodystructure is None:
+                meta = self._describe(key, structure)
                 if meta is None:
                     continue
                 missing[key] = meta
@@ -216,11 +252,18 @@ class Folder:
                 self._index.add(missing)
         return found
 
-    def _describe(self, key: str) -> Meta | None:
+    def _read_dated(self, key: str) -> tuple[bytes, float]:
+        """The stored octets of one message and its INTERNALDATE; FileNotFoundError when it is gone."""
+        data = self._read(key)
+        return data, self._mtime(key)
+
+    def _describe(self, key: str, structure: bool = False) -> Meta | None:
         try:
-            raw = mime.crlf(self._read(key))
-            date = self._mtime(key)
+            data, date = self._read_dated(key)
         except FileNotFoundError:
             return None
+        if not structure:
+            return Meta(mime.wire_size(data), date, mime.envelope(mime.head_block(data)), None)
+        raw = mime.crlf(data)
         part = mime.parse(raw)
         return Meta(len(raw), date, mime.envelope(part.head), mime.bodystructure(part, True))

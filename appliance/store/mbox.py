@@ -31,7 +31,7 @@ from appliance.durable import replace_file
 from appliance.errors import MailboxUnavailable
 from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
-from appliance.store.folder import Folder, shared
+from appliance.store.folder import Folder, racy, shared
 from appliance.store.index import thread_lock, write_atomic
 from appliance.store.maildir import FLAGS as LETTER_FLAGS, LETTERS
 
@@ -320,6 +320,8 @@ class MboxFolder(Folder):
         self._pop3: dict[str, tuple[str, int]] | None = None    # key -> (UIDL, size), kept once POP3 asked
         self._stamp: tuple[int, int] | None = None
         self._seen_stamp: tuple[int, int] | None = None
+        self._seen_flags: tuple[int, int] | None = None
+        self._racy = True                # the last scan may have missed a change in its own clock tick
         self._sidecar: dict = {}
 
     def _file_stamp(self) -> tuple[int, int]:
@@ -329,8 +331,15 @@ class MboxFolder(Folder):
             return (0, 0)
         return info.st_mtime_ns, info.st_size
 
+    def _flags_stamp(self) -> tuple[int, int]:
+        try:
+            info = os.stat(self._flags_path)
+        except FileNotFoundError:
+            return (0, 0)
+        return info.st_mtime_ns, info.st_ino
+
     def changed(self) -> bool:
-        return self._file_stamp() != self._seen_stamp
+        return self._racy or self._file_stamp() != self._seen_stamp or self._flags_stamp() != self._seen_flags
 
     def _load_sidecar(self) -> dict:
         try:
@@ -346,7 +355,10 @@ class MboxFolder(Folder):
         write_atomic(self._flags_path, json.dumps(self._sidecar).encode("utf-8"))
 
     def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
+        scanned = time.time_ns()
         self._seen_stamp = self._file_stamp()
+        self._seen_flags = self._flags_stamp()
+        self._racy = racy(max(self._seen_stamp[0], self._seen_flags[0]), scanned)
         if self._seen_stamp != self._stamp:
             self._parse()
         self._sidecar = self._load_sidecar()
