@@ -203,7 +203,14 @@ class OutboundDeliveryTests(TestCase):
         self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
         resolver = client.Resolver(servers=[("127.0.0.1", self.dns.port)])
         self.router = MXRouter(resolver, HOSTNAME, clock=reactor)
-        self.courier = OutboundCourier(self.router, reactor, HOSTNAME, port=self.port, timeouts=TIMEOUTS)
+        self.courier = self.make_courier()
+
+    def make_courier(self, router: MXRouter | None = None, **options) -> OutboundCourier:
+        """A courier whose kept sessions are closed (QUIT) when the test ends."""
+        options.setdefault("port", self.port)
+        courier = OutboundCourier(router or self.router, reactor, HOSTNAME, timeouts=TIMEOUTS, **options)
+        self.addCleanup(courier.close)
+        return courier
 
     def sink(self, address: str, *options: str) -> SMTPSink:
         sink = SMTPSink(self.root, address, self.port, *options)
@@ -284,8 +291,7 @@ class OutboundDeliveryTests(TestCase):
 
     async def test_dead_nameserver_is_temporary(self):
         resolver = client.Resolver(servers=[("127.0.0.1", free_port())], timeout=(1,))
-        courier = OutboundCourier(MXRouter(resolver, HOSTNAME, clock=reactor), reactor, HOSTNAME, port=self.port,
-                                  timeouts=TIMEOUTS)
+        courier = self.make_courier(MXRouter(resolver, HOSTNAME, clock=reactor))
         [outcome] = await self.deliver("bob@example.org", courier=courier)
         assert isinstance(outcome, TemporaryFailure)
         assert str(outcome).startswith("4.4.3 MX lookup for example.org failed")
@@ -299,10 +305,8 @@ class OutboundDeliveryTests(TestCase):
         assert [(m["rcpt"], m["tls"]) for m in peer.received] == [("bob@implicit.test", True)]
 
     def smarthost_courier(self, trust: ssl.Certificate, password: str = "relay-secret") -> OutboundCourier:
-        return OutboundCourier(self.router, reactor, HOSTNAME, smarthost=("localhost", self.port),
-                               smarthost_auth=("relay", password),
-                               client_tls_options=ssl.optionsForClientTLS("localhost", trustRoot=trust),
-                               timeouts=TIMEOUTS)
+        return self.make_courier(smarthost=("localhost", self.port), smarthost_auth=("relay", password),
+                                 client_tls_options=ssl.optionsForClientTLS("localhost", trustRoot=trust))
 
     async def test_smarthost_with_verified_tls_and_auth(self):
         ca, server_tls = make_certificates("localhost")
