@@ -189,7 +189,7 @@ class OutboundCourier:
         try:
             return await session.transaction(batch.envelope.sender, recipients, batch.message)
         finally:
-            self.sessions.give_back(key, session)
+            await self.sessions.give_back(key, session)
 
 
 def _judge(replies: smtpclient.Results, where: str) -> dict[str, Outcome]:

@@ -103,18 +103,21 @@ class SessionCache:
         self._open.add(session)
         session.closed.addBoth(self._gone, key, session)
 
-    def give_back(self, key: Key, session: Session) -> None:
-        """After a transaction: keep the session for the next message to `key`, or end it."""
-        limits = self._limits
-        if (self._closing or not session.usable or limits.idle_time <= 0
-                or session.transactions >= limits.reuse_limit or self._idle_count >= limits.concurrency):
-            self._end(session)
-        elif session.clean:
+    async def give_back(self, key: Key, session: Session) -> None:
+        """After a transaction: keep the session for the next message to `key`, or end it.
+
+        A transaction left half-way is ended with RSET first, before the delivery's slot is freed,
+        so the next message to the host finds the session kept rather than opening another.
+        """
+        if self._reusable(session) and await session.reset() and self._reusable(session):
             self._keep(key, session)
         else:
-            d = defer.ensureDeferred(session.reset())
-            d.addCallback(lambda ready: self._keep(key, session) if ready and not self._closing
-                          else self._end(session))
+            self._end(session)
+
+    def _reusable(self, session: Session) -> bool:
+        limits = self._limits
+        return (not self._closing and session.usable and limits.idle_time > 0
+                and session.transactions < limits.reuse_limit and self._idle_count < limits.concurrency)
 
     def discard(self, key: Key) -> None:
         """End every idle session to `key`: one was found dropped by the peer, its siblings are as old."""

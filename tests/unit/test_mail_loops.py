@@ -93,6 +93,9 @@ def test_a_forward_leaves_with_delivered_to_naming_the_alias(monkeypatch):
         transactions, usable, clean = 0, True, True
         closed: defer.Deferred = defer.Deferred()
 
+        def reset(self):
+            return defer.succeed(True)
+
         def transaction(self, sender, recipients, message):
             sent.append((recipients, message))
             return defer.succeed({r: (250, "ok") for r in recipients})
