@@ -85,11 +85,17 @@ class SMTPSink:
             time.sleep(0.05)
 
     def transactions(self) -> list[str]:
-        """The dumped transactions (X-Rcpt-Args lines, then the message)."""
+        """The dumped transactions (X-Rcpt-Args lines, then the message).
+
+        smtp-sink creates a dump before it has written it: an empty one, or one not ending its
+        last line, is still being written and is not counted yet.
+        """
         texts = []
         for path in sorted(glob.glob(os.path.join(self.folder, "*"))):
             with open(path, encoding="utf-8", errors="replace") as handle:
-                texts.append(handle.read())
+                text = handle.read()
+            if text.endswith("\n"):
+                texts.append(text)
         return texts
 
     def stop(self) -> None:
