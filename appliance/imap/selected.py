@@ -21,7 +21,6 @@ from appliance.imap.view import SequenceError, View, format_flags
 _FLAG_LIST = b"(" + " ".join(SYSTEM_FLAGS).encode() + b")"
 _SEARCH_CHARSETS = (b"US-ASCII", b"UTF-8")
 UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE")
-_claiming: set[Folder] = set()          # folders one idler is claiming \Recent in right now (folder_changed)
 
 
 def uid_set(uids: list[int]) -> bytes:
@@ -38,6 +37,9 @@ def uid_set(uids: list[int]) -> bytes:
     if start is not None:
         parts.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
     return b",".join(parts)
+
+
+_claiming: set[Folder] = set()          # folders one idler is claiming \Recent in right now (folder_changed)
 
 
 class SelectedCommands:
