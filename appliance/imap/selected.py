@@ -159,17 +159,21 @@ class SelectedCommands:
 
     # ---- IDLE (RFC 2177) ---------------------------------------------------------------------------------
     def folder_changed(self) -> None:
-        """Called by the FolderWatcher after each poll: catch up if the folder moved past our view.
+        """Called by the FolderWatcher after each poll: catch up if the folder moved past our view."""
+        if self.view is not None and self.folder is not None and self.view.known is not self.folder.state:
+            self._catch_up_idling()
 
-        The watcher has just read the folder, so its shared state is current: an idler needs the
-        disk pool only to claim \\Recent for fresh messages, and one idler of the folder at a
-        time does (the others are told from the shared state at once). A pool job per idler was
-        a second poll per session: with 10,000 idlers, seconds before the last heard of new mail.
+    def _catch_up_idling(self) -> None:
+        """Tell the idling client what changed, from the folder's shared state.
+
+        The watcher has just read the folder (or this process changed it), so its state is
+        current: an idler needs the disk pool only to claim \\Recent for fresh messages, and one
+        idler of the folder at a time does (the others are told from the shared state at once).
+        A pool job per idler was a second poll per session: with 10,000 idlers, seconds before
+        the last heard of new mail.
         """
         view, folder = self.view, self.folder
-        if view is None or folder is None or view.known is folder.state:
-            return
-        if self._idle_tag is None or self._syncing:
+        if view is None or folder is None or self._idle_tag is None or self._syncing:
             return
         if view.readonly or not folder.state.fresh or folder in _claiming:
             self._send_updates((folder.state, frozenset()))
