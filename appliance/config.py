@@ -117,6 +117,10 @@ class DeliverySection:
     nameservers: tuple[tuple[str, int], ...] = ()  # () = /etc/resolv.conf
     port: int = 25                    # the port of the peers' MX (tests use other ports)
     allow_address_literals: bool = False
+    destination_concurrency: int = 10  # remote deliveries at once to one domain (or the smarthost)
+    concurrency: int = 20             # remote deliveries at once, in all (a restart applies a change)
+    connection_reuse_limit: int = 100  # messages over one outbound SMTP session
+    connection_cache_time: int = 2    # seconds a session waits for the next message; 0 = one message each
 
 
 @dataclass(frozen=True)
@@ -718,6 +722,10 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "nameservers": _Key("nameservers", _nameservers),
         "port": _Key("port", _port, "25"),
         "allow_address_literals": _Key("allow_address_literals", _yes_no, "no"),
+        "destination_concurrency": _Key("destination_concurrency", _count(1, 1000), "10"),
+        "concurrency": _Key("concurrency", _count(1, 1000), "20"),
+        "connection_reuse_limit": _Key("connection_reuse_limit", _count(1, 100000), "100"),
+        "connection_cache_time": _Key("connection_cache_time", _count(0, 300), "2"),
     },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),

@@ -303,7 +303,8 @@ def _queue(parts: Parts, top: ApplianceService) -> Any:
     cfg, reactor = parts.cfg, parts.reactor
     spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, parts.pools["queue"], WriterThread())
     queue = QueueService(spool, parts.couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
-                         is_local=lambda a: address.in_domains(a, parts.cfg.appliance.domains))
+                         is_local=lambda a: address.in_domains(a, parts.cfg.appliance.domains),
+                         remote_concurrency=cfg.delivery.concurrency)
     queue.setName("queue")
     queue.setServiceParent(top)
     from appliance.control import ControlService, socket_path
@@ -324,6 +325,7 @@ def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
     """MX routing (or the smarthost) for remote recipients."""
     from appliance.couriers.mxroute import MXRouter, make_resolver, own_addresses
     from appliance.couriers.outbound import OutboundCourier
+    from appliance.couriers.sessions import Limits
     # Who we are, so that mail routed back to us (an MX or a literal naming us) fails with 5.4.6.
     myself = own_addresses([cfg.listen.smtp] if cfg.listen.smtp else [], cfg.delivery.port)
     router = MXRouter(make_resolver(cfg.delivery.nameservers, reactor), cfg.appliance.hostname, myself,
@@ -339,8 +341,12 @@ def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
         with open(relay.smarthost_ca_file, "rb") as f:
             authorities = [ssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())]
         tls_options = ssl.optionsForClientTLS(relay.smarthost[0], trustRoot=ssl.trustRootFromCertificates(authorities))
+    d = cfg.delivery
+    limits = Limits(destination_concurrency=d.destination_concurrency, concurrency=d.concurrency,
+                    reuse_limit=d.connection_reuse_limit, idle_time=d.connection_cache_time)
     return OutboundCourier(router, reactor, cfg.appliance.hostname, port=cfg.delivery.port,
-                           smarthost=relay.smarthost, smarthost_auth=auth, client_tls_options=tls_options)
+                           smarthost=relay.smarthost, smarthost_auth=auth, client_tls_options=tls_options,
+                           limits=limits)
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:
