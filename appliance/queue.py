@@ -32,7 +32,7 @@ from appliance.config import QueueSection
 from appliance.envelope import DELIVERED, FAILED, Envelope, Recipient
 from appliance.errors import ApplianceError, QueueWriteError, TemporaryFailure
 from appliance.interfaces import ICourier, IQueue
-from appliance.inline import InlinePool, InlineReactor
+from appliance.inline import InlinePool, InlineReactor, run_job
 from appliance.durable import fsync_dir, replace_file
 
 log = Logger()
@@ -366,12 +366,7 @@ class WriterThread:
             if item is None:
                 return
             on_result, f, args, kwargs = item
-            try:
-                result = f(*args, **kwargs)
-            except BaseException:
-                on_result(False, Failure())
-            else:
-                on_result(True, result)
+            run_job(on_result, f, *args, **kwargs)
 
 
 # --- the spool ----------------------------------------------------------------------------------

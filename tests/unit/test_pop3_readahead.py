@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from twisted.python.failure import Failure
 
-from appliance.inline import InlinePool
+from appliance.inline import InlinePool, run_job
 from appliance.interfaces import IMaildrop
 from appliance.mime import crlf
 from appliance.pop3 import multiline
@@ -56,12 +55,7 @@ class HeldPool:
     def run(self) -> int:
         jobs, self.jobs = self.jobs, []
         for on_result, f, args, kwargs in jobs:
-            try:
-                result = f(*args, **kwargs)
-            except BaseException:
-                on_result(False, Failure())
-            else:
-                on_result(True, result)
+            run_job(on_result, f, *args, **kwargs)
         return len(jobs)
 
 
