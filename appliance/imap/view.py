@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Collection
 
-from appliance.imap.backend import Snapshot
+from appliance.imap.backend import SYSTEM_FLAGS, Snapshot
 
 MAX_NUMBER = 0xFFFFFFFF
 _SET = re.compile(rb"^(?:(?:\d+|\*)(?::(?:\d+|\*))?)(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*$")
@@ -44,6 +45,18 @@ def _bounds(item: Range, star: int) -> tuple[int, int]:
 def format_flags(flags: frozenset[str], recent: bool) -> bytes:
     names = sorted(flags) + (["\\Recent"] if recent else [])
     return b"(" + " ".join(names).encode("ascii", "replace") + b")"
+
+
+def flag_list(snapshot: Snapshot) -> bytes:
+    """The FLAGS response's list: the system flags and the folder's keywords (RFC 3501 7.2.6)."""
+    return b"(" + " ".join(SYSTEM_FLAGS + snapshot.keywords).encode("ascii", "replace") + b")"
+
+
+def permanent_flags(snapshot: Snapshot, readonly: bool) -> bytes:
+    """PERMANENTFLAGS: what STORE can change; `\\*` while the folder can take new keywords (RFC 3501 7.1)."""
+    if readonly:
+        return b"()"
+    return flag_list(snapshot)[:-1] + (b")" if snapshot.keywords_full else b" \\*)")
 
 
 class View:
@@ -90,11 +103,13 @@ class View:
         return [(index + 1, uids[index]) for index in sorted(picked)]
 
     def updates(self, current: Snapshot, claimed: frozenset[int] = frozenset(),
-                allow_expunge: bool = True) -> list[bytes] | None:
+                allow_expunge: bool = True, quiet: Collection[int] = ()) -> list[bytes] | None:
         """Untagged responses taking the client from `known` to `current`, which becomes `known`.
 
         With allow_expunge False (during FETCH, STORE, SEARCH) nothing is reported and None is
-        returned when messages have gone: the client must not see numbers shift then.
+        returned when messages have gone: the client must not see numbers shift then. Flag
+        changes of the UIDs in `quiet` are left out: the command has shown them already.
+        A change in the folder's keywords comes first, as FLAGS and PERMANENTFLAGS (RFC 3501 7.2.6).
         """
         self.recent |= claimed
         old = self.known
@@ -104,6 +119,9 @@ class View:
         if gone and not allow_expunge:
             return None
         lines = [b"* %d EXPUNGE" % (index + 1) for index in reversed(gone)]
+        if current.keywords != old.keywords or current.keywords_full != old.keywords_full:
+            lines[:0] = [b"* FLAGS " + flag_list(current),
+                         b"* OK [PERMANENTFLAGS " + permanent_flags(current, self.readonly) + b"] Flags permitted"]
         for uid in [old.uids[index] for index in gone]:
             self.recent.discard(uid)
         old_count = len(old.uids) - len(gone)
@@ -112,7 +130,7 @@ class View:
             lines.append(b"* %d RECENT" % sum(1 for uid in current.uids if uid in self.recent))
         for index, uid in enumerate(current.uids):
             before = old.position.get(uid)
-            if before is None:
+            if before is None or uid in quiet:
                 continue
             if old.flags[before] != current.flags[index] or uid in claimed:
                 lines.append(b"* %d FETCH (FLAGS %b)" % (index + 1, format_flags(current.flags[index], uid in self.recent)))

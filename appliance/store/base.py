@@ -50,14 +50,17 @@ class Snapshot:
     flags: tuple[frozenset[str], ...] = ()
     fresh: frozenset[int] = frozenset()      # UIDs nobody has claimed as \\Recent yet
     position: dict[int, int] = field(default_factory=dict, compare=False)   # uid -> index
+    keywords: tuple[str, ...] = ()           # the folder's keywords (FLAGS, PERMANENTFLAGS), store/keywords.py
+    keywords_full: bool = False              # no letter left for a new keyword: no \\* in PERMANENTFLAGS
 
     @classmethod
     def build(cls, uidvalidity: int, uidnext: int, messages: list[tuple[int, frozenset[str]]],
-              fresh: frozenset[int] = frozenset()) -> "Snapshot":
+              fresh: frozenset[int] = frozenset(), keywords: tuple[str, ...] = (),
+              keywords_full: bool = False) -> "Snapshot":
         messages.sort()
         uids = tuple(uid for uid, _ in messages)
         return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
-                   {uid: i for i, uid in enumerate(uids)})
+                   {uid: i for i, uid in enumerate(uids)}, keywords, keywords_full)
 
     def flags_of(self, uid: int) -> frozenset[str]:
         return self.flags[self.position[uid]]

@@ -24,7 +24,7 @@ def maildir(tmp_path) -> str:
 def test_view_reports_other_sessions_changes(maildir):
     folder = MaildirFolder(maildir)
     view = View(folder.refresh(), frozenset(), readonly=False)
-    folder.store({3: SEEN})
+    folder.store([3], "", SEEN)
     folder.expunge([1])
     write(maildir, message("new"))
     assert view.updates(folder.refresh(), allow_expunge=False) is None
