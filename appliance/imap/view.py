@@ -103,11 +103,12 @@ class View:
         return [(index + 1, uids[index]) for index in sorted(picked)]
 
     def updates(self, current: Snapshot, claimed: frozenset[int] = frozenset(),
-                allow_expunge: bool = True, quiet: Collection[int] = ()) -> list[bytes] | None:
+                allow_expunge: bool = True, quiet: Collection[int] = ()) -> list[bytes]:
         """Untagged responses taking the client from `known` to `current`, which becomes `known`.
 
-        With allow_expunge False (during FETCH, STORE, SEARCH) nothing is reported and None is
-        returned when messages have gone: the client must not see numbers shift then. Flag
+        With allow_expunge False (during FETCH, STORE, SEARCH) messages that have gone stay in
+        the view, with their last flags, until a command that may report EXPUNGE: the client must
+        not see numbers shift then (RFC 3501 7.4.1), but still hears of new mail and flags. Flag
         changes of the UIDs in `quiet` are left out: the command has shown them already.
         A change in the folder's keywords comes first, as FLAGS and PERMANENTFLAGS (RFC 3501 7.2.6).
         """
@@ -117,7 +118,7 @@ class View:
             return []
         gone = [index for index, uid in enumerate(old.uids) if uid not in current.position]
         if gone and not allow_expunge:
-            return None
+            current, gone = _keeping(old, current), []
         lines = [b"* %d EXPUNGE" % (index + 1) for index in reversed(gone)]
         if current.keywords != old.keywords or current.keywords_full != old.keywords_full:
             lines[:0] = [b"* FLAGS " + flag_list(current),
@@ -136,3 +137,15 @@ class View:
                 lines.append(b"* %d FETCH (FLAGS %b)" % (index + 1, format_flags(current.flags[index], uid in self.recent)))
         self.known = current
         return lines
+
+
+def _keeping(old: Snapshot, current: Snapshot) -> Snapshot:
+    """`current` plus the messages of `old` it lacks (expunged, not yet reported), with their last flags.
+
+    New messages always have higher UIDs than the old ones, so they keep coming after them.
+    """
+    messages = [(uid, current.flags_of(uid) if uid in current.position else old.flags[index])
+                for index, uid in enumerate(old.uids)]
+    messages += [(uid, current.flags[index]) for index, uid in enumerate(current.uids) if uid not in old.position]
+    return Snapshot.build(current.uidvalidity, current.uidnext, messages, current.fresh, current.keywords,
+                          current.keywords_full)
