@@ -202,7 +202,16 @@ class FileStore:
         """Blocking: find each delivery's folder, then write them as one batch of the format."""
         placed = [self._place(delivery) for delivery in deliveries]
         written = iter(self.write_batch([item for item in placed if not isinstance(item, BaseException)]))
-        return [item if isinstance(item, BaseException) else next(written) for item in placed]
+        outcomes = [item if isinstance(item, BaseException) else next(written) for item in placed]
+        folders = [item[0] for item, outcome in zip(placed, outcomes) if not isinstance(outcome, BaseException)]
+        self.reactor.callFromThread(self._tell_folders, folders)
+        return outcomes
+
+    def _tell_folders(self, paths: list[str]) -> None:
+        """After a batch (its senders' replies are not held up): rescan the folders sessions have open."""
+        from appliance.store.folder import refresh_open         # folder.py imports this module
+        d = threads.deferToThreadPool(self.reactor, self.pool, refresh_open, paths)
+        d.addErrback(lambda failure: None)        # a failed rescan is retried by the next poll or command
 
     def _place(self, delivery: Delivery) -> Item | MailboxUnavailable:
         """Blocking: the (path, message, sender) to write: the folder's own file when the user has it.

@@ -39,6 +39,20 @@ def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
         return folder
 
 
+def refresh_open(paths: Iterable[str]) -> None:
+    """Blocking: rescan those of `paths` that this process has open as Folders (sessions are on them).
+
+    Delivery writes files without a Folder; this makes its mail part of the shared state at once,
+    so idling sessions hear of it without waiting for a poll, and the others at their next command.
+    """
+    for path in set(paths):
+        real = os.path.realpath(path)
+        with _registry_guard:
+            folder = _registry.get(real)
+        if folder is not None and folder.changed():
+            folder.refresh()
+
+
 class Folder:
     """A folder of messages addressed by UID; subclasses say where the messages live."""
 

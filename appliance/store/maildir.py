@@ -25,6 +25,7 @@ from appliance.store.index import write_atomic
 from appliance.store.keywords import FILE as KEYWORDS_FILE, KeywordMap, format_file, parse_file, split as split_flags
 
 SUBDIRS = ("cur", "new", "tmp")
+RACY_NS = 1_000_000_000      # a directory stamp younger than this may hide a change made right after it
 
 # next() on itertools.count is atomic under the GIL, so worker threads never share a number.
 _counter = itertools.count()
@@ -214,6 +215,7 @@ class MaildirFolder(Folder):
         super().__init__(path, path)
         self._names: dict[str, tuple[str, str]] = {}      # key -> (subdir, file name)
         self._seen_stamp: tuple[int, ...] | None = None
+        self._racy = False               # the last scan's stamp could hide a change made in the same tick
         self._keywords_file = os.path.join(path, KEYWORDS_FILE)
         self._keywords_stamp: tuple[int, int] | None = None
 
@@ -228,7 +230,7 @@ class MaildirFolder(Folder):
         return tuple(stamp)
 
     def changed(self) -> bool:
-        return self._dir_stamp() != self._seen_stamp
+        return self._racy or self._dir_stamp() != self._seen_stamp
 
     def _load_keywords(self) -> None:
         """dovecot-keywords, re-read when its stamp changed (Dovecot or mutt may add keywords too)."""
@@ -249,6 +251,9 @@ class MaildirFolder(Folder):
 
     def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
         self._seen_stamp = self._dir_stamp()       # before listing: a change during the scan is seen next time
+        # A rename in the same timer tick as the scan leaves the directory's mtime unchanged: while
+        # the stamp is that young, changed() says yes, so a flag change by mutt is never missed.
+        self._racy = time.time_ns() - max(self._seen_stamp[0], self._seen_stamp[2]) < RACY_NS
         self._load_keywords()
         names: dict[str, tuple[str, str]] = {}
         found: dict[str, tuple[frozenset[str], bool]] = {}
