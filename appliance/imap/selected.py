@@ -304,11 +304,12 @@ class SelectedCommands:
             self._send_updates((self.folder.state, frozenset()))
             self._completed(tag, b"MOVE")
         else:
-            self._after_change()
+            d = self._after_change()         # a copy into our own folder: EXISTS, and \Recent here
             if code:
-                self._reply(tag, replies.IMAP_COPIED, data=code)
+                d.addCallback(lambda _: self._reply(tag, replies.IMAP_COPIED, data=code))
             else:
-                self._completed(tag, b"COPY")
+                d.addCallback(lambda _: self._completed(tag, b"COPY"))
+            d.addErrback(self._fail, tag)
 
     def do_MOVE(self, tag: bytes, ranges: list, name: bytes, uid: int = 0) -> None:
         self.do_COPY(tag, ranges, name, uid, move=True)
