@@ -209,8 +209,7 @@ class FileStore:
 
     def _tell_folders(self, paths: list[str]) -> None:
         """After a batch (its senders' replies are not held up): rescan the folders sessions have open."""
-        from appliance.store.folder import refresh_open         # folder.py imports this module
-        d = threads.deferToThreadPool(self.reactor, self.pool, refresh_open, paths)
+        d = threads.deferToThreadPool(self.reactor, self.pool, self.account_class.refresh_open, paths)
         d.addErrback(lambda failure: None)        # a failed rescan is retried by the next poll or command
 
     def _place(self, delivery: Delivery) -> Item | MailboxUnavailable:
