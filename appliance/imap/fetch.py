@@ -241,7 +241,7 @@ class FetchCommand:
         d.addCallback(self._stream, items, query, bool(uid), seen)
         if seen:
             d.addCallback(lambda _: self.transport.writeSequence(
-                [line + b"\r\n" for line in self._adopt_quietly(folder.state)]))
+                [line + b"\r\n" for line in self._adopt_quietly(folder.state, [u for _, u in items])]))
         d.addCallbacks(lambda _: self._completed(tag, b"FETCH"), self._fail, errbackArgs=(tag,))
 
     select_FETCH = (do_FETCH, Arguments.arg_seqset, Arguments.arg_fetchatt)
@@ -250,11 +250,10 @@ class FetchCommand:
         folder = self.folder
         assert folder is not None
         current = folder.state
-        changes = {u: current.flags_of(u) | {"\\Seen"} for _, u in items
-                   if u in current.position and "\\Seen" not in current.flags_of(u)}
-        if not changes:
+        unseen = [u for _, u in items if u in current.position and "\\Seen" not in current.flags_of(u)]
+        if not unseen:
             return defer.succeed(None)
-        return self._run(folder.store, changes)
+        return self._run(folder.store, unseen, "+", frozenset({"\\Seen"}))
 
     def _stream(self, metas: dict[int, Meta], items: list[tuple[int, int]], query: list, by_uid: bool,
                 flags_changed: bool) -> defer.Deferred:

@@ -317,6 +317,8 @@ class IMAPServer(CompressCommand, LoginCommands, QuotaCommands, MailboxCommands,
         self._reply(tag, replies.IMAP_COMPLETED, command=command)
 
     def _respond(self, state: bytes, tag: bytes | None, message: bytes | None) -> None:
+        if tag and state == b"OK":
+            self._report_changes()        # other sessions' changes reach the client at every command
         super()._respond(state, tag, message)
         if tag and state in (b"OK", b"NO", b"BAD"):
             self._command_done(state)

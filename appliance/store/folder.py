@@ -11,10 +11,11 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from appliance import mime
 from appliance.store.base import Meta, Snapshot
+from appliance.store.keywords import MAX_KEYWORDS, KeywordMap, listed
 from appliance.store.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
 
 _registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()
@@ -56,6 +57,20 @@ def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
         return folder
 
 
+def refresh_open(paths: Iterable[str]) -> None:
+    """Blocking: rescan those of `paths` that this process has open as Folders (sessions are on them).
+
+    Delivery writes files without a Folder; this makes its mail part of the shared state at once,
+    so idling sessions hear of it without waiting for a poll, and the others at their next command.
+    """
+    for path in set(paths):
+        real = os.path.realpath(path)
+        with _registry_guard:
+            folder = _registry.get(real)
+        if folder is not None and folder.changed():
+            folder.refresh()
+
+
 class Folder:
     """A folder of messages addressed by UID; subclasses say where the messages live."""
 
@@ -69,6 +84,8 @@ class Folder:
         self._uid_stamp: tuple[int, int, int] | None = None
         self._scanned = False
         self._meta_guard = threading.Lock()
+        self._keywords = KeywordMap()            # the format loads it in _scan, saves it in _save_keywords
+        self._listeners: list[Callable[[], None]] = []
         self.state = Snapshot(0, 1)
 
     # ---- what subclasses provide ---------------------------------------------------------------
@@ -88,6 +105,14 @@ class Folder:
         raise NotImplementedError
 
     def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
+        """Write the complete flag sets (system flags and defined keywords) of some messages."""
+        raise NotImplementedError
+
+    def _load_keywords(self) -> None:
+        """Re-read the folder's keyword list if another program may have changed it."""
+
+    def _save_keywords(self) -> None:
+        """Make `self._keywords` durable (new keywords were defined). Called with the folder locked."""
         raise NotImplementedError
 
     def _remove(self, keys: list[str]) -> None:
@@ -158,11 +183,28 @@ class Folder:
         self._keys = {uid: key for key, uid in self._uids.uids.items() if key in found}
         messages = [(uid, found[key][0]) for uid, key in self._keys.items()]
         fresh = frozenset(uid for uid, key in self._keys.items() if found[key][1])
-        state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh)
+        state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh, tuple(listed(self._keywords)),
+                               len(self._keywords.names) >= MAX_KEYWORDS)
         if state != self.state:
             # Unchanged folders keep their Snapshot object: every session selecting the folder shares
             # one copy (and one identity check tells an idle session nothing happened).
             self.state = state
+            for listener in list(self._listeners):
+                listener()
+
+    # ---- who hears of changes -----------------------------------------------------------------------
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (in the thread that changed the folder) whenever `state` changes.
+
+        Every change this process makes (an IMAP session's STORE, APPEND, EXPUNGE, COPY, a POP3
+        QUIT, a rescan that found another program's mail) publishes a new Snapshot here, so the
+        FolderWatcher hears of it at once instead of at its next poll.
+        """
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def _keys_for(self, uids) -> dict[int, str]:
         """uid -> key for the UIDs still present, rescanning first if some are unknown to this object."""
@@ -180,13 +222,41 @@ class Folder:
             self._refresh_locked()
         return frozenset(uid for uid in uids if self._keys.get(uid) in claimed)
 
-    def store(self, changes: dict[int, frozenset[str]]) -> Snapshot:
-        """Set the flags of some messages (uid -> complete new flag set); gone messages are skipped."""
+    def store(self, uids: Iterable[int], mode: str, flags: frozenset[str]) -> Snapshot:
+        """THE place where present messages' flags change: add (mode "+"), remove ("-") or replace ("") `flags`.
+
+        The new flag sets are computed here, under the folder lock, from the folder's current
+        state: two sessions adding different flags to one message at once both keep theirs.
+        Keywords are matched case-insensitively to the folder's (new ones defined, or MailboxError
+        [LIMIT]); gone messages are skipped.
+        """
         with locked(self._lock):
-            keys = self._keys_for(changes)
-            self._set_flags({key: changes[uid] for uid, key in keys.items()})
+            if self.changed():
+                self._refresh_locked()
+            keys = self._keys_for(list(uids))
+            flags = self._canonical(flags) if mode == "-" else self._define(flags)
+            changes = {}
+            for uid, key in keys.items():
+                old = self.state.flags_of(uid) if uid in self.state.position else frozenset()
+                new = old | flags if mode == "+" else old - flags if mode == "-" else flags
+                if new != old:
+                    changes[key] = new
+            if changes:
+                self._set_flags(changes)
             self._refresh_locked()
         return self.state
+
+    def _canonical(self, flags: frozenset[str]) -> frozenset[str]:
+        """Keywords in the folder's spelling; unknown ones kept as given (they match nothing)."""
+        return frozenset(flag if flag.startswith("\\") else self._keywords.canonical(flag) or flag for flag in flags)
+
+    def _define(self, flags: frozenset[str]) -> frozenset[str]:
+        """Keywords in the folder's spelling, new ones added to its list and saved. Called with the folder locked."""
+        self._load_keywords()
+        flags, added = self._keywords.define(flags)
+        if added:
+            self._save_keywords()
+        return flags
 
     def expunge(self, uids: list[int]) -> Snapshot:
         with locked(self._lock):
@@ -200,7 +270,7 @@ class Folder:
         """Add one message (wire form); return its UID."""
         with locked(self._lock):
             self._refresh_locked()
-            key = self._add(message, flags, date)
+            key = self._add(message, self._define(flags), date)
             uid = self._uids.assign(key)
             self._save_uids()
             self._refresh_locked()

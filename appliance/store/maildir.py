@@ -22,6 +22,8 @@ from appliance.errors import MailboxUnavailable
 from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
 from appliance.store.folder import Folder, racy, shared
+from appliance.store.index import write_atomic
+from appliance.store.keywords import FILE as KEYWORDS_FILE, KeywordMap, format_file, parse_file, split as split_flags
 
 SUBDIRS = ("cur", "new", "tmp")
 
@@ -139,24 +141,34 @@ def arrival_order(name: str) -> tuple[int, int, str]:
     return (int(match.group(1)), int(match.group(2) or 0), name)
 
 
-def split_name(name: str) -> tuple[str, frozenset[str]]:
-    """`base:2,FS` -> (base, {\\Flagged, \\Seen}); unknown letters (keywords, P) are kept on disk only."""
-    base, _, info = name.partition(":")
-    letters = info[2:] if info.startswith("2,") else ""
-    return base, _flag_set(letters)
+def _info(name: str) -> str:
+    """The letters after `:2,` ("" when the name has no info part)."""
+    _, _, info = name.partition(":")
+    return info[2:] if info.startswith("2,") else ""
 
 
 @functools.lru_cache(maxsize=1024)
 def _flag_set(letters: str) -> frozenset[str]:
-    """The flags of some info letters; a folder's 10,000 names use a handful of letter strings."""
+    """The system flags of some info letters; a folder's 10,000 names use a handful of letter strings."""
     return frozenset(FLAGS[c] for c in letters if c in FLAGS)
 
 
-def info_letters(flags: frozenset[str], old_name: str = "") -> str:
-    """The `:2,` letters for `flags`, keeping letters we do not map (such as P, Passed) from the old name."""
-    _, _, info = old_name.partition(":")
-    kept = {c for c in info[2:] if c not in FLAGS} if info.startswith("2,") else set()
-    return "".join(sorted(kept | {LETTERS[f] for f in flags if f in LETTERS}))
+def split_name(name: str, keywords: KeywordMap | None = None) -> tuple[str, frozenset[str]]:
+    """`base:2,FSa` -> (base, {\\Flagged, \\Seen, <keyword a>}); letters we do not map (P) stay on disk only."""
+    letters = _info(name)
+    flags = _flag_set(letters)
+    if keywords is not None:
+        flags |= keywords.names_of(letters)
+    return name.partition(":")[0], flags
+
+
+def info_letters(flags: frozenset[str], old_name: str = "", keywords: KeywordMap | None = None) -> str:
+    """The `:2,` letters for `flags`, keeping letters we do not map (P, Passed; a keyword letter
+    without a name in dovecot-keywords) from the old name."""
+    keywords = keywords or KeywordMap()
+    kept = {c for c in _info(old_name) if c not in FLAGS and not keywords.is_mapped(c)}
+    system, names = split_flags(flags)
+    return "".join(sorted(kept | {LETTERS[f] for f in system if f in LETTERS} | set(keywords.letters_of(names))))
 
 
 def pop3_uidl(name: str) -> str:
@@ -210,6 +222,8 @@ class MaildirFolder(Folder):
         self._names: dict[str, tuple[str, str]] = {}      # key -> (subdir, file name)
         self._seen_stamp: tuple[int, ...] | None = None
         self._racy = True                # the last scan may have missed a change in its own clock tick
+        self._keywords_file = os.path.join(path, KEYWORDS_FILE)
+        self._keywords_stamp: tuple[int, int] | None = None
 
     def _dir_stamp(self) -> tuple[int, ...]:
         stamp = []
@@ -224,15 +238,33 @@ class MaildirFolder(Folder):
     def changed(self) -> bool:
         return self._racy or self._dir_stamp() != self._seen_stamp
 
+    def _load_keywords(self) -> None:
+        """dovecot-keywords, re-read when its stamp changed (Dovecot or mutt may add keywords too)."""
+        try:
+            info = os.stat(self._keywords_file)
+        except FileNotFoundError:
+            self._keywords, self._keywords_stamp = KeywordMap(), None
+            return
+        stamp = (info.st_mtime_ns, info.st_ino)
+        if stamp != self._keywords_stamp:
+            with open(self._keywords_file, encoding="ascii", errors="replace") as handle:
+                self._keywords = parse_file(handle.read(65536))
+            self._keywords_stamp = stamp
+
+    def _save_keywords(self) -> None:
+        write_atomic(self._keywords_file, format_file(self._keywords).encode("ascii"))
+        self._keywords_stamp = None        # read back at the next load: the stamp of what we wrote
+
     def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
         scanned = time.time_ns()
         self._seen_stamp = self._dir_stamp()       # before listing: a change during the scan is seen next time
         self._racy = racy(max(self._seen_stamp[0], self._seen_stamp[2]), scanned)
+        self._load_keywords()
         names: dict[str, tuple[str, str]] = {}
         found: dict[str, tuple[frozenset[str], bool]] = {}
         for sub in ("new", "cur"):
             for name in _message_files(os.path.join(self.path, sub)):
-                key, flags = split_name(name)
+                key, flags = split_name(name, self._keywords)
                 names[key] = (sub, name)
                 found[key] = (flags, sub == "new")
         self._names = names
@@ -289,7 +321,7 @@ class MaildirFolder(Folder):
             sub, name = self._names.get(key, ("", ""))
             if not name:
                 return False
-            target = f"{key}:2,{info_letters(flags, name)}"
+            target = f"{key}:2,{info_letters(flags, name, self._keywords)}"
             try:
                 os.rename(os.path.join(self.path, sub, name), os.path.join(self.path, "cur", target))
                 self._names[key] = ("cur", target)
@@ -307,7 +339,7 @@ class MaildirFolder(Folder):
         claimed = []
         for key in keys:
             sub, name = self._names.get(key, ("", ""))
-            if sub == "new" and self._move(key, split_name(name)[1]):
+            if sub == "new" and self._move(key, split_name(name, self._keywords)[1]):
                 claimed.append(key)
         return claimed
 
@@ -328,10 +360,16 @@ class MaildirFolder(Folder):
             keys = missed
 
     def _add(self, message: bytes, flags: frozenset[str], date: float | None) -> str:
-        written = write(self.path, message)
+        """Write into new/, so the message is \\Recent for the first session to select the folder
+        (RFC 3501 6.3.11); its flags, if any, are already in the name, which that session keeps
+        when it moves the file to cur/."""
+        target = written = write(self.path, message)
         key, _ = split_name(os.path.basename(written))
-        target = os.path.join(self.path, "cur", f"{key}:2,{info_letters(flags)}")
-        os.rename(written, target)
+        letters = info_letters(flags, keywords=self._keywords)
+        if letters:
+            target = os.path.join(self.path, "new", f"{key}:2,{letters}")
+            os.rename(written, target)
+            fsync_dir(os.path.join(self.path, "new"))
         if date is not None:
             os.utime(target, (date, date))
         self._scan()
