@@ -50,17 +50,24 @@ class Snapshot:
     flags: tuple[frozenset[str], ...] = ()
     fresh: frozenset[int] = frozenset()      # UIDs nobody has claimed as \\Recent yet
     position: dict[int, int] = field(default_factory=dict, compare=False)   # uid -> index
+    modseqs: tuple[int, ...] = ()             # RFC 7162 MODSEQ of each message, in UID order (store/modseq.py)
+    highestmodseq: int = 0
 
     @classmethod
     def build(cls, uidvalidity: int, uidnext: int, messages: list[tuple[int, frozenset[str]]],
-              fresh: frozenset[int] = frozenset()) -> "Snapshot":
+              fresh: frozenset[int] = frozenset(), modseqs: dict[int, int] | None = None,
+              highestmodseq: int = 0) -> "Snapshot":
         messages.sort()
         uids = tuple(uid for uid, _ in messages)
+        known = modseqs or {}
         return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
-                   {uid: i for i, uid in enumerate(uids)})
+                   {uid: i for i, uid in enumerate(uids)}, tuple(known.get(uid, 0) for uid in uids), highestmodseq)
 
     def flags_of(self, uid: int) -> frozenset[str]:
         return self.flags[self.position[uid]]
+
+    def modseq_of(self, uid: int) -> int:
+        return self.modseqs[self.position[uid]] if self.modseqs else 0
 
 _PLACEHOLDER = re.compile(r"\{(domain|local)\}")
 _FORBIDDEN = ("/", "\\", "\0")

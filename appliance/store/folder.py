@@ -15,6 +15,7 @@ from collections.abc import Callable
 from appliance import mime
 from appliance.store.base import Meta, Snapshot
 from appliance.store.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
+from appliance.store.modseq import MODSEQ, ModseqLog
 
 _registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()
 _registry_guard = threading.Lock()
@@ -46,6 +47,7 @@ class Folder:
         self._uidlist = f"{meta_dir}/{UIDLIST}"
         self._lock = f"{meta_dir}/{LOCK}"
         self._index = MetaIndex(f"{meta_dir}/{INDEX}")
+        self.modseq = ModseqLog(f"{meta_dir}/{MODSEQ}")     # RFC 7162: fed by _publish, read for VANISHED
         self._uids = UidState(0)
         self._keys: dict[int, str] = {}          # uid -> message key
         self._uid_stamp: tuple[int, int] | None = None
@@ -129,7 +131,9 @@ class Folder:
         self._keys = {uid: key for key, uid in self._uids.uids.items() if key in found}
         messages = [(uid, found[key][0]) for uid, key in self._keys.items()]
         fresh = frozenset(uid for uid, key in self._keys.items() if found[key][1])
-        state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh)
+        self.modseq.observe(self._uids.validity, self._uids.next, messages)    # every change gets its MODSEQ here
+        state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh, self.modseq.modseq,
+                               self.modseq.highest)
         if state != self.state:
             # Unchanged folders keep their Snapshot object: every session selecting the folder shares
             # one copy (and one identity check tells an idle session nothing happened).
@@ -156,6 +160,24 @@ class Folder:
             self._set_flags({key: changes[uid] for uid, key in keys.items()})
             self._refresh_locked()
         return self.state
+
+    def store_unchanged_since(self, uids: list[int], changes: dict[int, frozenset[str]],
+                              since: int) -> tuple[Snapshot, frozenset[int]]:
+        """STORE (UNCHANGEDSINCE since), RFC 7162 3.1.3: change only messages whose MODSEQ is still <= since.
+
+        The test and the change happen under the folder lock, so no other writer slips between them.
+        Returns the new state and the UIDs refused because they changed after `since`.
+        """
+        with locked(self._lock):
+            if self.changed():
+                self._refresh_locked()
+            state = self.state
+            refused = frozenset(u for u in uids if u in state.position and state.modseq_of(u) > since)
+            keys = self._keys_for([u for u in changes if u not in refused])
+            if keys:
+                self._set_flags({key: changes[uid] for uid, key in keys.items()})
+            self._refresh_locked()
+        return self.state, refused
 
     def expunge(self, uids: list[int]) -> Snapshot:
         with locked(self._lock):
