@@ -106,7 +106,7 @@ def _section_label(numbers: tuple[int, ...], kind: str, fields: list[bytes] | No
 
 
 def fetch_response(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool,
-                   flags_changed: bool, state: Any, view: View) -> bytes | None:
+                   flags_changed: bool, state: Any, view: View, modseq: bool = False) -> bytes | None:
     """One `* n FETCH (...)` line; None when the message is gone or its metadata is missing."""
     if uid not in state.position:
         return None            # expunged by another session meanwhile: nothing to show
@@ -128,6 +128,8 @@ def fetch_response(seq: int, uid: int, raw: bytes | None, meta: Meta | None, que
             out.append(body_item(part, raw))
     if flags_changed and not any(p.type == "flags" for p in query):
         out.append(b"FLAGS " + flags)
+    if modseq:
+        out.append(b"MODSEQ (%d)" % state.modseq_of(uid))          # RFC 7162 3.1.4.2, imap/condstore.py
     return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(out))
 
 
@@ -176,6 +178,7 @@ class FetchCommand:
     transport: Any
     folder: Folder | None
     view: View | None
+    _fetch_modseq = False          # set by imap/condstore.py for the FETCH being answered
 
     def do_FETCH(self, tag: bytes, ranges: list, query: list, uid: int = 0) -> None:
         view, folder = self.view, self.folder
@@ -185,6 +188,12 @@ class FetchCommand:
         except SequenceError as exc:
             self.sendBadResponse(tag, str(exc).encode())
             return
+        self._fetch_items(tag, items, query, bool(uid))
+
+    def _fetch_items(self, tag: bytes, items: list[tuple[int, int]], query: list, uid: bool) -> None:
+        """Answer FETCH for (sequence number, uid) pairs already chosen (imap/condstore.py filters CHANGEDSINCE)."""
+        view, folder = self.view, self.folder
+        assert view is not None and folder is not None
         kinds = {part.type for part in query}
         if uid:
             kinds.add("uid")
@@ -222,7 +231,8 @@ class FetchCommand:
         if not needs_body:
             chunk: list[bytes] = []
             for seq, uid in items:
-                response = fetch_response(seq, uid, None, metas.get(uid), query, by_uid, flags_changed, state, view)
+                response = fetch_response(seq, uid, None, metas.get(uid), query, by_uid, flags_changed, state, view,
+                                          self._fetch_modseq)
                 if response is not None:
                     chunk.append(response)
             self.transport.writeSequence(chunk)
@@ -244,7 +254,7 @@ class FetchCommand:
                 for (seq, uid), raw in zip(batch, raws):
                     if raw is not None:
                         response = fetch_response(seq, uid, raw, metas.get(uid), query, by_uid, flags_changed,
-                                                  state, view)
+                                                  state, view, self._fetch_modseq)
                         if response is not None:
                             out.append(response)
                 self.transport.writeSequence(out)

@@ -15,7 +15,8 @@ from appliance import replies
 from appliance.imap.backend import DELIMITER, SYSTEM_FLAGS, Account, MailboxError, normalise
 from appliance.imap.parse import Arguments, mailbox_name, quote_name
 
-STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",
+                b"HIGHESTMODSEQ")                                        # RFC 7162 3.1.7
 
 
 def list_matcher(pattern: str) -> Callable[[str], bool]:
@@ -129,6 +130,7 @@ class MailboxCommands:
             return
         folder_name, account = names[0], self.account
         assert account is not None
+        self._modseq_status(wanted)
         d = self._run(lambda: account.folder(folder_name).refresh())
         d.addCallback(self._status, tag, folder_name, wanted)
         d.addErrback(self._fail, tag)
@@ -138,7 +140,8 @@ class MailboxCommands:
     def _status(self, snapshot: Any, tag: bytes, name: str, wanted: list[bytes]) -> None:
         values = {b"MESSAGES": len(snapshot.uids), b"RECENT": len(snapshot.fresh), b"UIDNEXT": snapshot.uidnext,
                   b"UIDVALIDITY": snapshot.uidvalidity,
-                  b"UNSEEN": sum(1 for flags in snapshot.flags if "\\Seen" not in flags)}
+                  b"UNSEEN": sum(1 for flags in snapshot.flags if "\\Seen" not in flags),
+                  b"HIGHESTMODSEQ": snapshot.highestmodseq}
         body = b" ".join(b"%b %d" % (w, values[w]) for w in wanted)
         self.sendUntaggedResponse(b"STATUS " + quote_name(name) + b" (" + body + b")")
         self._completed(tag, b"STATUS")

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from appliance import address, connlimit, maillog, replies
 import appliance.imap.search as search
 from appliance.imap.backend import Account, Folder, MailboxError
+from appliance.imap.condstore import CondstoreCommands
 from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
 from appliance.imap.parse import Arguments, Discard, mailbox_name, nonsync_literal_size
@@ -45,7 +46,10 @@ from appliance.transport import no_delay
 MAX_LINE = 65536                # one command line; UID sets from sync clients can be long
 MAX_ERRORS = 20                 # BAD replies in a row (no good command between them) before BYE
 CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-                b"UNSELECT", b"SPECIAL-USE", b"CHILDREN"]
+                b"UNSELECT", b"SPECIAL-USE", b"CHILDREN",
+                b"ENABLE",                      # RFC 5161, imap/condstore.py
+                b"CONDSTORE",                   # RFC 7162
+                b"QRESYNC"]
 
 
 class LoginCommands:
@@ -168,7 +172,8 @@ class LoginCommands:
             self._reply(tag, reply)
 
 
-class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, FetchCommand, Arguments, IMAP4Server):
+class IMAPServer(LoginCommands, CondstoreCommands, MailboxCommands, SelectedCommands, FetchCommand, Arguments,
+                 IMAP4Server):
     """One IMAP connection; the factory holds the shared parts."""
 
     MAX_LENGTH = MAX_LINE

@@ -5,7 +5,8 @@ import pytest
 
 from tests.unit.imap.harness import tagged
 
-BASE = (b"IMAP4rev1 LITERAL+ SASL-IR ID IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN")
+BASE = (b"IMAP4rev1 LITERAL+ SASL-IR ID IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN"
+        b" ENABLE CONDSTORE QRESYNC")
 
 
 def test_greeting_is_ok_with_capabilities(fresh):

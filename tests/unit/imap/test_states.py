@@ -60,7 +60,8 @@ COMMANDS = {
 ANY_STATE = {"CAPABILITY", "NOOP", "ID", "LOGOUT"}
 NOT_AUTHENTICATED = {"STARTTLS", "LOGIN", "AUTHENTICATE"}
 AUTHENTICATED = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB",
-                 "STATUS", "APPEND", "NAMESPACE", "IDLE"}
+                 "STATUS", "APPEND", "NAMESPACE", "IDLE",
+                 "ENABLE"}                       # RFC 5161 (also accepted once a mailbox is selected, as 3.1 allows)
 SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID FETCH",
             "UID SEARCH", "UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE"}
 CHANGES_THE_MAILBOX = {"EXPUNGE", "STORE", "MOVE", "UID STORE", "UID MOVE", "UID EXPUNGE"}
