@@ -210,7 +210,7 @@ def parse_store_modifier(line: bytes) -> tuple[int | None, bytes]:
     words = line[1:end].split(b" ") if end > 0 else []
     if len(words) != 2 or words[0].upper() != b"UNCHANGEDSINCE":
         raise ValueError("unknown STORE modifier")
-    return number(words[1], 0, MAX_MODSEQ), line[end + 1:]
+    return number(words[1], 0, MAX_MODSEQ), line[end + 1:].lstrip(b" ")
 
 
 def _in(uid: int, ranges: Ranges | None) -> bool:
