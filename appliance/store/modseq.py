@@ -272,8 +272,8 @@ class ModseqLog:
             self._expunged.append((value, ranges))
         else:
             uid, value = int(words[0]), int(words[1])
-            text = " ".join(sorted(words[2:]))
-            flags = self._interned.get(text)
+            text = line[len(words[0]) + len(words[1]) + 2:]
+            flags = self._interned.get(text)            # a few distinct flag sets among 10,000 lines
             if flags is None:
                 flags = self._interned[text] = frozenset(words[2:])
             self.modseq[uid], self._flags[uid] = value, flags
