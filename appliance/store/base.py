@@ -6,6 +6,7 @@ import errno
 import os
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet import defer, threads
@@ -61,7 +62,7 @@ class Snapshot:
         uids = tuple(uid for uid, _ in messages)
         known = modseqs or {}
         return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
-                   {uid: i for i, uid in enumerate(uids)}, tuple(known.get(uid, 0) for uid in uids), highestmodseq)
+                   {uid: i for i, uid in enumerate(uids)}, tuple(map(known.get, uids, repeat(0))), highestmodseq)
 
     def flags_of(self, uid: int) -> frozenset[str]:
         return self.flags[self.position[uid]]

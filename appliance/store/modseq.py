@@ -159,6 +159,8 @@ class ModseqLog:
             if fresh:
                 self._restart(validity)
             recorded = self._flags
+            if not fresh and dict(messages) == recorded:     # the common case, compared in C
+                return
             changed = [(uid, flags) for uid, flags in messages if recorded.get(uid) != flags]
             new = sum(1 for uid, _ in changed if uid not in recorded)
             gone: Ranges = []
@@ -167,8 +169,8 @@ class ModseqLog:
             elif len(recorded) != len(messages) - new:
                 present = {uid for uid, _ in messages}
                 gone = to_ranges(uid for uid in recorded if uid not in present)
-            if changed or gone:
-                self._commit(changed, gone)
+            if changed or gone or fresh:
+                self._commit(changed, gone)          # (fresh: a HIGHESTMODSEQ above 0 even for an empty folder)
 
     def _restart(self, validity: int) -> None:
         """Forget everything but HIGHESTMODSEQ: a new UIDVALIDITY, or no usable journal."""
