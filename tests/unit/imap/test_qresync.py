@@ -139,3 +139,23 @@ def test_vanished_survives_a_restart(server):
     assert sorted(fetches(answer)) == [2, 3, 11]
     again = number(answer, "HIGHESTMODSEQ")
     assert run(client, "SELECT", f"INBOX (QRESYNC ({validity} {again}))").untagged.get("FETCH") is None
+
+
+def test_an_idling_client_hears_vanished(server):
+    client = qresync_client(server)
+    run(client, "SELECT", "INBOX")
+    client.send(b"i1 IDLE\r\n")
+    assert client.readline().startswith(b"+ ")
+    other = server.client()
+    run(other, "SELECT", "INBOX")
+    run(other, "UID", "STORE 6 +FLAGS.SILENT (\\Deleted)")
+    run(other, "UID", "STORE 2 +FLAGS (\\Answered)")
+    run(other, "EXPUNGE")
+    heard: list[bytes] = []
+    while not any(line.startswith(b"* VANISHED") for line in heard) or not any(b"FETCH" in line for line in heard):
+        heard.append(client.readline())                  # the socket's timeout bounds the wait
+    client.send(b"DONE\r\n")
+    assert client.readline().startswith(b"i1 OK")
+    assert b"* VANISHED 6\r\n" in heard
+    fetch = next(line for line in heard if b"FETCH" in line)
+    assert b"UID 2 " in fetch and b"MODSEQ (" in fetch and b"\\Answered" in fetch
