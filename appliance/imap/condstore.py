@@ -12,6 +12,7 @@ Why no NOMODSEQ: every folder of both formats has persistent mod-sequences.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +21,11 @@ from twisted.internet import defer
 from twisted.mail.imap4 import IllegalClientResponse
 
 from appliance import replies
-from appliance.imap.backend import SYSTEM_FLAGS, Folder, Snapshot
+from appliance.imap.backend import SYSTEM_FLAGS, Folder, Ranges, Snapshot, first_known, format_ranges, merge
 from appliance.imap.fetch import FetchCommand, marks_seen
 from appliance.imap.parse import Arguments
 from appliance.imap.selected import SelectedCommands, _flag_changes
 from appliance.imap.view import MAX_NUMBER, Range, SequenceError, View, _bounds, format_flags, parse_set
-from appliance.store.modseq import Ranges, first_known, format_ranges, merge
 
 MAX_MODSEQ = (1 << 63) - 1          # RFC 7162 7: mod-sequence-value is 63-bit
 MAX_SEQ_MATCH = 1 << 16             # seq-match pairs looked at: clients send a small sample (RFC 7162 3.2.5.2)
@@ -214,7 +214,11 @@ def parse_store_modifier(line: bytes) -> tuple[int | None, bytes]:
 
 
 def _in(uid: int, ranges: Ranges | None) -> bool:
-    return ranges is None or any(low <= uid <= high for low, high in ranges)
+    """Whether `uid` is in merged, sorted `ranges` (None: every UID); a bisection, as clients send long sets."""
+    if ranges is None:
+        return True
+    index = bisect.bisect_right(ranges, (uid, MAX_MODSEQ)) - 1
+    return index >= 0 and ranges[index][0] <= uid <= ranges[index][1]
 
 
 # ---- the mixin -------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Internet-facing server:
   one login path, appliance.realm), NO [UNAVAILABLE] when the directory cannot answer, no
   exception text to clients;
 - the commands themselves, one mixin per job: LoginCommands (here), MailboxCommands (mailboxes.py),
-  SelectedCommands (selected.py), FetchCommand (fetch.py), Arguments (parse.py).
+  SelectedCommands (selected.py), FetchCommand (fetch.py), Arguments (parse.py),
+  CondstoreCommands (condstore.py: ENABLE, CONDSTORE, QRESYNC).
 """
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ Later lines override earlier ones. A line cut short by a crash is ignored and th
 """
 from __future__ import annotations
 
-import bisect
 import os
 import threading
 import time
@@ -326,9 +325,3 @@ def first_known(present: Sequence[int], sequences: list[int], uids: list[int]) -
             break
         floor = uid
     return floor
-
-
-def position(present: Sequence[int], uid: int) -> int:
-    """The index of `uid` in the sorted `present`, or -1."""
-    index = bisect.bisect_left(present, uid)
-    return index if index < len(present) and present[index] == uid else -1
