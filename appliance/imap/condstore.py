@@ -24,7 +24,7 @@ from appliance import replies
 from appliance.imap.backend import SYSTEM_FLAGS, Folder, Ranges, Snapshot, first_known, format_ranges, merge
 from appliance.imap.fetch import FetchCommand, marks_seen
 from appliance.imap.parse import Arguments
-from appliance.imap.selected import SelectedCommands, _flag_changes
+from appliance.imap.selected import SelectedCommands
 from appliance.imap.view import MAX_NUMBER, Range, SequenceError, View, _bounds, format_flags, parse_set
 
 MAX_MODSEQ = (1 << 63) - 1          # RFC 7162 7: mod-sequence-value is 63-bit
@@ -434,8 +434,9 @@ class CondstoreCommands:
             self.sendBadResponse(tag, str(exc).encode())
             return
         self._enable_condstore()
-        changes = _flag_changes(folder.state, items, mode, frozenset(f for f in flags if f in SYSTEM_FLAGS))
-        d = self._run(folder.store_unchanged_since, [u for _, u in items], changes, since)
+        wanted = frozenset(f for f in flags if f in SYSTEM_FLAGS)
+        sign = mode[:1].decode() if mode[:1] in (b"+", b"-") else ""      # add, remove, or replace
+        d = self._run(folder.store_unchanged_since, [u for _, u in items], sign, wanted, since)
         d.addCallback(self._stored_if_unchanged, tag, items, mode.endswith(b".SILENT"), bool(uid))
         d.addErrback(self._fail, tag)
 

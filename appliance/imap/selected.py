@@ -227,9 +227,9 @@ class SelectedCommands:
         if not silent:
             for seq, u in items:
                 if u in snapshot.position:
-                    uid_part = b" UID %d" % u if by_uid else b""
-                    out.append(b"* %d FETCH (FLAGS %b%b%b)" % (seq, format_flags(snapshot.flags_of(u), u in view.recent),
-                                                             uid_part, self._modseq_item(u, snapshot, by_uid)))
+                    uid_part = (b" UID %d" % u if by_uid else b"") + self._modseq_item(u, snapshot, by_uid)
+                    out.append(b"* %d FETCH (FLAGS %b%b)" % (seq, format_flags(snapshot.flags_of(u), u in view.recent),
+                                                           uid_part))
         self.transport.writeSequence([line + b"\r\n" for line in out])
         self._completed(tag, b"STORE")
 

@@ -161,21 +161,28 @@ class Folder:
             self._refresh_locked()
         return self.state
 
-    def store_unchanged_since(self, uids: list[int], changes: dict[int, frozenset[str]],
+    def store_unchanged_since(self, uids: list[int], mode: str, flags: frozenset[str],
                               since: int) -> tuple[Snapshot, frozenset[int]]:
-        """STORE (UNCHANGEDSINCE since), RFC 7162 3.1.3: change only messages whose MODSEQ is still <= since.
+        """STORE (UNCHANGEDSINCE since), RFC 7162 3.1.3: add (mode "+"), remove ("-") or replace ("") `flags`
+        on the messages whose MODSEQ is still <= since; the others are refused and returned.
 
-        The test and the change happen under the folder lock, so no other writer slips between them.
-        Returns the new state and the UIDs refused because they changed after `since`.
+        The test and the change happen under the folder lock, with the new flags computed from the
+        folder's state there, so no other writer slips between them.
         """
         with locked(self._lock):
             if self.changed():
                 self._refresh_locked()
             state = self.state
             refused = frozenset(u for u in uids if u in state.position and state.modseq_of(u) > since)
-            keys = self._keys_for([u for u in changes if u not in refused])
-            if keys:
-                self._set_flags({key: changes[uid] for uid, key in keys.items()})
+            keys = self._keys_for([u for u in uids if u not in refused])
+            state, changes = self.state, {}
+            for uid, key in keys.items():
+                old = state.flags_of(uid) if uid in state.position else frozenset()
+                new = old | flags if mode == "+" else old - flags if mode == "-" else flags
+                if new != old:
+                    changes[key] = new
+            if changes:
+                self._set_flags(changes)
             self._refresh_locked()
         return self.state, refused
 

@@ -174,9 +174,11 @@ def test_conditional_store_refuses_what_changed_since(tmp_path, storage):
     a, b = state.uids
     known = state.highestmodseq
     inbox.store({a: frozenset({"\\Flagged"})})
-    after, refused = inbox.store_unchanged_since([a, b], {a: frozenset({"\\Seen"}), b: frozenset({"\\Seen"})}, known)
+    after, refused = inbox.store_unchanged_since([a, b], "+", frozenset({"\\Seen"}), known)
     assert refused == {a}
     assert after.flags_of(a) == {"\\Flagged"} and after.flags_of(b) == {"\\Seen"}
+    again, refused = inbox.store_unchanged_since([b], "-", frozenset({"\\Seen"}), after.highestmodseq)
+    assert not refused and again.flags_of(b) == set()
 
 
 def test_range_helpers():

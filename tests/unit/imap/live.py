@@ -29,7 +29,7 @@ TIMEOUT = 10.0
 
 
 class LiveServer:
-    """`alice@example.test` / `secret` over Maildir or mbox under `tmp_path`; `client()` logs in a new imaplib client."""
+    """`alice@example.test` / `secret` over Maildir or mbox under `tmp_path`; `client()` logs a new imaplib in."""
 
     def __init__(self, tmp_path: Path, storage: str):
         self.storage = storage
