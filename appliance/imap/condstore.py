@@ -23,7 +23,7 @@ from twisted.mail.imap4 import IllegalClientResponse
 from appliance import replies
 from appliance.imap.backend import SYSTEM_FLAGS, Folder, Ranges, Snapshot, first_known, format_ranges, merge
 from appliance.imap.fetch import FetchCommand, marks_seen
-from appliance.imap.parse import Arguments
+from appliance.imap.parse import MAX_COMMAND, Arguments, _as_words, _fetch_atts, _then
 from appliance.imap.selected import SelectedCommands
 from appliance.imap.view import MAX_NUMBER, Range, SequenceError, View, _bounds, format_flags, parse_set
 
@@ -356,16 +356,20 @@ class CondstoreCommands:
             self._enable_condstore()
 
     # ---- FETCH MODSEQ, (CHANGEDSINCE n [VANISHED]) ----------------------------------------------------
-    def arg_fetch_modseq(self, line: bytes) -> tuple[tuple[list, FetchModifiers], bytes]:
+    def arg_fetch_modseq(self, line: bytes) -> Any:
+        """FETCH's attributes and RFC 7162 modifiers, once every literal in them is read (as parse.py does)."""
         if not line.strip():
             raise IllegalClientResponse("Missing fetch attributes")
+        return _then(self._segments(line, [], MAX_COMMAND), lambda segments: self._fetch_spec(_as_words(segments)))
+
+    def _fetch_spec(self, line: bytes) -> tuple[tuple[list, FetchModifiers], bytes]:
         try:
             atts, modifiers = split_fetch(line)
         except ValueError as exc:
             raise IllegalClientResponse(str(exc)) from None
         query: list = []
         if atts not in (b"", b"()"):
-            query, _ = Arguments.arg_fetchatt(self, atts)  # type: ignore[arg-type]
+            query, _ = _fetch_atts(atts)
         elif not (modifiers.modseq_item or modifiers.changedsince is not None):
             raise IllegalClientResponse("Missing fetch attributes")
         return (query, modifiers), b""

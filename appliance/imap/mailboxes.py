@@ -5,13 +5,15 @@ does the blocking work in the disk pool; names arrive in modified UTF-7 and leav
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
+from twisted.mail import imap4
+from twisted.mail.imap4 import IllegalClientResponse
 from twisted.python.failure import Failure
 
 from appliance import replies
+import appliance.imap.listing as listing
 from appliance.imap.backend import DELIMITER, SYSTEM_FLAGS, Account, MailboxError, normalise
 from appliance.imap.parse import Arguments, mailbox_name, quote_name
 
@@ -19,15 +21,15 @@ STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",
                 b"HIGHESTMODSEQ")                                        # RFC 7162 3.1.7
 
 
-def list_matcher(pattern: str) -> Callable[[str], bool]:
-    """RFC 3501 6.3.8: `*` matches anything, `%` anything but the hierarchy delimiter, the rest itself.
+def _after_space(parser: Callable) -> Callable:
+    """`parser` for the argument after a mailbox name, skipping the SP between them.
 
-    The whole name must match, case-sensitively; only INBOX is matched in any case (RFC 3501 5.1).
+    A quoted or atom name's parser takes that SP itself; after a literal name (`STATUS {5}`) the
+    rest of the line starts with it, and the stock parsers refuse ` (MESSAGES)`.
     """
-    regex = "".join(".*" if char == "*" else "[^" + re.escape(DELIMITER) + "]*" if char == "%" else re.escape(char)
-                    for char in pattern)
-    exact, folded = re.compile(regex, re.S), re.compile(regex, re.S | re.I)
-    return lambda name: bool((folded if name == "INBOX" else exact).fullmatch(name))
+    def parse(self: Any, line: bytes) -> Any:
+        return parser(self, line[1:] if line.startswith(b" ") else line)
+    return parse
 
 
 class MailboxCommands:
@@ -76,48 +78,72 @@ class MailboxCommands:
     auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, Arguments.arg_finalastring)
     auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_UNSUBSCRIBE, Arguments.arg_finalastring)
 
-    def do_LIST(self, tag: bytes, reference: bytes, pattern: bytes, command: bytes) -> None:
+    def do_LIST(self, tag: bytes, tokens: list[bytes], command: bytes) -> None:
         try:
-            ref, pat = mailbox_name(reference) if reference else "", mailbox_name(pattern) if pattern else ""
+            request = listing.parse_request(tokens, STATUS_ITEMS, lsub=command == b"LSUB")
+            reference = mailbox_name(request.reference) if request.reference else ""
+            patterns = [mailbox_name(pattern) if pattern else "" for pattern in request.patterns]
+        except listing.ListSyntaxError as exc:
+            self._reply(tag, replies.IMAP_INVALID_ARGUMENTS, detail=str(exc).encode("ascii"))
+            return
         except MailboxError as exc:
             self._fail(Failure(exc), tag)
             return
-        d = self._run(self._list, ref, pat, command == b"LSUB")
-        d.addCallback(self._listed, tag, command)
+        d = self._run(self._list, request, reference, patterns)
+        d.addCallback(self._listed, tag, command, request.status)
         d.addErrback(self._fail, tag)
 
-    auth_LIST = select_LIST = (do_LIST, Arguments.arg_astring, Arguments.arg_finalastring, b"LIST")
-    auth_LSUB = select_LSUB = (do_LIST, Arguments.arg_astring, Arguments.arg_finalastring, b"LSUB")
+    def arg_list(self, line: bytes, tokens: list[bytes] | None = None) -> Any:
+        """LIST/LSUB arguments as tokens (listing.tokenize), reading every literal among them (RFC 3501 4.3)."""
+        try:
+            more, literal = listing.tokenize(line)
+        except listing.ListSyntaxError as exc:
+            raise IllegalClientResponse(str(exc)) from None
+        tokens = (tokens or []) + more
+        if literal is None:
+            return tokens, b""
+        if len(tokens) >= listing.MAX_TOKENS:
+            raise IllegalClientResponse("Too many arguments")
+        size, nonsync = self._literal_size(literal, listing.MAX_LITERAL)
+        d = self._read_literal(size, nonsync, imap4.LiteralString)
+        d.addCallback(lambda read: self.arg_list(read[1], tokens + [listing.String(read[0])]))
+        return d
 
-    def _list(self, reference: str, pattern: str, subscribed_only: bool) -> list[tuple[list[str], str]]:
-        """Blocking: (attributes, name) of the folders matching reference+pattern (RFC 3501 6.3.8)."""
+    auth_LIST = select_LIST = (do_LIST, arg_list, b"LIST")
+    auth_LSUB = select_LSUB = (do_LIST, arg_list, b"LSUB")
+
+    def _list(self, request: listing.ListRequest, reference: str,
+              patterns: list[str]) -> list[tuple[listing.Entry, Any]]:
+        """Blocking: the entries to answer, each with its folder's snapshot when LIST-STATUS wants one."""
         account = self.account
         assert account is not None
-        if not pattern:
-            return [(["\\Noselect"], "")]
-        matches = list_matcher(reference + pattern)
         names = account.names()
-        chosen = account.subscriptions() if subscribed_only else set(names)
-        found: list[tuple[list[str], str]] = []
-        shown: set[str] = set()
-        for name in names:
-            if name not in chosen:
-                continue
-            if pattern.endswith("%"):
-                found += [(["\\Noselect", "\\HasChildren"], level) for level in _levels(name, chosen, shown)
-                          if matches(level)]
-            if matches(name):
-                attributes = ["\\HasChildren" if account.has_children(name) else "\\HasNoChildren"]
-                special = account.special_use(name)
-                if special:
-                    attributes.append(special)
-                found.append((attributes, name))
-        return found
+        special = {name: use for name in names if (use := account.special_use(name))}
+        snapshot = listing.Snapshot(names, account.subscriptions(), special, DELIMITER)
+        entries = listing.select(request, reference, patterns, snapshot)
+        if not request.status:
+            return [(entry, None) for entry in entries]
+        return [(entry, self._folder_status(account, entry.name) if entry.selectable else None)
+                for entry in entries]
 
-    def _listed(self, found: list[tuple[list[str], str]], tag: bytes, command: bytes) -> None:
-        for attributes, name in found:
-            self.sendUntaggedResponse(b"%b (%b) \"%b\" %b" % (command, " ".join(attributes).encode(),
-                                                             DELIMITER.encode(), quote_name(name)))
+    @staticmethod
+    def _folder_status(account: Account, name: str) -> Any:
+        """A folder's snapshot for LIST-STATUS; None when it went away since the listing (RFC 5819 2)."""
+        try:
+            return account.folder(name).refresh()
+        except MailboxError:
+            return None
+
+    def _listed(self, found: list[tuple[listing.Entry, Any]], tag: bytes, command: bytes,
+                wanted: list[bytes]) -> None:
+        for entry, status in found:
+            line = b"%b (%b) \"%b\" %b" % (command, " ".join(entry.attributes).encode(), DELIMITER.encode(),
+                                            quote_name(entry.name))
+            if entry.childinfo:
+                line += b' ("CHILDINFO" (%b))' % b" ".join(b'"%b"' % opt.encode() for opt in entry.childinfo)
+            self.sendUntaggedResponse(line)
+            if status is not None:
+                self.sendUntaggedResponse(self._status_response(status, entry.name, wanted))
         self._completed(tag, command)
 
     def do_STATUS(self, tag: bytes, name: bytes, items: list[bytes]) -> None:
@@ -135,16 +161,21 @@ class MailboxCommands:
         d.addCallback(self._status, tag, folder_name, wanted)
         d.addErrback(self._fail, tag)
 
-    auth_STATUS = select_STATUS = (do_STATUS, Arguments.arg_astring, Arguments.arg_plist)
+    auth_STATUS = select_STATUS = (do_STATUS, Arguments.arg_astring, _after_space(Arguments.arg_plist))
 
     def _status(self, snapshot: Any, tag: bytes, name: str, wanted: list[bytes]) -> None:
+        self.sendUntaggedResponse(self._status_response(snapshot, name, wanted))
+        self._completed(tag, b"STATUS")
+
+    @staticmethod
+    def _status_response(snapshot: Any, name: str, wanted: list[bytes]) -> bytes:
+        """`STATUS name (item value ...)`: the answer to STATUS, and to LIST ... RETURN (STATUS ...) (RFC 5819)."""
         values = {b"MESSAGES": len(snapshot.uids), b"RECENT": len(snapshot.fresh), b"UIDNEXT": snapshot.uidnext,
                   b"UIDVALIDITY": snapshot.uidvalidity,
                   b"UNSEEN": sum(1 for flags in snapshot.flags if "\\Seen" not in flags),
                   b"HIGHESTMODSEQ": snapshot.highestmodseq}
         body = b" ".join(b"%b %d" % (w, values[w]) for w in wanted)
-        self.sendUntaggedResponse(b"STATUS " + quote_name(name) + b" (" + body + b")")
-        self._completed(tag, b"STATUS")
+        return b"STATUS " + quote_name(name) + b" (" + body + b")"
 
     def do_APPEND(self, tag: bytes, name: bytes, flags_date: tuple, message: Any) -> None:
         flags, date = flags_date
@@ -167,16 +198,6 @@ class MailboxCommands:
             lambda _: self._reply(tag, replies.IMAP_APPENDED, data=b"%d %d" % result)))
         d.addErrback(self._fail, tag)
 
-    auth_APPEND = select_APPEND = (do_APPEND, Arguments.arg_astring, Arguments.opt_flags_date, Arguments.arg_literal)
+    auth_APPEND = select_APPEND = (do_APPEND, Arguments.arg_astring, _after_space(Arguments.opt_flags_date),
+                                   Arguments.arg_literal)
 
-
-def _levels(name: str, listed: set[str], shown: set[str]) -> list[str]:
-    """The levels above `name` not listed themselves, each reported once (RFC 3501 6.3.8, 6.3.9)."""
-    parts = name.split(DELIMITER)
-    levels = []
-    for depth in range(1, len(parts)):
-        level = DELIMITER.join(parts[:depth])
-        if level not in listed and level not in shown:
-            shown.add(level)
-            levels.append(level)
-    return levels

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -19,10 +20,27 @@ from appliance.imap.backend import MailboxError, normalise
 from appliance.imap.view import SequenceError, parse_set
 
 MAX_STRING_LITERAL = 65536      # a literal that is not a message (names, passwords, search strings)
+MAX_COMMAND = 262144            # one command's arguments read by arg_tokens: its lines and literals together
+MAX_LITERALS = 32               # literals in one such command (each costs stack while pipelined data is parsed)
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _LITERAL = re.compile(rb"^\{(\d{1,30})(\+?)\}$")
 _NONSYNC_AT_END = re.compile(rb"\{(\d{1,30})\+\}$")
 _QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"(?: |$)')
+_UNQUOTE = re.compile(rb"\\(.)", re.S)
+_FIELD_NAME = re.compile(rb'[^\x00-\x20\x7f-\xff:()\[\]"\\{}]+')    # ftext (RFC 5322 3.6.8), no IMAP specials
+_QUOTED_NAME = re.compile(rb'"([^\x00-\x20\x7f-\xff:()\[\]"\\{}]+)"')
+_LITERAL_AT_END = re.compile(rb"\{(\d{1,30})(\+?)\}$")
+# One token of a command's arguments: a parenthesis, a quoted string, or an atom-like word (which
+# may hold `[...]` with spaces inside, as FETCH's BODY[HEADER.FIELDS (A B)] does).
+_TOKEN = re.compile(rb' *(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|((?:[^ ()"\[]|\[[^\]]*(?:\]|$))+))')
+
+
+class Str(bytes):
+    """A string argument (quoted or literal, RFC 3501 4.3), as opposed to an atom or number."""
+
+
+class Literal(bytes):
+    """The octets of one literal, between the line parts of a command (see Arguments.arg_tokens)."""
 
 
 def parse_date(text: bytes) -> float | None:
@@ -46,7 +64,12 @@ def _parse_date(text: str) -> float:
 def mailbox_name(raw: bytes) -> str:
     """A client's mailbox name (modified UTF-7, RFC 3501 5.1.3) as the store's normal form."""
     try:
-        return normalise(raw.decode("imap4-utf-7"))
+        name = raw.decode("imap4-utf-7")
+        # Only the one canonical spelling (RFC 3501 5.1.3: no ASCII inside &...-, no bare &): else
+        # `&AGE-` would be stored as `a`, and LIST would show a name the client never created.
+        if name.encode("imap4-utf-7") != raw:
+            raise ValueError("not canonical modified UTF-7")
+        return normalise(name)
     except Exception:
         reply = replies.IMAP_NAME_ENCODING
         raise MailboxError(reply.text, reply.code) from None
@@ -62,6 +85,76 @@ def nonsync_literal_size(line: bytes) -> int | None:
     """The size of the LITERAL+ literal announced at the end of `line`, if one is."""
     match = _NONSYNC_AT_END.search(line)
     return int(match.group(1)) if match else None
+
+
+def tokenize(segments: list[bytes]) -> list:
+    """A command's arguments (line parts and Literals) as nested lists of bytes (atoms) and Str (strings).
+
+    RFC 3501 9: strings are quoted or literal, lists are parenthesised. Raises IllegalClientResponse
+    on unbalanced parentheses or an unterminated quoted string; nothing else.
+    """
+    stack: list[list] = [[]]
+    for segment in segments:
+        if isinstance(segment, Literal):
+            stack[-1].append(Str(segment))
+            continue
+        pos, end = 0, len(segment)
+        while pos < end:
+            match = _TOKEN.match(segment, pos)
+            if not match or match.end() == pos:
+                if not segment[pos:].strip(b" "):
+                    break
+                raise IllegalClientResponse("Unmatched quotes")
+            pos = match.end()
+            opening, closing, text, atom = match.groups()
+            if opening:
+                if len(stack) > 64:
+                    raise IllegalClientResponse("Lists nested too deeply")
+                stack.append([])
+            elif closing:
+                if len(stack) == 1:
+                    raise IllegalClientResponse("Unbalanced parentheses")
+                inner = stack.pop()
+                stack[-1].append(inner)
+            elif text is not None:
+                stack[-1].append(Str(_UNQUOTE.sub(rb"\1", text)))
+            else:
+                stack[-1].append(atom)
+    if len(stack) != 1:
+        raise IllegalClientResponse("Unbalanced parentheses")
+    return stack[0]
+
+
+def _then(value: Any, step: Callable[[Any], Any]) -> Any:
+    """`step(value)` now, or once a Deferred value fires."""
+    return value.addCallback(step) if isinstance(value, defer.Deferred) else step(value)
+
+
+def _as_words(segments: list[bytes]) -> bytes:
+    """One line from line parts and literals, each literal and quoted header name written bare.
+
+    Only FETCH uses it, where strings can only be header field names (RFC 5322 ftext, no blanks).
+    """
+    parts = []
+    for segment in segments:
+        if isinstance(segment, Literal):
+            if not _FIELD_NAME.fullmatch(segment):
+                raise IllegalClientResponse("Invalid header field name")
+            parts.append(bytes(segment))
+        else:
+            parts.append(_QUOTED_NAME.sub(rb"\1", segment))
+    return b"".join(parts)
+
+
+def _fetch_atts(line: bytes) -> tuple[list, bytes]:
+    parser = imap4._FetchParser()
+    try:
+        parser.parseString(line)
+    except Exception:
+        raise IllegalClientResponse("Invalid fetch attributes") from None
+    if not parser.result:
+        raise IllegalClientResponse("Missing fetch attributes")
+    return parser.result, b""
 
 
 class Discard:
@@ -131,6 +224,37 @@ class Arguments:
             return re.sub(rb"\\(.)", rb"\1", match.group(1)), line[match.end():]
         return IMAP4Server.arg_astring(self, line, final)
 
+    def arg_tokens(self, line: bytes) -> Any:
+        """The rest of the command, every literal in it read (RFC 3501 9, RFC 7888), as `tokenize` gives it.
+
+        Commands whose string arguments may come anywhere (SEARCH, SORT, THREAD, ID) use this: a
+        literal ends a line, and the command goes on in the line after its octets. All of it is
+        read before anything is parsed, so a refused command leaves no octet behind to be taken
+        for a command. Bounded: MAX_LITERALS literals, MAX_COMMAND octets.
+        """
+        return _then(self._segments(line, [], MAX_COMMAND), lambda segments: (tokenize(segments), b""))
+
+    def _segments(self, line: bytes, segments: list[bytes], budget: int) -> Any:
+        """The command's line parts and Literals, or a Deferred firing with them once all are read."""
+        budget -= len(line)
+        match = _LITERAL_AT_END.search(line)
+        if match is None:
+            segments.append(line)
+            return segments
+        literals = sum(1 for segment in segments if isinstance(segment, Literal))
+        # One literal too many is refused as too large: BAD, or a hang-up when its octets are on their way.
+        limit = min(MAX_STRING_LITERAL, budget) if literals < MAX_LITERALS else -1
+        size, nonsync = self._literal_size(match.group(0), limit)
+        segments.append(line[:match.start()])
+        d = self._read_literal(size, nonsync, imap4.LiteralString)
+        d.addCallback(self._literal_read, segments, budget - size)
+        return d
+
+    def _literal_read(self, result: tuple[bytes, bytes], segments: list[bytes], budget: int) -> Any:
+        data, rest = result
+        segments.append(Literal(data))
+        return self._segments(rest, segments, budget)
+
     def arg_finalastring(self, line: bytes) -> Any:
         return self.arg_astring(line, final=True)
 
@@ -145,15 +269,9 @@ class Arguments:
         except SequenceError as exc:
             raise IllegalClientResponse(str(exc)) from None
 
-    def arg_fetchatt(self, line: bytes) -> tuple[list, bytes]:
-        parser = imap4._FetchParser()
-        try:
-            parser.parseString(line)
-        except Exception:
-            raise IllegalClientResponse("Invalid fetch attributes") from None
-        if not parser.result:
-            raise IllegalClientResponse("Missing fetch attributes")
-        return parser.result, b""
+    def arg_fetchatt(self, line: bytes) -> Any:
+        """FETCH's attributes; header names in HEADER.FIELDS lists may be quoted or literal (astring)."""
+        return _then(self._segments(line, [], MAX_COMMAND), lambda segments: _fetch_atts(_as_words(segments)))
 
     def arg_flaglist(self, line: bytes) -> tuple[list, bytes]:
         if not line.strip():
@@ -164,6 +282,7 @@ class Arguments:
     def opt_flags_date(self, line: bytes) -> tuple[tuple, bytes]:
         """APPEND's optional `(flags)` and `"date-time"`."""
         flags: list[str] = []
+        line = line.lstrip(b" ")           # after a literal mailbox name, the line goes on with a blank
         if line.startswith(b"("):
             end = line.find(b")")
             if end < 0:
@@ -179,8 +298,11 @@ class Arguments:
             line = line[end + 1:].lstrip(b" ")
         return (flags, date), line
 
+    def arg_plist(self, line: bytes) -> tuple[list, bytes]:
+        """A flat parenthesised list (STATUS items); after a literal mailbox name the line starts with a blank."""
+        return IMAP4Server.arg_plist(self, line.lstrip(b" "))
+
     # Stock parsers used as they are, named here so every command table reads from one class.
     arg_atom = IMAP4Server.arg_atom
     arg_line = IMAP4Server.arg_line
-    arg_plist = IMAP4Server.arg_plist
     opt_charset = IMAP4Server.opt_charset

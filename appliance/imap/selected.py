@@ -19,8 +19,7 @@ from appliance.imap.parse import Arguments, mailbox_name
 from appliance.imap.view import SequenceError, View, format_flags
 
 _FLAG_LIST = b"(" + " ".join(SYSTEM_FLAGS).encode() + b")"
-_SEARCH_CHARSETS = (b"US-ASCII", b"UTF-8")
-UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE")
+UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"SORT", b"THREAD")
 
 
 def uid_set(uids: list[int]) -> bytes:
@@ -233,35 +232,45 @@ class SelectedCommands:
         self.transport.writeSequence([line + b"\r\n" for line in out])
         self._completed(tag, b"STORE")
 
-    # ---- SEARCH --------------------------------------------------------------------------------------------
-    def do_SEARCH(self, tag: bytes, charset: bytes | None, line: bytes, uid: int = 0) -> None:
-        view, folder = self.view, self.folder
-        assert view is not None and folder is not None
-        if charset is not None and charset.upper().strip(b'"') not in _SEARCH_CHARSETS:
+    # ---- SEARCH (RFC 3501 6.4.4, RFC 4731 ESEARCH) -------------------------------------------------------
+    def do_SEARCH(self, tag: bytes, tokens: list, uid: int = 0) -> None:
+        try:
+            program = search.program(tokens)
+        except search.CharsetError:
             self._reply(tag, replies.IMAP_BAD_CHARSET)
             return
-        try:
-            nodes = search.parse(line)
         except search.SearchError as exc:
             self.sendBadResponse(tag, str(exc).encode())
             return
-        known, current = view.known, folder.state
-        candidates = [search.Candidate(i + 1, u, current.flags_of(u) if u in current.position else known.flags[i],
-                                       u in view.recent, (current if u in current.position else known).modseq_of(u))
-                      for i, u in enumerate(known.uids)]
-        with_modseq = search.uses_modseq(nodes)
+        folder = self.folder
+        assert folder is not None
+        with_modseq = search.uses_modseq(program.nodes)
         self._modseq_search(with_modseq)
-        d = self._run(search.run, nodes, candidates, folder.read, folder.meta)
-        d.addCallback(self._searched, tag, bool(uid), with_modseq)
+        d = self._run(search.run, program.nodes, self._candidates(), folder.read, folder.meta)
+        d.addCallback(self._searched, tag, bool(uid), program.returns, with_modseq)
         d.addErrback(self._fail, tag)
 
-    select_SEARCH = (do_SEARCH, Arguments.opt_charset, Arguments.arg_line)
+    select_SEARCH = (do_SEARCH, Arguments.arg_tokens)
 
-    def _searched(self, found: list, tag: bytes, by_uid: bool, with_modseq: bool = False) -> None:
-        numbers = b" ".join(b"%d" % (c.uid if by_uid else c.seq) for c in found)
-        if with_modseq and found:
-            numbers += b" (MODSEQ %d)" % max(c.modseq for c in found)     # RFC 7162 3.1.6
-        self.sendUntaggedResponse(b"SEARCH" + (b" " + numbers if numbers else b""))
+    def _candidates(self) -> list:
+        """Every message the client knows of, with its flags (and MODSEQ) as they are now (RFC 3501 6.4.4)."""
+        view, folder = self.view, self.folder
+        assert view is not None and folder is not None
+        known, current = view.known, folder.state
+        return [search.Candidate(i + 1, u, current.flags_of(u) if u in current.position else known.flags[i],
+                                 u in view.recent, (current if u in current.position else known).modseq_of(u))
+                for i, u in enumerate(known.uids)]
+
+    def _searched(self, found: list, tag: bytes, by_uid: bool, returns: list[str] | None,
+                  with_modseq: bool = False) -> None:
+        numbers = [c.uid if by_uid else c.seq for c in found]
+        if returns is not None:
+            self.sendUntaggedResponse(search.esearch(tag, numbers, returns, by_uid))
+        else:
+            text = b" ".join(b"%d" % n for n in numbers)
+            if with_modseq and found:
+                text += b" (MODSEQ %d)" % max(c.modseq for c in found)     # RFC 7162 3.1.6
+            self.sendUntaggedResponse(b"SEARCH" + (b" " + text if text else b""))
         self._completed(tag, b"SEARCH")
 
     # ---- EXPUNGE, COPY, MOVE, UID --------------------------------------------------------------------------

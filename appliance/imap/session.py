@@ -10,8 +10,8 @@ Internet-facing server:
   one login path, appliance.realm), NO [UNAVAILABLE] when the directory cannot answer, no
   exception text to clients;
 - the commands themselves, one mixin per job: LoginCommands (here), MailboxCommands (mailboxes.py),
-  SelectedCommands (selected.py), FetchCommand (fetch.py), Arguments (parse.py),
-  CondstoreCommands (condstore.py: ENABLE, CONDSTORE, QRESYNC).
+  SelectedCommands (selected.py), SortThreadCommands (sortthread.py), FetchCommand (fetch.py),
+  Arguments (parse.py), CondstoreCommands (condstore.py: ENABLE, CONDSTORE, QRESYNC).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
 from appliance.imap.parse import Arguments, Discard, mailbox_name, nonsync_literal_size
 from appliance.imap.selected import SelectedCommands
+from appliance.imap.sortthread import SortThreadCommands
 from appliance.imap.view import SequenceError, View
 from appliance.imap.watcher import FolderWatcher
 from appliance.interfaces import IAccount
@@ -48,9 +49,18 @@ MAX_LINE = 65536                # one command line; UID sets from sync clients c
 MAX_ERRORS = 20                 # BAD replies in a row (no good command between them) before BYE
 CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
                 b"UNSELECT", b"SPECIAL-USE", b"CHILDREN",
+                b"LIST-EXTENDED",
+                b"LIST-STATUS",
+                b"ESEARCH",
+                b"SORT",
+                b"SORT=DISPLAY",
+                b"ESORT",
+                b"THREAD=ORDEREDSUBJECT",
+                b"THREAD=REFERENCES",
                 b"ENABLE",                      # RFC 5161, imap/condstore.py
                 b"CONDSTORE",                   # RFC 7162
-                b"QRESYNC"]
+                b"QRESYNC",
+                ]
 
 
 class LoginCommands:
@@ -173,8 +183,8 @@ class LoginCommands:
             self._reply(tag, reply)
 
 
-class IMAPServer(LoginCommands, CondstoreCommands, MailboxCommands, SelectedCommands, FetchCommand, Arguments,
-                 IMAP4Server):
+class IMAPServer(LoginCommands, CondstoreCommands, MailboxCommands, SelectedCommands, SortThreadCommands,
+                 FetchCommand, Arguments, IMAP4Server):
     """One IMAP connection; the factory holds the shared parts."""
 
     MAX_LENGTH = MAX_LINE
@@ -391,7 +401,7 @@ class IMAPServer(LoginCommands, CondstoreCommands, MailboxCommands, SelectedComm
         self.sendUntaggedResponse(b'ID ("name" "mailappliance")')
         self._completed(tag, b"ID")
 
-    unauth_ID = auth_ID = select_ID = (do_ID, Arguments.arg_line)
+    unauth_ID = auth_ID = select_ID = (do_ID, Arguments.arg_tokens)     # parameters may be literals
 
     def do_LOGOUT(self, tag: bytes) -> None:
         self._untagged(replies.IMAP_LOGGING_OUT)

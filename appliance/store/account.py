@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import ClassVar
 
 import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
+from appliance.durable import replace_file
 from appliance.store.base import MailboxError, make_dirs
 from appliance.store.folder import Folder
-from appliance.store.index import write_atomic
 
 DELIMITER = "."
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk"}
 SUBSCRIPTIONS = "subscriptions"
 MAX_NAME = 200
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+# Subscriptions are one file read, changed and replaced: two sessions of one user (two pool
+# threads) changing it at once would lose one change without this.
+_SUBSCRIPTIONS_LOCK = threading.Lock()
 
 
 def normalise(name: str) -> str:
@@ -134,7 +138,8 @@ class Account:
         if self.has_children(name):
             raise MailboxError("Mailbox has children; delete them first", "INUSE")
         self._remove(check_name(name))
-        self.unsubscribe(name)
+        # The subscription stays: RFC 3501 6.3.6 forbids the server to remove one on its own, and
+        # a client that re-creates the folder finds it subscribed again (as with Dovecot).
 
     def rename(self, old: str, new: str) -> None:
         old, new = normalise(old), normalise(new)
@@ -151,12 +156,21 @@ class Account:
             self._creatable(target)
         for source, target in moves:
             self._move(check_name(source), new_disk if source == old else check_name(target))
-        subscribed = self.subscriptions()
-        for source, target in moves:
-            if source in subscribed:
-                subscribed.discard(source)
-                subscribed.add(target)
-        self._save_subscriptions(subscribed)
+        self._follow_rename(dict(moves))
+
+    def _follow_rename(self, moves: dict[str, str]) -> None:
+        """A renamed subscribed folder stays subscribed under its new name; the old name stays too.
+
+        RFC 3501 6.3.6: the server must not remove a subscription on its own, so the old name is
+        kept (as Dovecot keeps it); adding the new one spares clients that do not resubscribe
+        after RENAME from losing the folder from their view (clients that do, Thunderbird among
+        them, UNSUBSCRIBE the old name themselves).
+        """
+        with _SUBSCRIPTIONS_LOCK:
+            subscribed = self.subscriptions()
+            added = {target for source, target in moves.items() if source in subscribed}
+            if added - subscribed:
+                self._save_subscriptions(subscribed | added)
 
     # ---- subscriptions ---------------------------------------------------------------------------------
     def _subscriptions_path(self) -> str:
@@ -170,15 +184,19 @@ class Account:
             return set()
 
     def _save_subscriptions(self, names: set[str]) -> None:
+        """Replace the file, synced with its folder: nothing rebuilds a lost subscription, and OK was said."""
         make_dirs(self._meta_dir())
-        write_atomic(self._subscriptions_path(), "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
+        replace_file(self._subscriptions_path(), "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
 
     def subscribe(self, name: str) -> None:
+        """Subscribe `name`, whether or not such a folder exists (RFC 3501 6.3.6 allows both)."""
         check_name(name)
-        self._save_subscriptions(self.subscriptions() | {normalise(name)})
+        with _SUBSCRIPTIONS_LOCK:
+            self._save_subscriptions(self.subscriptions() | {normalise(name)})
 
     def unsubscribe(self, name: str) -> None:
-        self._save_subscriptions(self.subscriptions() - {normalise(name)})
+        with _SUBSCRIPTIONS_LOCK:
+            self._save_subscriptions(self.subscriptions() - {normalise(name)})
 
     def ensure_special(self) -> None:
         """Create Drafts, Sent, Trash and Junk (subscribed) when missing; run at every login."""
@@ -187,4 +205,5 @@ class Account:
         for name in missing:
             self._make(check_name(name))
         if missing or not os.path.exists(self._subscriptions_path()):
-            self._save_subscriptions(self.subscriptions() | set(missing) | {"INBOX"})
+            with _SUBSCRIPTIONS_LOCK:
+                self._save_subscriptions(self.subscriptions() | set(missing) | {"INBOX"})

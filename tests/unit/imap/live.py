@@ -1,160 +1,131 @@
-"""An IMAP server on a real loopback port for imaplib clients: a private reactor and a real thread pool in a thread.
+"""The IMAP server on a real loopback socket, for Python's imaplib: a reactor of its own in a thread.
 
-Why a private reactor (as tests/unit/siterig.py does for HTTP): blocking imaplib clients run in
-the test's thread, several at once, while the server answers from its own; the global reactor
-stays untouched. `restart()` stops it and starts a new one over the same files, with the
-process-wide folder registry emptied, as a restarted daemon would find them.
+The unit harness (harness.py) drives a session over a StringTransport; these tests want what a
+client library sees through TCP (continuation requests, literals split across packets, pipelined
+LITERAL+ octets). The reactor is a private instance (the global one belongs to trial's tests),
+started once per test process and never stopped (a reactor cannot restart); each test gets its
+own listener, store and thread pool, torn down after it.
 """
 from __future__ import annotations
 
-import gc
 import imaplib
-import re
+import socket
 import threading
 from pathlib import Path
 
 from twisted.cred.portal import Portal
-from twisted.internet.selectreactor import SelectReactor
+from twisted.internet import epollreactor
 from twisted.python.threadpool import ThreadPool
 
 from appliance.config import TLSSection
 from appliance.imap import FolderWatcher, IMAPFactory
 from appliance.realm import AuthThrottle, Login, MailRealm
-from appliance.store import folder as folder_registry
-from appliance.store.maildir import MaildirStore, write as maildir_write
-from appliance.store.mbox import MboxStore, append as mbox_append
+from appliance.store.maildir import MaildirStore
+from appliance.store.mbox import MboxStore
 from tests.unit.imap.harness import LOOPBACK, PASSWORD, USER, Checker
 
-TIMEOUT = 10.0
+FORMATS = {"maildir": MaildirStore, "mbox": MboxStore}
+_reactor = None
+_reactor_guard = threading.Lock()
+
+
+def reactor():
+    """The private reactor, running in a daemon thread."""
+    global _reactor
+    with _reactor_guard:
+        if _reactor is None:
+            _reactor = epollreactor.EPollReactor()
+            threading.Thread(target=_reactor.run, kwargs={"installSignalHandlers": False}, daemon=True,
+                             name="imap-live-reactor").start()
+        return _reactor
+
+
+def in_reactor(fn, *args, timeout: float = 10):
+    """Run `fn(*args)` in the reactor thread and return its result."""
+    done = threading.Event()
+    box: dict = {}
+
+    def call():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:        # handed to the test thread
+            box["error"] = exc
+        done.set()
+
+    reactor().callFromThread(call)
+    if not done.wait(timeout):
+        raise TimeoutError("the reactor did not answer")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 class LiveServer:
-    """`alice@example.test` / `secret` over Maildir or mbox under `tmp_path`; `client()` logs a new imaplib in."""
+    """One listener on 127.0.0.1 over a fresh store of the given format."""
 
-    def __init__(self, tmp_path: Path, storage: str):
-        self.storage = storage
-        self.template = str(tmp_path / "mail" / "{domain}" / "{local}")
-        self.mailbox = str(tmp_path / "mail" / "example.test" / "alice")
-        self.clients: list[imaplib.IMAP4] = []
-        self._start()
-
-    def _start(self) -> None:
-        self.reactor = SelectReactor()
-        self.pool = ThreadPool(2, 4, "imap-test")
+    def __init__(self, tmp_path: Path, mailbox_format: str = "maildir", max_message_size: int = 1 << 20):
+        self.reactor = reactor()
+        self.pool = ThreadPool(1, 4, name="imap-live-disk")
         self.pool.start()
-        store_class = MaildirStore if self.storage == "maildir" else MboxStore
-        store = store_class(self.template, self.reactor, self.pool)
+        store = FORMATS[mailbox_format](str(tmp_path / "mail" / "{domain}" / "{local}"), self.reactor, self.pool)
         login = Login(Portal(MailRealm(store), [Checker()]), AuthThrottle(self.reactor), self.reactor)
-        factory = IMAPFactory(login=login, tls=None, tls_settings=TLSSection("", "", plaintext_auth_networks=LOOPBACK),
-                              implicit_tls=False, reactor=self.reactor, pool=self.pool,
-                              watcher=FolderWatcher(self.reactor, self.pool))
-        self.listener = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.port = self.listener.getHost().port
-        self.thread = threading.Thread(target=self.reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
-        self.thread.start()
+        self.factory = IMAPFactory(login=login, hostname="mail.example.test", tls=None,
+                                   tls_settings=TLSSection("", "", plaintext_auth_networks=LOOPBACK),
+                                   implicit_tls=False, reactor=self.reactor, pool=self.pool,
+                                   watcher=FolderWatcher(self.reactor, self.pool), max_message_size=max_message_size)
+        self.port = in_reactor(lambda: self.reactor.listenTCP(0, self.factory, interface="127.0.0.1"))
 
-    def client(self) -> imaplib.IMAP4:
-        client = imaplib.IMAP4("127.0.0.1", self.port, timeout=TIMEOUT)
-        client.login(USER.decode(), PASSWORD.decode())
-        self.clients.append(client)
+    def client(self, login: bool = True) -> imaplib.IMAP4:
+        client = imaplib.IMAP4("127.0.0.1", self.port.getHost().port, timeout=10)
+        # imaplib writes a literal's octets and its line end apart: without this, Nagle's algorithm
+        # and delayed ACKs hold each APPEND for 40 ms.
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if login:
+            client.login(USER.decode(), PASSWORD.decode())
         return client
 
-    def deliver(self, message: bytes) -> None:
-        """A message arriving by SMTP delivery (another writer than IMAP)."""
-        if self.storage == "maildir":
-            maildir_write(self.mailbox, message)
-        else:
-            mbox_append(self.mailbox, message, "bob@example.test")
-
-    def stop(self) -> None:
-        for client in self.clients:
-            try:
-                client.shutdown()
-            except OSError:
-                pass
-        self.clients = []
-        self.reactor.callFromThread(self.listener.stopListening)
-        self.reactor.callFromThread(self.reactor.stop)
-        self.thread.join(TIMEOUT)
-        assert not self.thread.is_alive(), "the test reactor did not stop"
+    def close(self) -> None:
+        in_reactor(self.port.stopListening)
         self.pool.stop()
 
-    def restart(self) -> None:
-        """A new server process over the same files: nothing of the old one's memory survives."""
-        self.stop()
-        gc.collect()
-        with folder_registry._registry_guard:
-            folder_registry._registry.clear()
-        self._start()
+
+def command(client: imaplib.IMAP4, data: bytes) -> list[bytes]:
+    """Send raw bytes (a whole command, literals included) and read lines up to the tagged answer.
+
+    For what imaplib cannot say itself: LITERAL+ literals, pipelined octets. `data`'s tag is its
+    first word; continuation requests are answered by nothing (the caller sends what follows).
+    """
+    tag = data.split(b" ", 1)[0]
+    client.send(data)
+    lines = []
+    for _ in range(100000):
+        line = client.readline()
+        if not line:
+            raise EOFError(b"connection closed after " + b"".join(lines))
+        lines.append(line)
+        if line.startswith(tag + b" "):
+            return lines
+    raise AssertionError("no tagged answer")
 
 
-# ---- speaking RFC 7162 with imaplib, which does not know it --------------------------------------------
-class Answer:
-    """One command's answer: the tagged status and text, and the untagged responses by kind."""
-
-    def __init__(self, status: str, text: bytes, untagged: dict[str, list]):
-        self.status, self.text, self.untagged = status, text, untagged
-
-
-def run(client: imaplib.IMAP4, name: str, args: str = "") -> Answer:
-    """Send `name args` as is (imaplib knows nothing of RFC 7162 syntax) and collect the answer."""
-    client.untagged_responses.clear()
-    state = client.state
-    if name == "ENABLE":
-        client.state = "AUTH"           # imaplib allows ENABLE before SELECT only; RFC 5161 servers need not check
-    tag = client._command(name, *([args] if args else []))
-    client.state = state
-    try:
-        status, data = client._command_complete(name, tag)
-    except client.error as exc:                     # BAD
-        return Answer("BAD", str(exc).encode(), {})
-    if name in ("SELECT", "EXAMINE") and status == "OK":
-        client.state = "SELECTED"
-    return Answer(status, data[-1] or b"", {key: list(value) for key, value in client.untagged_responses.items()})
+def read_until_tagged(client: imaplib.IMAP4, tag: bytes) -> list[bytes]:
+    lines = []
+    for _ in range(100000):
+        line = client.readline()
+        if not line:
+            raise EOFError(b"connection closed after " + b"".join(lines))
+        lines.append(line)
+        if line.startswith(tag + b" "):
+            return lines
+    raise AssertionError("no tagged answer")
 
 
-_FETCH = re.compile(rb"^(\d+) \((.*)\)$", re.S)
-
-
-def fetches(answer: Answer) -> dict[int, dict]:
-    """uid -> {"seq", "flags", "modseq"} of the untagged FETCH responses; \\Recent is left out of the flags
-    (which session claimed it depends on who selected first)."""
-    out: dict[int, dict[str, object]] = {}
-    for data in answer.untagged.get("FETCH", []):
-        if isinstance(data, tuple):
-            data = data[0]
-        match = _FETCH.match(data)
-        assert match, data
-        body = match.group(2)
-        uid = re.search(rb"UID (\d+)", body)
-        modseq = re.search(rb"MODSEQ \((\d+)\)", body)
-        flags = re.search(rb"FLAGS \(([^)]*)\)", body)
-        assert uid, data
-        out[int(uid.group(1))] = {"seq": int(match.group(1)),
-                                  "modseq": int(modseq.group(1)) if modseq else None,
-                                  "flags": set(flags.group(1).decode().split()) - {"\\Recent"} if flags else None}
-    return out
-
-
-def number(answer: Answer, code: str) -> int:
-    """The number of a response code such as HIGHESTMODSEQ, UIDVALIDITY."""
-    values = answer.untagged.get(code)
-    assert values, (code, answer.untagged)
-    return int(values[-1])
-
-
-def uid_set(text: bytes) -> set[int]:
-    out: set[int] = set()
-    for item in text.split(b","):
-        low, _, high = item.partition(b":")
-        out.update(range(int(low), int(high or low) + 1))
-    return out
-
-
-def vanished(answer: Answer, earlier: bool) -> set[int]:
-    """The UIDs of the VANISHED responses of one kind (with or without `(EARLIER)`)."""
-    out: set[int] = set()
-    for data in answer.untagged.get("VANISHED", []):
-        if data.startswith(b"(EARLIER) ") == earlier:
-            out |= uid_set(data.removeprefix(b"(EARLIER) "))
-    return out
+def sync_literal(client: imaplib.IMAP4, before: bytes, literal: bytes, after: bytes) -> list[bytes]:
+    """`before {n}`, wait for the server's "+", then the octets and `after`: a synchronising literal."""
+    tag = before.split(b" ", 1)[0]
+    client.send(before + b"{%d}\r\n" % len(literal))
+    go_ahead = client.readline()
+    if not go_ahead.startswith(b"+"):
+        return [go_ahead] + ([] if go_ahead.startswith(tag + b" ") else read_until_tagged(client, tag))
+    client.send(literal + after + b"\r\n")
+    return read_until_tagged(client, tag)

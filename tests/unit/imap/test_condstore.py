@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.imap.harness import messages
-from tests.unit.imap.live import LiveServer, fetches, number, run
+from tests.unit.imap.modseqlive import LiveServer, fetches, number, run
 
 
 @pytest.fixture(params=["maildir", "mbox"])

@@ -53,6 +53,10 @@ COMMANDS = {
     "UID COPY": b"x UID COPY 1 Old\r\n",
     "UID MOVE": b"x UID MOVE 1 Old\r\n",
     "UID EXPUNGE": b"x UID EXPUNGE 1\r\n",
+    "SORT": b"x SORT (DATE) UTF-8 ALL\r\n",
+    "THREAD": b"x THREAD REFERENCES UTF-8 ALL\r\n",
+    "UID SORT": b"x UID SORT (REVERSE SUBJECT) UTF-8 ALL\r\n",
+    "UID THREAD": b"x UID THREAD ORDEREDSUBJECT UTF-8 ALL\r\n",
     "ENABLE": b"x ENABLE CONDSTORE\r\n",
     "FROBNICATE": b"x FROBNICATE\r\n",
 }
@@ -63,7 +67,8 @@ AUTHENTICATED = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
                  "STATUS", "APPEND", "NAMESPACE", "IDLE",
                  "ENABLE"}                       # RFC 5161 (also accepted once a mailbox is selected, as 3.1 allows)
 SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID FETCH",
-            "UID SEARCH", "UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE"}
+            "UID SEARCH", "UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE",
+            "SORT", "THREAD", "UID SORT", "UID THREAD"}
 CHANGES_THE_MAILBOX = {"EXPUNGE", "STORE", "MOVE", "UID STORE", "UID MOVE", "UID EXPUNGE"}
 
 
