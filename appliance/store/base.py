@@ -62,7 +62,8 @@ class Snapshot:
         uids = tuple(uid for uid, _ in messages)
         known = modseqs or {}
         return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
-                   {uid: i for i, uid in enumerate(uids)}, tuple(map(known.get, uids, repeat(0))), highestmodseq)
+                   {uid: i for i, uid in enumerate(uids)},
+                   modseqs=tuple(map(known.get, uids, repeat(0))), highestmodseq=highestmodseq)
 
     def flags_of(self, uid: int) -> frozenset[str]:
         return self.flags[self.position[uid]]
