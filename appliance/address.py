@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable
+
+
+_CONTROL = re.compile("[\x00-\x20\x7f]")    # a control character or a blank: never in an address
 
 
 class AddressSyntaxError(ValueError):
@@ -47,7 +51,7 @@ def is_valid(address: str) -> bool:
 
     The limits hold for the normalised form too: lower-casing can lengthen a local part ("İ").
     """
-    if not address or len(address) > 254 or any(ord(c) < 33 or ord(c) == 127 for c in address):
+    if not address or len(address) > 254 or _CONTROL.search(address):
         return False
     try:
         local, domain = split(address)
@@ -55,7 +59,7 @@ def is_valid(address: str) -> bool:
         return False
     # IDNA maps some characters to blanks ("\u00b4" is " \u0301"): the normalised domain is checked too.
     return (len(local) <= 64 and len(local.lower()) <= 64 and len(domain) <= 253
-            and not any(ord(c) < 33 or ord(c) == 127 for c in domain))
+            and not _CONTROL.search(domain))
 
 
 def domain_of(address: str) -> str:
@@ -78,10 +82,19 @@ def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
 
 def in_networks(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     """True when the peer address `host` lies in one of `networks` (IPv4-mapped IPv6 counts as IPv4)."""
+    if not networks:
+        return False
+    ip = _peer_ip(host)
+    return ip is not None and any(ip.version == net.version and ip in net for net in networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address parsed once (the same clients come back on every command and connection)."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
+    return ip

@@ -60,31 +60,44 @@ class RecipientResolver:
             return f"{local}@{self.masquerader.as_domain}"
         return addr
 
-    @defer.inlineCallbacks
-    def resolve(self, rcpt: str, insider: bool = True) -> Any:
+    def resolve(self, rcpt: str, insider: bool = True) -> defer.Deferred:
         """Deferred[list[Recipient]]; fails with SMTPReplyError (550 5.1.1, 5.7.1 or 5.4.6).
 
         `insider`: the sender is one of ours (authenticated, or on a trusted network), which
-        restricted lists require.
+        restricted lists require. Plain callbacks, not a generator: this runs for every RCPT.
         """
-        rcpt = self.unmasquerade(rcpt)
-        if not address.in_domains(rcpt, self.domains):
-            return [Recipient(address=rcpt, local=False)]
-        candidates = [(rcpt, "")]
-        base, extension = self._split_extension(rcpt)
-        if base != rcpt:
-            candidates.append((base, extension))
-        for candidate, ext in candidates:
-            if candidate in self.restricted and not insider:
-                raise SMTPReplyError(replies.LIST_RESTRICTED)
-            targets = yield self.expand(candidate)
+        try:
+            rcpt = self.unmasquerade(rcpt)
+            if not address.in_domains(rcpt, self.domains):
+                return defer.succeed([Recipient(address=rcpt, local=False)])
+            candidates = [(rcpt, "")]
+            base, extension = self._split_extension(rcpt)
+            if base != rcpt:
+                candidates.append((base, extension))
+            return self._candidate(candidates, 0, rcpt, insider)
+        except Exception:
+            return defer.fail()
+
+    def _candidate(self, candidates: list[tuple[str, str]], index: int, rcpt: str, insider: bool) -> defer.Deferred:
+        """Try candidates[index] (alias, then user), then the next; the catch-all after the last."""
+        if index == len(candidates):
+            return self._finals(self._catch_all(rcpt), rcpt)
+        candidate, ext = candidates[index]
+        if candidate in self.restricted and not insider:
+            raise SMTPReplyError(replies.LIST_RESTRICTED)
+
+        def expanded(targets: list[str] | None) -> Any:
             if targets is not None:
-                return (yield self._finals(targets, rcpt))
-            user = yield self.directory.lookup(candidate)
+                return self._finals(targets, rcpt)
+            return self.directory.lookup(candidate).addCallback(found)
+
+        def found(user: Any) -> Any:
             if user is not None:
-                return [Recipient(address=_mailbox_address(user.address, rcpt), original=_unless_same(rcpt, user.address),
-                                  extension=ext)]
-        return (yield self._finals(self._catch_all(rcpt), rcpt))
+                return [Recipient(address=_mailbox_address(user.address, rcpt),
+                                  original=_unless_same(rcpt, user.address), extension=ext)]
+            return self._candidate(candidates, index + 1, rcpt, insider)
+
+        return self.expand(candidate).addCallback(expanded)
 
     @defer.inlineCallbacks
     def _finals(self, targets: list[str], rcpt: str, depth: int = 0) -> Any:
@@ -97,8 +110,7 @@ class RecipientResolver:
                     result.append(recipient)
         return result
 
-    @defer.inlineCallbacks
-    def expand(self, addr: str, depth: int = 0) -> Any:
+    def expand(self, addr: str, depth: int = 0) -> defer.Deferred:
         """Deferred[list[str] | None]: the aliases file first, then the directory's own aliases
         (LDAP nisMailAlias, groupOfNames, mailRoutingAddress), whose members may be lists too."""
         if self.aliases is not None:
@@ -106,13 +118,15 @@ class RecipientResolver:
                 targets = self.aliases.resolve(addr)
             except AliasBrokenError as e:
                 maillog.error("alias-broken", rcpt=addr, reason=str(e))
-                raise SMTPReplyError(replies.ALIAS_BROKEN)
+                return defer.fail(SMTPReplyError(replies.ALIAS_BROKEN))
             except Exception as e:  # AliasLoopError, or deeper than the aliases file allows
                 maillog.error("alias-loop", rcpt=addr, reason=str(e))
-                raise SMTPReplyError(replies.ALIAS_LOOP)
+                return defer.fail(SMTPReplyError(replies.ALIAS_LOOP))
             if targets is not None:
-                return targets
-        return (yield self._expand_directory(addr, depth))
+                return defer.succeed(targets)
+        if getattr(self.directory, "resolve_alias", None) is None:
+            return defer.succeed(None)          # a directory without aliases of its own (the users file)
+        return self._expand_directory(addr, depth)
 
     @defer.inlineCallbacks
     def _expand_directory(self, addr: str, depth: int) -> Any:
@@ -255,26 +269,44 @@ class Intake:
         Fails with a check's SMTPReplyError, or with the queue's own failure (QueueWriteError):
         each source answers that its own way (SMTP 451, the pickup keeps its file).
         """
-        return defer.ensureDeferred(self._accept(arrival))
+        try:
+            self.check_loops(arrival)
+            if self.checks or (self.signer is not None and self.ours(arrival)):
+                return defer.ensureDeferred(self._checked(arrival))
+            # The common case (no end-of-DATA checks, nothing to sign): plain callbacks, no
+            # coroutine, on the ingest's hot path.
+            return self._queue(arrival, *self.stamp(arrival))
+        except Exception:
+            return defer.fail()
 
-    async def _accept(self, arrival: Arrival) -> str:
-        self.check_loops(arrival)
+    async def _checked(self, arrival: Arrival) -> str:
         for check in self.checks:
             await defer.maybeDeferred(check, arrival)
         sender, message = self.stamp(arrival)
         if self.signer is not None and self.ours(arrival):
             message = await self.signer.sign(sender, message)
+        return await self._queue(arrival, sender, message)
+
+    def _queue(self, arrival: Arrival, sender: str, message: bytes) -> defer.Deferred:
+        """Deferred[queue id]: the message queued (durably) and logged, then the refused recipients bounced."""
         if arrival.recipients:
             envelope = Envelope(id=arrival.id, sender=sender, recipients=list(arrival.recipients), peer=arrival.peer,
                                 helo=arrival.helo, protocol=arrival.protocol, login=arrival.login, size=len(message))
-            await self.queue.put(envelope, message)
-            maillog.received(arrival.id, arrival.service, arrival.peer or "local", sender, envelope.size,
-                             [r.address for r in envelope.recipients], arrival.protocol, arrival.login,
-                             session=arrival.session,
-                             given=arrival.given or [r.original or r.address for r in envelope.recipients])
+            d = self.queue.put(envelope, message)
+            d.addCallback(self._log_received, arrival, sender, envelope)
+        else:
+            d = defer.succeed(None)
         if arrival.refused:
-            await self._bounce(arrival, sender, message)
-        return arrival.id
+            d.addCallback(lambda _: defer.ensureDeferred(self._bounce(arrival, sender, message)))
+        d.addCallback(lambda _: arrival.id)
+        return d
+
+    @staticmethod
+    def _log_received(_: object, arrival: Arrival, sender: str, envelope: Envelope) -> None:
+        maillog.received(arrival.id, arrival.service, arrival.peer or "local", sender, envelope.size,
+                         [r.address for r in envelope.recipients], arrival.protocol, arrival.login,
+                         session=arrival.session,
+                         given=arrival.given or [r.original or r.address for r in envelope.recipients])
 
     def check_loops(self, arrival: Arrival) -> None:
         """Mail loops, before anything else (RFC 5321 6.3): too many hops, or a forward already made.
@@ -335,7 +367,7 @@ class Intake:
         present = headers(message)
         added = []
         if not has(present, "Date"):
-            added.append(("Date", email.utils.formatdate(self.clock.seconds(), localtime=True)))
+            added.append(("Date", rfc5322_date(self.clock.seconds())))
         if not has(present, "Message-ID"):
             added.append(("Message-ID", email.utils.make_msgid(domain=self.hostname)))
         return prepend(message, *added)
@@ -363,7 +395,7 @@ class Intake:
         lines = [f"from {origin}", f"\tby {self.hostname} (mailappliance) with {arrival.protocol} id {arrival.id}"]
         if note:
             lines.append(f"\t({note})")
-        tail = f"; {email.utils.formatdate(self.clock.seconds(), localtime=True)}"
+        tail = f"; {rfc5322_date(self.clock.seconds())}"
         if len(arrival.recipients) == 1:
             rcpt = arrival.recipients[0]
             lines.append(f"\tfor <{rcpt.original or rcpt.address}>{tail}")
@@ -402,6 +434,19 @@ class Intake:
                                     is_local=self.resolver.is_local, now=self.clock.seconds())
         await self.queue.put(dsn, data)
         bounce.log_queued(dsn)
+
+
+_date_second: int | None = None
+_date_text = ""
+
+
+def rfc5322_date(seconds: float) -> str:
+    """email.utils.formatdate(seconds, localtime=True), formatted once per second (every Received line has one)."""
+    global _date_second, _date_text
+    second = int(seconds)
+    if second != _date_second:
+        _date_text, _date_second = email.utils.formatdate(second, localtime=True), second
+    return _date_text
 
 
 def _normalised(text: str) -> str:

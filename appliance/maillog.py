@@ -2,13 +2,29 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.logger import Logger
 
 from appliance import stats
+from appliance.logwriter import timestamp
 
 log = Logger(namespace="mail")
+_writer: Any = None     # a logwriter.TurnBufferedLog under twistd (see write_to), else None
+
+
+def write_to(writer: Any) -> None:
+    """Write our lines straight to `writer` (logwriter.TurnBufferedLog), formatted here.
+
+    twistdlog installs it when twistd logs to one file at info level or below; the line is the
+    one twistd's file observer wrote (`<time> [mail#info] <event> key=value ...`), without
+    twisted.logger's event dict, its format-string parsing and its per-event time formatting.
+    None goes back to twisted.logger (unit tests, syslog, several observers).
+    """
+    global _writer
+    _writer = writer
 
 
 def _fmt(event: str, fields: dict[str, object]) -> str:
@@ -26,7 +42,10 @@ def _fmt(event: str, fields: dict[str, object]) -> str:
 def emit(event: str, **fields: object) -> None:
     """Write one `event key=value ...` line; braces are escaped for twisted.logger's format."""
     line = _fmt(event, fields)
-    log.info(line.replace("{", "{{").replace("}", "}}"))
+    if _writer is not None:
+        _writer.write(f"{timestamp(time.time())} [mail#info] {line}\n")
+    else:
+        log.info(line.replace("{", "{{").replace("}", "}}"))
     stats.publish(event, fields)     # the counters `mailappliance status` shows
 
 
@@ -100,7 +119,11 @@ def removed(qid: str, reason: str) -> None:
 
 def error(what: str, **fields: object) -> None:
     """An internal failure worth an operator's attention; the traceback goes through log.failure."""
-    log.error(_fmt("error " + what, fields).replace("{", "{{").replace("}", "}}"))
+    line = _fmt("error " + what, fields)
+    if _writer is not None:
+        _writer.write(f"{timestamp(time.time())} [mail#error] {line}\n", urgent=True)
+    else:
+        log.error(line.replace("{", "{{").replace("}", "}}"))
 
 
 def web_refused(peer: str, path: str, status: int, reason: str, login: str = "") -> None:

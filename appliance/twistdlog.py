@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, PredicateResult,
+from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, PredicateResult,
                             formatEvent, globalLogBeginner)
 
 ENVIRONMENT = "MAILAPPLIANCE_LOG_LEVEL"
@@ -59,6 +59,29 @@ def level_from_environment(environ: dict[str, str] | None = None) -> LogLevel:
         return LogLevel.info
 
 
+def buffered(observers: list[ILogObserver], level: LogLevel) -> list[ILogObserver]:
+    """twistd's file observers, each replaced by one writing once per reactor turn (appliance.logwriter).
+
+    When that file is the only place the log goes and info lines are kept, appliance.maillog
+    writes its lines to it directly (the cheap path of the SMTP ingest); otherwise they keep
+    going through twisted.logger, to every observer.
+    """
+    from twisted.internet import reactor
+    from appliance import logwriter, maillog
+
+    result: list[ILogObserver] = []
+    for observer in observers:
+        if isinstance(observer, FileLogObserver):
+            writer = logwriter.TurnBufferedLog.replacing(observer, reactor)
+            writer.flush_at_exit()
+            observer = writer
+        result.append(observer)
+    only = result[0] if len(result) == 1 else None
+    if isinstance(only, logwriter.TurnBufferedLog) and level <= LogLevel.info:
+        maillog.write_to(only)
+    return result
+
+
 def install(level: LogLevel | None = None) -> None:
     """Filter the observers twistd is about to start logging to (once per process)."""
     global _installed
@@ -69,6 +92,6 @@ def install(level: LogLevel | None = None) -> None:
     begin = globalLogBeginner.beginLoggingTo
 
     def begin_quietly(observers: Iterable[ILogObserver], *args: Any, **kwargs: Any) -> None:
-        return begin([quiet(observer, chosen) for observer in observers], *args, **kwargs)
+        return begin([quiet(observer, chosen) for observer in buffered(list(observers), chosen)], *args, **kwargs)
 
     globalLogBeginner.beginLoggingTo = begin_quietly  # type: ignore[method-assign]

@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.mail.imap4 import IllegalClientResponse
 
 from appliance import replies
-from appliance.imap.backend import SYSTEM_FLAGS, Folder, Ranges, Snapshot, first_known, format_ranges, merge
+from appliance.imap.backend import Folder, Ranges, Snapshot, client_flags, first_known, format_ranges, merge
 from appliance.imap.fetch import FetchCommand, marks_seen
 from appliance.imap.parse import MAX_COMMAND, Arguments, _as_words, _fetch_atts, _then
 from appliance.imap.selected import SelectedCommands
@@ -434,11 +434,11 @@ class CondstoreCommands:
             return
         try:
             items = view.resolve(ranges, bool(uid))
-        except SequenceError as exc:
-            self.sendBadResponse(tag, str(exc).encode())
+            wanted = client_flags(flags)
+        except (SequenceError, ValueError) as exc:
+            self.sendBadResponse(tag, str(exc).encode("ascii", "replace"))
             return
         self._enable_condstore()
-        wanted = frozenset(f for f in flags if f in SYSTEM_FLAGS)
         sign = mode[:1].decode() if mode[:1] in (b"+", b"-") else ""      # add, remove, or replace
         d = self._run(folder.store_unchanged_since, [u for _, u in items], sign, wanted, since)
         d.addCallback(self._stored_if_unchanged, tag, items, mode.endswith(b".SILENT"), bool(uid))

@@ -37,7 +37,7 @@ from appliance import address, connlimit, maillog, replies
 from appliance.filters.base import Facts, Stage
 from appliance.smtp.dataspool import DataBuffer, DataSpool
 from appliance.tls import log_failure, log_once, session_info
-from appliance.transport import no_delay
+from appliance.transport import DirectWriter, no_delay
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.intake import Arrival
 from appliance.interfaces import IMailUser
@@ -95,6 +95,8 @@ class ApplianceSMTP(ESMTP):
         self._greeting = False                # the banner is still being sent (pregreet detection)
         self._refusal: SMTPReplyError | None = None   # a connect-stage refusal, answered at MAIL
         self._gone = False                    # the client hung up (connectionLost ran)
+        self._batch: list[bytes] | None = None  # replies to the chunk of input being processed
+        self._writer: DirectWriter | None = None
 
     # ---- connection life cycle -------------------------------------------------------
     def connectionMade(self) -> None:
@@ -108,6 +110,7 @@ class ApplianceSMTP(ESMTP):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         no_delay(self.transport)
+        self._writer = DirectWriter(self.transport)
         maillog.connect(f.policy.name, self.peer, session=self.sid)
         # Connection limits are counted before we get here (appliance.connlimit, for every listener).
         self.facts = Facts(session=self.sid, service=f.policy.name, peer=self.peer, mx=not f.policy.offers_auth,
@@ -171,7 +174,7 @@ class ApplianceSMTP(ESMTP):
 
     def timeoutConnection(self) -> None:
         self._reply(replies.TIMEOUT)
-        self.transport.loseConnection()
+        self._hang_up()
 
     # ---- input: one command at a time --------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -180,7 +183,7 @@ class ApplianceSMTP(ESMTP):
         self.resetTimeout()
         self._input += data
         if not self._busy:
-            self._process()
+            self._process_batched()
         self._flow_control()
 
     def _pregreet(self, data: bytes) -> None:
@@ -191,7 +194,21 @@ class ApplianceSMTP(ESMTP):
                      peer=self.peer, reason=f"talked before the banner ended: {first!r}",
                      reply=replies.PREGREET.line().decode())
         self._reply(replies.PREGREET)
-        self.transport.loseConnection()
+        self._hang_up()
+
+    def _process_batched(self) -> None:
+        """Run the complete commands received, their replies sent with one write at the end.
+
+        A client that pipelines (RFC 2920) gets the replies to one chunk of commands in one
+        segment, with one send() instead of one per reply; a client that waits for each reply
+        sends one command per chunk and so still gets each reply at once.
+        """
+        if self._batch is None:
+            self._batch = []
+        try:
+            self._process()
+        finally:
+            self._flush_replies()
 
     def _process(self) -> None:
         """Run every complete command in the input, stopping while one waits on a Deferred.
@@ -250,10 +267,13 @@ class ApplianceSMTP(ESMTP):
             result.addBoth(self._resume)
 
     def _resume(self, _: object) -> None:
+        """The pending answer is out (in the batch): run the commands that waited for it."""
         self._busy = False
-        if not self.transport.disconnecting:
-            self._process()
-            self._flow_control()
+        if self.transport.disconnecting:
+            self._flush_replies()
+            return
+        self._process_batched()
+        self._flow_control()
 
     def _unexpected(self, failure: Failure) -> None:
         maillog.log.failure("SMTP command failed session={session}", failure, peer=self.peer, session=self.sid)
@@ -274,6 +294,37 @@ class ApplianceSMTP(ESMTP):
         return method(rest.strip())
 
     # ---- replies ------------------------------------------------------------------------
+    def sendLine(self, line: bytes) -> None:
+        """Every reply goes out here (the base class's too): batched while input is processed."""
+        self._send(line + b"\r\n")
+
+    def _send(self, data: bytes) -> None:
+        if self._batch is None and self._busy:
+            # The answer a command waited for (the 250 after the queue's fsync): _resume, the
+            # Deferred's last callback, sends it together with the replies to what waited.
+            self._batch = []
+        if self._batch is not None:
+            self._batch.append(data)
+        elif self._writer is not None:
+            self._writer.write(data)
+        else:
+            self.transport.write(data)
+
+    def _flush_replies(self, keep_batching: bool = False) -> None:
+        """Send the batched replies with one write (before a hang-up, STARTTLS, or at the chunk's end)."""
+        batch, self._batch = self._batch, ([] if keep_batching and self._batch is not None else None)
+        if batch:
+            data = b"".join(batch)
+            if self._writer is not None:
+                self._writer.write(data)
+            else:
+                self.transport.write(data)
+
+    def _hang_up(self) -> None:
+        """Close after the replies written so far."""
+        self._flush_replies()
+        self.transport.loseConnection()
+
     def _reply(self, reply: Reply, detail: str = "") -> None:
         self.sendLine(reply.line(detail))
 
@@ -283,7 +334,7 @@ class ApplianceSMTP(ESMTP):
         self._errors += 1
         if self._errors >= self.factory.limits.max_errors:
             self._reply(replies.TOO_MANY_ERRORS)
-            self.transport.loseConnection()
+            self._hang_up()
 
     def _fail(self, failure: Failure, stage: str, **log_fields: str) -> Any:
         """Turn a policy failure into its reply and a log line; unknown recipients wait, after a few."""
@@ -348,7 +399,7 @@ class ApplianceSMTP(ESMTP):
             return
         extensions = self._extensions()
         lines = [head] + [f"250-{ext}" for ext in extensions[:-1]] + [f"250 {extensions[-1]}"]
-        self.transport.write(b"".join(line.encode() + b"\r\n" for line in lines))
+        self._send(b"".join(line.encode() + b"\r\n" for line in lines))
 
     def _extensions(self) -> list[str]:
         ext = ["PIPELINING", f"SIZE {self.factory.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
@@ -389,7 +440,7 @@ class ApplianceSMTP(ESMTP):
 
     def do_QUIT(self, rest: bytes) -> None:
         self._reply(replies.BYE)
-        self.transport.loseConnection()
+        self._hang_up()
 
     def ext_STARTTLS(self, rest: bytes) -> None:
         if self.secure:
@@ -398,6 +449,7 @@ class ApplianceSMTP(ESMTP):
             return self._reply_error(replies.TLS_UNAVAILABLE)
         self._reply(replies.START_TLS)
         self._drop_input = True       # CVE-2011-0411: nothing sent in plaintext survives the handshake
+        self._flush_replies(keep_batching=True)    # the 220 goes out in plaintext, before the handshake
         self.transport.startTLS(self.ctx)
         self.secure = True
         # RFC 3207 4.2: discard all knowledge obtained from the client before TLS, the login
@@ -502,7 +554,16 @@ class ApplianceSMTP(ESMTP):
         problem = self._mail_params(params)
         if problem is not None:
             return self._reply_error(*problem)
-        d = defer.maybeDeferred(self.factory.policy.check_sender, self, sender)
+        if not self.factory.checks:         # no mail-stage checks: no Deferred unless the policy needs one
+            try:
+                answer = self.factory.policy.check_sender(self, sender)
+            except Exception:
+                return self._fail(Failure(), "MAIL", sender=sender)
+            if not isinstance(answer, defer.Deferred):
+                return self._sender_ok(answer, sender)
+            d = answer
+        else:
+            d = defer.maybeDeferred(self.factory.policy.check_sender, self, sender)
         d.addCallback(self._check_sender, sender)
         d.addCallbacks(self._sender_ok, self._fail, callbackArgs=(sender,), errbackArgs=("MAIL",),
                        errbackKeywords={"sender": sender})
@@ -519,12 +580,14 @@ class ApplianceSMTP(ESMTP):
         return checks.run(Stage.MAIL, facts)
 
     def _mail_params(self, params: dict[str, str]) -> tuple[Reply, str] | None:
+        self.declared_size = 0            # MAIL's SIZE= (RFC 1870), for the quota check at RCPT
         for key, value in params.items():
             if key == "SIZE":
                 if not value.isdigit():
                     return replies.SYNTAX, "bad SIZE"
                 if int(value) > self.factory.limits.max_message_size:
                     return replies.MESSAGE_TOO_BIG, ""
+                self.declared_size = int(value)
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
                     return replies.UNKNOWN_PARAMETER, f"BODY={value}"
@@ -696,8 +759,10 @@ def unstuff(body: bytes) -> bytes:
     `body` ends with CRLF. A bare LF or CR never ended DATA (only <CRLF>.<CRLF> does), and is
     turned into CRLF here so no later hop can read a second message into it.
     """
-    body = (b"\r\n" + body).replace(b"\r\n..", b"\r\n.")[2:]
-    if body.count(b"\n") != body.count(b"\r\n") or body.count(b"\r") != body.count(b"\r\n"):
+    if body.startswith(b"..") or b"\r\n.." in body:      # most messages have no stuffed line: no copy
+        body = (b"\r\n" + body).replace(b"\r\n..", b"\r\n.")[2:]
+    lines = body.count(b"\r\n")
+    if body.count(b"\n") != lines or body.count(b"\r") != lines:
         body = _BARE_EOL.sub(b"\r\n", body)
     return body
 

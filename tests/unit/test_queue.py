@@ -775,3 +775,103 @@ def test_a_message_deleted_in_flight_gets_no_dsn_for_that_attempt(tmp_path):
     pending.errback(NoSuchMailbox("no such user"))
     reactor.advance(0)
     assert local.calls == [] and spool.list() == []
+
+
+# --- the compact envelope record, and spools written before it ------------------------------------
+
+# An envelope exactly as the version before the compact record wrote it into a segment
+# (Envelope.to_json at commit 3fb5b65: a JSON object, keys in field order).
+OLD_ENVELOPE = (b'{"id":"%s","sender":"alice@example.test","recipients":[{"address":"bob@example.test",'
+                b'"original":"","extension":"","local":true,"state":"pending","attempts":0,"next_attempt":0.0,'
+                b'"last_error":"","status":"","folder":""}],"received_at":1000000.0,"peer":"192.0.2.7",'
+                b'"helo":"client.test","protocol":"ESMTP","login":"","size":%d,"held":false,'
+                b'"delay_notified":false,"parent":""}')
+
+
+def old_spool(tmp_path, count: int) -> list[str]:
+    """A spool as the previous version left it at a stop: one segment of `count` pending messages."""
+    os.makedirs(tmp_path / "segments")
+    os.makedirs(tmp_path / "state")
+    ids = [f"OLD{n}" for n in range(count)]
+    with open(tmp_path / "segments" / "000000000001.log", "wb") as f:
+        for n, qid in enumerate(ids):
+            f.write(queue.encode_record(qid, OLD_ENVELOPE % (qid.encode(), len(message(n))), message(n)))
+    return ids
+
+
+def test_a_queue_written_by_the_previous_version_is_delivered_after_the_upgrade(tmp_path):
+    ids = old_spool(tmp_path, 3)
+    local = FakeCourier()
+    service, spool, reactor, _ = make_service(tmp_path, local=local)
+    assert local.calls == [(qid, "bob@example.test", message(n)) for n, qid in enumerate(ids)]
+    reactor.advance(0)
+    assert spool.list() == []
+    assert Spool(str(tmp_path), reactor, SyncPool()).recover() == []
+
+
+def test_old_and_compact_records_in_one_spool_both_recover(tmp_path):
+    ids = old_spool(tmp_path, 1)
+    reactor = FakeReactor()
+    spool = open_spool(tmp_path, reactor)
+    new = envelope("carol@example.test", received_at=5.0)
+    spool.put(new, message(9))
+    reactor.advance(0)
+    with open(tmp_path / "segments" / "000000000002.log", "rb") as f:
+        assert f.read()[queue.HEADER.size + len(new.id):][:1] == b"["       # written compact
+    found = {env.id: env for env, _ in Spool(str(tmp_path), reactor, SyncPool()).recover()}
+    assert set(found) == {ids[0], new.id}
+    assert found[new.id] == new
+    assert found[ids[0]].helo == "client.test" and found[ids[0]].recipients[0].address == "bob@example.test"
+
+
+def test_the_compact_record_is_smaller_than_the_json_object():
+    env = envelope("bob@example.test")
+    assert Envelope.decode(env.to_record()) == env
+    assert len(env.to_record()) < len(env.to_json()) * 0.7
+
+
+# --- the writer's own thread ------------------------------------------------------------------------
+
+def test_the_writer_thread_runs_jobs_in_order_reports_failures_and_ends_on_stop():
+    import threading
+    writer = queue.WriterThread()
+    done = threading.Event()
+    results: list = []
+
+    def job(n):
+        if n == 2:
+            raise OSError("disk full")
+        return n, threading.current_thread().name
+
+    for n in range(4):
+        writer.callInThreadWithCallback(lambda ok, value: results.append((ok, value)), job, n)
+    writer.callInThreadWithCallback(lambda ok, value: done.set(), lambda: None)
+    thread = writer._thread
+    assert done.wait(10)
+    assert [r[1] for r in results if r[0]] == [(0, "queue-writer"), (1, "queue-writer"), (3, "queue-writer")]
+    assert [(ok, value.check(OSError)) for ok, value in results if not ok] == [(False, OSError)]
+    writer.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_spool_with_its_writer_thread_keeps_the_promise_and_stops_the_thread_on_close(tmp_path):
+    import threading
+    reactor = FakeReactor()          # callFromThread runs at once, here in the writer thread
+    writer = queue.WriterThread()
+    spool = Spool(str(tmp_path), reactor, SyncPool(), writer)
+    spool.lock()
+    spool.recover()
+    durable = threading.Event()
+    env = envelope("bob@example.test")
+    spool.put(env, message(3)).addCallback(lambda _: durable.set())
+    reactor.advance(0)               # the turn ends: the batch goes to the writer thread
+    assert durable.wait(10)
+    closed = threading.Event()
+    thread = writer._thread
+    spool.close().addCallback(lambda _: closed.set())
+    assert closed.wait(10)
+    thread.join(10)
+    assert not thread.is_alive()
+    (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
+    assert back == env

@@ -52,7 +52,7 @@ def test_every_kind_of_change_raises_the_modseq_of_what_changed(tmp_path, storag
     a, b, c = first.uids
     assert first.highestmodseq > 0 and set(first.modseqs) == {first.highestmodseq}
 
-    after_store = inbox.store({b: frozenset({"\\Seen"})})
+    after_store = inbox.store([b], "", frozenset({"\\Seen"}))
     assert after_store.modseq_of(b) > first.highestmodseq == after_store.modseq_of(a) == after_store.modseq_of(c)
     assert after_store.highestmodseq == after_store.modseq_of(b)
 
@@ -76,8 +76,8 @@ def test_setting_a_flag_that_is_already_set_changes_nothing(tmp_path, storage):
     deliver(tmp_path, storage, 1)
     inbox = open_inbox(tmp_path, storage)
     uid = inbox.refresh().uids[0]
-    seen = inbox.store({uid: frozenset({"\\Seen"})})
-    again = inbox.store({uid: frozenset({"\\Seen"})})
+    seen = inbox.store([uid], "", frozenset({"\\Seen"}))
+    again = inbox.store([uid], "", frozenset({"\\Seen"}))
     assert again.highestmodseq == seen.highestmodseq           # RFC 7162 3.1.11
 
 
@@ -86,7 +86,7 @@ def test_modseqs_survive_a_restart_and_never_go_back(tmp_path, storage):
     inbox = open_inbox(tmp_path, storage)
     uids = inbox.refresh().uids
     for uid in uids[:3]:
-        inbox.store({uid: frozenset({"\\Flagged"})})
+        inbox.store([uid], "", frozenset({"\\Flagged"}))
     inbox.expunge([uids[4]])
     before = inbox.state
     del inbox
@@ -95,7 +95,7 @@ def test_modseqs_survive_a_restart_and_never_go_back(tmp_path, storage):
     assert restarted.modseqs == before.modseqs and restarted.highestmodseq == before.highestmodseq
     later = open_inbox(tmp_path, storage)
     later.refresh()
-    changed = later.store({uids[0]: frozenset()})
+    changed = later.store([uids[0]], "", frozenset())
     assert changed.highestmodseq > before.highestmodseq
     assert later.modseq.vanished(before.highestmodseq, changed.uids, changed.uidnext) == []
     assert later.modseq.vanished(before.highestmodseq - 1, changed.uids, changed.uidnext) == [(uids[4], uids[4])]
@@ -119,7 +119,7 @@ def test_a_lost_or_damaged_journal_restarts_above_every_value_given_out(tmp_path
     deliver(tmp_path, storage, 4)
     inbox = open_inbox(tmp_path, storage)
     uids = inbox.refresh().uids
-    inbox.store({uids[1]: frozenset({"\\Seen"})})
+    inbox.store([uids[1]], "", frozenset({"\\Seen"}))
     inbox.expunge([uids[0]])
     before = inbox.state
     del inbox
@@ -152,7 +152,7 @@ def test_a_second_process_sees_appended_records(tmp_path):
     other = ModseqLog(journal(tmp_path, "maildir"))
     other.observe(state.uidvalidity, state.uidnext, list(zip(state.uids, state.flags)))
     assert other.modseq == dict(zip(state.uids, state.modseqs))
-    changed = inbox.store({state.uids[2]: frozenset({"\\Answered"})})
+    changed = inbox.store([state.uids[2]], "", frozenset({"\\Answered"}))
     other.observe(changed.uidvalidity, changed.uidnext, list(zip(changed.uids, changed.flags)))
     assert other.modseq[state.uids[2]] == changed.highestmodseq == other.highest
 
@@ -163,7 +163,7 @@ def test_a_store_appends_a_line_instead_of_rewriting(tmp_path):
     uids = inbox.refresh().uids
     path = journal(tmp_path, "maildir")
     inode, size = os.stat(path).st_ino, os.path.getsize(path)
-    inbox.store({uids[7]: frozenset({"\\Seen"})})
+    inbox.store([uids[7]], "", frozenset({"\\Seen"}))
     assert os.stat(path).st_ino == inode and 0 < os.path.getsize(path) - size < 60
 
 
@@ -173,7 +173,7 @@ def test_conditional_store_refuses_what_changed_since(tmp_path, storage):
     state = inbox.refresh()
     a, b = state.uids
     known = state.highestmodseq
-    inbox.store({a: frozenset({"\\Flagged"})})
+    inbox.store([a], "", frozenset({"\\Flagged"}))
     after, refused = inbox.store_unchanged_since([a, b], "+", frozenset({"\\Seen"}), known)
     assert refused == {a}
     assert after.flags_of(a) == {"\\Flagged"} and after.flags_of(b) == {"\\Seen"}
