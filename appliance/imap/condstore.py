@@ -453,7 +453,7 @@ class CondstoreCommands:
         snapshot, refused = result
         view = self.view
         assert view is not None
-        out = self._adopt_quietly(snapshot)
+        out = self._adopt_quietly(snapshot, [u for _, u in items])
         for seq, u in items:
             if u not in snapshot.position:
                 continue

@@ -160,7 +160,9 @@ class SelectedCommands:
         assert self.view is not None
         if shown is None:
             shown = snapshot.uids
-        return self.view.updates(snapshot, allow_expunge=False, quiet=frozenset(shown)) or []
+        old = self.view.known
+        lines = self.view.updates(snapshot, allow_expunge=False, quiet=frozenset(shown)) or []
+        return self._modseq_updates(lines, old, snapshot)
 
     def _report_changes(self) -> None:
         """Before a tagged OK: what other sessions changed meanwhile, from the shared folder state

@@ -178,7 +178,7 @@ def test_mbox_flags_changed_by_another_process_are_seen_by_a_warm_refresh(store,
     other = mbox.MboxAccount(path).folder("INBOX")      # another process's view of the same files
     other.refresh()
     assert folder.refresh().flags_of(uid) == frozenset()
-    other.store({uid: frozenset({"\\Flagged"})})
+    other.store([uid], "", frozenset({"\\Flagged"}))
     assert folder.refresh().flags_of(uid) == {"\\Flagged"}
 
 

@@ -141,3 +141,13 @@ def test_bad_modifiers_are_refused(server):
         assert run(client, "FETCH", args).status == "BAD", args
     assert run(client, "SELECT", "INBOX (FROB)").status == "BAD"
     assert run(client, "NOOP").status == "OK"
+
+
+def test_changes_reported_after_a_store_carry_modseq(server):
+    writer, watcher = server.client(), server.client()
+    condstore_select(writer)
+    condstore_select(watcher)
+    other = fetches(run(writer, "STORE", "2 +FLAGS (\\Answered)"))[2]["modseq"]
+    answer = fetches(run(watcher, "STORE", "3 +FLAGS (\\Seen)"))
+    assert answer[2] == {"seq": 2, "flags": {"\\Answered"}, "modseq": other}     # the other session's change
+    assert answer[3]["modseq"] > other
