@@ -201,6 +201,11 @@ IMAP_COPIED = IMAPReply("OK", "COPY completed", "COPYUID")                      
 IMAP_MOVED_UIDS = IMAPReply("OK", "", "COPYUID")                                       # RFC 6851 3.3 (untagged)
 IMAP_IDLE_DONE = IMAPReply("OK", "IDLE terminated")                                    # RFC 2177 3
 IMAP_COMPRESSING = IMAPReply("OK", "DEFLATE active")                                   # RFC 4978 3
+# CONDSTORE/QRESYNC (RFC 7162, imap/condstore.py)
+IMAP_HIGHESTMODSEQ = IMAPReply("OK", "Highest", "HIGHESTMODSEQ")                         # 3.1.2.1 (untagged)
+IMAP_EXPUNGED_MODSEQ = IMAPReply("OK", "completed", "HIGHESTMODSEQ")                    # 3.2.7 (tagged EXPUNGE)
+IMAP_CLOSED = IMAPReply("OK", "Previous mailbox closed", "CLOSED")                       # 3.2.11 (untagged)
+IMAP_MODIFIED = IMAPReply("OK", "Conditional STORE failed", "MODIFIED")                 # 3.1.3
 
 # NO (RFC 3501 7.1.2): the command was understood and refused.
 IMAP_LOGIN_DISABLED = IMAPReply("NO", "LOGIN is disabled before STARTTLS", "PRIVACYREQUIRED")    # 6.2.3, RFC 5530
@@ -234,6 +239,9 @@ IMAP_BAD_STATUS_ITEMS = IMAPReply("BAD", "Invalid STATUS items")         # 6.3.1
 IMAP_BAD_STORE_ITEM = IMAPReply("BAD", "Invalid STORE item")             # 6.4.6
 IMAP_EXPECTED_DONE = IMAPReply("BAD", "Expected DONE")                   # RFC 2177 3
 IMAP_UNKNOWN_COMPRESSION = IMAPReply("BAD", "Unknown compression mechanism")   # RFC 4978 3: DEFLATE only
+IMAP_BAD_ENABLE = IMAPReply("BAD", "ENABLE needs capability names")      # RFC 5161 3.1
+IMAP_QRESYNC_NOT_ENABLED = IMAPReply("BAD", "QRESYNC is not enabled")    # RFC 7162 3.2.3, 3.2.6
+IMAP_BAD_VANISHED = IMAPReply("BAD", "VANISHED needs UID FETCH and CHANGEDSINCE")   # RFC 7162 3.2.6
 
 # BYE (RFC 3501 7.1.5): the server is closing the connection.
 IMAP_LOGGING_OUT = IMAPReply("BYE", "Logging out")                       # 6.1.3

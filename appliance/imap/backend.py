@@ -6,6 +6,7 @@ from appliance.store import SYSTEM_FLAGS, MailboxError, Meta, Snapshot
 from appliance.store.account import DELIMITER, Account, normalise
 from appliance.store.folder import Folder
 from appliance.store.keywords import client_flags
+from appliance.store.modseq import Ranges, first_known, format_ranges, merge     # RFC 7162 (imap/condstore.py)
 
 __all__ = ["DELIMITER", "SYSTEM_FLAGS", "Account", "Folder", "MailboxError", "Meta", "Snapshot", "client_flags", "mime",
-           "normalise"]
+           "normalise", "Ranges", "first_known", "format_ranges", "merge"]

@@ -113,9 +113,9 @@ def _section_label(numbers: tuple[int, ...], kind: str, fields: list[bytes] | No
 
 
 def fetch_response(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool,
-                   flags_changed: bool, state: Any, view: View) -> bytes | None:
+                   flags_changed: bool, state: Any, view: View, modseq: bool = False) -> bytes | None:
     """One `* n FETCH (...)` line; None when the message is gone or its metadata is missing."""
-    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view)
+    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view, modseq)
     if items is None:
         return None
     return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(item[0] if len(item) == 1 else b"".join(item) for item in items))
@@ -125,14 +125,14 @@ BIG_PIECE = 16 << 10     # a piece this long is written as it is; shorter ones a
 
 
 def fetch_parts(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool,
-                flags_changed: bool, state: Any, view: View) -> list[bytes] | None:
+                flags_changed: bool, state: Any, view: View, modseq: bool = False) -> list[bytes] | None:
     """`fetch_response` as pieces for transport.writeSequence: message octets stay their own piece."""
-    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view)
+    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view, modseq)
     return None if items is None else _coalesce(seq, items)
 
 
 def _items(uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool, flags_changed: bool,
-           state: Any, view: View) -> list[list[bytes]] | None:
+           state: Any, view: View, modseq: bool = False) -> list[list[bytes]] | None:
     """The data items of one FETCH response, each as pieces; None when the message is gone or its metadata is missing."""
     if uid not in state.position:
         return None            # expunged by another session meanwhile: nothing to show
@@ -154,6 +154,8 @@ def _items(uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: 
             items.append(body_item(part, raw))
     if flags_changed and not any(p.type == "flags" for p in query):
         items.append([b"FLAGS " + flags])
+    if modseq:
+        items.append([b"MODSEQ (%d)" % state.modseq_of(uid)])          # RFC 7162 3.1.4.2, imap/condstore.py
     return items
 
 
@@ -220,6 +222,7 @@ class FetchCommand:
     transport: Any
     folder: Folder | None
     view: View | None
+    _fetch_modseq = False          # set by imap/condstore.py for the FETCH being answered
 
     def do_FETCH(self, tag: bytes, ranges: list, query: list, uid: int = 0) -> None:
         view, folder = self.view, self.folder
@@ -229,6 +232,12 @@ class FetchCommand:
         except SequenceError as exc:
             self.sendBadResponse(tag, str(exc).encode())
             return
+        self._fetch_items(tag, items, query, bool(uid))
+
+    def _fetch_items(self, tag: bytes, items: list[tuple[int, int]], query: list, uid: bool) -> None:
+        """Answer FETCH for (sequence number, uid) pairs already chosen (imap/condstore.py filters CHANGEDSINCE)."""
+        view, folder = self.view, self.folder
+        assert view is not None and folder is not None
         kinds = {part.type for part in query}
         if uid:
             kinds.add("uid")
@@ -265,7 +274,8 @@ class FetchCommand:
         if not needs_body:
             chunk: list[bytes] = []
             for seq, uid in items:
-                response = fetch_response(seq, uid, None, metas.get(uid), query, by_uid, flags_changed, state, view)
+                response = fetch_response(seq, uid, None, metas.get(uid), query, by_uid, flags_changed, state, view,
+                                          self._fetch_modseq)
                 if response is not None:
                     chunk.append(response)
             self.transport.writeSequence(chunk)
@@ -290,7 +300,8 @@ class FetchCommand:
                 out: list[bytes] = []
                 for (seq, uid), raw in zip(batch, raws):
                     if raw is not None:
-                        parts = fetch_parts(seq, uid, raw, metas.get(uid), query, by_uid, flags_changed, state, view)
+                        parts = fetch_parts(seq, uid, raw, metas.get(uid), query, by_uid, flags_changed, state, view,
+                                            self._fetch_modseq)
                         if parts is not None:
                             out += parts
                 self.transport.writeSequence(out)

@@ -17,7 +17,8 @@ import appliance.imap.listing as listing
 from appliance.imap.backend import DELIMITER, Account, MailboxError, client_flags, normalise
 from appliance.imap.parse import Arguments, mailbox_name, quote_name
 
-STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",
+                b"HIGHESTMODSEQ")                                        # RFC 7162 3.1.7
 
 
 def _after_space(parser: Callable) -> Callable:
@@ -155,6 +156,7 @@ class MailboxCommands:
             return
         folder_name, account = names[0], self.account
         assert account is not None
+        self._modseq_status(wanted)
         d = self._run(lambda: account.folder(folder_name).refresh())
         d.addCallback(self._status, tag, folder_name, wanted)
         d.addErrback(self._fail, tag)
@@ -170,7 +172,8 @@ class MailboxCommands:
         """`STATUS name (item value ...)`: the answer to STATUS, and to LIST ... RETURN (STATUS ...) (RFC 5819)."""
         values = {b"MESSAGES": len(snapshot.uids), b"RECENT": len(snapshot.fresh), b"UIDNEXT": snapshot.uidnext,
                   b"UIDVALIDITY": snapshot.uidvalidity,
-                  b"UNSEEN": sum(1 for flags in snapshot.flags if "\\Seen" not in flags)}
+                  b"UNSEEN": sum(1 for flags in snapshot.flags if "\\Seen" not in flags),
+                  b"HIGHESTMODSEQ": snapshot.highestmodseq}
         body = b" ".join(b"%b %d" % (w, values[w]) for w in wanted)
         return b"STATUS " + quote_name(name) + b" (" + body + b")"
 

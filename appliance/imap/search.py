@@ -164,6 +164,8 @@ def _node(tokens: list, depth: int) -> Node:
         return (key, _string(tokens))
     if key in _DATE_KEYS:
         return (key, _date(_word(tokens)))
+    if key == "MODSEQ":
+        return _modseq_node(tokens)
     if key in ("LARGER", "SMALLER"):
         word = _word(tokens)
         if not word.isdigit() or len(word) > 20:
@@ -183,12 +185,36 @@ def _node(tokens: list, depth: int) -> Node:
         raise SearchError("Unknown search key") from None
 
 
+def _modseq_node(tokens: list) -> Node:
+    """RFC 7162 3.1.5 `MODSEQ [<entry-name> <entry-type-req>] <mod-sequence-valzer>`: we keep one MODSEQ per
+    message (not per flag), so an entry name is read and has no effect."""
+    word = _word(tokens)
+    if not word.isdigit() and tokens:
+        _word(tokens)                       # entry-type-req: priv / shared / all
+        word = _word(tokens)
+    if not word.isdigit() or len(word) > 19:
+        raise SearchError("Bad mod-sequence")
+    return ("MODSEQ", int(word))
+
+
+def uses_modseq(nodes: list[Node]) -> bool:
+    """Whether a MODSEQ key appears anywhere in the tree (the result then ends in `(MODSEQ n)`)."""
+    for node in nodes:
+        if node[0] == "MODSEQ":
+            return True
+        children = node[1] if node[0] == "AND" else [n for n in node[1:] if isinstance(n, tuple)]
+        if node[0] in ("AND", "NOT", "OR") and uses_modseq(children):
+            return True
+    return False
+
+
 @dataclass
 class Candidate:
     seq: int
     uid: int
     flags: frozenset[str]
     recent: bool
+    modseq: int = 0
 
 
 class _Message:
@@ -321,6 +347,8 @@ def matches(node: Node, m: _Message, last_seq: int, last_uid: int) -> bool:
         return m.c.recent and "\\Seen" not in m.c.flags
     if kind == "OLD":
         return not m.c.recent
+    if kind == "MODSEQ":
+        return m.c.modseq >= node[1]
     if kind == "UID":
         return _in_set(m.c.uid, node[1], last_uid)
     if kind == "SEQ":

@@ -57,6 +57,8 @@ class SelectedCommands:
 
     # ---- selecting -------------------------------------------------------------------------------------
     def _select(self, tag: bytes, raw_name: bytes, readonly: bool, command: bytes) -> None:
+        if self.folder is not None:
+            self._untagged(replies.IMAP_CLOSED)         # RFC 7162 3.2.11: the old mailbox's responses end here
         self._leave_folder()
         self.state = "auth"            # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected
         names = self._mailbox_names(tag, raw_name)
@@ -65,18 +67,19 @@ class SelectedCommands:
         name, account = names[0], self.account
         assert account is not None
 
-        def open_folder() -> tuple[Folder, Any, frozenset[int]]:
+        def open_folder() -> tuple[Folder, Any, frozenset[int], list[bytes]]:
             folder = account.folder(name)
             snapshot = folder.refresh()
             claimed = frozenset() if readonly else folder.claim(snapshot.fresh)
-            return folder, folder.state, claimed
+            state = folder.state
+            return folder, state, claimed, self._modseq_resync(folder, state, claimed)
 
         d = self._run(open_folder)
         d.addCallback(self._selected, tag, name, readonly, command)
         d.addErrback(self._fail, tag)
 
     def _selected(self, result: tuple, tag: bytes, name: str, readonly: bool, command: bytes) -> None:
-        folder, snapshot, claimed = result
+        folder, snapshot, claimed, resync = result
         self.folder, self.view, self._selected_name = folder, View(snapshot, claimed, readonly), name
         view = self.view
         lines = [b"* FLAGS " + flag_list(snapshot), replies.IMAP_PERMANENT_FLAGS.line(data=permanent_flags(snapshot, readonly)),
@@ -86,6 +89,7 @@ class SelectedCommands:
             lines.append(replies.IMAP_FIRST_UNSEEN.line(data=b"%d" % unseen))
         lines += [replies.IMAP_UIDVALIDITY.line(data=b"%d" % snapshot.uidvalidity),
                   replies.IMAP_UIDNEXT.line(data=b"%d" % snapshot.uidnext)]
+        lines += self._modseq_select_lines(snapshot, resync)
         self.transport.writeSequence([line + b"\r\n" for line in lines])
         self.state = "select"
         self._reply(tag, replies.IMAP_EXAMINED if readonly else replies.IMAP_SELECTED, command=command)
@@ -137,8 +141,10 @@ class SelectedCommands:
         snapshot, claimed = result
         if self.view is None or self.transport.disconnecting:
             return
+        old = self.view.known
         lines = self.view.updates(snapshot, claimed, allow_expunge)
         if lines:
+            lines = self._modseq_updates(lines, old, snapshot)
             self.transport.writeSequence([line + b"\r\n" for line in lines])
 
     def _after_change(self) -> defer.Deferred:
@@ -154,7 +160,9 @@ class SelectedCommands:
         assert self.view is not None
         if shown is None:
             shown = snapshot.uids
-        return self.view.updates(snapshot, allow_expunge=False, quiet=frozenset(shown)) or []
+        old = self.view.known
+        lines = self.view.updates(snapshot, allow_expunge=False, quiet=frozenset(shown)) or []
+        return self._modseq_updates(lines, old, snapshot)
 
     def _report_changes(self) -> None:
         """Before a tagged OK: what other sessions changed meanwhile, from the shared folder state
@@ -249,7 +257,7 @@ class SelectedCommands:
         if not silent:
             for seq, u in items:
                 if u in snapshot.position:
-                    uid_part = b" UID %d" % u if by_uid else b""
+                    uid_part = (b" UID %d" % u if by_uid else b"") + self._modseq_item(u, snapshot, by_uid)
                     out.append(b"* %d FETCH (FLAGS %b%b)" % (seq, format_flags(snapshot.flags_of(u), u in view.recent),
                                                            uid_part))
         self.transport.writeSequence([line + b"\r\n" for line in out])
@@ -267,26 +275,32 @@ class SelectedCommands:
             return
         folder = self.folder
         assert folder is not None
+        with_modseq = search.uses_modseq(program.nodes)
+        self._modseq_search(with_modseq)
         d = self._run(search.run, program.nodes, self._candidates(), folder.read, folder.meta)
-        d.addCallback(self._searched, tag, bool(uid), program.returns)
+        d.addCallback(self._searched, tag, bool(uid), program.returns, with_modseq)
         d.addErrback(self._fail, tag)
 
     select_SEARCH = (do_SEARCH, Arguments.arg_tokens)
 
     def _candidates(self) -> list:
-        """Every message the client knows of, with its flags as they are now (RFC 3501 6.4.4)."""
+        """Every message the client knows of, with its flags (and MODSEQ) as they are now (RFC 3501 6.4.4)."""
         view, folder = self.view, self.folder
         assert view is not None and folder is not None
         known, current = view.known, folder.state
         return [search.Candidate(i + 1, u, current.flags_of(u) if u in current.position else known.flags[i],
-                                 u in view.recent) for i, u in enumerate(known.uids)]
+                                 u in view.recent, (current if u in current.position else known).modseq_of(u))
+                for i, u in enumerate(known.uids)]
 
-    def _searched(self, found: list, tag: bytes, by_uid: bool, returns: list[str] | None) -> None:
+    def _searched(self, found: list, tag: bytes, by_uid: bool, returns: list[str] | None,
+                  with_modseq: bool = False) -> None:
         numbers = [c.uid if by_uid else c.seq for c in found]
         if returns is not None:
             self.sendUntaggedResponse(search.esearch(tag, numbers, returns, by_uid))
         else:
             text = b" ".join(b"%d" % n for n in numbers)
+            if with_modseq and found:
+                text += b" (MODSEQ %d)" % max(c.modseq for c in found)     # RFC 7162 3.1.6
             self.sendUntaggedResponse(b"SEARCH" + (b" " + text if text else b""))
         self._completed(tag, b"SEARCH")
 
@@ -303,7 +317,7 @@ class SelectedCommands:
                   if "\\Deleted" in flags and (allowed is None or u in allowed)]
         d = self._run(folder.expunge, doomed)
         d.addCallback(lambda snapshot: self._send_updates((snapshot, frozenset())))
-        d.addCallbacks(lambda _: self._completed(tag, b"EXPUNGE"), self._fail, errbackArgs=(tag,))
+        d.addCallbacks(lambda _: self._expunge_completed(tag, bool(doomed)), self._fail, errbackArgs=(tag,))
 
     select_EXPUNGE = (do_EXPUNGE,)
 

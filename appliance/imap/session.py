@@ -11,7 +11,7 @@ Internet-facing server:
   exception text to clients;
 - the commands themselves, one mixin per job: LoginCommands (here), MailboxCommands (mailboxes.py),
   SelectedCommands (selected.py), SortThreadCommands (sortthread.py), FetchCommand (fetch.py),
-  Arguments (parse.py).
+  Arguments (parse.py), CondstoreCommands (condstore.py: ENABLE, CONDSTORE, QRESYNC).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from appliance import address, connlimit, maillog, replies
 import appliance.imap.search as search
 from appliance.imap.backend import Account, Folder, MailboxError
 from appliance.imap.compress import CompressCommand
+from appliance.imap.condstore import CondstoreCommands
 from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
 from appliance.imap.parse import Arguments, Discard, mailbox_name, nonsync_literal_size
@@ -59,7 +60,10 @@ CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPA
                 b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES",
                 b"QUOTA", b"QUOTA=RES-STORAGE",         # imap/quota.py
-                b"COMPRESS=DEFLATE"]                     # imap/compress.py
+                b"COMPRESS=DEFLATE",                     # imap/compress.py
+                b"ENABLE",                      # RFC 5161, imap/condstore.py
+                b"CONDSTORE",                   # RFC 7162
+                b"QRESYNC"]
 
 
 class LoginCommands:
@@ -183,8 +187,8 @@ class LoginCommands:
             self._reply(tag, reply)
 
 
-class IMAPServer(CompressCommand, LoginCommands, QuotaCommands, MailboxCommands, SelectedCommands, SortThreadCommands,
-                 FetchCommand, Arguments, IMAP4Server):
+class IMAPServer(CompressCommand, LoginCommands, CondstoreCommands, QuotaCommands, MailboxCommands, SelectedCommands,
+                 SortThreadCommands, FetchCommand, Arguments, IMAP4Server):
     """One IMAP connection; the factory holds the shared parts."""
 
     MAX_LENGTH = MAX_LINE

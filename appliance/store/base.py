@@ -6,6 +6,7 @@ import errno
 import os
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet import defer, threads
@@ -52,18 +53,26 @@ class Snapshot:
     position: dict[int, int] = field(default_factory=dict, compare=False)   # uid -> index
     keywords: tuple[str, ...] = ()           # the folder's keywords (FLAGS, PERMANENTFLAGS), store/keywords.py
     keywords_full: bool = False              # no letter left for a new keyword: no \\* in PERMANENTFLAGS
+    modseqs: tuple[int, ...] = ()             # RFC 7162 MODSEQ of each message, in UID order (store/modseq.py)
+    highestmodseq: int = 0
 
     @classmethod
     def build(cls, uidvalidity: int, uidnext: int, messages: list[tuple[int, frozenset[str]]],
               fresh: frozenset[int] = frozenset(), keywords: tuple[str, ...] = (),
-              keywords_full: bool = False) -> "Snapshot":
+              keywords_full: bool = False, modseqs: dict[int, int] | None = None,
+              highestmodseq: int = 0) -> "Snapshot":
         messages.sort()
         uids = tuple(uid for uid, _ in messages)
+        known = modseqs or {}
         return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
-                   {uid: i for i, uid in enumerate(uids)}, keywords, keywords_full)
+                   {uid: i for i, uid in enumerate(uids)}, keywords, keywords_full,
+                   modseqs=tuple(map(known.get, uids, repeat(0))), highestmodseq=highestmodseq)
 
     def flags_of(self, uid: int) -> frozenset[str]:
         return self.flags[self.position[uid]]
+
+    def modseq_of(self, uid: int) -> int:
+        return self.modseqs[self.position[uid]] if self.modseqs else 0
 
 _PLACEHOLDER = re.compile(r"\{(domain|local)\}")
 _FORBIDDEN = ("/", "\\", "\0")

@@ -17,6 +17,7 @@ from appliance import mime
 from appliance.store.base import Meta, Snapshot
 from appliance.store.keywords import MAX_KEYWORDS, KeywordMap, listed
 from appliance.store.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
+from appliance.store.modseq import MODSEQ, ModseqLog
 
 _registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()
 _registry_guard = threading.Lock()
@@ -79,6 +80,7 @@ class Folder:
         self._uidlist = f"{meta_dir}/{UIDLIST}"
         self._lock = f"{meta_dir}/{LOCK}"
         self._index = MetaIndex(f"{meta_dir}/{INDEX}")
+        self.modseq = ModseqLog(f"{meta_dir}/{MODSEQ}")     # RFC 7162: fed by _publish, read for VANISHED
         self._uids = UidState(0)
         self._keys: dict[int, str] = {}          # uid -> message key
         self._uid_stamp: tuple[int, int, int] | None = None
@@ -183,8 +185,10 @@ class Folder:
         self._keys = {uid: key for key, uid in self._uids.uids.items() if key in found}
         messages = [(uid, found[key][0]) for uid, key in self._keys.items()]
         fresh = frozenset(uid for uid, key in self._keys.items() if found[key][1])
+        self.modseq.observe(self._uids.validity, self._uids.next, messages)    # every change gets its MODSEQ here
         state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh, tuple(listed(self._keywords)),
-                               len(self._keywords.names) >= MAX_KEYWORDS)
+                               len(self._keywords.names) >= MAX_KEYWORDS, modseqs=self.modseq.modseq,
+                               highestmodseq=self.modseq.highest)
         if state != self.state:
             # Unchanged folders keep their Snapshot object: every session selecting the folder shares
             # one copy (and one identity check tells an idle session nothing happened).
@@ -245,6 +249,32 @@ class Folder:
                 self._set_flags(changes)
             self._refresh_locked()
         return self.state
+
+    def store_unchanged_since(self, uids: list[int], mode: str, flags: frozenset[str],
+                              since: int) -> tuple[Snapshot, frozenset[int]]:
+        """STORE (UNCHANGEDSINCE since), RFC 7162 3.1.3: add (mode "+"), remove ("-") or replace ("") `flags`
+        on the messages whose MODSEQ is still <= since; the others are refused and returned.
+
+        The test and the change happen under the folder lock, with the new flags computed from the
+        folder's state there, so no other writer slips between them.
+        """
+        with locked(self._lock):
+            if self.changed():
+                self._refresh_locked()
+            state = self.state
+            refused = frozenset(u for u in uids if u in state.position and state.modseq_of(u) > since)
+            keys = self._keys_for([u for u in uids if u not in refused])
+            flags = self._canonical(flags) if mode == "-" else self._define(flags)      # keywords as store() does
+            state, changes = self.state, {}
+            for uid, key in keys.items():
+                old = state.flags_of(uid) if uid in state.position else frozenset()
+                new = old | flags if mode == "+" else old - flags if mode == "-" else flags
+                if new != old:
+                    changes[key] = new
+            if changes:
+                self._set_flags(changes)
+            self._refresh_locked()
+        return self.state, refused
 
     def _canonical(self, flags: frozenset[str]) -> frozenset[str]:
         """Keywords in the folder's spelling; unknown ones kept as given (they match nothing)."""

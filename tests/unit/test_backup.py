@@ -291,7 +291,11 @@ def test_a_cut_archive_and_a_stranger_tar_are_refused(capsys, tmp_path):
         out.write(source.read()[: os.path.getsize(dest) // 2])
     target = str(tmp_path / "fresh" / "mailappliance.conf")
     code, _, err = run(capsys, "--config", target, "restore", cut)
-    assert code == 1 and err == f"mailappliance: {cut}: no manifest; not a mailappliance backup, or cut short\n"
+    # Where the cut falls (between members or inside one) depends on the archive's layout: both are refusals.
+    assert code == 1 and err in (f"mailappliance: {cut}: no manifest; not a mailappliance backup, or cut short\n",
+                                 f"mailappliance: {cut}: the archive is damaged (unexpected end of data); "
+                                 "nothing was restored\n")
+    assert not os.path.exists(target)
     stranger = str(tmp_path / "stranger.tar")
     with tarfile.open(stranger, "w") as tar:
         info = tarfile.TarInfo("etc/passwd")

@@ -46,7 +46,8 @@ def test_empty_folder_has_no_unseen_line(authed):
 
 
 def test_failed_select_leaves_no_folder_selected(selected):
-    assert selected.cmd(b"s SELECT Nope") == b"s NO [NONEXISTENT] Mailbox does not exist\r\n"
+    assert selected.cmd(b"s SELECT Nope") == (b"* OK [CLOSED] Previous mailbox closed\r\n"      # RFC 7162 3.2.11
+                                              b"s NO [NONEXISTENT] Mailbox does not exist\r\n")
     assert selected.cmd(b"f FETCH 1 FLAGS") == b"f BAD Unsupported command\r\n"
     assert selected.alive
 

@@ -68,7 +68,8 @@ COMMANDS = {
 ANY_STATE = {"CAPABILITY", "NOOP", "ID", "LOGOUT"}
 NOT_AUTHENTICATED = {"STARTTLS", "LOGIN", "AUTHENTICATE"}
 AUTHENTICATED = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB",
-                 "STATUS", "APPEND", "NAMESPACE", "IDLE", "GETQUOTAROOT", "GETQUOTA", "SETQUOTA", "COMPRESS"}
+                 "STATUS", "APPEND", "NAMESPACE", "IDLE", "GETQUOTAROOT", "GETQUOTA", "SETQUOTA", "COMPRESS",
+                 "ENABLE"}                       # RFC 5161 (also accepted once a mailbox is selected, as 3.1 allows)
 REFUSED = {"GETQUOTA": b"x NO [NONEXISTENT] No such quota root\r\n",
            "SETQUOTA": b"x NO [NOPERM] Quotas are set by the administrator\r\n"}
 SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID FETCH",
