@@ -27,6 +27,12 @@ def write_to(writer: Any) -> None:
     _writer = writer
 
 
+def flush_pending() -> None:
+    """Write the lines kept for the end of this reactor turn now (before a reply sent at once)."""
+    if _writer is not None:
+        _writer.flush()
+
+
 def _fmt(event: str, fields: dict[str, object]) -> str:
     parts = [event]
     for key, value in fields.items():

@@ -7,6 +7,8 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from appliance import maillog
+
 
 def no_delay(transport: Any) -> None:
     """Set TCP_NODELAY on the socket below any TLS wrapper.
@@ -51,6 +53,10 @@ class DirectWriter:
     transport.write() as before; only the part that did not fit is handed to it. A send()
     error is left to Twisted too: the data goes to transport.write(), whose next doWrite()
     meets the same error and closes the connection the usual way.
+
+    The log lines of this turn are written first (maillog.flush_pending): a reply sent at once
+    would otherwise reach the client before the line that explains it reaches the log, and a
+    script (or a test) that reads the log after the reply would not find it.
     """
 
     def __init__(self, transport: Any) -> None:
@@ -63,6 +69,7 @@ class DirectWriter:
                 or conn._tempDataLen or len(conn.dataBuffer) > conn.offset or not data):
             self.transport.write(data)
             return
+        maillog.flush_pending()
         try:
             sent = conn.socket.send(data)
         except (BlockingIOError, InterruptedError):

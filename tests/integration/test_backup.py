@@ -38,7 +38,8 @@ def folder_names(client: imaplib.IMAP4) -> list[str]:
     for line in client.list()[1]:
         match = re.match(rb'\((.*?)\) (?:"(.)"|NIL) (.*)$', line)
         assert match, line
-        names.append(match.group(3).decode().strip('"'))
+        if b"\\Noselect" not in match.group(1):        # a level such as "Lists" above "Lists.Twisted"
+            names.append(match.group(3).decode().strip('"'))
     return sorted(names)
 
 

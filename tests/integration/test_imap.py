@@ -81,6 +81,7 @@ def test_authenticate_plain(app):
 
 def test_read_and_manage_mail(app):
     deliver(app, "first")
+    wait_for(lambda: len(app.messages(ALICE)) == 1)     # two queued messages may be stored in either order
     deliver(app, "second", body="line one\r\nline two\r\n")
     wait_for(lambda: len(app.messages(ALICE)) == 2)
     client = imaps(app)

@@ -15,6 +15,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from zope.interface import directlyProvides
 
+from appliance import maillog
 from appliance.transport import DirectWriter
 from tests.unit.test_smtp_server import Rig, codes
 
@@ -116,6 +117,34 @@ def test_a_reply_goes_out_with_one_send_and_no_epoll_registration():
     DirectWriter(conn).write(b"250 ok\r\n")
     assert peer.recv(100) == b"250 ok\r\n"
     assert reactor.writers == [] and conn.dataBuffer == b"" and not conn._tempDataBuffer
+
+
+def test_the_log_lines_of_this_turn_are_written_before_a_reply_sent_at_once(monkeypatch):
+    """A client that reads the log after a reply finds the line explaining it (not one turn later)."""
+    conn, peer, reactor = connection()
+    order: list[str] = []
+
+    class Writer:
+        def flush(self) -> None:
+            order.append("log")
+
+    monkeypatch.setattr(maillog, "_writer", Writer())
+    real_send = conn.socket.send
+    monkeypatch.setattr(conn, "socket", SendSpy(real_send, order))
+    DirectWriter(conn).write(b"451 later\r\n")
+    assert peer.recv(100) == b"451 later\r\n"
+    assert order == ["log", "send"]
+
+
+class SendSpy:
+    """A socket stand-in that notes each send, then sends."""
+
+    def __init__(self, send, order: list[str]) -> None:
+        self._send, self._order = send, order
+
+    def send(self, data: bytes) -> int:
+        self._order.append("send")
+        return self._send(data)
 
 
 def test_bytes_already_waiting_in_the_transport_go_first():
