@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 
 from appliance import (address, checks, config, control, dkimkeys, dnsrecords, listenbind, pickup, queue,
                        statusview, tls)
-from appliance.directory.file import UserFileError, add_user, delete_user, grant_address, list_users, set_password
+from appliance.directory.file import (UserFileError, add_user, delete_user, grant_address, list_users, own_quotas,
+                                      set_password, set_quota)
 from appliance.envelope import Envelope
 from appliance.errors import ConfigError, QueueWriteError
 from appliance.message import has, headers, prepend, remove
@@ -109,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("address")
         sub.add_argument("extra")
     _command(user_commands, "list", _user_list, "list users")
+    sub = _command(user_commands, "quota", _user_quota, "give a user their own storage limit instead of "
+                   "[storage] quota: SIZE such as 500M or 2G, 0 for unlimited, none to follow [storage] quota again")
+    sub.add_argument("address")
+    sub.add_argument("size")
     _command(user_commands, "show", _user_show,
              "show what the appliance sees for an address (file or LDAP), never a password").add_argument("address")
 
@@ -191,7 +196,24 @@ def summary(cfg: config.Config, directory: str | None = None) -> list[str]:
         lines.append(f"directory   file {cfg.directory.users_file}, {count} user{'s' if count != 1 else ''}")
     else:
         lines.append(f"directory   {cfg.directory.backend}: {directory}")
-    return lines
+    return lines + _quota_summary(cfg)
+
+
+def _quota_summary(cfg: config.Config) -> list[str]:
+    """One `quota` line when some limit is set: the default and where users' own limits come from.
+
+    Usage is not measured here (that would walk every mailbox): `user show` and `status` show it."""
+    default = config.format_size(cfg.storage.quota) if cfg.storage.quota else "unlimited"
+    if cfg.directory.backend == "file":
+        own = len(own_quotas(cfg.directory.users_file))
+        if not cfg.storage.quota and not own:
+            return []
+        return [f"quota       {default} by default, {own} user{'s' if own != 1 else ''} with their own; "
+                "`user show ADDRESS` shows usage"]
+    if not cfg.storage.quota:
+        return []
+    source = f", or the user's {cfg.ldap.quota_attribute}" if cfg.ldap and cfg.ldap.quota_attribute else ""
+    return [f"quota       {default} by default{source}; `user show ADDRESS` shows usage"]
 
 
 def _gen_cert(args: argparse.Namespace) -> int:
@@ -262,6 +284,23 @@ def _user_grant(args: argparse.Namespace) -> int:
     granted = args.user_command == "grant"
     grant_address(_users_file(cfg), args.address, args.extra, granted=granted)
     print(f"{'gave' if granted else 'took back'} {args.extra} {'to' if granted else 'from'} {args.address}")
+    return 0
+
+
+def _user_quota(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    if args.size.strip().lower() == "none":
+        limit = None
+    else:
+        try:
+            limit = config.parse_size(args.size)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    set_quota(_users_file(cfg), args.address, limit)
+    if limit is None:
+        print(f"{args.address} follows [storage] quota ({config.format_size(cfg.storage.quota)})")
+    else:
+        print(f"{args.address} may store {config.format_size(limit)}")
     return 0
 
 

@@ -84,6 +84,7 @@ class DirectorySection:
 class StorageSection:
     format: str = "maildir"           # maildir | mbox
     path: str = ""                    # absolute template with {domain} and {local}
+    quota: int = 0                    # bytes per user (all folders); 0 = unlimited (parse_size)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ class DeliverySection:
     nameservers: tuple[tuple[str, int], ...] = ()  # () = /etc/resolv.conf
     port: int = 25                    # the port of the peers' MX (tests use other ports)
     allow_address_literals: bool = False
+    destination_concurrency: int = 10  # remote deliveries at once to one domain (or the smarthost)
+    concurrency: int = 20             # remote deliveries at once, in all (a restart applies a change)
+    connection_reuse_limit: int = 100  # messages over one outbound SMTP session
+    connection_cache_time: int = 2    # seconds a session waits for the next message; 0 = one message each
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,7 @@ class LDAPSection:
     group_filter: str = DEFAULT_GROUP_FILTER              # "" = no group lookups
     group_member_attribute: str = "member"                # DNs; each member's mail_attribute is the target
     shared_secret_attribute: str = ""                     # cleartext secret for CRAM-MD5/APOP; "" = none
+    quota_attribute: str = "mailQuota"                    # the user's own quota (parse_size); "" = off
 
 
 @dataclass(frozen=True)
@@ -337,6 +343,44 @@ def _networks(value: str, base: str) -> tuple[Network, ...]:
         return address.parse_networks(",".join(_words(value)))
     except ValueError as exc:
         raise ValueError(f"not a list of networks: {exc}") from None
+
+
+_SIZE = re.compile(r"([0-9]{1,20}) ?(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE | re.ASCII)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_SIZE = 1 << 60        # 1 EiB: far beyond any disk, small enough for every arithmetic on it
+
+
+def parse_size(text: str) -> int:
+    """A size as Dovecot's quota_rule writes it: `500M`, `1G`, `2048k`, `123456` (bytes); 0 or "" = unlimited.
+
+    Units are binary (K = 1024), in either case, optionally followed by `B` or `iB` (`1GB`, `1GiB`),
+    because that is what operators copy from Dovecot and LDAP schemas. ValueError (a config error
+    when it comes from the file) for anything else, never another exception: the text may come
+    from an LDAP attribute or the users file.
+    """
+    if not text.strip():
+        return 0
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size; write e.g. 500M, 1G, or 0 for unlimited")
+    size = int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+    if size > MAX_SIZE:
+        raise ValueError(f"{text!r} is larger than {MAX_SIZE >> 40}T")
+    return size
+
+
+def format_size(size: int) -> str:
+    """The shortest exact form parse_size reads back: 1073741824 -> `1G`; 0 -> `unlimited`."""
+    if size <= 0:
+        return "unlimited"
+    for unit in "TGMK":
+        if size % _UNITS[unit.lower()] == 0:
+            return f"{size // _UNITS[unit.lower()]}{unit}"
+    return str(size)
+
+
+def _size(value: str, base: str) -> int:
+    return parse_size(value)
 
 
 def _positive_int(value: str, base: str) -> int:
@@ -628,7 +672,7 @@ _LDAP_KEYS = _same_names(LDAPSection, {
     "disabled_filter": _filter(True, placeholder=False),
     "alias_filter": _filter(True), "alias_member_attribute": _attribute(False),
     "group_filter": _filter(True), "group_member_attribute": _attribute(False),
-    "shared_secret_attribute": _attribute(True),
+    "shared_secret_attribute": _attribute(True), "quota_attribute": _attribute(True),
 })
 
 
@@ -653,6 +697,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "storage": {
         "format": _Key("format", _choice("maildir", "mbox"), "maildir"),
         "path": _Key("path", _template, "var/mail/{domain}/{local}"),
+        "quota": _Key("quota", _size, "0"),
     },
     "aliases": {
         "file": _Key("file", _optional_path, "aliases", only_if_exists=True),
@@ -677,6 +722,10 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "nameservers": _Key("nameservers", _nameservers),
         "port": _Key("port", _port, "25"),
         "allow_address_literals": _Key("allow_address_literals", _yes_no, "no"),
+        "destination_concurrency": _Key("destination_concurrency", _count(1, 1000), "10"),
+        "concurrency": _Key("concurrency", _count(1, 1000), "20"),
+        "connection_reuse_limit": _Key("connection_reuse_limit", _count(1, 100000), "100"),
+        "connection_cache_time": _Key("connection_cache_time", _count(0, 300), "2"),
     },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),

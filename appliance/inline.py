@@ -16,13 +16,18 @@ class InlineReactor(Clock):
         f(*args, **kwargs)
 
 
+def run_job(on_result, f, *args, **kwargs) -> None:
+    """Run one pool job here and report it as ThreadPool.callInThreadWithCallback does: (ok, result)."""
+    try:
+        result = f(*args, **kwargs)
+    except BaseException:
+        on_result(False, Failure())
+    else:
+        on_result(True, result)
+
+
 class InlinePool:
     """A thread pool stand-in that runs each job at once, in the calling thread."""
 
     def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
+        run_job(on_result, f, *args, **kwargs)

@@ -19,6 +19,7 @@ class UserRecord:
     addresses: frozenset[str] = field(default_factory=frozenset)  # every address that is theirs, primary included
     shared_secret: str | None = None             # cleartext-equivalent secret for CRAM-MD5/APOP, when stored
     enabled: bool = True
+    quota: int | None = None                     # own storage limit in bytes, 0 = unlimited; None = [storage] quota
 
 
 class IDirectory(Interface):

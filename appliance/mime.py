@@ -8,6 +8,7 @@ splits entities and renders what IMAP asks for. Stock Twisted builds these from 
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -46,6 +47,22 @@ def split_head(raw: bytes) -> tuple[bytes, bytes]:
     if end < 0:
         return (raw if raw.endswith(b"\r\n") or not raw else raw + b"\r\n"), b""
     return raw[:end + 4], raw[end + 4:]
+
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def head_block(stored: bytes) -> bytes:
+    """split_head(crlf(stored))[0] without converting the body: what ENVELOPE needs of a stored message.
+
+    A blank line of the CRLF form is `\n`, an optional `\r`, `\n` in the stored form (LF or
+    CRLF); crlf() works line by line, so converting only the octets up to it gives the same head.
+    """
+    if stored.startswith(b"\n") or stored.startswith(b"\r\n"):
+        return b"\r\n"
+    found = _BLANK_LINE.search(stored)
+    prefix = stored if found is None else stored[:found.end()]
+    return split_head(crlf(prefix))[0]
 
 
 def header_fields(head: bytes, names: list[bytes], negate: bool) -> bytes:
@@ -162,21 +179,49 @@ def section(raw: bytes, numbers: tuple[int, ...], kind: str, fields: list[bytes]
 
 # ---------------------------------------------------------------- IMAP encodings
 
+_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
+
+
 def nstring(value: bytes | None) -> bytes:
     """NIL, a quoted string, or a literal when the value holds CR, LF, NUL or 8-bit octets."""
     if value is None:
         return b"NIL"
-    if re.search(rb"[\x00\r\n\x80-\xff]", value) or len(value) > 1000:
+    if len(value) > 1000 or _NEEDS_LITERAL.search(value):
         return b"{%d}\r\n%b" % (len(value), value)
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
+# The everyday forms of an address list, `Name <local@domain>` and `local@domain` separated by
+# commas, with no quotes, comments, groups, route or dots in the name: for these the answer of
+# email.utils.getaddresses is known without its character-by-character parser (several times
+# slower, and the bulk of describing a message). Anything else goes to getaddresses.
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\xff"
+_DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_SIMPLE_ADDRESS = re.compile(rf"[ \t\r\n]*(?:([{_ATEXT} \t\r\n]*?)[ \t\r\n]*<({_DOT_ATOM}@{_DOT_ATOM})>"
+                             rf"|({_DOT_ATOM}@{_DOT_ATOM}))[ \t\r\n]*")
+
+
+def address_list(text: str) -> list[tuple[str, str]]:
+    """(display name, address) pairs of an address header, as email.utils.getaddresses gives them."""
+    pairs = []
+    for item in text.split(","):
+        match = _SIMPLE_ADDRESS.fullmatch(item) if len(item) <= 512 else None    # bounded backtracking
+        if match is None:
+            return email.utils.getaddresses([text])
+        name, bracketed, bare = match.groups()
+        pairs.append((" ".join(name.split()), bracketed) if bare is None else ("", bare))
+    return pairs
+
+
+@functools.lru_cache(maxsize=4096)
 def _addresses(value: bytes | None) -> bytes:
+    """An address list as ENVELOPE renders it. Cached: a folder's messages come from and go to the
+    same few people, so most From and To values have been rendered before."""
     if value is None:
         return b"NIL"
     text = value.decode("latin-1")
     items = []
-    for name, addr in email.utils.getaddresses([text]):
+    for name, addr in address_list(text):
         if not addr and not name:
             continue
         mailbox, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
@@ -185,17 +230,23 @@ def _addresses(value: bytes | None) -> bytes:
     return b"(" + b"".join(items) + b")" if items else b"NIL"
 
 
+_ENVELOPE_FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"in-reply-to",
+                    b"message-id")
+
+
 def envelope(head: bytes) -> bytes:
     """The ENVELOPE of a header block: date subject from sender reply-to to cc bcc in-reply-to message-id."""
-    fields = message.headers(head)
-
-    def get(name: bytes) -> bytes | None:
-        return message.get(fields, name)
-
-    sender = get(b"from")
+    first: dict[bytes, bytes] = {}
+    for name, value in message.headers(head):
+        key = name.lower()
+        if key in _ENVELOPE_FIELDS and key not in first:
+            first[key] = value
+    get = first.get
+    sender = _addresses(get(b"from"))
     fields = [
-        nstring(get(b"date")), nstring(get(b"subject")), _addresses(sender),
-        _addresses(get(b"sender") or sender), _addresses(get(b"reply-to") or sender),
+        nstring(get(b"date")), nstring(get(b"subject")), sender,
+        _addresses(get(b"sender")) if get(b"sender") else sender,
+        _addresses(get(b"reply-to")) if get(b"reply-to") else sender,
         _addresses(get(b"to")), _addresses(get(b"cc")), _addresses(get(b"bcc")),
         nstring(get(b"in-reply-to")), nstring(get(b"message-id")),
     ]
@@ -245,10 +296,16 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
 
 
 def crlf(data: bytes) -> bytes:
-    """Stored form (LF) to wire form (CRLF), leaving lines that already end in CRLF alone."""
+    """Stored form (LF) to wire form (CRLF), leaving lines that already end in CRLF alone.
+
+    Most stored messages hold no CR at all: one pass (and one copy) then does it."""
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def wire_size(data: bytes) -> int:
     """len(crlf(data)) without building it: every bare LF becomes CRLF (POP3 LIST, RFC822.SIZE)."""
+    if b"\r" not in data:                 # the usual stored form: no need to count CRLFs
+        return len(data) + data.count(b"\n")
     return len(data) + data.count(b"\n") - data.count(b"\r\n")

@@ -47,12 +47,18 @@ def multiline(first: bytes, body: bytes) -> bytes:
     Built as one buffer so it leaves in one write: many small writes each wait for the client's
     delayed ACK (about 40 ms per message).
     """
+    return b"".join(multiline_parts(first, body))
+
+
+def multiline_parts(first: bytes, body: bytes) -> list[bytes]:
+    """`multiline` as pieces for one transport.writeSequence: the body is not copied into a bigger
+    buffer here (the transport joins them once), and it is copied at all only when it has lines to stuff."""
     if body.startswith(b"."):
         body = b"." + body
-    body = body.replace(b"\r\n.", b"\r\n..")
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return b"+OK " + first + b"\r\n" + body + b".\r\n"
+    if b"\r\n." in body:
+        body = body.replace(b"\r\n.", b"\r\n..")
+    end = b".\r\n" if not body or body.endswith(b"\r\n") else b"\r\n.\r\n"
+    return [b"+OK " + first + b"\r\n", body, end]
 
 
 def top(raw: bytes, lines: int) -> bytes:
@@ -363,7 +369,7 @@ class POP3Server(pop3.POP3):
         n = self._message(number)
         if n is None:
             return None
-        return self._send_message(n, lambda raw: multiline(b"%d octets" % len(raw), raw))
+        return self._send_message(n, lambda raw: multiline_parts(b"%d octets" % len(raw), raw))
 
     def do_TOP(self, number: bytes, lines: bytes) -> defer.Deferred | None:
         n = self._message(number)
@@ -372,11 +378,11 @@ class POP3Server(pop3.POP3):
         if not lines.isdigit():
             return self._error(POP3.SYNTAX)
         count = int(lines)
-        return self._send_message(n, lambda raw: multiline(b"Top of message follows", top(raw, count)))
+        return self._send_message(n, lambda raw: multiline_parts(b"Top of message follows", top(raw, count)))
 
     def _send_message(self, n: int, frame: Any) -> defer.Deferred:
         d = self.mbox.read(n)
-        d.addCallback(lambda raw: None if self._gone else self.transport.write(frame(raw)))
+        d.addCallback(lambda raw: None if self._gone else self.transport.writeSequence(frame(raw)))
         d.addErrback(self._read_failed)
         return self._longOperation(d)
 

@@ -32,7 +32,7 @@ from appliance.config import QueueSection
 from appliance.envelope import DELIVERED, FAILED, Envelope, Recipient
 from appliance.errors import ApplianceError, QueueWriteError, TemporaryFailure
 from appliance.interfaces import ICourier, IQueue
-from appliance.inline import InlinePool, InlineReactor
+from appliance.inline import InlinePool, InlineReactor, run_job
 from appliance.durable import fsync_dir, replace_file
 
 log = Logger()
@@ -399,12 +399,7 @@ class WriterThread:
             if item is None:
                 return
             on_result, f, args, kwargs = item
-            try:
-                result = f(*args, **kwargs)
-            except BaseException:
-                on_result(False, Failure())
-            else:
-                on_result(True, result)
+            run_job(on_result, f, *args, **kwargs)
 
 
 # --- the spool ----------------------------------------------------------------------------------
@@ -883,14 +878,18 @@ class QueueService(Service):
     """
 
     def __init__(self, spool: Spool, couriers: Mapping[str, ICourier], queue_section: QueueSection, reactor, *,
-                 hostname: str, is_local: Callable[[str], bool], concurrency: int = 20):
+                 hostname: str, is_local: Callable[[str], bool], concurrency: int = 20,
+                 remote_concurrency: int | None = None):
         self._spool = spool
         self._couriers = couriers
         self._settings = queue_section
         self._reactor = reactor
         self._hostname = hostname
         self._is_local = is_local
-        self._deliveries = DeferredSemaphore(concurrency)   # courier calls at once, in total
+        # Courier calls at once, per courier: remote deliveries waiting for a busy destination
+        # ([delivery] destination_concurrency) never hold local ones up.
+        self._deliveries = {"local": DeferredSemaphore(concurrency),
+                            "remote": DeferredSemaphore(remote_concurrency or concurrency)}
         self._retries = DeferredSemaphore(concurrency)      # retry rounds with a body read back from disk
         self._waiting: dict[str, Envelope] = {}             # queued, not being delivered right now
         self._timer = None
@@ -1010,11 +1009,12 @@ class QueueService(Service):
         return both.addCallback(lambda _: message)
 
     def _deliver_one(self, envelope: Envelope, rcpt: Recipient, message: bytes) -> Deferred:
-        courier = self._couriers.get("local" if rcpt.local else "remote")
+        kind = "local" if rcpt.local else "remote"
+        courier = self._couriers.get(kind)
         if courier is None:
             d = fail(TemporaryFailure("4.3.5", "no courier configured for this recipient"))
         else:
-            d = self._deliveries.run(courier.deliver, envelope, rcpt, message)
+            d = self._deliveries[kind].run(courier.deliver, envelope, rcpt, message)
         return d.addCallbacks(self._delivered, self._failed, (envelope, rcpt), None, (envelope, rcpt))
 
     def _unreadable(self, failure: Failure, envelope: Envelope, due: list[Recipient]) -> None:

@@ -59,6 +59,7 @@ DIRECTORY_UNAVAILABLE = Reply(451, "4.4.3", "Directory temporarily unavailable, 
 ALIAS_BROKEN = Reply(451, "4.3.0", "Temporary lookup failure, try again later")   # its aliases line is broken
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")                       # RFC 3463 3.3; temporary: the sender retries
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 # The checks' refusals (appliance/filters): 4.7.1 "delivery not authorized" (RFC 3463 3.8), temporary
@@ -199,6 +200,7 @@ IMAP_APPENDED = IMAPReply("OK", "APPEND completed", "APPENDUID")                
 IMAP_COPIED = IMAPReply("OK", "COPY completed", "COPYUID")                             # RFC 4315 3
 IMAP_MOVED_UIDS = IMAPReply("OK", "", "COPYUID")                                       # RFC 6851 3.3 (untagged)
 IMAP_IDLE_DONE = IMAPReply("OK", "IDLE terminated")                                    # RFC 2177 3
+IMAP_COMPRESSING = IMAPReply("OK", "DEFLATE active")                                   # RFC 4978 3
 
 # NO (RFC 3501 7.1.2): the command was understood and refused.
 IMAP_LOGIN_DISABLED = IMAPReply("NO", "LOGIN is disabled before STARTTLS", "PRIVACYREQUIRED")    # 6.2.3, RFC 5530
@@ -211,6 +213,10 @@ IMAP_BAD_CHARSET = IMAPReply("NO", "Unsupported charset", "BADCHARSET (US-ASCII 
 IMAP_NO_MAILBOX = IMAPReply("NO", "Mailbox does not exist", "TRYCREATE")                        # 6.3.11, 6.4.7
 IMAP_NAME_ENCODING = IMAPReply("NO", "Invalid mailbox name encoding", "CANNOT")                 # 5.1.3, RFC 5530
 IMAP_SERVER_BUG = IMAPReply("NO", "Internal error; the log has the details", "SERVERBUG")       # RFC 5530 3
+IMAP_OVER_QUOTA = IMAPReply("NO", "Quota exceeded", "OVERQUOTA")                                 # RFC 9208 4.3, 5530
+IMAP_QUOTA_SET_REFUSED = IMAPReply("NO", "Quotas are set by the administrator", "NOPERM")        # RFC 9208 4.1.3
+IMAP_NO_QUOTA_ROOT = IMAPReply("NO", "No such quota root", "NONEXISTENT")                        # RFC 9208 4.1.1
+IMAP_COMPRESSION_ACTIVE = IMAPReply("NO", "Compression is already active", "COMPRESSIONACTIVE")  # RFC 4978 3
 
 # BAD (RFC 3501 7.1.3): not understood, or not valid in this state.
 IMAP_UNSUPPORTED = IMAPReply("BAD", "Unsupported command")
@@ -227,6 +233,7 @@ IMAP_BAD_PLAIN = IMAPReply("BAD", "Malformed PLAIN response")            # RFC 4
 IMAP_BAD_STATUS_ITEMS = IMAPReply("BAD", "Invalid STATUS items")         # 6.3.10
 IMAP_BAD_STORE_ITEM = IMAPReply("BAD", "Invalid STORE item")             # 6.4.6
 IMAP_EXPECTED_DONE = IMAPReply("BAD", "Expected DONE")                   # RFC 2177 3
+IMAP_UNKNOWN_COMPRESSION = IMAPReply("BAD", "Unknown compression mechanism")   # RFC 4978 3: DEFLATE only
 
 # BYE (RFC 3501 7.1.5): the server is closing the connection.
 IMAP_LOGGING_OUT = IMAPReply("BYE", "Logging out")                       # 6.1.3

@@ -221,6 +221,17 @@ def disk_report(paths: Mapping[str, str], measured: Measurement | None, now: flo
             "folders": [{"name": name, "path": path, "bytes": sizes.get(name)} for name, path in paths.items()]}
 
 
+def quota_report(quotas: Any) -> dict[str, Any]:
+    """The default limit and the mailboxes at 90% of theirs or more, as last measured.
+
+    Measured at each delivery and IMAP quota check, never by walking every mailbox here: with
+    LDAP the users cannot even be listed. A mailbox nobody wrote to since the start is not known.
+    """
+    return {"default": quotas.default,
+            "nearly_full": [{"user": user, "used": usage.used, "limit": usage.limit}
+                            for user, usage in quotas.nearly_full()]}
+
+
 class StatusReport:
     """Gathers the status document; `collect` is what the control socket's `status` runs.
 
@@ -229,8 +240,9 @@ class StatusReport:
     """
 
     def __init__(self, top: Any, queue: Any, counting: stats.CountingService, disk: DiskUsage,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], quotas: Any = None) -> None:
         self._top, self._queue, self._counting, self._disk, self._clock = top, queue, counting, disk, clock
+        self._quotas = quotas             # store/quota.py Quotas, or None
 
     def collect(self) -> Deferred:
         """Deferred[dict]: everything but the disk now, the disk when measured (or DISK_WAIT passed)."""
@@ -244,6 +256,8 @@ class StatusReport:
             **mail_flow(self._counting.counters),
             "certificate": certificate(getattr(self._top, "tls", None), cfg.tls.certificate, now),
         }
+        if self._quotas is not None:
+            report["quota"] = quota_report(self._quotas)
         d = self._disk.sizes()
         d.addCallback(lambda measured: {**report, "disk": disk_report(self._disk.paths, measured, self._clock())})
         return d

@@ -17,7 +17,8 @@ RENEW_DAYS = 14     # as `check`'s expiry warning
 def render(report: Mapping[str, Any]) -> list[str]:
     """The whole screen, one string per line."""
     return [*_heading(report), "", *_services(report), "", *_queue(report.get("queue") or {}), "",
-            *_flow(report), "", *_disk(report.get("disk") or {}), "", *_certificate(report.get("certificate"))]
+            *_flow(report), "", *_disk(report.get("disk") or {}), *_quota(report.get("quota")), "",
+            *_certificate(report.get("certificate"))]
 
 
 def duration(seconds: float | None) -> str:
@@ -116,6 +117,23 @@ def _disk(disk: Mapping[str, Any]) -> list[str]:
                   f"{str(f.get('name', '')):<{width}}{size(f.get('bytes')):>10}  {f.get('path', '')}")
              for number, f in enumerate(folders)]
     return lines + [_row("", f"(measured {duration(disk['age'])} ago)")]
+
+
+def _quota(quota: Mapping[str, Any] | None) -> list[str]:
+    """`quota  default 1.0 GiB; 1 mailbox at 90% or more` and one line per such mailbox."""
+    if not quota:
+        return []
+    default = quota.get("default") or 0
+    full = quota.get("nearly_full") or []
+    head = f"default {size(default) if default else 'unlimited'}; "
+    if not full:
+        return [_row("quota", head + "no mailbox at 90% or more (as measured at delivery and IMAP)")]
+    lines = [_row("quota", head + f"{len(full)} {'mailbox' if len(full) == 1 else 'mailboxes'} at 90% or more, as last measured:")]
+    for entry in full:
+        used, limit = int(entry.get("used") or 0), int(entry.get("limit") or 0)
+        share = f"{used * 100 // limit}%" if limit else "?"
+        lines.append(_row("", f"{entry.get('user', '')}  {share}  {size(used)} of {size(limit)}"))
+    return lines
 
 
 def _certificate(cert: Mapping[str, Any] | None) -> list[str]:

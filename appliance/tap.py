@@ -69,11 +69,13 @@ class Parts:
         from appliance.realm import MaildropLocks
         from appliance.smtp import dataspool
         from appliance.store import make_store
+        from appliance.store.quota import Quotas
 
         self.cfg, self.reactor = cfg, reactor
         self.tls = top.tls
         self.pools = pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
         self.store = make_store(cfg.storage, reactor, pools["disk"])
+        self.quotas = Quotas(self.store, cfg.storage.quota, reactor, pools["disk"])   # Wiring sets the default
         self.locks = MaildropLocks()          # one POP3 lock per maildrop, across reloads too
         self.couriers: dict[str, Any] = {}    # the queue's; a reload replaces the entries
         self.queue = _queue(self, top)
@@ -100,6 +102,7 @@ class Wiring:
         from appliance.intake import RecipientResolver
         from appliance.masquerade import Masquerader
         self.cfg = cfg
+        parts.quotas.default = cfg.storage.quota      # [storage] quota reloads; the usage cache stays
         self.aliases = _aliases(cfg)
         self.directory, self.login, self.throttle = _directory_and_login(cfg, parts, previous)
         m = cfg.masquerade
@@ -238,7 +241,7 @@ def _status(top: ApplianceService, parts: Parts, counting: Any) -> Any:
     """`mailappliance status`: the control socket's `status` command reports on these parts."""
     from appliance.status import DiskUsage, StatusReport, disk_paths
     disk = DiskUsage(disk_paths(parts.cfg), parts.reactor, parts.pools["disk"])
-    report = StatusReport(top, parts.queue, counting, disk, parts.reactor.seconds)
+    report = StatusReport(top, parts.queue, counting, disk, parts.reactor.seconds, quotas=parts.quotas)
     top.getServiceNamed("control").commands.status = report.collect
     return report
 
@@ -300,7 +303,8 @@ def _queue(parts: Parts, top: ApplianceService) -> Any:
     cfg, reactor = parts.cfg, parts.reactor
     spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, parts.pools["queue"], WriterThread())
     queue = QueueService(spool, parts.couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
-                         is_local=lambda a: address.in_domains(a, parts.cfg.appliance.domains))
+                         is_local=lambda a: address.in_domains(a, parts.cfg.appliance.domains),
+                         remote_concurrency=cfg.delivery.concurrency)
     queue.setName("queue")
     queue.setServiceParent(top)
     from appliance.control import ControlService, socket_path
@@ -313,13 +317,15 @@ def _couriers(cfg: configmod.Config, parts: Parts, directory: Any) -> dict[str, 
     from appliance.couriers.command import CommandCourier
     from appliance.couriers.local import LocalCourier
     programs = CommandCourier(parts.reactor, parts.pools["disk"]) if cfg.aliases.allow_commands else None
-    return {"local": LocalCourier(directory, parts.store, programs), "remote": _outbound(cfg, parts.reactor)}
+    return {"local": LocalCourier(directory, parts.store, programs, quotas=parts.quotas),
+            "remote": _outbound(cfg, parts.reactor)}
 
 
 def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
     """MX routing (or the smarthost) for remote recipients."""
     from appliance.couriers.mxroute import MXRouter, make_resolver, own_addresses
     from appliance.couriers.outbound import OutboundCourier
+    from appliance.couriers.sessions import Limits
     # Who we are, so that mail routed back to us (an MX or a literal naming us) fails with 5.4.6.
     myself = own_addresses([cfg.listen.smtp] if cfg.listen.smtp else [], cfg.delivery.port)
     router = MXRouter(make_resolver(cfg.delivery.nameservers, reactor), cfg.appliance.hostname, myself,
@@ -335,8 +341,12 @@ def _outbound(cfg: configmod.Config, reactor: Any) -> Any:
         with open(relay.smarthost_ca_file, "rb") as f:
             authorities = [ssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())]
         tls_options = ssl.optionsForClientTLS(relay.smarthost[0], trustRoot=ssl.trustRootFromCertificates(authorities))
+    d = cfg.delivery
+    limits = Limits(destination_concurrency=d.destination_concurrency, concurrency=d.concurrency,
+                    reuse_limit=d.connection_reuse_limit, idle_time=d.connection_cache_time)
     return OutboundCourier(router, reactor, cfg.appliance.hostname, port=cfg.delivery.port,
-                           smarthost=relay.smarthost, smarthost_auth=auth, client_tls_options=tls_options)
+                           smarthost=relay.smarthost, smarthost_auth=auth, client_tls_options=tls_options,
+                           limits=limits)
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:
@@ -355,9 +365,9 @@ def _smtp_factories(cfg: configmod.Config, parts: Parts, wiring: Wiring) -> dict
         if not getattr(cfg.listen, name):
             continue
         if kind == "mx":
-            policy: Any = MXPolicy(wiring.resolver, cfg.relay.trusted_networks)
+            policy: Any = MXPolicy(wiring.resolver, cfg.relay.trusted_networks, quotas=parts.quotas)
         else:
-            policy = SubmissionPolicy(name, wiring.resolver)
+            policy = SubmissionPolicy(name, wiring.resolver, quotas=parts.quotas)
         factory = SMTPFactory(policy=policy, intake=wiring.intake, directory=wiring.directory, login=wiring.login,
                               hostname=cfg.appliance.hostname,
                               domains=cfg.appliance.domains, limits=cfg.limits, tls=parts.tls, tls_settings=cfg.tls,
@@ -381,7 +391,7 @@ def _access_factories(cfg: configmod.Config, parts: Parts, wiring: Wiring) -> di
                                              max_errors=cfg.limits.max_errors,
                                              prelogin_timeout=cfg.limits.idle_timeout_prelogin, **common),
         "imap": lambda implicit: IMAPFactory(implicit_tls=implicit, pool=parts.pools["disk"], watcher=parts.watcher,
-                                             max_message_size=cfg.limits.max_message_size,
+                                             max_message_size=cfg.limits.max_message_size, quotas=parts.quotas,
                                              prelogin_timeout=cfg.limits.idle_timeout_prelogin, **common),
     }
     return {name: makers[name.rstrip("s")](name in IMPLICIT_TLS)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from appliance import address as addr
 from appliance.aliases import AliasesError, AliasLoopError, load_aliases
-from appliance.config import Config
+from appliance.config import Config, format_size
 from appliance.directory.file import UserEntry, index_entries, parse_line
 from appliance.directory.ldap import LDAPClient, read_bind_password
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import UserRecord
 from appliance.store import FORMATS, mailbox_path
+from appliance.store.quota import UsageMeter
 
 
 class ShowError(Exception):
@@ -59,10 +60,30 @@ def _user_lines(cfg: Config, found: Found) -> list[str]:
              f"{'addresses':<14} {', '.join(sorted(record.addresses))}",
              f"{'mailbox':<14} {_mailbox(cfg, record.address)}",
              f"{'logins':<14} {'enabled' if record.enabled else 'disabled'}",
-             f"{'shared secret':<14} {'set' if record.shared_secret else 'none'}"]
+             f"{'shared secret':<14} {'set' if record.shared_secret else 'none'}",
+             f"{'quota':<14} {_quota(cfg, record)}"]
     if found.forward:
         lines.append(f"{'forward':<14} {found.forward} (mail goes there, not to the mailbox)")
     return lines
+
+
+def _quota(cfg: Config, record: UserRecord) -> str:
+    """`used of limit (share), where the limit comes from`: the mailbox is measured as the daemon does."""
+    own = record.quota is not None
+    limit = record.quota if own else cfg.storage.quota
+    source = "the user's own" if own else "[storage] quota"
+    try:
+        path = mailbox_path(cfg.storage.path, record.address, FORMATS[cfg.storage.format].side_files)
+        used = UsageMeter().mailbox(FORMATS[cfg.storage.format].account_class(path))
+    except (ValueError, OSError) as exc:
+        return f"{format_size(limit)} ({source}); usage unknown: {exc}"
+    if not limit:
+        return f"unlimited ({source}); {_kib(used)} used"
+    return f"{_kib(used)} used of {format_size(limit)} ({used * 100 // limit}%; {source})"
+
+
+def _kib(octets: int) -> str:
+    return f"{(octets + 1023) // 1024} KiB"
 
 
 def _alias_lines(found: Found, file_targets: list[str] | str | None) -> list[str]:

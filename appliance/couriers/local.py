@@ -9,6 +9,8 @@ client's filter can sort it: `X-Spam-Flag: YES` and `[SPAM] ` before the Subject
 """
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
@@ -35,10 +37,12 @@ class LocalCourier:
     from before bounces rather than running.
     """
 
-    def __init__(self, directory: IDirectory, store: IMailStore, programs: ICourier | None = None):
+    def __init__(self, directory: IDirectory, store: IMailStore, programs: ICourier | None = None,
+                 quotas: Any = None):
         self._directory = directory
         self._store = store
         self._programs = programs
+        self._quotas = quotas          # store/quota.py Quotas; None = no quotas
 
     def deliver(self, envelope: Envelope, recipient: Recipient, message: bytes) -> Deferred:
         """Deferred[str]: the path written in the mailbox (or the command or file delivered to)."""
@@ -56,6 +60,14 @@ class LocalCourier:
         if user is None:
             raise NoSuchMailbox("no such user")
         trace = trace_headers(envelope, recipient)
+        if self._quotas is not None:
+            # Over quota fails with MailboxFull (4.2.2, temporary): the message stays queued.
+            d = self._quotas.admit(user, len(trace) + len(message))
+            return d.addCallback(lambda _: self._write(user, trace, envelope, recipient, message))
+        return self._write(user, trace, envelope, recipient, message)
+
+    def _write(self, user: UserRecord, trace: bytes, envelope: Envelope, recipient: Recipient,
+               message: bytes) -> Deferred:
         if not recipient.folder:
             return self._store.deliver(user, trace + message, envelope.sender)
         fallback = trace + junk_in_inbox(message) if recipient.folder == JUNK else None

@@ -124,7 +124,10 @@ class QuietResolver(client.Resolver):
 class CachingResolver(ResolverBase):
     """Answers from memory while their TTL (at most CACHE_MAX_TTL) lasts, else asks `upstream`.
 
-    Only answers with records are kept; failures and empty answers are asked again each time.
+    Answers with records are kept for their TTL. An empty answer ("no such record": most MX
+    hosts have no AAAA) is kept as RFC 2308 5 says, for the SOA's minimum TTL, when the
+    authority section has the SOA; without one it is asked again. Without that every message
+    cost an AAAA query. Failures (timeout, SERVFAIL, NXDOMAIN) are asked again each time.
     Bounded: past CACHE_MAX_ENTRIES the oldest entry goes.
     """
 
@@ -147,13 +150,17 @@ class CachingResolver(ResolverBase):
         return d
 
     def _keep(self, result: tuple, key: tuple) -> tuple:
-        records = [rr for part in result for rr in part]
         if result[0]:
-            ttl = min([float(rr.ttl) for rr in records] + [CACHE_MAX_TTL])
-            if ttl > 0:
-                self._entries[key] = (self._clock.seconds() + ttl, result)
-                while len(self._entries) > self._max_entries:
-                    self._entries.popitem(last=False)
+            ttl = min([float(rr.ttl) for part in result for rr in part] + [CACHE_MAX_TTL])
+        else:
+            soas = [rr for rr in result[1] if rr.type == dns.SOA]
+            if not soas:
+                return result
+            ttl = min([float(min(rr.ttl, rr.payload.minimum)) for rr in soas] + [CACHE_MAX_TTL])
+        if ttl > 0:
+            self._entries[key] = (self._clock.seconds() + ttl, result)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
         return result
 
 

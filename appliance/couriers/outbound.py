@@ -4,10 +4,13 @@ The queue asks for one recipient at a time; calls for the same message and domai
 same reactor turn are gathered into one transaction (several RCPTs, one DATA) and each caller
 gets its own recipient's result. Retrying later is the queue's business: this module only says,
 per recipient, delivered, temporary (try again) or permanent (bounce).
+
+Transactions to one host share sessions (couriers/sessions.py: kept a few seconds for the next
+message), and deliveries run in parallel up to a limit per destination and in all.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -17,6 +20,7 @@ from zope.interface import implementer
 from appliance import address, maillog
 from appliance.couriers import smtpclient
 from appliance.couriers.mxroute import MXRouter, Route
+from appliance.couriers.sessions import Key, Limits, SessionCache, Slots
 from appliance.envelope import Envelope, Recipient
 from appliance.errors import ApplianceError, PermanentFailure, TemporaryFailure
 from appliance.interfaces import ICourier
@@ -49,16 +53,31 @@ class OutboundCourier:
     def __init__(self, router: MXRouter, reactor, hostname: str, port: int = 25,
                  smarthost: tuple[str, int] | None = None, smarthost_auth: tuple[str, str] | None = None,
                  client_tls_options: IOpenSSLClientConnectionCreator | None = None,
-                 timeouts: smtpclient.Timeouts = smtpclient.Timeouts()) -> None:
+                 timeouts: smtpclient.Timeouts = smtpclient.Timeouts(), limits: Limits = Limits()) -> None:
         self._router = router
         self._reactor = reactor
         self._hostname = hostname
         self._port = port
         self._smarthost = smarthost
         self._smarthost_auth = smarthost_auth
-        self._client_tls_options = client_tls_options
         self._timeouts = timeouts
         self._gathering: dict[tuple[str, str, str], _Batch] = {}
+        self._slots = Slots(limits.destination_concurrency, limits.concurrency)
+        self.sessions = SessionCache(reactor, limits)
+        self._settings = self._session_settings(client_tls_options)
+
+    def _session_settings(self, client_tls_options: IOpenSSLClientConnectionCreator | None) -> smtpclient.Settings:
+        """One Settings for every session: the smarthost's (TLS required and verified, AUTH) or the MXs'."""
+        if self._smarthost:
+            host, port = self._smarthost
+            return smtpclient.settings_for(host, port, self._hostname, tls_policy="required", tls_hostname=host,
+                                           client_tls_options=client_tls_options, auth=self._smarthost_auth,
+                                           timeouts=self._timeouts)
+        return smtpclient.Settings(self._hostname, "opportunistic", None, None, self._timeouts, "")
+
+    def close(self) -> defer.Deferred:
+        """QUIT every kept session (and the busy ones once done); fires when all are gone."""
+        return self.sessions.close()
 
     def deliver(self, envelope: Envelope, recipient: Recipient, message: bytes) -> defer.Deferred:
         """Deferred[str] "host[ip]:port 250 ...", or a Temporary/PermanentFailure (x.y.z, "... said: ...")."""
@@ -107,10 +126,20 @@ class OutboundCourier:
         return await self._router.route(domain)
 
     async def _deliver(self, batch: _Batch) -> dict[str, Outcome]:
+        """Check the sender, then deliver once a slot for the destination is free."""
+        if batch.envelope.sender and not address.is_valid(batch.envelope.sender):
+            problem = PermanentFailure("5.1.7", f"bad sender address {batch.envelope.sender!r}")
+            return dict.fromkeys(batch.waiters, problem)
+        destination = self._smarthost[0] if self._smarthost else batch.domain
+        await self._slots.acquire(destination)
+        try:
+            return await self._try_hosts(batch)
+        finally:
+            self._slots.release(destination)
+
+    async def _try_hosts(self, batch: _Batch) -> dict[str, Outcome]:
         """Try each host in turn with the recipients still undecided."""
         pending = list(batch.waiters)
-        if batch.envelope.sender and not address.is_valid(batch.envelope.sender):
-            return dict.fromkeys(pending, PermanentFailure("5.1.7", f"bad sender address {batch.envelope.sender!r}"))
         try:
             route = await self._route(batch.domain)
         except ApplianceError as problem:
@@ -135,15 +164,32 @@ class OutboundCourier:
             return f"{host}:{self._smarthost[1]}"
         return f"{host}[{ip}]:{self._port}"
 
-    def _send(self, host: str, ip: str, batch: _Batch, recipients: list[str]) -> defer.Deferred:
-        sender, message = batch.envelope.sender, batch.message
-        if self._smarthost:
-            return smtpclient.send(self._reactor, host, self._smarthost[1], self._hostname, sender, recipients,
-                                   message, tls_policy="required", tls_hostname=host,
-                                   client_tls_options=self._client_tls_options, auth=self._smarthost_auth,
-                                   timeouts=self._timeouts)
-        return smtpclient.send(self._reactor, ip, self._port, self._hostname, sender, recipients, message,
-                               tls_policy="opportunistic", timeouts=self._timeouts)
+    async def _send(self, host: str, ip: str, batch: _Batch, recipients: list[str]) -> smtpclient.Results:
+        """One transaction with the host: on a kept session when there is one, else on a new one.
+
+        A kept session the peer had dropped (SessionGone) is no failure of the message: it goes
+        again, once, on a fresh session.
+        """
+        key: Key = (host, self._smarthost[1]) if self._smarthost else (ip, self._port)
+        session = self.sessions.take(key)
+        if session is not None:
+            try:
+                return await self._transaction(key, session, batch, recipients)
+            except smtpclient.SessionGone:
+                self.sessions.discard(key)
+        settings = self._settings
+        if not self._smarthost:
+            settings = replace(settings, peer=f"{ip}:{self._port}")
+        session = await smtpclient.open_session(self._reactor, key[0], key[1], settings)
+        self.sessions.track(key, session)
+        return await self._transaction(key, session, batch, recipients)
+
+    async def _transaction(self, key: Key, session: smtpclient.Session, batch: _Batch,
+                           recipients: list[str]) -> smtpclient.Results:
+        try:
+            return await session.transaction(batch.envelope.sender, recipients, batch.message)
+        finally:
+            await self.sessions.give_back(key, session)
 
 
 def _judge(replies: smtpclient.Results, where: str) -> dict[str, Outcome]:

@@ -11,7 +11,11 @@ The users file holds one user per line::
   base64-encoded, because CRAM-MD5 and APOP can only be checked against the cleartext. It is
   cleartext-equivalent, which is why the file is written with mode 0600;
 - ``extra-addresses``: a comma-separated list of further addresses delivered to the same
-  mailbox (may be empty; edited by hand).
+  mailbox (may be empty; edited by hand);
+- an optional fifth field ``quota=SIZE`` (`mailappliance user quota`): the user's own storage
+  limit instead of ``[storage] quota`` (``quota=0``: unlimited). It is written only for users
+  who have one, so a file without quotas keeps the four-field form older versions read. It
+  cannot be mistaken for the extra addresses: those always hold an ``@``, this field never does.
 
 Lines starting with ``#`` and blank lines are ignored, and the admin commands keep them.
 A missing file means "no users yet".
@@ -30,7 +34,7 @@ import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -39,12 +43,14 @@ from zope.interface import implementer
 
 from appliance import address as addr
 from appliance import maillog
+from appliance.config import format_size, parse_size
 from appliance.interfaces import IDirectory, UserRecord
 from appliance.passwords import CheckQueue, hash_password, verify_password, verify_unknown_user
 from appliance.durable import fsync_dir
 
 FILE_MODE = 0o600
 DISABLED = "!"            # in front of a hash: logins refused, mail still delivered
+QUOTA_FIELD = "quota="    # the optional fifth field
 CHECK_INTERVAL = 1.0      # seconds between two looks at the file's mtime/size/inode
 
 
@@ -60,10 +66,12 @@ class UserEntry:
     password_hash: str
     shared_secret: str | None = None
     extra_addresses: tuple[str, ...] = ()
+    quota: int | None = None          # bytes, 0 = unlimited; None = [storage] quota applies
 
     def record(self) -> UserRecord:
         return UserRecord(address=self.address, addresses=frozenset((self.address, *self.extra_addresses)),
-                          shared_secret=self.shared_secret, enabled=not self.password_hash.startswith(DISABLED))
+                          shared_secret=self.shared_secret, enabled=not self.password_hash.startswith(DISABLED),
+                          quota=self.quota)
 
 
 # -- the line format ---------------------------------------------------------------------------
@@ -83,8 +91,17 @@ def _checked_address(text: str) -> str:
 
 def parse_line(line: str) -> UserEntry:
     """Parse one user line; ValueError with a short reason when it is malformed."""
+    line = line.rstrip("\r\n")
+    quota = None
+    head, _, last = line.rpartition(":")
+    if last.startswith(QUOTA_FIELD) and "@" not in last:
+        try:
+            quota = parse_size(last[len(QUOTA_FIELD):])
+        except ValueError as e:
+            raise ValueError(f"bad quota: {e}") from None
+        line = head
     # Split from the right: hash, secret and extra addresses never contain a colon.
-    fields = line.rstrip("\r\n").rsplit(":", 3)
+    fields = line.rsplit(":", 3)
     if len(fields) != 4:
         raise ValueError("expected address:hash:secret:extra-addresses")
     primary_text, password_hash, secret_text, extras_text = fields
@@ -95,13 +112,16 @@ def parse_line(line: str) -> UserEntry:
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError("the shared secret is not valid base64") from None
     extras = tuple(_checked_address(a) for a in extras_text.split(",") if a.strip())
-    return UserEntry(_checked_address(primary_text), password_hash, secret, extras)
+    return UserEntry(_checked_address(primary_text), password_hash, secret, extras, quota)
 
 
 def format_entry(entry: UserEntry) -> str:
     """The line for `entry`, without its newline."""
     secret = _encode_secret(entry.shared_secret) if entry.shared_secret is not None else ""
-    return f"{entry.address}:{entry.password_hash}:{secret}:{','.join(entry.extra_addresses)}"
+    line = f"{entry.address}:{entry.password_hash}:{secret}:{','.join(entry.extra_addresses)}"
+    if entry.quota is not None:
+        line += f":{QUOTA_FIELD}{format_size(entry.quota) if entry.quota else 0}"
+    return line
 
 
 def _encode_secret(secret: str) -> str:
@@ -253,7 +273,8 @@ def set_password(users_file: str, address: str, password: str, *, shared_secret:
             raise UserFileError(f"{primary}: no such user")
         old = parse_line(lines[i])
         keep_secret = old.shared_secret is not None if shared_secret is None else shared_secret
-        lines[i] = format_entry(_new_entry(primary, password, keep_secret, old.extra_addresses))
+        lines[i] = format_entry(replace(_new_entry(primary, password, keep_secret, old.extra_addresses),
+                                        quota=old.quota))
         return lines
 
     _edit(users_file, change)
@@ -275,7 +296,23 @@ def grant_address(users_file: str, address: str, extra: str, *, granted: bool = 
         if not granted and extra not in old.extra_addresses:
             raise UserFileError(f"{extra}: not one of {primary}'s addresses")
         extras = (*old.extra_addresses, extra) if granted else tuple(a for a in old.extra_addresses if a != extra)
-        lines[i] = format_entry(UserEntry(old.address, old.password_hash, old.shared_secret, extras))
+        lines[i] = format_entry(replace(old, extra_addresses=extras))
+        return lines
+
+    _edit(users_file, change)
+
+
+def set_quota(users_file: str, address: str, quota: int | None) -> None:
+    """Give a user their own storage limit in bytes (0: unlimited), or None to follow [storage] quota again.
+
+    The running daemon reads the change within CHECK_INTERVAL, like every other edit here."""
+    primary = _operator_address(address)
+
+    def change(lines: list[str]) -> list[str]:
+        i = _find(lines, primary, primary_only=True)
+        if i is None:
+            raise UserFileError(f"{primary}: no such user")
+        lines[i] = format_entry(replace(parse_line(lines[i]), quota=quota))
         return lines
 
     _edit(users_file, change)
@@ -298,6 +335,12 @@ def list_users(users_file: str) -> list[str]:
     """Primary addresses in file order; unparseable lines are left out."""
     table, _ = index_entries(users_file, _read_lines(users_file))
     return list(dict.fromkeys(entry.address for entry in table.values()))
+
+
+def own_quotas(users_file: str) -> dict[str, int]:
+    """Primary address -> own quota in bytes (0 = unlimited), for the users who have one."""
+    table, _ = index_entries(users_file, _read_lines(users_file))
+    return {entry.address: entry.quota for entry in table.values() if entry.quota is not None}
 
 
 def check_users_file(users_file: str) -> list[str]:

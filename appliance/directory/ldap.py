@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from appliance import address as addr
 from appliance import maillog
-from appliance.config import LDAPSection
+from appliance.config import LDAPSection, parse_size
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IDirectory, UserRecord
 from appliance.passwords import CheckQueue
@@ -166,7 +166,7 @@ class LDAPClient:
     def _find_user(self, connection: ldap3.Connection, address: str) -> UserEntry | None:
         s = self._settings
         wanted = [name for name in (s.mail_attribute, s.alias_attribute, s.forward_attribute,
-                                    s.shared_secret_attribute) if name]
+                                    s.shared_secret_attribute, s.quota_attribute) if name]
         entries = self._search(connection, s.base_dn, fill_filter(s.user_filter, address), wanted)
         if not entries:
             return None
@@ -182,7 +182,7 @@ class LDAPClient:
         record = UserRecord(address=mails[0],
                             addresses=frozenset(mails + _addresses(_values(entry, s.alias_attribute))),
                             shared_secret=_secret(_values(entry, s.shared_secret_attribute)),
-                            enabled=enabled)
+                            enabled=enabled, quota=_quota(_values(entry, s.quota_attribute)))
         forwards = _addresses(_values(entry, s.forward_attribute))
         return UserEntry(dn=entry["dn"], record=record, forward=forwards[0] if forwards else "")
 
@@ -341,6 +341,19 @@ def _values(entry: dict, attribute: str) -> list[str]:
 def _addresses(values: list[str]) -> list[str]:
     """The valid addresses among `values`, normalised, in order, without repeats."""
     return list(dict.fromkeys(addr.normalise(v) for v in values if addr.is_valid(v.strip())))
+
+
+def _quota(values: list[str]) -> int | None:
+    """The user's own limit from the quota attribute (bytes, or a size such as `1G`; 0 = unlimited).
+
+    Absent, or a value we cannot read, means [storage] quota applies: a typo in one entry must
+    not refuse that user's mail, and `mailappliance user show` prints what was read."""
+    for value in values:
+        try:
+            return parse_size(value)
+        except ValueError:
+            continue
+    return None
 
 
 def _secret(values: list[str]) -> str | None:

@@ -5,5 +5,7 @@ from appliance import mime
 from appliance.store import SYSTEM_FLAGS, MailboxError, Meta, Snapshot
 from appliance.store.account import DELIMITER, Account, normalise
 from appliance.store.folder import Folder
+from appliance.store.keywords import client_flags
 
-__all__ = ["DELIMITER", "SYSTEM_FLAGS", "Account", "Folder", "MailboxError", "Meta", "Snapshot", "mime", "normalise"]
+__all__ = ["DELIMITER", "SYSTEM_FLAGS", "Account", "Folder", "MailboxError", "Meta", "Snapshot", "client_flags", "mime",
+           "normalise"]

@@ -59,16 +59,17 @@ def read_batch(folder: Folder, uids: list[int]) -> list[bytes | None]:
     return out
 
 
-def body_item(part: Any, raw: bytes) -> bytes:
-    """One of RFC822, RFC822.HEADER, RFC822.TEXT, BODY, BODY[section]<partial>."""
+def body_item(part: Any, raw: bytes) -> list[bytes]:
+    """One of RFC822, RFC822.HEADER, RFC822.TEXT, BODY, BODY[section]<partial>, as pieces: the
+    octets of a literal are their own piece, so a whole message is never copied into a response."""
     if part.type == "rfc822":
-        return b"RFC822 " + literal(raw)
+        return literal_parts(b"RFC822 ", raw)
     if part.type == "rfc822header":
-        return b"RFC822.HEADER " + literal(mime.split_head(raw)[0])
+        return literal_parts(b"RFC822.HEADER ", mime.split_head(raw)[0])
     if part.type == "rfc822text":
-        return b"RFC822.TEXT " + literal(mime.split_head(raw)[1])
+        return literal_parts(b"RFC822.TEXT ", mime.split_head(raw)[1])
     if not has_section(part):
-        return b"BODY " + mime.bodystructure(mime.parse(raw), extended=False)
+        return [b"BODY " + mime.bodystructure(mime.parse(raw), extended=False)]
     numbers = tuple(p + 1 for p in part.part)
     kind, fields, negate = _section_kind(part)
     label = _section_label(numbers, kind, fields, negate)
@@ -80,7 +81,13 @@ def body_item(part: Any, raw: bytes) -> bytes:
     if part.partialBegin is not None and data is not None:
         origin = b"<%d>" % part.partialBegin
         data = data[part.partialBegin:part.partialBegin + part.partialLength]
-    return b"BODY[%b]%b %b" % (label, origin, b"NIL" if data is None else literal(data))
+    name = b"BODY[%b]%b " % (label, origin)
+    return [name + b"NIL"] if data is None else literal_parts(name, data)
+
+
+def literal_parts(name: bytes, data: bytes) -> list[bytes]:
+    """`name {n}CRLF` and the octets: what `name + literal(data)` is, without the copy."""
+    return [b"%b{%d}\r\n" % (name, len(data)), data]
 
 
 def _section_kind(part: Any) -> tuple[str, list[bytes] | None, bool]:
@@ -108,27 +115,64 @@ def _section_label(numbers: tuple[int, ...], kind: str, fields: list[bytes] | No
 def fetch_response(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool,
                    flags_changed: bool, state: Any, view: View) -> bytes | None:
     """One `* n FETCH (...)` line; None when the message is gone or its metadata is missing."""
+    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view)
+    if items is None:
+        return None
+    return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(item[0] if len(item) == 1 else b"".join(item) for item in items))
+
+
+BIG_PIECE = 16 << 10     # a piece this long is written as it is; shorter ones are joined with their neighbours
+
+
+def fetch_parts(seq: int, uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool,
+                flags_changed: bool, state: Any, view: View) -> list[bytes] | None:
+    """`fetch_response` as pieces for transport.writeSequence: message octets stay their own piece."""
+    items = _items(uid, raw, meta, query, by_uid, flags_changed, state, view)
+    return None if items is None else _coalesce(seq, items)
+
+
+def _items(uid: int, raw: bytes | None, meta: Meta | None, query: list, by_uid: bool, flags_changed: bool,
+           state: Any, view: View) -> list[list[bytes]] | None:
+    """The data items of one FETCH response, each as pieces; None when the message is gone or its metadata is missing."""
     if uid not in state.position:
         return None            # expunged by another session meanwhile: nothing to show
     flags = format_flags(state.flags_of(uid), uid in view.recent)
-    out: list[bytes] = []
+    items: list[list[bytes]] = []
     if by_uid and not any(p.type == "uid" for p in query):
-        out.append(b"UID %d" % uid)
+        items.append([b"UID %d" % uid])
     for part in query:
         kind = part.type
         if kind == "uid":
-            out.append(b"UID %d" % uid)
+            items.append([b"UID %d" % uid])
         elif kind == "flags":
-            out.append(b"FLAGS " + flags)
+            items.append([b"FLAGS " + flags])
         elif kind in _FROM_INDEX:
             if meta is None:
                 return None
-            out.append(_index_item(kind, meta))
+            items.append([_index_item(kind, meta)])
         elif raw is not None:
-            out.append(body_item(part, raw))
+            items.append(body_item(part, raw))
     if flags_changed and not any(p.type == "flags" for p in query):
-        out.append(b"FLAGS " + flags)
-    return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(out))
+        items.append([b"FLAGS " + flags])
+    return items
+
+
+def _coalesce(seq: int, items: list[list[bytes]]) -> list[bytes]:
+    """`* seq FETCH (items separated by spaces)`, in as few pieces as possible with big ones kept apart."""
+    pieces: list[bytes] = []
+    small = [b"* %d FETCH (" % seq]
+    for n, item in enumerate(items):
+        if n:
+            small.append(b" ")
+        for piece in item:
+            if len(piece) >= BIG_PIECE:
+                pieces += [b"".join(small), piece]
+                small = []
+            else:
+                small.append(piece)
+    small.append(b")\r\n")
+    pieces.append(b"".join(small))
+    return pieces
 
 
 def _index_item(kind: str, meta: Meta) -> bytes:
@@ -191,13 +235,13 @@ class FetchCommand:
         seen = not view.readonly and marks_seen(query)
         d = self._mark_seen(items) if seen else defer.succeed(None)
         if kinds & _FROM_INDEX:
-            d.addCallback(lambda _: self._run(folder.meta, [u for _, u in items]))
+            d.addCallback(lambda _: self._run(folder.meta, [u for _, u in items], "bodystructure" in kinds))
         else:
             d.addCallback(lambda _: {})
         d.addCallback(self._stream, items, query, bool(uid), seen)
         if seen:
             d.addCallback(lambda _: self.transport.writeSequence(
-                [line + b"\r\n" for line in self._adopt_quietly(folder.state)]))
+                [line + b"\r\n" for line in self._adopt_quietly(folder.state, [u for _, u in items])]))
         d.addCallbacks(lambda _: self._completed(tag, b"FETCH"), self._fail, errbackArgs=(tag,))
 
     select_FETCH = (do_FETCH, Arguments.arg_seqset, Arguments.arg_fetchatt)
@@ -206,11 +250,10 @@ class FetchCommand:
         folder = self.folder
         assert folder is not None
         current = folder.state
-        changes = {u: current.flags_of(u) | {"\\Seen"} for _, u in items
-                   if u in current.position and "\\Seen" not in current.flags_of(u)}
-        if not changes:
+        unseen = [u for _, u in items if u in current.position and "\\Seen" not in current.flags_of(u)]
+        if not unseen:
             return defer.succeed(None)
-        return self._run(folder.store, changes)
+        return self._run(folder.store, unseen, "+", frozenset({"\\Seen"}))
 
     def _stream(self, metas: dict[int, Meta], items: list[tuple[int, int]], query: list, by_uid: bool,
                 flags_changed: bool) -> defer.Deferred:
@@ -232,22 +275,27 @@ class FetchCommand:
     @defer.inlineCallbacks
     def _stream_bodies(self, items: list[tuple[int, int]], metas: dict[int, Meta], query: list, by_uid: bool,
                        flags_changed: bool, state: Any) -> Any:
+        """Read a batch in the pool while the previous one is being sent: disk and socket overlap,
+        with at most two batches (2 x FETCH_BATCH_BYTES) in memory besides the transport's buffer."""
         folder, view = self.folder, self.view
         assert folder is not None and view is not None
         pressure = Backpressure()
         self.transport.registerProducer(pressure, True)
         try:
-            while items and not self.transport.disconnecting:
-                raws = yield self._run(read_batch, folder, [u for _, u in items[:256]])
+            reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
+            while reading is not None and not self.transport.disconnecting:
+                raws = yield reading
                 batch, items = items[:len(raws)], items[len(raws):]
-                out = []
+                reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
+                out: list[bytes] = []
                 for (seq, uid), raw in zip(batch, raws):
                     if raw is not None:
-                        response = fetch_response(seq, uid, raw, metas.get(uid), query, by_uid, flags_changed,
-                                                  state, view)
-                        if response is not None:
-                            out.append(response)
+                        parts = fetch_parts(seq, uid, raw, metas.get(uid), query, by_uid, flags_changed, state, view)
+                        if parts is not None:
+                            out += parts
                 self.transport.writeSequence(out)
                 yield pressure.wait()
+            if reading is not None:
+                yield reading         # the client left: let the last read finish before unregistering
         finally:
             self.transport.unregisterProducer()

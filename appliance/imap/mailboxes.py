@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from appliance import replies
 import appliance.imap.listing as listing
-from appliance.imap.backend import DELIMITER, SYSTEM_FLAGS, Account, MailboxError, normalise
+from appliance.imap.backend import DELIMITER, Account, MailboxError, client_flags, normalise
 from appliance.imap.parse import Arguments, mailbox_name, quote_name
 
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
@@ -177,6 +177,11 @@ class MailboxCommands:
     def do_APPEND(self, tag: bytes, name: bytes, flags_date: tuple, message: Any) -> None:
         flags, date = flags_date
         data = message.read()
+        try:
+            wanted = client_flags(flags)          # keywords too (store/keywords.py)
+        except ValueError as exc:
+            self.sendBadResponse(tag, str(exc).encode("ascii", "replace"))
+            return
         names = self._mailbox_names(tag, name)
         if names is None:
             return
@@ -187,7 +192,7 @@ class MailboxCommands:
             if not account.exists(folder_name):
                 raise MailboxError(replies.IMAP_NO_MAILBOX.text, replies.IMAP_NO_MAILBOX.code)
             folder = account.folder(folder_name)
-            uid = folder.append(data, frozenset(f for f in flags if f in SYSTEM_FLAGS), date)
+            uid = folder.append(data, wanted, date)
             return folder.state.uidvalidity, uid
 
         d = self._run(append)

@@ -154,7 +154,8 @@ def _node(tokens: list, depth: int) -> Node:
     if key in _FLAG_KEYS:
         return ("FLAG",) + _FLAG_KEYS[key]
     if key in ("KEYWORD", "UNKEYWORD"):
-        return ("FLAG", _word(tokens).decode("ascii", "replace"), key == "KEYWORD")
+        # Keywords compare case-insensitively (RFC 3501 2.3.2), so the node holds the lower-case name.
+        return ("KEYWORD", _word(tokens).decode("ascii", "replace").lower(), key == "KEYWORD")
     if key in _ENVELOPE_KEYS:
         return ("ENVELOPE", key, _string(tokens))
     if key == "HEADER":
@@ -312,6 +313,8 @@ def matches(node: Node, m: _Message, last_seq: int, last_uid: int) -> bool:
         return matches(node[1], m, last_seq, last_uid) or matches(node[2], m, last_seq, last_uid)
     if kind == "FLAG":
         return (node[1] in m.c.flags) == node[2]
+    if kind == "KEYWORD":
+        return any(flag.lower() == node[1] for flag in m.c.flags if not flag.startswith("\\")) == node[2]
     if kind == "RECENT":
         return m.c.recent
     if kind == "NEW":

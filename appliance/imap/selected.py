@@ -14,11 +14,10 @@ from twisted.python.failure import Failure
 
 from appliance import maillog, replies
 import appliance.imap.search as search
-from appliance.imap.backend import SYSTEM_FLAGS, Account, Folder, MailboxError
+from appliance.imap.backend import Account, Folder, MailboxError, client_flags
 from appliance.imap.parse import Arguments, mailbox_name
-from appliance.imap.view import SequenceError, View, format_flags
+from appliance.imap.view import SequenceError, View, flag_list, format_flags, permanent_flags
 
-_FLAG_LIST = b"(" + " ".join(SYSTEM_FLAGS).encode() + b")"
 UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"SORT", b"THREAD")
 
 
@@ -36,6 +35,9 @@ def uid_set(uids: list[int]) -> bytes:
     if start is not None:
         parts.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
     return b",".join(parts)
+
+
+_claiming: set[Folder] = set()          # folders one idler is claiming \Recent in right now (folder_changed)
 
 
 class SelectedCommands:
@@ -77,8 +79,7 @@ class SelectedCommands:
         folder, snapshot, claimed = result
         self.folder, self.view, self._selected_name = folder, View(snapshot, claimed, readonly), name
         view = self.view
-        permanent = b"()" if readonly else _FLAG_LIST
-        lines = [b"* FLAGS " + _FLAG_LIST, replies.IMAP_PERMANENT_FLAGS.line(data=permanent),
+        lines = [b"* FLAGS " + flag_list(snapshot), replies.IMAP_PERMANENT_FLAGS.line(data=permanent_flags(snapshot, readonly)),
                  b"* %d EXISTS" % view.exists, b"* %d RECENT" % len(view.recent)]
         unseen = view.first_unseen()
         if unseen:
@@ -141,32 +142,60 @@ class SelectedCommands:
             self.transport.writeSequence([line + b"\r\n" for line in lines])
 
     def _after_change(self) -> defer.Deferred:
-        """After this session changed its folder: report EXISTS/FETCH, but never EXPUNGE mid-command."""
+        """After this session added mail to its own folder (APPEND, COPY): report EXISTS, with the new
+        messages \\Recent here as this session is the first told of them, but no EXPUNGE mid-command."""
         if self.view is None or self.folder is None:
             return defer.succeed(None)
-        self._send_updates((self.folder.state, frozenset()), allow_expunge=False)
-        return defer.succeed(None)
+        return self._sync(allow_expunge=False)
 
-    def _adopt_quietly(self, snapshot: Any) -> list[bytes]:
-        """Take in our own flag changes (already shown to the client): only EXISTS/RECENT lines remain."""
+    def _adopt_quietly(self, snapshot: Any, shown: Any = None) -> list[bytes]:
+        """Take in our own flag changes, already shown to the client for the UIDs in `shown` (all
+        when None): the other changes (EXISTS, other sessions' flags) remain to be sent."""
         assert self.view is not None
-        lines = self.view.updates(snapshot, allow_expunge=False) or []
-        return [line for line in lines if b" FETCH " not in line]
+        if shown is None:
+            shown = snapshot.uids
+        return self.view.updates(snapshot, allow_expunge=False, quiet=frozenset(shown)) or []
+
+    def _report_changes(self) -> None:
+        """Before a tagged OK: what other sessions changed meanwhile, from the shared folder state
+        (no disk access). EXPUNGE waits for NOOP, CHECK, IDLE or EXPUNGE (RFC 3501 7.4.1)."""
+        if self.view is not None and self.folder is not None and not self.transport.disconnecting:
+            self._send_updates((self.folder.state, frozenset()), allow_expunge=False)
 
     # ---- IDLE (RFC 2177) ---------------------------------------------------------------------------------
     def folder_changed(self) -> None:
-        """Called by the FolderWatcher after each poll: catch up if the folder moved past our view."""
+        """Called by the FolderWatcher after each poll and each change made in this process: catch
+        up if the folder moved past the snapshot this session's client has seen."""
         if self.view is not None and self.folder is not None and self.view.known is not self.folder.state:
-            self._idle_sync()
+            self._catch_up_idling()
 
-    def _idle_sync(self) -> None:
-        """Refresh and report while idling, one refresh at a time."""
+    def _catch_up_idling(self) -> None:
+        """Tell the idling client what changed, from the folder's shared state.
+
+        The watcher has just read the folder (or this process changed it), so its state is
+        current: an idler needs the disk pool only to claim \\Recent for fresh messages, and one
+        idler of the folder at a time does (the others are told from the shared state at once).
+        A pool job per idler was a second poll per session: with 10,000 idlers, seconds before
+        the last heard of new mail.
+        """
+        view, folder = self.view, self.folder
+        if view is None or folder is None or self._idle_tag is None or self._syncing:
+            return
+        if view.readonly or not folder.state.fresh or folder in _claiming:
+            self._send_updates((folder.state, frozenset()))
+            return
+        _claiming.add(folder)
+        self._idle_sync().addBoth(lambda _: _claiming.discard(folder))
+
+    def _idle_sync(self) -> defer.Deferred:
+        """Refresh and report while idling, one refresh at a time; fires when done."""
         if self._idle_tag is not None and not self._syncing:
             self._syncing = True
             d = self._sync()
             d.addErrback(lambda failure: maillog.log.failure("IMAP IDLE update failed session={session}", failure,
                                                              peer=self.peer, session=self.sid))
-            d.addBoth(lambda _: setattr(self, "_syncing", False))
+            return d.addBoth(lambda _: setattr(self, "_syncing", False))
+        return defer.succeed(None)
 
     def do_IDLE(self, tag: bytes) -> None:
         self._idle_tag = tag
@@ -201,13 +230,13 @@ class SelectedCommands:
             return
         try:
             items = view.resolve(ranges, bool(uid))
-        except SequenceError as exc:
-            self.sendBadResponse(tag, str(exc).encode())
+            wanted = client_flags(flags)
+        except (SequenceError, ValueError) as exc:
+            self.sendBadResponse(tag, str(exc).encode("ascii", "replace"))
             return
-        current = folder.state
-        changes = _flag_changes(current, items, mode, frozenset(f for f in flags if f in SYSTEM_FLAGS))
         silent = mode.endswith(b".SILENT")
-        d = self._run(folder.store, changes) if changes else defer.succeed(current)
+        operation = mode[:1].decode() if mode[:1] in (b"+", b"-") else ""       # add, remove, replace
+        d = self._run(folder.store, [u for _, u in items], operation, wanted)
         d.addCallback(self._stored, tag, items, silent, bool(uid))
         d.addErrback(self._fail, tag)
 
@@ -216,7 +245,7 @@ class SelectedCommands:
     def _stored(self, snapshot: Any, tag: bytes, items: list[tuple[int, int]], silent: bool, by_uid: bool) -> None:
         view = self.view
         assert view is not None
-        out = self._adopt_quietly(snapshot)
+        out = self._adopt_quietly(snapshot, [u for _, u in items])
         if not silent:
             for seq, u in items:
                 if u in snapshot.position:
@@ -306,11 +335,12 @@ class SelectedCommands:
             self._send_updates((self.folder.state, frozenset()))
             self._completed(tag, b"MOVE")
         else:
-            self._after_change()
+            d = self._after_change()         # a copy into our own folder: EXISTS, and \Recent here
             if code:
-                self._reply(tag, replies.IMAP_COPIED, data=code)
+                d.addCallback(lambda _: self._reply(tag, replies.IMAP_COPIED, data=code))
             else:
-                self._completed(tag, b"COPY")
+                d.addCallback(lambda _: self._completed(tag, b"COPY"))
+            d.addErrback(self._fail, tag)
 
     def do_MOVE(self, tag: bytes, ranges: list, name: bytes, uid: int = 0) -> None:
         self.do_COPY(tag, ranges, name, uid, move=True)
@@ -330,20 +360,6 @@ class SelectedCommands:
         self.dispatchCommand(tag, command, line, uid=1)
 
     select_UID = (do_UID, Arguments.arg_atom, Arguments.arg_line)
-
-
-def _flag_changes(current: Any, items: list[tuple[int, int]], mode: bytes,
-                  wanted: frozenset[str]) -> dict[int, frozenset[str]]:
-    """The new flags of the messages a STORE changes: `+FLAGS` adds, `-FLAGS` removes, `FLAGS` replaces."""
-    changes: dict[int, frozenset[str]] = {}
-    for _, u in items:
-        if u not in current.position:
-            continue
-        old = current.flags_of(u)
-        new = old | wanted if mode.startswith(b"+") else old - wanted if mode.startswith(b"-") else wanted
-        if new != old:
-            changes[u] = new
-    return changes
 
 
 def _copy(account: Account, folder: Folder, source_state: Any, items: list[tuple[int, int]], target_name: str,

@@ -31,9 +31,11 @@ from twisted.python.failure import Failure
 from appliance import address, connlimit, maillog, replies
 import appliance.imap.search as search
 from appliance.imap.backend import Account, Folder, MailboxError
+from appliance.imap.compress import CompressCommand
 from appliance.imap.fetch import FetchCommand
 from appliance.imap.mailboxes import MailboxCommands
 from appliance.imap.parse import Arguments, Discard, mailbox_name, nonsync_literal_size
+from appliance.imap.quota import QuotaCommands
 from appliance.imap.selected import SelectedCommands
 from appliance.imap.sortthread import SortThreadCommands
 from appliance.imap.view import SequenceError, View
@@ -56,7 +58,8 @@ CAPABILITIES = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"IDLE", b"NAMESPA
                 b"ESORT",
                 b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES",
-                ]
+                b"QUOTA", b"QUOTA=RES-STORAGE",         # imap/quota.py
+                b"COMPRESS=DEFLATE"]                     # imap/compress.py
 
 
 class LoginCommands:
@@ -159,6 +162,7 @@ class LoginCommands:
         if self.transport.disconnecting:
             return
         self.user, self.account = logged_in.user.address, logged_in.avatar
+        self.user_record = logged_in.user          # its quota: imap/quota.py
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)
         self._reply(tag, replies.IMAP_LOGGED_IN, data=b" ".join(self.listCapabilities()))
@@ -179,8 +183,8 @@ class LoginCommands:
             self._reply(tag, reply)
 
 
-class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, SortThreadCommands, FetchCommand, Arguments,
-                 IMAP4Server):
+class IMAPServer(CompressCommand, LoginCommands, QuotaCommands, MailboxCommands, SelectedCommands, SortThreadCommands,
+                 FetchCommand, Arguments, IMAP4Server):
     """One IMAP connection; the factory holds the shared parts."""
 
     MAX_LENGTH = MAX_LINE
@@ -193,6 +197,7 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, SortThreadCom
         self.sid = maillog.session_id()      # on every log line of this connection
         self.secure = False
         self.user = ""
+        self.user_record: Any = None
         self._login_pending: defer.Deferred | None = None
         self.account: Account | None = None
         self.folder: Folder | None = None
@@ -312,6 +317,8 @@ class IMAPServer(LoginCommands, MailboxCommands, SelectedCommands, SortThreadCom
         self._reply(tag, replies.IMAP_COMPLETED, command=command)
 
     def _respond(self, state: bytes, tag: bytes | None, message: bytes | None) -> None:
+        if tag and state == b"OK":
+            self._report_changes()        # other sessions' changes reach the client at every command
         super()._respond(state, tag, message)
         if tag and state in (b"OK", b"NO", b"BAD"):
             self._command_done(state)
@@ -419,7 +426,7 @@ class IMAPFactory(ServerFactory):
 
     def __init__(self, *, login: Login, tls: Any, tls_settings: Any, implicit_tls: bool, reactor: Any, pool: Any,
                  max_message_size: int = 26214400, watcher: FolderWatcher | None = None, hostname: str = "",
-                 prelogin_timeout: int = 60):
+                 prelogin_timeout: int = 60, quotas: Any = None):
         # hostname is accepted so appliance.tap builds POP3 and IMAP factories alike; IMAP's greeting
         # does not name the host.
         self.login = login
@@ -430,5 +437,6 @@ class IMAPFactory(ServerFactory):
         self.pool = pool
         self.max_message_size = max_message_size
         self.prelogin_timeout = prelogin_timeout
+        self.quotas = quotas           # store/quota.py Quotas; None = no limits (imap/quota.py)
         self.service = "imaps" if implicit_tls else "imap"
         self.watcher = watcher or FolderWatcher(reactor, pool)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Collection
 
-from appliance.imap.backend import Snapshot
+from appliance.imap.backend import SYSTEM_FLAGS, Snapshot
 
 MAX_NUMBER = 0xFFFFFFFF
 _SET = re.compile(rb"^(?:(?:\d+|\*)(?::(?:\d+|\*))?)(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*$")
@@ -44,6 +45,18 @@ def _bounds(item: Range, star: int) -> tuple[int, int]:
 def format_flags(flags: frozenset[str], recent: bool) -> bytes:
     names = sorted(flags) + (["\\Recent"] if recent else [])
     return b"(" + " ".join(names).encode("ascii", "replace") + b")"
+
+
+def flag_list(snapshot: Snapshot) -> bytes:
+    """The FLAGS response's list: the system flags and the folder's keywords (RFC 3501 7.2.6)."""
+    return b"(" + " ".join(SYSTEM_FLAGS + snapshot.keywords).encode("ascii", "replace") + b")"
+
+
+def permanent_flags(snapshot: Snapshot, readonly: bool) -> bytes:
+    """PERMANENTFLAGS: what STORE can change; `\\*` while the folder can take new keywords (RFC 3501 7.1)."""
+    if readonly:
+        return b"()"
+    return flag_list(snapshot)[:-1] + (b")" if snapshot.keywords_full else b" \\*)")
 
 
 class View:
@@ -90,11 +103,14 @@ class View:
         return [(index + 1, uids[index]) for index in sorted(picked)]
 
     def updates(self, current: Snapshot, claimed: frozenset[int] = frozenset(),
-                allow_expunge: bool = True) -> list[bytes] | None:
+                allow_expunge: bool = True, quiet: Collection[int] = ()) -> list[bytes]:
         """Untagged responses taking the client from `known` to `current`, which becomes `known`.
 
-        With allow_expunge False (during FETCH, STORE, SEARCH) nothing is reported and None is
-        returned when messages have gone: the client must not see numbers shift then.
+        With allow_expunge False (during FETCH, STORE, SEARCH) messages that have gone stay in
+        the view, with their last flags, until a command that may report EXPUNGE: the client must
+        not see numbers shift then (RFC 3501 7.4.1), but still hears of new mail and flags. Flag
+        changes of the UIDs in `quiet` are left out: the command has shown them already.
+        A change in the folder's keywords comes first, as FLAGS and PERMANENTFLAGS (RFC 3501 7.2.6).
         """
         self.recent |= claimed
         old = self.known
@@ -102,8 +118,11 @@ class View:
             return []
         gone = [index for index, uid in enumerate(old.uids) if uid not in current.position]
         if gone and not allow_expunge:
-            return None
+            current, gone = _keeping(old, current), []
         lines = [b"* %d EXPUNGE" % (index + 1) for index in reversed(gone)]
+        if current.keywords != old.keywords or current.keywords_full != old.keywords_full:
+            lines[:0] = [b"* FLAGS " + flag_list(current),
+                         b"* OK [PERMANENTFLAGS " + permanent_flags(current, self.readonly) + b"] Flags permitted"]
         for uid in [old.uids[index] for index in gone]:
             self.recent.discard(uid)
         old_count = len(old.uids) - len(gone)
@@ -112,9 +131,21 @@ class View:
             lines.append(b"* %d RECENT" % sum(1 for uid in current.uids if uid in self.recent))
         for index, uid in enumerate(current.uids):
             before = old.position.get(uid)
-            if before is None:
+            if before is None or uid in quiet:
                 continue
             if old.flags[before] != current.flags[index] or uid in claimed:
                 lines.append(b"* %d FETCH (FLAGS %b)" % (index + 1, format_flags(current.flags[index], uid in self.recent)))
         self.known = current
         return lines
+
+
+def _keeping(old: Snapshot, current: Snapshot) -> Snapshot:
+    """`current` plus the messages of `old` it lacks (expunged, not yet reported), with their last flags.
+
+    New messages always have higher UIDs than the old ones, so they keep coming after them.
+    """
+    messages = [(uid, current.flags_of(uid) if uid in current.position else old.flags[index])
+                for index, uid in enumerate(old.uids)]
+    messages += [(uid, current.flags[index]) for index, uid in enumerate(current.uids) if uid not in old.position]
+    return Snapshot.build(current.uidvalidity, current.uidnext, messages, current.fresh, current.keywords,
+                          current.keywords_full)

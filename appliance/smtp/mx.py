@@ -19,9 +19,10 @@ class MXPolicy:
     offers_auth = False
     submission = False
 
-    def __init__(self, resolver: RecipientResolver, trusted_networks: tuple[Any, ...]) -> None:
+    def __init__(self, resolver: RecipientResolver, trusted_networks: tuple[Any, ...], quotas: Any = None) -> None:
         self.resolver = resolver
         self.trusted_networks = trusted_networks
+        self.quotas = quotas           # store/quota.py Quotas: 452 4.2.2 for a full mailbox
 
     def check_sender(self, conn: Any, sender: str) -> None:
         return None
@@ -29,7 +30,10 @@ class MXPolicy:
     def check_recipient(self, conn: Any, rcpt: str) -> Any:
         if not self.resolver.is_local(rcpt) and not self.may_relay(conn):
             raise SMTPReplyError(replies.RELAY_DENIED)
-        return self.resolver.resolve(rcpt, insider=self.insider(conn))
+        d = self.resolver.resolve(rcpt, insider=self.insider(conn))
+        if self.quotas is not None:
+            d.addCallback(self.quotas.admit_recipients, self.resolver.directory, getattr(conn, "declared_size", 0))
+        return d
 
     def may_relay(self, conn: Any) -> bool:
         return self.insider(conn)

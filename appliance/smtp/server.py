@@ -580,12 +580,14 @@ class ApplianceSMTP(ESMTP):
         return checks.run(Stage.MAIL, facts)
 
     def _mail_params(self, params: dict[str, str]) -> tuple[Reply, str] | None:
+        self.declared_size = 0            # MAIL's SIZE= (RFC 1870), for the quota check at RCPT
         for key, value in params.items():
             if key == "SIZE":
                 if not value.isdigit():
                     return replies.SYNTAX, "bad SIZE"
                 if int(value) > self.factory.limits.max_message_size:
                     return replies.MESSAGE_TOO_BIG, ""
+                self.declared_size = int(value)
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
                     return replies.UNKNOWN_PARAMETER, f"BODY={value}"

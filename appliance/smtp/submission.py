@@ -18,9 +18,10 @@ class SubmissionPolicy:
     offers_auth = True
     submission = True
 
-    def __init__(self, name: str, resolver: RecipientResolver) -> None:
+    def __init__(self, name: str, resolver: RecipientResolver, quotas: Any = None) -> None:
         self.name = name
         self.resolver = resolver
+        self.quotas = quotas           # store/quota.py Quotas: 452 4.2.2 for a full mailbox
 
     def check_sender(self, conn: Any, sender: str) -> Any:
         """A user sends as their own addresses (primary, and extra ones an admin granted in the
@@ -42,7 +43,10 @@ class SubmissionPolicy:
             raise SMTPReplyError(replies.SENDER_NOT_OWNED)
 
     def check_recipient(self, conn: Any, rcpt: str) -> Any:
-        return self.resolver.resolve(rcpt, insider=True)
+        d = self.resolver.resolve(rcpt, insider=True)
+        if self.quotas is not None:
+            d.addCallback(self.quotas.admit_recipients, self.resolver.directory, getattr(conn, "declared_size", 0))
+        return d
 
     def insider(self, conn: Any) -> bool:
         return conn.user is not None

@@ -37,7 +37,7 @@ class Meta:
     size: int                 # RFC822.SIZE: octets in CRLF form
     internaldate: float       # seconds since the epoch
     envelope: bytes           # the ENVELOPE response, ready to send
-    bodystructure: bytes      # the extended BODYSTRUCTURE response, ready to send
+    bodystructure: bytes | None = None   # the extended BODYSTRUCTURE response, ready to send; None until asked
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,17 @@ class Snapshot:
     flags: tuple[frozenset[str], ...] = ()
     fresh: frozenset[int] = frozenset()      # UIDs nobody has claimed as \\Recent yet
     position: dict[int, int] = field(default_factory=dict, compare=False)   # uid -> index
+    keywords: tuple[str, ...] = ()           # the folder's keywords (FLAGS, PERMANENTFLAGS), store/keywords.py
+    keywords_full: bool = False              # no letter left for a new keyword: no \\* in PERMANENTFLAGS
 
     @classmethod
     def build(cls, uidvalidity: int, uidnext: int, messages: list[tuple[int, frozenset[str]]],
-              fresh: frozenset[int] = frozenset()) -> "Snapshot":
+              fresh: frozenset[int] = frozenset(), keywords: tuple[str, ...] = (),
+              keywords_full: bool = False) -> "Snapshot":
         messages.sort()
         uids = tuple(uid for uid, _ in messages)
         return cls(uidvalidity, uidnext, uids, tuple(flags for _, flags in messages), fresh,
-                   {uid: i for i, uid in enumerate(uids)})
+                   {uid: i for i, uid in enumerate(uids)}, keywords, keywords_full)
 
     def flags_of(self, uid: int) -> frozenset[str]:
         return self.flags[self.position[uid]]
@@ -226,7 +229,15 @@ class FileStore:
         """Blocking: find each delivery's folder, then write them as one batch of the format."""
         placed = [self._place(delivery) for delivery in deliveries]
         written = iter(self.write_batch([item for item in placed if not isinstance(item, BaseException)]))
-        return [item if isinstance(item, BaseException) else next(written) for item in placed]
+        outcomes = [item if isinstance(item, BaseException) else next(written) for item in placed]
+        folders = [item[0] for item, outcome in zip(placed, outcomes) if not isinstance(outcome, BaseException)]
+        self.reactor.callFromThread(self._tell_folders, folders)
+        return outcomes
+
+    def _tell_folders(self, paths: list[str]) -> None:
+        """After a batch (its senders' replies are not held up): rescan the folders sessions have open."""
+        d = threads.deferToThreadPool(self.reactor, self.pool, self.account_class.refresh_open, paths)
+        d.addErrback(lambda failure: None)        # a failed rescan is retried by the next poll or command
 
     def _place(self, delivery: Delivery) -> Item | MailboxUnavailable:
         """Blocking: the (path, message, sender) to write: the folder's own file when the user has it.

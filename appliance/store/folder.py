@@ -10,22 +10,37 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 from appliance import mime
 from appliance.store.base import Meta, Snapshot
+from appliance.store.keywords import MAX_KEYWORDS, KeywordMap, listed
 from appliance.store.index import INDEX, LOCK, UIDLIST, MetaIndex, UidState, load_uids, locked, save_uids
 
 _registry: "weakref.WeakValueDictionary[str, Folder]" = weakref.WeakValueDictionary()
 _registry_guard = threading.Lock()
+# The folders used last stay open after their sessions end: a client logging in again (a phone
+# polling, a second SELECT) finds the Snapshot, UID list and loaded index in memory and pays a
+# few stat calls instead of a rescan. Bounded: a 10,000-message folder keeps a few MB.
+KEEP_OPEN = 8
+_kept: "OrderedDict[str, Folder]" = OrderedDict()
+# A directory or file changed less than this long before a scan may change again within the
+# same timestamp tick without its stamp moving: such a scan is not trusted to be the last word.
+RACY_NS = 1_000_000_000
 
 
-def _stamp(path: str) -> tuple[int, int] | None:
+def _stamp(path: str) -> tuple[int, int, int] | None:
     try:
         info = os.stat(path)
     except OSError:
         return None
-    return info.st_mtime_ns, info.st_size
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def racy(mtime_ns: int, scanned_ns: int) -> bool:
+    """Whether a change at `mtime_ns` is too close to a scan started at `scanned_ns` to trust the stamp."""
+    return mtime_ns >= scanned_ns - RACY_NS
 
 
 def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
@@ -35,7 +50,25 @@ def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
         if folder is None:
             folder = make()
             _registry[path] = folder
+        _kept[path] = folder
+        _kept.move_to_end(path)
+        while len(_kept) > KEEP_OPEN:
+            _kept.popitem(last=False)
         return folder
+
+
+def refresh_open(paths: Iterable[str]) -> None:
+    """Blocking: rescan those of `paths` that this process has open as Folders (sessions are on them).
+
+    Delivery writes files without a Folder; this makes its mail part of the shared state at once,
+    so idling sessions hear of it without waiting for a poll, and the others at their next command.
+    """
+    for path in set(paths):
+        real = os.path.realpath(path)
+        with _registry_guard:
+            folder = _registry.get(real)
+        if folder is not None and folder.changed():
+            folder.refresh()
 
 
 class Folder:
@@ -48,8 +81,11 @@ class Folder:
         self._index = MetaIndex(f"{meta_dir}/{INDEX}")
         self._uids = UidState(0)
         self._keys: dict[int, str] = {}          # uid -> message key
-        self._uid_stamp: tuple[int, int] | None = None
+        self._uid_stamp: tuple[int, int, int] | None = None
+        self._scanned = False
         self._meta_guard = threading.Lock()
+        self._keywords = KeywordMap()            # the format loads it in _scan, saves it in _save_keywords
+        self._listeners: list[Callable[[], None]] = []
         self.state = Snapshot(0, 1)
 
     # ---- what subclasses provide ---------------------------------------------------------------
@@ -69,6 +105,14 @@ class Folder:
         raise NotImplementedError
 
     def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
+        """Write the complete flag sets (system flags and defined keywords) of some messages."""
+        raise NotImplementedError
+
+    def _load_keywords(self) -> None:
+        """Re-read the folder's keyword list if another program may have changed it."""
+
+    def _save_keywords(self) -> None:
+        """Make `self._keywords` durable (new keywords were defined). Called with the folder locked."""
         raise NotImplementedError
 
     def _remove(self, keys: list[str]) -> None:
@@ -95,12 +139,20 @@ class Folder:
 
     # ---- the folder's life ------------------------------------------------------------------------
     def refresh(self) -> Snapshot:
-        """Rescan the folder, give UIDs to new messages, and publish a new Snapshot."""
+        """Rescan the folder, give UIDs to new messages, and publish a new Snapshot.
+
+        When neither the folder (`changed`, a few stat calls) nor the UID list changed since the
+        last scan, the Snapshot in memory is still right and is returned as is: a warm SELECT
+        costs no directory listing.
+        """
+        if self._scanned and not self.changed() and _stamp(self._uidlist) == self._uid_stamp:
+            return self.state
         with locked(self._lock):
             self._refresh_locked()
         return self.state
 
     def _refresh_locked(self) -> None:
+        self._scanned = True
         found = self._scan()
         uids = self._load_uids()
         dirty = uids.validity != self._uids.validity
@@ -117,8 +169,10 @@ class Folder:
 
     def _load_uids(self) -> UidState:
         """The UID list, re-read only when another process or folder object changed it."""
-        if self._uid_stamp is not None and _stamp(self._uidlist) == self._uid_stamp:
+        stamp = _stamp(self._uidlist)
+        if self._uid_stamp is not None and stamp == self._uid_stamp:
             return self._uids
+        self._uid_stamp = stamp          # taken before reading: a change meanwhile is read next time
         return load_uids(self._uidlist)
 
     def _save_uids(self) -> None:
@@ -129,11 +183,28 @@ class Folder:
         self._keys = {uid: key for key, uid in self._uids.uids.items() if key in found}
         messages = [(uid, found[key][0]) for uid, key in self._keys.items()]
         fresh = frozenset(uid for uid, key in self._keys.items() if found[key][1])
-        state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh)
+        state = Snapshot.build(self._uids.validity, self._uids.next, messages, fresh, tuple(listed(self._keywords)),
+                               len(self._keywords.names) >= MAX_KEYWORDS)
         if state != self.state:
             # Unchanged folders keep their Snapshot object: every session selecting the folder shares
             # one copy (and one identity check tells an idle session nothing happened).
             self.state = state
+            for listener in list(self._listeners):
+                listener()
+
+    # ---- who hears of changes -----------------------------------------------------------------------
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (in the thread that changed the folder) whenever `state` changes.
+
+        Every change this process makes (an IMAP session's STORE, APPEND, EXPUNGE, COPY, a POP3
+        QUIT, a rescan that found another program's mail) publishes a new Snapshot here, so the
+        FolderWatcher hears of it at once instead of at its next poll.
+        """
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def _keys_for(self, uids) -> dict[int, str]:
         """uid -> key for the UIDs still present, rescanning first if some are unknown to this object."""
@@ -143,19 +214,49 @@ class Folder:
 
     def claim(self, uids: frozenset[int]) -> frozenset[int]:
         """Claim fresh messages for one session's \\Recent; each is claimed by one session only."""
+        if not uids:
+            return frozenset()
         with locked(self._lock):
             keys = list(self._keys_for(uids).values())
             claimed = set(self._claim(keys))
             self._refresh_locked()
         return frozenset(uid for uid in uids if self._keys.get(uid) in claimed)
 
-    def store(self, changes: dict[int, frozenset[str]]) -> Snapshot:
-        """Set the flags of some messages (uid -> complete new flag set); gone messages are skipped."""
+    def store(self, uids: Iterable[int], mode: str, flags: frozenset[str]) -> Snapshot:
+        """THE place where present messages' flags change: add (mode "+"), remove ("-") or replace ("") `flags`.
+
+        The new flag sets are computed here, under the folder lock, from the folder's current
+        state: two sessions adding different flags to one message at once both keep theirs.
+        Keywords are matched case-insensitively to the folder's (new ones defined, or MailboxError
+        [LIMIT]); gone messages are skipped.
+        """
         with locked(self._lock):
-            keys = self._keys_for(changes)
-            self._set_flags({key: changes[uid] for uid, key in keys.items()})
+            if self.changed():
+                self._refresh_locked()
+            keys = self._keys_for(list(uids))
+            flags = self._canonical(flags) if mode == "-" else self._define(flags)
+            changes = {}
+            for uid, key in keys.items():
+                old = self.state.flags_of(uid) if uid in self.state.position else frozenset()
+                new = old | flags if mode == "+" else old - flags if mode == "-" else flags
+                if new != old:
+                    changes[key] = new
+            if changes:
+                self._set_flags(changes)
             self._refresh_locked()
         return self.state
+
+    def _canonical(self, flags: frozenset[str]) -> frozenset[str]:
+        """Keywords in the folder's spelling; unknown ones kept as given (they match nothing)."""
+        return frozenset(flag if flag.startswith("\\") else self._keywords.canonical(flag) or flag for flag in flags)
+
+    def _define(self, flags: frozenset[str]) -> frozenset[str]:
+        """Keywords in the folder's spelling, new ones added to its list and saved. Called with the folder locked."""
+        self._load_keywords()
+        flags, added = self._keywords.define(flags)
+        if added:
+            self._save_keywords()
+        return flags
 
     def expunge(self, uids: list[int]) -> Snapshot:
         with locked(self._lock):
@@ -169,7 +270,7 @@ class Folder:
         """Add one message (wire form); return its UID."""
         with locked(self._lock):
             self._refresh_locked()
-            key = self._add(message, flags, date)
+            key = self._add(message, self._define(flags), date)
             uid = self._uids.assign(key)
             self._save_uids()
             self._refresh_locked()
@@ -194,8 +295,13 @@ class Folder:
         """One message in CRLF form; KeyError or FileNotFoundError when it is gone."""
         return mime.crlf(self._read(self._keys[uid]))
 
-    def meta(self, uids: list[int]) -> dict[int, Meta]:
-        """Meta for each still-present UID, from the index, reading only messages it lacks."""
+    def meta(self, uids: list[int], structure: bool = False) -> dict[int, Meta]:
+        """Meta for each still-present UID, from the index, reading only messages it lacks.
+
+        A message first described reads only what ENVELOPE, RFC822.SIZE and INTERNALDATE need
+        (the header block; the size by counting line ends); its BODYSTRUCTURE, which needs the
+        whole MIME tree, is worked out and added to the index only when `structure` is asked for.
+        """
         with self._meta_guard:
             self._index.load()
         keys = {uid: self._keys.get(uid) for uid in uids}
@@ -205,8 +311,8 @@ class Folder:
             if key is None:
                 continue
             meta = self._index.entries.get(key)
-            if meta is None:
-                meta = self._describe(key)
+            if meta is None or structure and meta.bodystructure is None:
+                meta = self._describe(key, structure)
                 if meta is None:
                     continue
                 missing[key] = meta
@@ -216,11 +322,18 @@ class Folder:
                 self._index.add(missing)
         return found
 
-    def _describe(self, key: str) -> Meta | None:
+    def _read_dated(self, key: str) -> tuple[bytes, float]:
+        """The stored octets of one message and its INTERNALDATE; FileNotFoundError when it is gone."""
+        data = self._read(key)
+        return data, self._mtime(key)
+
+    def _describe(self, key: str, structure: bool = False) -> Meta | None:
         try:
-            raw = mime.crlf(self._read(key))
-            date = self._mtime(key)
+            data, date = self._read_dated(key)
         except FileNotFoundError:
             return None
+        if not structure:
+            return Meta(mime.wire_size(data), date, mime.envelope(mime.head_block(data)), None)
+        raw = mime.crlf(data)
         part = mime.parse(raw)
         return Meta(len(raw), date, mime.envelope(part.head), mime.bodystructure(part, True))

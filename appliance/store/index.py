@@ -126,7 +126,8 @@ class MetaIndex:
         for record in records:
             try:
                 key, size, date, env, structure = record
-                self.entries[key] = Meta(int(size), float(date), env.encode("latin-1"), structure.encode("latin-1"))
+                self.entries[key] = Meta(int(size), float(date), env.encode("latin-1"),
+                                         None if structure is None else structure.encode("latin-1"))
             except (TypeError, ValueError, AttributeError, UnicodeEncodeError):
                 continue
         self._lines = len(records)
@@ -150,5 +151,9 @@ class MetaIndex:
 
 
 def _record(key: str, meta: Meta) -> str:
-    return json.dumps([key, meta.size, meta.internaldate, meta.envelope.decode("latin-1"),
-                       meta.bodystructure.decode("latin-1")]) + "\n"
+    """One journal line; BODYSTRUCTURE is null until asked for (a later line for the same key wins).
+
+    An older reader finds null where it wants a string and skips the record: it rebuilds that
+    message's entry rather than trusting it."""
+    structure = None if meta.bodystructure is None else meta.bodystructure.decode("latin-1")
+    return json.dumps([key, meta.size, meta.internaldate, meta.envelope.decode("latin-1"), structure]) + "\n"

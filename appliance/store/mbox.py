@@ -11,7 +11,8 @@ A message's IMAP key is sha1(stored body)[:20] plus its occurrence number among 
 bodies, so UIDs survive other programs rewriting the file around it; its POP3 UIDL is the MD5
 of the whole entry (From_ line through the blank line) with `-2`, `-3` for exact duplicates.
 INBOX's side folder `<mbox>.imap/` holds the UID list, the index and `flags` (JSON: key ->
-Maildir letters, and the keys claimed as \\Recent); other folders are mbox files in `<mbox>.folders/`.
+Maildir letters, keywords as the letters a..z, the keywords' names in letter order under
+"keywords", and the keys claimed as \\Recent); other folders are mbox files in `<mbox>.folders/`.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ from appliance.durable import replace_file
 from appliance.errors import MailboxUnavailable
 from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
-from appliance.store.folder import Folder, shared
+from appliance.store.folder import Folder, racy, shared
 from appliance.store.index import thread_lock, write_atomic
+from appliance.store.keywords import KeywordMap, split as split_flags
 from appliance.store.maildir import FLAGS as LETTER_FLAGS, LETTERS
 
 LOCK_TIMEOUT = 10.0    # seconds a delivery waits for a busy mailbox before it is retried later
@@ -320,6 +322,8 @@ class MboxFolder(Folder):
         self._pop3: dict[str, tuple[str, int]] | None = None    # key -> (UIDL, size), kept once POP3 asked
         self._stamp: tuple[int, int] | None = None
         self._seen_stamp: tuple[int, int] | None = None
+        self._seen_flags: tuple[int, int] | None = None
+        self._racy = True                # the last scan may have missed a change in its own clock tick
         self._sidecar: dict = {}
 
     def _file_stamp(self) -> tuple[int, int]:
@@ -329,8 +333,15 @@ class MboxFolder(Folder):
             return (0, 0)
         return info.st_mtime_ns, info.st_size
 
+    def _flags_stamp(self) -> tuple[int, int]:
+        try:
+            info = os.stat(self._flags_path)
+        except FileNotFoundError:
+            return (0, 0)
+        return info.st_mtime_ns, info.st_ino
+
     def changed(self) -> bool:
-        return self._file_stamp() != self._seen_stamp
+        return self._racy or self._file_stamp() != self._seen_stamp or self._flags_stamp() != self._seen_flags
 
     def _load_sidecar(self) -> dict:
         try:
@@ -346,13 +357,29 @@ class MboxFolder(Folder):
         write_atomic(self._flags_path, json.dumps(self._sidecar).encode("utf-8"))
 
     def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
+        scanned = time.time_ns()
         self._seen_stamp = self._file_stamp()
+        self._seen_flags = self._flags_stamp()
+        self._racy = racy(max(self._seen_stamp[0], self._seen_flags[0]), scanned)
         if self._seen_stamp != self._stamp:
             self._parse()
-        self._sidecar = self._load_sidecar()
+        self._load_keywords()
         letters, claimed = self._sidecar.get("flags", {}), set(self._sidecar.get("claimed", []))
-        return {key: (frozenset(LETTER_FLAGS[c] for c in letters.get(key, "") if c in LETTER_FLAGS),
-                      key not in claimed) for key in self._entries}
+        return {key: (self._flags_of(letters.get(key, "")), key not in claimed) for key in self._entries}
+
+    def _flags_of(self, letters: str) -> frozenset[str]:
+        return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS) | self._keywords.names_of(letters)
+
+    def _load_keywords(self) -> None:
+        """The side file holds the keyword list too: re-reading it is re-reading the list."""
+        self._sidecar = self._load_sidecar()
+        names = self._sidecar.get("keywords", [])
+        self._keywords = KeywordMap(name for name in names if isinstance(name, str)) if isinstance(names, list) \
+            else KeywordMap()
+
+    def _save_keywords(self) -> None:
+        self._sidecar["keywords"] = list(self._keywords.names)
+        self._save_sidecar()
 
     def _parse(self) -> None:
         """Split the file (under the locks) and key its entries; POP3's UIDLs too once a POP3 login asked."""
@@ -398,7 +425,8 @@ class MboxFolder(Folder):
     def _set_flags(self, changes: dict[str, frozenset[str]]) -> None:
         letters = self._sidecar.setdefault("flags", {})
         for key, flags in changes.items():
-            letters[key] = "".join(sorted(LETTERS[f] for f in flags if f in LETTERS))
+            system, keywords = split_flags(flags)
+            letters[key] = "".join(sorted(LETTERS[f] for f in system if f in LETTERS)) + self._keywords.letters_of(keywords)
         self._save_sidecar()
 
     def _claim(self, keys: list[str]) -> list[str]:
@@ -435,8 +463,7 @@ class MboxFolder(Folder):
         self._scan()
         key = max(self._order_of, key=self._order_of.get)
         self._set_flags({key: flags})
-        self._claim([key])
-        return key
+        return key           # unclaimed: \\Recent for the first session to select the folder (RFC 3501 6.3.11)
 
     def _prepare_pop3(self) -> None:
         """From now on every parse of this folder also computes POP3 UIDLs and sizes (IMAP alone skips them)."""

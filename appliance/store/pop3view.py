@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appliance.interfaces import IMaildrop
 from appliance.mime import crlf as to_wire, wire_size
+
+AHEAD_MESSAGES = 32         # messages one pool trip reads for RETR/TOP
+AHEAD_BYTES = 1 << 20       # ... and at most this many octets (one bigger message is read alone)
 
 if TYPE_CHECKING:
     from appliance.store.account import Account
@@ -87,6 +91,7 @@ class Maildrop:
         self._deleted: set[int] = set()
         self._reactor = reactor
         self._pool = pool
+        self._ahead = ReadAhead(self)
 
     def count(self) -> int:
         """Messages not marked deleted, as STAT reports them."""
@@ -108,17 +113,32 @@ class Maildrop:
     def delete(self, n: int) -> None:
         self.entry(n)
         self._deleted.add(n)
+        self._ahead.forget(n)
 
     def undelete_all(self) -> None:
         self._deleted.clear()
 
     def read(self, n: int) -> defer.Deferred:
-        """Deferred[bytes]: message `n` in CRLF form, not yet byte-stuffed."""
+        """Deferred[bytes]: message `n` in CRLF form, not yet byte-stuffed.
+
+        Served from the read-ahead when a pool trip already fetched it; otherwise one trip reads
+        it together with the next few messages (see ReadAhead).
+        """
         try:
-            entry = self.entry(n)
+            self.entry(n)
         except NoSuchMessage:
             return defer.fail()
-        return threads.deferToThreadPool(self._reactor, self._pool, self._source.read, self._path, entry)
+        return self._ahead.get(n)
+
+    def _read_batch(self, batch: list[tuple[int, Entry]]) -> list[tuple[int, bytes | Exception]]:
+        """Blocking: read each message of a batch; one that is gone fails alone (MessageGone)."""
+        out: list[tuple[int, bytes | Exception]] = []
+        for n, entry in batch:
+            try:
+                out.append((n, self._source.read(self._path, entry)))
+            except Exception as exc:       # handed back to that message's reader, never raised here
+                out.append((n, exc))
+        return out
 
     def commit(self) -> defer.Deferred:
         """Deferred[None]: remove the messages marked deleted (the UPDATE state of RFC 1939)."""
@@ -126,6 +146,109 @@ class Maildrop:
         if not doomed:
             return defer.succeed(None)
         return threads.deferToThreadPool(self._reactor, self._pool, self._source.expunge, self._path, doomed)
+
+
+class ReadAhead:
+    """Messages read before the client asks for them: one pool hand-off per batch, not per RETR.
+
+    A client fetching a whole maildrop sends RETR 1, RETR 2, ... one after the other; handing
+    each read to the pool and back costs about as much as the read itself. So the trip that
+    reads message n also reads the next ones (up to AHEAD_MESSAGES and AHEAD_BYTES, by the sizes
+    the listing already knows), and once the client has used half of them the next batch is
+    read while it is still busy with the rest. Memory per session stays under about
+    2 x AHEAD_BYTES (plus one message bigger than that, read alone). A message read ahead and
+    removed by another session before its RETR is sent as it was when read: the same answer
+    it would have got a moment earlier.
+    """
+
+    def __init__(self, drop: Maildrop) -> None:
+        self._drop = drop
+        self._ready: dict[int, bytes | Exception] = {}
+        self._waiting: dict[int, defer.Deferred] = {}      # n -> the batch trip that reads it
+        self._ready_bytes = 0
+        self._next = 0                                      # the first number no batch has covered
+
+    def get(self, n: int) -> defer.Deferred:
+        """Deferred[bytes] of message `n` (which exists and is not marked deleted)."""
+        for old in [k for k in self._ready if k < n]:     # the client skipped them: let them go
+            self.forget(old)
+        if n in self._ready:
+            d = self._hand_out(n)
+        else:
+            d = defer.Deferred()
+            trip = self._waiting.get(n)
+            if trip is None:
+                self._next = n
+                trip = self._start()
+            trip.addBoth(self._pass_on, n, d)
+        self._maybe_prefetch(n)
+        return d
+
+    def _pass_on(self, result: object, n: int, d: defer.Deferred) -> object:
+        """Once the trip that read `n` is back: hand its outcome to the reader waiting for it."""
+        self._hand_out(n).chainDeferred(d)
+        return result
+
+    def forget(self, n: int) -> None:
+        data = self._ready.pop(n, None)
+        if isinstance(data, bytes):
+            self._ready_bytes -= len(data)
+
+    def _hand_out(self, n: int) -> defer.Deferred:
+        data = self._ready.get(n)
+        self.forget(n)
+        if isinstance(data, bytes):
+            return defer.succeed(data)
+        if data is None:                     # forgotten meanwhile (DELE): read it alone
+            return self._single(n)
+        return defer.fail(data)
+
+    def _single(self, n: int) -> defer.Deferred:
+        entry = self._drop.entry(n)
+        return threads.deferToThreadPool(self._drop._reactor, self._drop._pool, self._drop._source.read,
+                                         self._drop._path, entry)
+
+    def _maybe_prefetch(self, n: int) -> None:
+        """Start the next batch once fewer than half a batch is read ahead of `n` and no trip is out."""
+        if self._waiting or self._next >= len(self._drop._entries):
+            return
+        ahead = sum(1 for k in self._ready if k > n)
+        if ahead < AHEAD_MESSAGES // 2 and self._ready_bytes < AHEAD_BYTES // 2:
+            self._next = max(self._next, n + 1)
+            self._start()
+
+    def _start(self) -> defer.Deferred:
+        """One pool trip for the messages from self._next on: at least one, then as many as fit."""
+        drop, batch, size = self._drop, [], 0
+        n = self._next
+        while n < len(drop._entries) and len(batch) < AHEAD_MESSAGES:
+            if n not in drop._deleted and n not in self._ready:
+                entry = drop._entries[n]
+                if batch and size + entry.size > AHEAD_BYTES:
+                    break
+                batch.append((n, entry))
+                size += entry.size
+            n += 1
+        self._next = n
+        d = threads.deferToThreadPool(drop._reactor, drop._pool, drop._read_batch, batch)
+        for number, _ in batch:
+            self._waiting[number] = d
+        d.addCallback(self._arrived)
+        d.addErrback(self._trip_failed, batch)
+        return d
+
+    def _arrived(self, results: list[tuple[int, bytes | Exception]]) -> None:
+        for n, data in results:
+            self._waiting.pop(n, None)
+            self._ready[n] = data
+            if isinstance(data, bytes):
+                self._ready_bytes += len(data)
+
+    def _trip_failed(self, failure: Failure, batch: list[tuple[int, Entry]]) -> None:
+        """The pool itself failed (not one message): each waiting reader gets the error."""
+        for n, _ in batch:
+            self._waiting.pop(n, None)
+            self._ready[n] = failure.value if isinstance(failure.value, Exception) else RuntimeError("read failed")
 
 
 def _scan_inbox(account: "Account") -> tuple[FolderSource, list[Entry]]:

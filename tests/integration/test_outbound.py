@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.cred import checkers, portal
-from twisted.internet import defer, reactor, ssl
+from twisted.internet import defer, reactor, ssl, task
 from twisted.mail import smtp
 from twisted.mail.imap4 import PLAINCredentials
 from twisted.names import client
@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from appliance.couriers.mxroute import MXRouter
 from appliance.couriers.outbound import OutboundCourier
+from appliance.couriers.sessions import Limits
 from appliance.couriers.smtpclient import Timeouts
 from appliance.envelope import Envelope, Recipient, new_id
 from appliance.errors import PermanentFailure, TemporaryFailure
@@ -84,11 +85,17 @@ class SMTPSink:
             time.sleep(0.05)
 
     def transactions(self) -> list[str]:
-        """The dumped transactions (X-Rcpt-Args lines, then the message)."""
+        """The dumped transactions (X-Rcpt-Args lines, then the message).
+
+        smtp-sink creates a dump before it has written it: an empty one, or one not ending its
+        last line, is still being written and is not counted yet.
+        """
         texts = []
         for path in sorted(glob.glob(os.path.join(self.folder, "*"))):
             with open(path, encoding="utf-8", errors="replace") as handle:
-                texts.append(handle.read())
+                text = handle.read()
+            if text.endswith("\n"):
+                texts.append(text)
         return texts
 
     def stop(self) -> None:
@@ -109,7 +116,10 @@ class _Message:
 
     def eomReceived(self) -> defer.Deferred:
         self.peer.received.append({"rcpt": str(self.user.dest), "body": b"\n".join(self.lines),
-                                   "tls": self.protocol.startedTLS, "login": self.peer.logins.get(self.protocol)})
+                                   "tls": self.protocol.startedTLS, "login": self.peer.logins.get(self.protocol),
+                                   "connection": self.protocol.number})
+        if self.peer.delay:                        # a slow disk: lets deliveries overlap
+            return task.deferLater(reactor, self.peer.delay, lambda: b"ok")
         return defer.succeed(b"ok")
 
     def connectionLost(self) -> None:
@@ -128,7 +138,37 @@ class _Delivery:
         return origin
 
     def validateTo(self, user):
+        refusal = self.peer.refuse.get(str(user.dest))
+        if refusal:
+            raise smtp.SMTPServerError(*refusal)
         return lambda: _Message(self.peer, self.protocol, user)
+
+
+class _PeerESMTP(smtp.ESMTP):
+    """Twisted's ESMTP that tells its factory when it comes and goes, and on request hangs up a
+    session at its second MAIL, as a server does with a connection it has timed out."""
+
+    number = 0
+    mails = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.opened(self)
+
+    def connectionLost(self, reason) -> None:
+        self.factory.open_now -= 1
+        super().connectionLost(reason)
+
+    def do_MAIL(self, rest):
+        self.mails += 1
+        if self.mails > 1 and self.factory.on_reuse == "drop":
+            self.transport.loseConnection()
+            return None
+        if self.mails > 1 and self.factory.on_reuse == "421":
+            self.sendCode(421, b"4.4.2 idle too long, closing")
+            self.transport.loseConnection()
+            return None
+        return super().do_MAIL(rest)
 
 
 class ESMTPPeer(smtp.SMTPFactory):
@@ -140,9 +180,21 @@ class ESMTPPeer(smtp.SMTPFactory):
         self.users = users
         self.received: list[dict] = []
         self.logins: dict[smtp.ESMTP, str] = {}
+        self.connections = self.open_now = self.most_open = 0
+        self.delay = 0.0                           # seconds before the reply to the final "."
+        self.refuse: dict[str, tuple[int, str]] = {}   # recipient -> (code, text) for its RCPT
+        self.on_reuse = ""                         # "drop" or "421": hang up at a session's second MAIL
+        self.protocols: list[smtp.ESMTP] = []
+
+    def opened(self, protocol: "_PeerESMTP") -> None:
+        self.connections += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        protocol.number = self.connections
+        self.protocols.append(protocol)
 
     def buildProtocol(self, addr):
-        protocol = smtp.ESMTP({b"PLAIN": PLAINCredentials} if self.users else {}, self.tls_options)
+        protocol = _PeerESMTP({b"PLAIN": PLAINCredentials} if self.users else {}, self.tls_options)
         protocol.factory = self
         protocol.host = b"peer.example.org"
         if self.users:
@@ -192,8 +244,9 @@ def make_certificates(hostname: str) -> tuple[ssl.Certificate, ssl.CertificateOp
 
 # -- the tests ----------------------------------------------------------------------------------
 
-@pytest.mark.usefixtures("dns_server")
-class OutboundDeliveryTests(TestCase):
+class _OutboundCase(TestCase):
+    """A courier, its router asking the class's DNS server, and the peers a test starts."""
+
     dns: DNSServer
 
     def setUp(self) -> None:
@@ -203,7 +256,14 @@ class OutboundDeliveryTests(TestCase):
         self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
         resolver = client.Resolver(servers=[("127.0.0.1", self.dns.port)])
         self.router = MXRouter(resolver, HOSTNAME, clock=reactor)
-        self.courier = OutboundCourier(self.router, reactor, HOSTNAME, port=self.port, timeouts=TIMEOUTS)
+        self.courier = self.make_courier()
+
+    def make_courier(self, router: MXRouter | None = None, **options) -> OutboundCourier:
+        """A courier whose kept sessions are closed (QUIT) when the test ends."""
+        options.setdefault("port", self.port)
+        courier = OutboundCourier(router or self.router, reactor, HOSTNAME, timeouts=TIMEOUTS, **options)
+        self.addCleanup(courier.close)
+        return courier
 
     def sink(self, address: str, *options: str) -> SMTPSink:
         sink = SMTPSink(self.root, address, self.port, *options)
@@ -221,6 +281,15 @@ class OutboundDeliveryTests(TestCase):
         attempts = [courier.deliver(envelope, recipient, MESSAGE) for recipient in envelope.recipients]
         results = await defer.DeferredList(attempts, consumeErrors=True)
         return [value if ok else value.value for ok, value in results]
+
+
+    def smarthost_courier(self, trust: ssl.Certificate, password: str = "relay-secret", **options) -> OutboundCourier:
+        return self.make_courier(smarthost=("localhost", self.port), smarthost_auth=("relay", password),
+                                 client_tls_options=ssl.optionsForClientTLS("localhost", trustRoot=trust), **options)
+
+
+@pytest.mark.usefixtures("dns_server")
+class OutboundDeliveryTests(_OutboundCase):
 
     async def test_mail_goes_to_the_most_preferred_mx(self):
         first, second = self.sink(MX1), self.sink(MX2)
@@ -284,8 +353,7 @@ class OutboundDeliveryTests(TestCase):
 
     async def test_dead_nameserver_is_temporary(self):
         resolver = client.Resolver(servers=[("127.0.0.1", free_port())], timeout=(1,))
-        courier = OutboundCourier(MXRouter(resolver, HOSTNAME, clock=reactor), reactor, HOSTNAME, port=self.port,
-                                  timeouts=TIMEOUTS)
+        courier = self.make_courier(MXRouter(resolver, HOSTNAME, clock=reactor))
         [outcome] = await self.deliver("bob@example.org", courier=courier)
         assert isinstance(outcome, TemporaryFailure)
         assert str(outcome).startswith("4.4.3 MX lookup for example.org failed")
@@ -297,12 +365,6 @@ class OutboundDeliveryTests(TestCase):
         [outcome] = await self.deliver("bob@implicit.test")
         assert outcome.startswith(f"implicit.test[{IMPLICIT}]:{self.port} 250 ")
         assert [(m["rcpt"], m["tls"]) for m in peer.received] == [("bob@implicit.test", True)]
-
-    def smarthost_courier(self, trust: ssl.Certificate, password: str = "relay-secret") -> OutboundCourier:
-        return OutboundCourier(self.router, reactor, HOSTNAME, smarthost=("localhost", self.port),
-                               smarthost_auth=("relay", password),
-                               client_tls_options=ssl.optionsForClientTLS("localhost", trustRoot=trust),
-                               timeouts=TIMEOUTS)
 
     async def test_smarthost_with_verified_tls_and_auth(self):
         ca, server_tls = make_certificates("localhost")
@@ -332,3 +394,130 @@ class OutboundDeliveryTests(TestCase):
         assert isinstance(outcome, TemporaryFailure)
         assert str(outcome) == f"4.7.0 localhost:{self.port} refused our credentials: 535 Authentication failed"
         assert peer.received == []
+
+
+# -- sessions kept for the next message, and deliveries in parallel -----------------------------
+
+@pytest.mark.usefixtures("dns_server")
+class SessionReuseTests(_OutboundCase):
+    """Several messages to one MX host, each its own envelope, as the queue hands them over."""
+
+    def make_peer(self) -> ESMTPPeer:
+        peer = ESMTPPeer(None)                     # no STARTTLS: the plain path, every reply visible
+        self.listen(IMPLICIT, peer)
+        return peer
+
+    async def send_each(self, *recipients: str, courier: OutboundCourier | None = None) -> list:
+        """One message per recipient, all handed to the courier at once; their outcomes in order."""
+        batches = [self.deliver(rcpt, courier=courier) for rcpt in recipients]
+        results = await defer.gatherResults([defer.ensureDeferred(b) for b in batches])
+        return [outcome for [outcome] in results]
+
+    async def test_messages_to_one_host_share_one_session(self):
+        peer = self.make_peer()
+        courier = self.make_courier(limits=Limits(idle_time=60))
+        outcomes = [(await self.deliver(f"user{n}@implicit.test", courier=courier))[0] for n in range(4)]
+        assert all(outcome.startswith(f"implicit.test[{IMPLICIT}]:{self.port} 250 ") for outcome in outcomes)
+        assert [m["rcpt"] for m in peer.received] == [f"user{n}@implicit.test" for n in range(4)]
+        assert peer.connections == 1, "four messages, one after another, over one session"
+
+    async def test_without_a_cache_time_each_message_has_its_own_session(self):
+        peer = self.make_peer()
+        courier = self.make_courier(limits=Limits(idle_time=0))
+        for n in range(3):
+            await self.deliver(f"user{n}@implicit.test", courier=courier)
+        assert (len(peer.received), peer.connections) == (3, 3)
+
+    async def test_a_session_carries_at_most_the_reuse_limit(self):
+        peer = self.make_peer()
+        courier = self.make_courier(limits=Limits(idle_time=60, reuse_limit=2))
+        for n in range(5):
+            await self.deliver(f"user{n}@implicit.test", courier=courier)
+        assert [m["connection"] for m in peer.received] == [1, 1, 2, 2, 3]
+
+    async def test_parallel_deliveries_to_one_destination_stay_within_its_limit(self):
+        peer = self.make_peer()
+        peer.delay = 0.2
+        courier = self.make_courier(limits=Limits(destination_concurrency=2, idle_time=60))
+        outcomes = await self.send_each(*(f"user{n}@implicit.test" for n in range(6)), courier=courier)
+        assert all(" 250 " in outcome for outcome in outcomes), outcomes
+        assert peer.most_open == 2, "two at once, never more"
+
+    async def test_deliveries_run_in_parallel_up_to_the_limit(self):
+        peer = self.make_peer()
+        peer.delay = 0.2
+        courier = self.make_courier(limits=Limits(destination_concurrency=3, idle_time=60))
+        await self.send_each(*(f"user{n}@implicit.test" for n in range(6)), courier=courier)
+        assert len(peer.received) == 6
+        assert (peer.most_open, peer.connections) == (3, 3), "three sessions, each carrying two messages"
+
+    async def reuse_a_session_the_peer_hangs_up(self, how: str) -> None:
+        peer = self.make_peer()
+        peer.on_reuse = how
+        courier = self.make_courier(limits=Limits(idle_time=60))
+        first = await self.deliver("bob@implicit.test", courier=courier)
+        second = await self.deliver("carol@implicit.test", courier=courier)
+        delivered = f"implicit.test[{IMPLICIT}]:{self.port} 250 "
+        assert first[0].startswith(delivered) and second[0].startswith(delivered), (first, second)
+        assert [(m["rcpt"], m["connection"]) for m in peer.received] == [
+            ("bob@implicit.test", 1), ("carol@implicit.test", 2)], "carol went on a fresh session, once"
+
+    async def test_a_session_dropped_by_the_peer_is_replaced_without_a_failure(self):
+        await self.reuse_a_session_the_peer_hangs_up("drop")
+
+    async def test_a_session_closed_with_421_is_replaced_without_a_failure(self):
+        await self.reuse_a_session_the_peer_hangs_up("421")
+
+    async def test_a_session_the_peer_closes_while_kept_is_not_offered_again(self):
+        peer = self.make_peer()
+        courier = self.make_courier(limits=Limits(idle_time=60))
+        await self.deliver("bob@implicit.test", courier=courier)
+        assert courier.sessions.idle == 1
+        for protocol in peer.protocols:            # the peer times the kept session out
+            protocol.transport.loseConnection()
+        await task.deferLater(reactor, 0.1, lambda: None)
+        assert courier.sessions.idle == 0
+        [outcome] = await self.deliver("carol@implicit.test", courier=courier)
+        assert " 250 " in outcome and peer.connections == 2
+
+    async def test_a_4xx_on_a_kept_session_is_temporary_as_before_and_the_session_goes_on(self):
+        peer = self.make_peer()
+        peer.refuse["busy@implicit.test"] = (450, "4.2.0 mailbox busy")
+        courier = self.make_courier(limits=Limits(idle_time=60))
+        [first] = await self.deliver("bob@implicit.test", courier=courier)
+        [busy] = await self.deliver("busy@implicit.test", courier=courier)
+        [third] = await self.deliver("carol@implicit.test", courier=courier)
+        assert isinstance(busy, TemporaryFailure)
+        assert str(busy) == f"4.2.0 implicit.test[{IMPLICIT}]:{self.port} said: 450 4.2.0 mailbox busy"
+        assert " 250 " in first and " 250 " in third
+        assert [(m["rcpt"], m["connection"]) for m in peer.received] == [
+            ("bob@implicit.test", 1), ("carol@implicit.test", 1)], "RSET after the refusal, then the next message"
+
+    async def test_a_5xx_on_a_kept_session_bounces_as_before(self):
+        peer = self.make_peer()
+        peer.refuse["nobody@implicit.test"] = (550, "5.1.1 no such user")
+        courier = self.make_courier(limits=Limits(idle_time=60))
+        await self.deliver("bob@implicit.test", courier=courier)
+        [outcome] = await self.deliver("nobody@implicit.test", courier=courier)
+        assert isinstance(outcome, PermanentFailure)
+        assert str(outcome) == f"5.1.1 implicit.test[{IMPLICIT}]:{self.port} said: 550 5.1.1 no such user"
+        assert peer.connections == 1
+
+    async def test_the_smarthost_session_is_authenticated_once_for_several_messages(self):
+        ca, server_tls = make_certificates("localhost")
+        peer = ESMTPPeer(server_tls, users={"relay": b"relay-secret"})
+        self.listen("127.0.0.1", peer)
+        courier = self.smarthost_courier(ca, limits=Limits(idle_time=60))
+        for rcpt in ("bob@example.org", "carol@implicit.test", "dave@example.org"):
+            [outcome] = await self.deliver(rcpt, courier=courier)
+            assert outcome.startswith(f"localhost:{self.port} 250 "), outcome
+        assert [(m["tls"], m["login"], m["connection"]) for m in peer.received] == [(True, "relay", 1)] * 3
+
+    async def test_closing_the_courier_ends_every_kept_session(self):
+        peer = self.make_peer()
+        courier = self.make_courier(limits=Limits(idle_time=60))
+        await self.deliver("bob@implicit.test", courier=courier)
+        assert peer.open_now == 1
+        await courier.close()
+        await task.deferLater(reactor, 0.05, lambda: None)
+        assert peer.open_now == 0

@@ -66,7 +66,7 @@ def make_site(root, storage: str = "maildir") -> config.Config:
     store.ensure_special()
     inbox = store.folder("INBOX")
     snapshot = inbox.refresh()
-    inbox.store({snapshot.uids[0]: frozenset({"\\Seen", "\\Flagged"})})
+    inbox.store([snapshot.uids[0]], "", frozenset({"\\Seen", "\\Flagged"}))
     spool = queue.Spool(os.path.join(cfg.appliance.state_dir, "queue"), InlineReactor(), InlinePool())
     spool.recover()
     envelope = Envelope(id=new_id(), sender="alice@example.test",

@@ -88,11 +88,23 @@ def test_a_plain_recipient_in_delivered_to_is_delivered(intake):
 def test_a_forward_leaves_with_delivered_to_naming_the_alias(monkeypatch):
     sent = []
 
-    def send(reactor, ip, port, helo, sender, recipients, message, **kw):
-        sent.append((recipients, message))
-        return defer.succeed({r: (250, "ok") for r in recipients})
+    class Session:
+        """Stands in for an SMTP session: records each transaction, accepts every recipient."""
+        transactions, usable, clean = 0, True, True
+        closed: defer.Deferred = defer.Deferred()
+
+        def reset(self):
+            return defer.succeed(True)
+
+        def transaction(self, sender, recipients, message):
+            sent.append((recipients, message))
+            return defer.succeed({r: (250, "ok") for r in recipients})
+
+        def close(self):
+            return defer.succeed(None)
+
     from appliance.couriers import smtpclient
-    monkeypatch.setattr(smtpclient, "send", send)
+    monkeypatch.setattr(smtpclient, "open_session", lambda reactor, host, port, settings: defer.succeed(Session()))
     clock = Clock()
     router = MXRouter(FakeResolver(mx={"elsewhere.example": [MX(10, "mx.elsewhere.example")]},
                                    a={"mx.elsewhere.example": [A("192.0.2.80")]}), "mail.example.test", clock=clock)

@@ -158,3 +158,24 @@ def test_check_reports_the_loop_but_the_start_checks_do_not(tmp_path):
     cfg = configmod.load(str(conf))
     assert any("alias loop" in p for p in checks.check_files(cfg))
     assert not any("alias" in p for p in checks.check_files(cfg, starting=True))
+
+
+def test_an_empty_answer_is_kept_for_its_soa_minimum_and_only_with_an_soa():
+    """RFC 2308 5: "no AAAA for this MX host" is not asked again for every message."""
+    asked = []
+    soa = dns.RRHeader(b"example.org", dns.SOA, ttl=300,
+                       payload=dns.Record_SOA(mname=b"ns.example.org", rname=b"hostmaster.example.org", minimum=60))
+
+    class Upstream:
+        def _lookup(self, name, cls, type, timeout):
+            asked.append(name)
+            return defer.succeed(([], [soa] if name == b"mx.example.org" else [], []))
+    clock = Clock()
+    resolver = mxroute.CachingResolver(Upstream(), clock)
+    for _ in range(3):
+        resolver.lookupIPV6Address("mx.example.org")
+        resolver.lookupIPV6Address("bare.example.org")
+    assert asked == [b"mx.example.org", b"bare.example.org", b"bare.example.org", b"bare.example.org"]
+    clock.advance(61)
+    resolver.lookupIPV6Address("mx.example.org")
+    assert asked[-1] == b"mx.example.org" and len(asked) == 5

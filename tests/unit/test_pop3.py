@@ -112,6 +112,11 @@ class Transport(StringTransport):
         self.writes += 1
         super().write(data)
 
+    def writeSequence(self, data):
+        """One call: a real transport queues the pieces and sends them in one go."""
+        self.writes += 1
+        super().writeSequence(data)
+
     def startTLS(self, context):
         self.tls_context = context
 

@@ -43,7 +43,8 @@ IMAP_TABLE = {name: value for name, value in vars(replies).items() if isinstance
 IMAP_CODES = {"ALERT", "BADCHARSET", "CAPABILITY", "PARSE", "PERMANENTFLAGS", "READ-ONLY", "READ-WRITE",
               "TRYCREATE", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "APPENDUID", "COPYUID", "UNAVAILABLE",
               "AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "PRIVACYREQUIRED", "SERVERBUG", "CANNOT",
-              "NONEXISTENT", "ALREADYEXISTS"}
+              "NONEXISTENT", "ALREADYEXISTS",
+              "OVERQUOTA", "NOPERM", "COMPRESSIONACTIVE"}        # RFC 5530 3, RFC 4978 3
 
 
 def test_imap_table_is_not_empty_and_named_imap():

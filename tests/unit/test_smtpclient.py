@@ -1,6 +1,7 @@
 """The SMTP client, driven as bytes: what it sends, what each recipient's result is, and when it gives up."""
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.python.failure import Failure
@@ -229,3 +230,110 @@ def test_status_comes_from_the_reply_or_its_class():
     assert smtpclient.status_of(550, "5.1.1 no such user") == "5.1.1"
     assert smtpclient.status_of(550, "no such user") == "5.0.0"
     assert smtpclient.status_of(451, "5.1.1 mismatched class") == "4.0.0"
+
+
+class SessionTests(SynchronousTestCase):
+    """One session, several transactions: what goes on the wire between them, and a peer that hung up."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        settings = smtpclient.settings_for("192.0.2.1", 25, "mail.example.test", timeouts=TIMEOUTS)
+        opened = defer.ensureDeferred(smtpclient.open_session(self.reactor, "192.0.2.1", 25, settings))
+        factory = self.reactor.tcpClients[0][2]
+        self.transport = StringTransportWithDisconnection()
+        self.protocol = factory.buildProtocol(None)
+        self.transport.protocol = self.protocol
+        self.protocol.makeConnection(self.transport)
+        self.say(b"220 mx.example.org ESMTP\r\n")
+        self.say(EHLO_FULL)
+        self.session = self.successResultOf(opened)
+        self.heard()
+        self.addCleanup(self.hang_up)
+
+    def hang_up(self) -> None:
+        if not self.session.closed.called:
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+
+    def say(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def heard(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def transaction(self, rcpt: str = "a@example.org") -> defer.Deferred:
+        return defer.ensureDeferred(self.session.transaction("alice@example.test", [rcpt], MESSAGE))
+
+    def deliver(self, rcpt: str = "a@example.org") -> dict:
+        """A complete transaction the peer accepts."""
+        result = self.transaction(rcpt)
+        assert self.heard().startswith(b"MAIL FROM:<alice@example.test>")
+        self.say(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+        self.heard()
+        self.say(b"250 2.0.0 queued\r\n")
+        return self.successResultOf(result)
+
+    def test_a_second_message_goes_over_the_same_session_without_greeting_again(self):
+        assert self.deliver() == {"a@example.org": (250, "2.0.0 queued")}
+        assert self.successResultOf(defer.ensureDeferred(self.session.reset())) is True
+        assert self.heard() == b"", "nothing between two transactions: the final reply reset the state"
+        assert self.deliver("b@example.org") == {"b@example.org": (250, "2.0.0 queued")}
+        assert self.session.transactions == 2 and self.session.usable
+
+    def test_a_transaction_left_half_way_is_reset(self):
+        result = self.transaction()
+        self.heard()
+        self.say(b"250 ok\r\n450 4.2.0 busy\r\n")
+        assert self.successResultOf(result) == {"a@example.org": (450, "4.2.0 busy")}
+        ready = defer.ensureDeferred(self.session.reset())
+        assert self.heard() == b"RSET\r\n"
+        self.say(b"250 2.0.0 reset\r\n")
+        assert self.successResultOf(ready) is True
+
+    def test_a_refused_reset_ends_reuse(self):
+        result = self.transaction()
+        self.heard()
+        self.say(b"250 ok\r\n450 4.2.0 busy\r\n")
+        self.successResultOf(result)
+        ready = defer.ensureDeferred(self.session.reset())
+        self.say(b"500 what?\r\n")
+        assert self.successResultOf(ready) is False
+
+    def test_a_peer_hanging_up_a_reused_session_before_mail_is_session_gone(self):
+        self.deliver()
+        result = self.transaction()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(result, smtpclient.SessionGone)
+        assert str(failure.value) == "4.4.2 connection to 192.0.2.1:25 lost (a reused session)"
+
+    def test_421_to_mail_on_a_reused_session_is_session_gone(self):
+        self.deliver()
+        result = self.transaction()
+        self.say(b"421 4.4.2 idle too long\r\n")
+        failure = self.failureResultOf(result, smtpclient.SessionGone)
+        assert "closed a reused session: 421 4.4.2 idle too long" in str(failure.value)
+        assert not self.session.usable and self.transport.disconnected
+
+    def test_a_peer_hanging_up_a_fresh_session_is_an_ordinary_failure(self):
+        result = self.transaction()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(result, TemporaryFailure)
+        assert not isinstance(failure.value, smtpclient.SessionGone)
+
+    def test_4xx_to_mail_on_a_reused_session_is_the_peers_answer(self):
+        self.deliver()
+        result = self.transaction()
+        self.say(b"451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n")
+        assert self.successResultOf(result) == {"a@example.org": (451, "4.3.0 try later")}
+        assert self.session.usable
+
+    def test_hanging_up_after_mail_was_answered_is_an_ordinary_failure(self):
+        self.deliver()
+        result = self.transaction()
+        self.say(b"250 ok\r\n")
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(result, TemporaryFailure)
+        assert not isinstance(failure.value, smtpclient.SessionGone), "the peer had answered: no silent retry"

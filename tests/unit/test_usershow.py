@@ -59,7 +59,20 @@ def test_user_by_an_extra_address_shows_entry_mailbox_and_addresses(cfg):
         "mailbox": os.path.join(cfg.appliance.state_dir, "mail/example.test/alice") + " (maildir)",
         "logins": "enabled",
         "shared secret": "none",
+        "quota": "unlimited ([storage] quota); 0 KiB used",
     }
+
+
+def test_quota_shows_usage_of_every_folder_and_where_the_limit_comes_from(cfg, tmp_path):
+    from appliance.directory.file import set_quota
+    from appliance.store.maildir import write
+    mailbox = os.path.join(cfg.appliance.state_dir, "mail/example.test/alice")
+    write(mailbox, b"Subject: a\r\n\r\n" + b"x" * 3000 + b"\r\n")
+    write(mailbox + "/.Trash", b"Subject: b\r\n\r\n" + b"y" * 3000 + b"\r\n")
+    set_quota(cfg.directory.users_file, "alice@example.test", 10 * 1024)
+    assert fields(show_user(cfg, "alice@example.test"))["quota"] == "6 KiB used of 10K (58%; the user's own)"
+    set_quota(cfg.directory.users_file, "alice@example.test", None)
+    assert fields(show_user(cfg, "alice@example.test"))["quota"] == "unlimited ([storage] quota); 6 KiB used"
 
 
 def test_shared_secret_is_said_to_exist_but_never_shown(cfg):

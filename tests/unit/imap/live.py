@@ -97,15 +97,7 @@ def command(client: imaplib.IMAP4, data: bytes) -> list[bytes]:
     """
     tag = data.split(b" ", 1)[0]
     client.send(data)
-    lines = []
-    for _ in range(100000):
-        line = client.readline()
-        if not line:
-            raise EOFError(b"connection closed after " + b"".join(lines))
-        lines.append(line)
-        if line.startswith(tag + b" "):
-            return lines
-    raise AssertionError("no tagged answer")
+    return read_until_tagged(client, tag)
 
 
 def read_until_tagged(client: imaplib.IMAP4, tag: bytes) -> list[bytes]:

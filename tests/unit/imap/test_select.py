@@ -20,7 +20,7 @@ def test_select_sends_every_required_response_in_order(authed):
     reply = authed.cmd(b"s SELECT INBOX")
     reply = re.sub(rb"UIDVALIDITY \d+", b"UIDVALIDITY v", reply)
     assert reply == (b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
-                     b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Flags permitted\r\n"
+                     b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n"
                      b"* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen\r\n"
                      b"* OK [UIDVALIDITY v] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
                      b"s OK [READ-WRITE] SELECT completed\r\n")

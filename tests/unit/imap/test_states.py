@@ -58,13 +58,19 @@ COMMANDS = {
     "UID SORT": b"x UID SORT (REVERSE SUBJECT) UTF-8 ALL\r\n",
     "UID THREAD": b"x UID THREAD ORDEREDSUBJECT UTF-8 ALL\r\n",
     "ENABLE": b"x ENABLE CONDSTORE\r\n",
+    "GETQUOTAROOT": b"x GETQUOTAROOT INBOX\r\n",
+    "GETQUOTA": b'x GETQUOTA ""\r\n',                  # no limit here, so no quota root: NO
+    "SETQUOTA": b'x SETQUOTA "" (STORAGE 512)\r\n',    # the administrator sets quotas: NO
+    "COMPRESS": b"x COMPRESS DEFLATE\r\n",             # after OK the session speaks DEFLATE (test_compress.py)
     "FROBNICATE": b"x FROBNICATE\r\n",
 }
 
 ANY_STATE = {"CAPABILITY", "NOOP", "ID", "LOGOUT"}
 NOT_AUTHENTICATED = {"STARTTLS", "LOGIN", "AUTHENTICATE"}
 AUTHENTICATED = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB",
-                 "STATUS", "APPEND", "NAMESPACE", "IDLE"}
+                 "STATUS", "APPEND", "NAMESPACE", "IDLE", "GETQUOTAROOT", "GETQUOTA", "SETQUOTA", "COMPRESS"}
+REFUSED = {"GETQUOTA": b"x NO [NONEXISTENT] No such quota root\r\n",
+           "SETQUOTA": b"x NO [NOPERM] Quotas are set by the administrator\r\n"}
 SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID FETCH",
             "UID SEARCH", "UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE",
             "SORT", "THREAD", "UID SORT", "UID THREAD"}
@@ -78,7 +84,7 @@ def expected(command: str, state: str) -> bytes:
     if command in NOT_AUTHENTICATED:
         return b"OK" if state == "unauth" else b"BAD"
     if command in AUTHENTICATED:
-        return b"BAD" if state == "unauth" else b"OK"
+        return b"BAD" if state == "unauth" else b"NO" if command in REFUSED else b"OK"
     if command in SELECTED:
         if state in ("unauth", "auth"):
             return b"BAD"
@@ -116,8 +122,10 @@ def test_every_command_in_every_state(command, state, reactor, tmp_path):
     if status == b"BAD" and command not in ("ENABLE", "FROBNICATE"):
         assert reply == b"x BAD Unsupported command\r\n"               # refused whole: nothing read, nothing sent
     if status == b"NO":
-        assert reply == b"x NO [READ-ONLY] Mailbox is read-only\r\n"
-    if command == "LOGOUT":
+        assert reply == REFUSED.get(command, b"x NO [READ-ONLY] Mailbox is read-only\r\n")
+    if command == "COMPRESS" and status == b"OK":
+        assert reply == b"x OK DEFLATE active\r\n" and session.send(b"z NOOP\r\n") == b""   # NOOP is no DEFLATE
+    elif command == "LOGOUT":
         assert reply.startswith(b"* BYE ") and session.transport.disconnecting
     else:
         assert session.alive, (command, state)

@@ -23,9 +23,13 @@ def test_uid_store_reports_uids(selected):
         b"* 2 FETCH (FLAGS (\\Deleted \\Recent) UID 2)\r\ns OK STORE completed\r\n"
 
 
-def test_unknown_flags_are_not_kept(selected):
-    assert selected.cmd(b"s STORE 1 +FLAGS ($Label \\Bogus)") == \
-        b"* 1 FETCH (FLAGS (\\Recent))\r\ns OK STORE completed\r\n"
+def test_unknown_system_flags_and_recent_are_bad_as_in_dovecot(selected):
+    for flag in (b"\\Bogus", b"\\Recent"):
+        assert selected.cmd(b"s STORE 1 +FLAGS ($Label %b)" % flag).startswith(b"s BAD Invalid system flag")
+    assert selected.cmd(b"s STORE 1 +FLAGS ($Label)") == \
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label)\r\n" \
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label \\*)] Flags permitted\r\n" \
+        b"* 1 FETCH (FLAGS ($Label \\Recent))\r\ns OK STORE completed\r\n"
 
 
 def test_flags_persist_across_sessions(selected, reactor, tmp_path):

@@ -24,12 +24,13 @@ def maildir(tmp_path) -> str:
 def test_view_reports_other_sessions_changes(maildir):
     folder = MaildirFolder(maildir)
     view = View(folder.refresh(), frozenset(), readonly=False)
-    folder.store({3: SEEN})
+    folder.store([3], "", SEEN)
     folder.expunge([1])
     write(maildir, message("new"))
-    assert view.updates(folder.refresh(), allow_expunge=False) is None
-    lines = view.updates(folder.state)
-    assert lines == [b"* 1 EXPUNGE", b"* 3 EXISTS", b"* 0 RECENT", b"* 2 FETCH (FLAGS (\\Seen))"]
+    # Mid-FETCH: the new message and the flags, but message 1 stays until EXPUNGE may be said.
+    assert view.updates(folder.refresh(), allow_expunge=False) == \
+        [b"* 4 EXISTS", b"* 0 RECENT", b"* 3 FETCH (FLAGS (\\Seen))"]
+    assert view.updates(folder.state) == [b"* 1 EXPUNGE"]
     assert view.resolve(parse_set(b"2:*"), by_uid=False) == [(2, 3), (3, 4)]
     assert view.resolve(parse_set(b"1:4294967295"), by_uid=True) == [(1, 2), (2, 3), (3, 4)]
     with pytest.raises(SequenceError):
