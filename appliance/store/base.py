@@ -231,7 +231,9 @@ class FileStore:
         written = iter(self.write_batch([item for item in placed if not isinstance(item, BaseException)]))
         outcomes = [item if isinstance(item, BaseException) else next(written) for item in placed]
         folders = [item[0] for item, outcome in zip(placed, outcomes) if not isinstance(outcome, BaseException)]
-        self.reactor.callFromThread(self._tell_folders, folders)
+        folders = self.account_class.open_among(folders)
+        if folders:
+            self.reactor.callFromThread(self._tell_folders, folders)
         return outcomes
 
     def _tell_folders(self, paths: list[str]) -> None:

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from appliance.interfaces import UserRecord
 from appliance.store import maildir
 from appliance.store.base import FileStore
-from appliance.store.maildir import MaildirStore
+from appliance.store.maildir import MaildirAccount, MaildirStore
 
 WIRE = b"Subject: hi\r\n\r\nbody\r\n"
 USERS = [UserRecord(address=f"user{i}@example.com") for i in range(4)]
@@ -30,6 +30,8 @@ class Clock(task.Clock):
 
 class SerialStore(FileStore):
     """A format that needs one writer per mailbox (like mbox); `write` is replaced per test."""
+
+    account_class = MaildirAccount      # only asked which folders are open (none)
 
     def write(self, path: str, message: bytes, sender: str) -> str:
         return self.writer(path, message)
@@ -101,3 +103,24 @@ def maildir_contents(path: str) -> list[bytes]:
         with open(os.path.join(folder, name), "rb") as f:
             found.append(f.read())
     return found
+
+
+class FolderNews(SynchronousTestCase):
+    """A delivery tells the reactor (to rescan) only about folders some session has open."""
+
+    def test_no_hand_off_for_a_folder_nobody_has_open_and_one_for_an_open_folder(self):
+        from appliance.inline import InlinePool
+        told = []
+        clock = Clock()
+        root = self.mktemp()
+        store = MaildirStore(root + "/{local}", clock, InlinePool())
+        self.patch(store, "_tell_folders", told.append)
+        store.deliver(USERS[0], WIRE, "")
+        clock.advance(0)
+        self.assertEqual(told, [])
+        account = store.account(root + "/user0")
+        inbox = account.folder("INBOX")                 # a session's open folder
+        store.deliver(USERS[0], WIRE, "")
+        clock.advance(0)
+        self.assertEqual(told, [[root + "/user0"]])
+        del inbox
