@@ -16,7 +16,7 @@ import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
 from appliance.durable import replace_file
 from appliance.store.base import MailboxError, make_dirs
-from appliance.store.folder import Folder, refresh_open
+from appliance.store.folder import Folder, open_among, refresh_open
 
 DELIMITER = "."
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk"}
@@ -62,6 +62,7 @@ class Account:
 
     # Delivery (store/base.py, which cannot import folder.py) tells open folders through the Account.
     refresh_open = staticmethod(refresh_open)
+    open_among = staticmethod(open_among)
 
     def _creatable(self, name: str) -> str:
         """check_name, and refuse a name whose disk form is one of the format's side files."""

@@ -148,13 +148,15 @@ class Delivery:
 class FileStore:
     """What both formats share: the path template, and handing blocking writes to the pool.
 
-    Deliveries asked for in the same reactor turn go to the pool as one batch: one thread
-    hand-off instead of one per message, and a format can make the batch durable with fewer
-    fsyncs (Maildir syncs each new/ folder once per batch).
+    Deliveries asked for in the same reactor turn go to the pool in a few jobs (see _jobs): a
+    thread hand-off per job instead of one per message, different mailboxes written in parallel,
+    and a format can make a job durable with fewer fsyncs (Maildir syncs each new/ folder once
+    per job).
     """
 
     account_class: ClassVar[type["Account"]]     # the format's Account (set by each format's store)
     side_files: ClassVar[re.Pattern[str] | None] = None   # names the format keeps beside a mailbox
+    serial_mailbox: ClassVar[bool] = True    # deliveries to one mailbox must be written one after another
 
     def __init__(self, template: str, reactor, pool):
         self.template = template
@@ -204,8 +206,33 @@ class FileStore:
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        done = threads.deferToThreadPool(self.reactor, self.pool, self._write_all, [item for item, _ in batch])
-        done.addCallbacks(self._fire, self._fail_all, callbackArgs=(batch,), errbackArgs=(batch,))
+        for job in self._jobs(batch):
+            done = threads.deferToThreadPool(self.reactor, self.pool, self._write_all, [item for item, _ in job])
+            done.addCallbacks(self._fire, self._fail_all, callbackArgs=(job,), errbackArgs=(job,))
+
+    def _jobs(self, batch: list[tuple[Delivery, defer.Deferred]]) -> list[list[tuple[Delivery, defer.Deferred]]]:
+        """Cut one turn's deliveries into pool jobs, so every disk thread syncs at once.
+
+        One job for the whole turn left all but one disk thread idle while each message's fsync
+        waited for the one before it. Deliveries to one mailbox stay in one job when the format
+        must append them one after another (`serial_mailbox`, mbox); a Maildir's deliveries are
+        independent files, so they are cut into as many jobs as the pool has threads, a mailbox's
+        messages kept side by side so each job still syncs a new/ folder once for several.
+        """
+        by_mailbox: dict[str, list[tuple[Delivery, defer.Deferred]]] = {}
+        for entry in batch:
+            by_mailbox.setdefault(entry[0].path, []).append(entry)
+        if self.serial_mailbox:
+            return list(by_mailbox.values())
+        ordered = [entry for group in by_mailbox.values() for entry in group]
+        count = max(1, min(len(ordered), getattr(self.pool, "max", 1)))
+        size, extra = divmod(len(ordered), count)
+        jobs, start = [], 0
+        for index in range(count):
+            end = start + size + (1 if index < extra else 0)
+            jobs.append(ordered[start:end])
+            start = end
+        return jobs
 
     def _write_all(self, deliveries: list[Delivery]) -> list[object]:
         """Blocking: find each delivery's folder, then write them as one batch of the format."""
@@ -213,7 +240,9 @@ class FileStore:
         written = iter(self.write_batch([item for item in placed if not isinstance(item, BaseException)]))
         outcomes = [item if isinstance(item, BaseException) else next(written) for item in placed]
         folders = [item[0] for item, outcome in zip(placed, outcomes) if not isinstance(outcome, BaseException)]
-        self.reactor.callFromThread(self._tell_folders, folders)
+        folders = self.account_class.open_among(folders)
+        if folders:
+            self.reactor.callFromThread(self._tell_folders, folders)
         return outcomes
 
     def _tell_folders(self, paths: list[str]) -> None:

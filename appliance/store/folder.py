@@ -58,6 +58,19 @@ def shared(path: str, make: Callable[[], "Folder"]) -> "Folder":
         return folder
 
 
+def open_among(paths: Iterable[str]) -> list[str]:
+    """Blocking (realpath): those of `paths` this process has open as Folders.
+
+    Asked in the delivering thread, so a delivery to a folder nobody has open costs the reactor
+    no hand-off to refresh_open (two thread round trips per delivery on the ingest path)."""
+    with _registry_guard:
+        if not _registry:
+            return []
+    wanted = {path: os.path.realpath(path) for path in set(paths)}
+    with _registry_guard:
+        return [path for path, real in wanted.items() if real in _registry]
+
+
 def refresh_open(paths: Iterable[str]) -> None:
     """Blocking: rescan those of `paths` that this process has open as Folders (sessions are on them).
 

@@ -479,6 +479,7 @@ class MaildirStore(FileStore):
     """IMailStore over one Maildir per user."""
 
     account_class = MaildirAccount
+    serial_mailbox = False      # one file per message: a mailbox's deliveries may run in parallel
 
     def write(self, path: str, message: bytes, sender: str) -> str:
         return write(path, message)

@@ -131,7 +131,7 @@ def test_recovery_returns_exactly_the_messages_not_done_with_bodies_intact(tmp_p
         spool.put(env, message(i))
     reactor.advance(0)
     spool.done(envs[1].id)
-    reactor.advance(0)
+    reactor.advance(queue.CLEANUP_DELAY)     # done marks wait a moment for a put to ride with
 
     again = Spool(str(tmp_path), FakeReactor(), SyncPool())     # as after kill -9
     recovered = again.recover()
@@ -313,7 +313,7 @@ def test_done_marks_and_deleting_finished_segments(tmp_path, monkeypatch):
 
     spool.done(a.id)                     # segment 1 is finished and not active: deleted
     spool.done(b.id)                     # segment 2 is active: kept, with a done mark
-    reactor.advance(0)
+    reactor.advance(queue.CLEANUP_DELAY)     # done marks wait a moment for a put to ride with
     assert segment_files(tmp_path) == ["000000000002.done", "000000000002.log"]
     with open(os.path.join(tmp_path, "segments", "000000000002.done"), "rb") as f:
         assert f.read() == b.id.encode() + b"\n"
@@ -325,6 +325,31 @@ def test_done_marks_and_deleting_finished_segments(tmp_path, monkeypatch):
     assert segment_files(tmp_path) == ["000000000003.log"]
 
 
+def test_a_done_mark_rides_with_the_next_puts_job(tmp_path):
+    """At one message at a time, each delivered message's mark used to be a writer job (a thread
+    round trip) of its own; it now waits a moment and goes with the next put's fdatasync."""
+    reactor, pool = FakeReactor(), ManualPool()
+    spool = open_spool(tmp_path, reactor, pool)
+    a, b = envelope("bob@example.test"), envelope("carol@example.test")
+    spool.put(a, message(1))
+    reactor.advance(0)
+    pool.run_one()
+    spool.done(a.id)
+    reactor.advance(0)
+    assert pool.jobs == []                          # not yet: waiting for company
+    spool.put(b, message(2))
+    reactor.advance(0)
+    assert len(pool.jobs) == 1
+    pool.run_one()
+    with open(os.path.join(tmp_path, "segments", "000000000001.done"), "rb") as f:
+        assert f.read() == a.id.encode() + b"\n"
+    spool.done(b.id)                                # alone: written within CLEANUP_DELAY all the same
+    reactor.advance(queue.CLEANUP_DELAY)
+    pool.run_one()
+    assert pool.jobs == []
+    assert Spool(str(tmp_path), reactor, SyncPool()).recover() == []
+
+
 def test_recovery_deletes_segments_whose_messages_are_all_done(tmp_path):
     reactor = FakeReactor()
     spool = open_spool(tmp_path, reactor)
@@ -332,7 +357,7 @@ def test_recovery_deletes_segments_whose_messages_are_all_done(tmp_path):
     spool.put(a, message())
     reactor.advance(0)
     spool.done(a.id)
-    reactor.advance(0)
+    reactor.advance(queue.CLEANUP_DELAY)     # done marks wait a moment for a put to ride with
     again = Spool(str(tmp_path), reactor, SyncPool())
     assert again.recover() == []
     reactor.advance(0)
@@ -357,7 +382,7 @@ def test_state_file_overrides_the_queued_envelope(tmp_path):
     assert back.recipients[1].attempts == 1 and back.recipients[1].last_error == "4.2.0 mailbox busy"
 
     spool.done(env.id)                   # finishing a message removes its state file
-    reactor.advance(0)
+    reactor.advance(queue.CLEANUP_DELAY)     # done marks wait a moment for a put to ride with
     assert os.listdir(os.path.join(tmp_path, "state")) == []
 
 
@@ -438,7 +463,7 @@ def test_a_message_is_delivered_right_after_it_is_durable(tmp_path):
     assert couriers["local"].calls == [(env.id, "bob@example.test", message())]
     assert env.recipients[0].state == DELIVERED
     assert spool.list() == []
-    reactor.advance(0)
+    reactor.advance(queue.CLEANUP_DELAY)     # done marks wait a moment for a put to ride with
     assert Spool(str(tmp_path), reactor, SyncPool()).recover() == []
 
 
@@ -804,7 +829,7 @@ def test_a_queue_written_by_the_previous_version_is_delivered_after_the_upgrade(
     local = FakeCourier()
     service, spool, reactor, _ = make_service(tmp_path, local=local)
     assert local.calls == [(qid, "bob@example.test", message(n)) for n, qid in enumerate(ids)]
-    reactor.advance(0)
+    reactor.advance(queue.CLEANUP_DELAY)     # done marks wait a moment for a put to ride with
     assert spool.list() == []
     assert Spool(str(tmp_path), reactor, SyncPool()).recover() == []
 
