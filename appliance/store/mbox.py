@@ -365,7 +365,16 @@ class MboxFolder(Folder):
             self._parse()
         self._load_keywords()
         letters, claimed = self._sidecar.get("flags", {}), set(self._sidecar.get("claimed", []))
-        return {key: (self._flags_of(letters.get(key, "")), key not in claimed) for key in self._entries}
+        sets: dict[str, frozenset[str]] = {}        # letters -> flags: 10,000 messages share a handful
+        found = {}
+        for key in self._entries:
+            given = letters.get(key, "")
+            given = given if isinstance(given, str) else ""      # a damaged side file: no flags, no crash
+            flags = sets.get(given)
+            if flags is None:
+                flags = sets[given] = self._flags_of(given)
+            found[key] = (flags, key not in claimed)
+        return found
 
     def _flags_of(self, letters: str) -> frozenset[str]:
         return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS) | self._keywords.names_of(letters)
