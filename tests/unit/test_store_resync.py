@@ -103,3 +103,36 @@ def test_a_flag_change_in_mbox_reads_the_side_file_not_the_mbox(store, path, mon
     folder._racy = True
     assert folder.refresh().flags_of(uid) == FLAGGED
     assert reads == []
+
+
+def test_an_mbox_side_file_rewritten_in_the_same_tick_is_read_again(store, path):
+    """After our own flag change the side file's stamp is young; another process writing it again
+    within the same tick (its stamp put back) must still be read, not taken from the last scan."""
+    Mbox.stored_messages(path, [b"Subject: a\n\nx\n", b"Subject: b\n\ny\n"])
+    folder = mbox.MboxAccount(path).folder("INBOX")
+    first, second = folder.refresh().uids
+    folder.store([first], "+", FLAGGED)
+    flags_path = os.path.join(folder._flags_path)
+    seen = os.stat(flags_path)
+    restart()
+    other = mbox.MboxAccount(path).folder("INBOX")
+    other.refresh()
+    other.store([second], "+", frozenset({"\\Seen"}))
+    os.utime(flags_path, ns=(seen.st_mtime_ns, seen.st_mtime_ns))
+    state = folder.refresh()
+    assert state.flags_of(first) == FLAGGED and state.flags_of(second) == {"\\Seen"}
+
+
+def test_a_maildir_name_renamed_back_by_another_reader_is_still_read(store, path):
+    """The listing matches the last one again, yet our own rename in between moved the file:
+    the reused listing brings back where the files are, so reading still works."""
+    Maildir.stored_messages(path, [b"Subject: a\n\n"])
+    folder = maildir.MaildirAccount(path).folder("INBOX")
+    uid = folder.refresh().uids[0]
+    name = os.listdir(os.path.join(path, "new"))[0]
+    folder.claim(frozenset({uid}))                       # ours: new/ -> cur/
+    moved = os.listdir(os.path.join(path, "cur"))[0]
+    os.rename(os.path.join(path, "cur", moved), os.path.join(path, "new", name))   # another program puts it back
+    folder._racy = True
+    assert folder.refresh().uids == (uid,)
+    assert folder.read(uid) == b"Subject: a\r\n\r\n"
