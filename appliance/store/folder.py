@@ -98,6 +98,7 @@ class Folder:
         self._keys: dict[int, str] = {}          # uid -> message key
         self._uid_stamp: tuple[int, int, int] | None = None
         self._scanned = False
+        self._published: tuple[dict, tuple[str, ...]] | None = None     # (found, keyword names) last published
         self._meta_guard = threading.Lock()
         self._keywords = KeywordMap()            # the format loads it in _scan, saves it in _save_keywords
         self._listeners: list[Callable[[], None]] = []
@@ -170,6 +171,11 @@ class Folder:
         self._scanned = True
         found = self._scan()
         uids = self._load_uids()
+        seen = (found, tuple(self._keywords.names))
+        if uids is self._uids and seen == self._published:
+            # The rescan a young stamp forces (RACY_NS) usually finds what the last one found:
+            # nothing to renumber, record or rebuild (a 10,000-message Snapshot costs milliseconds).
+            return
         dirty = uids.validity != self._uids.validity
         for key in [key for key in uids.uids if key not in found]:
             del uids.uids[key]
@@ -181,6 +187,7 @@ class Folder:
         if dirty:
             self._save_uids()
         self._publish(found)
+        self._published = seen
 
     def _load_uids(self) -> UidState:
         """The UID list, re-read only when another process or folder object changed it."""

@@ -66,6 +66,7 @@ class KeywordMap:
         can match, so the letters after it keep meaning what the file's writer meant."""
         self.names: list[str] = []
         self._by_lower: dict[str, int] = {}
+        self._names_of: dict[str, frozenset[str]] = {}    # letters -> names: a folder uses a handful of letter strings
         for index, name in zip(range(MAX_KEYWORDS), names):
             if valid(name) and name.lower() not in self._by_lower:
                 self._by_lower[name.lower()] = index
@@ -96,12 +97,22 @@ class KeywordMap:
         for lower, name in fresh.items():
             self._by_lower[lower] = len(self.names)
             self.names.append(name)
+        if fresh:
+            self._names_of.clear()        # letters without a name until now may have one
         return frozenset(flag if flag.startswith("\\") else self.canonical(flag) or flag for flag in flags), bool(fresh)
 
     def names_of(self, letters: str) -> frozenset[str]:
-        """Keyword names of the lower-case letters of a Maildir info part; letters without a name are skipped."""
-        return frozenset(self.names[LETTERS.index(c)] for c in letters
-                         if self.is_mapped(c) and valid(self.names[LETTERS.index(c)]))
+        """Keyword names of the lower-case letters of a Maildir info part; letters without a name are skipped.
+
+        Remembered per letter string: a rescan asks this for each of 10,000 messages.
+        """
+        names = self._names_of.get(letters)
+        if names is None:
+            if len(self._names_of) >= 4096:
+                self._names_of.clear()
+            names = self._names_of[letters] = frozenset(
+                self.names[LETTERS.index(c)] for c in letters if self.is_mapped(c) and valid(self.names[LETTERS.index(c)]))
+        return names
 
     def letters_of(self, keywords: Iterable[str]) -> str:
         """The letters of known keyword names (unknown ones are skipped: callers `define` first)."""

@@ -220,6 +220,9 @@ class MaildirFolder(Folder):
     def __init__(self, path: str):
         super().__init__(path, path)
         self._names: dict[str, tuple[str, str]] = {}      # key -> (subdir, file name)
+        self._parsed: dict[str, tuple[str, frozenset[str]]] = {}    # file name -> (key, flags), last scan's
+        self._parsed_for: tuple[str, ...] = ()             # the keyword names those flags were read with
+        self._last_scan: tuple[dict[str, list[str]], dict[str, tuple[str, str]], dict] | None = None   # (listing, names, found)
         self._seen_stamp: tuple[int, ...] | None = None
         self._racy = True                # the last scan may have missed a change in its own clock tick
         self._keywords_file = os.path.join(path, KEYWORDS_FILE)
@@ -260,14 +263,26 @@ class MaildirFolder(Folder):
         self._seen_stamp = self._dir_stamp()       # before listing: a change during the scan is seen next time
         self._racy = racy(max(self._seen_stamp[0], self._seen_stamp[2]), scanned)
         self._load_keywords()
+        keywords = self._keywords
+        # A name fixes its key and flags: a rescan re-reads only the names it has not met (new mail,
+        # renamed by a flag change), the others are one dict lookup -- unless the keyword list changed.
+        listed = {sub: _message_files(os.path.join(self.path, sub)) for sub in ("new", "cur")}
+        if self._last_scan is not None and tuple(keywords.names) == self._parsed_for \
+                and self._last_scan[0] == listed:
+            # The rescan a young stamp forces usually lists what the last one listed: found is as it was.
+            self._names = self._last_scan[1].copy()
+            return self._last_scan[2]
+        known = self._parsed if tuple(keywords.names) == self._parsed_for else {}
+        parsed: dict[str, tuple[str, frozenset[str]]] = {}
         names: dict[str, tuple[str, str]] = {}
         found: dict[str, tuple[frozenset[str], bool]] = {}
         for sub in ("new", "cur"):
-            for name in _message_files(os.path.join(self.path, sub)):
-                key, flags = split_name(name, self._keywords)
+            for name in listed[sub]:
+                key, flags = parsed[name] = known.get(name) or split_name(name, keywords)
                 names[key] = (sub, name)
                 found[key] = (flags, sub == "new")
-        self._names = names
+        self._names, self._parsed, self._parsed_for = names, parsed, tuple(keywords.names)
+        self._last_scan = (listed, names.copy(), found)
         return found
 
     def _relist(self) -> None:

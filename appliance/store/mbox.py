@@ -325,6 +325,8 @@ class MboxFolder(Folder):
         self._seen_flags: tuple[int, int] | None = None
         self._racy = True                # the last scan may have missed a change in its own clock tick
         self._sidecar: dict = {}
+        self._sidecar_raw: bytes | None = None            # the side file's octets `_sidecar` was read from
+        self._last_scan: tuple[dict, dict] | None = None    # (entries, found) of the last full scan
 
     def _file_stamp(self) -> tuple[int, int]:
         try:
@@ -345,15 +347,29 @@ class MboxFolder(Folder):
 
     def _load_sidecar(self) -> dict:
         try:
-            with open(self._flags_path, encoding="utf-8") as handle:
-                data = json.load(handle)
+            with open(self._flags_path, "rb") as handle:
+                raw = handle.read()
+            data = json.loads(raw)
             if isinstance(data, dict):
+                self._sidecar_raw = raw
                 return data
         except (OSError, ValueError):
             pass
+        self._sidecar_raw = None
         return {"flags": {}, "claimed": []}
 
+    def _sidecar_unchanged(self) -> bool:
+        """Whether the side file still holds the octets our last scan read (a young stamp proves nothing)."""
+        if self._sidecar_raw is None:
+            return False
+        try:
+            with open(self._flags_path, "rb") as handle:
+                return handle.read(len(self._sidecar_raw) + 1) == self._sidecar_raw
+        except OSError:
+            return False
+
     def _save_sidecar(self) -> None:
+        self._sidecar_raw = self._last_scan = None       # memory runs ahead of the file until it is read back
         write_atomic(self._flags_path, json.dumps(self._sidecar).encode("utf-8"))
 
     def _scan(self) -> dict[str, tuple[frozenset[str], bool]]:
@@ -363,9 +379,21 @@ class MboxFolder(Folder):
         self._racy = racy(max(self._seen_stamp[0], self._seen_flags[0]), scanned)
         if self._seen_stamp != self._stamp:
             self._parse()
+        elif self._last_scan is not None and self._last_scan[0] is self._entries and self._sidecar_unchanged():
+            return self._last_scan[1]          # the rescan a young stamp forces, after a change of ours: as found
         self._load_keywords()
         letters, claimed = self._sidecar.get("flags", {}), set(self._sidecar.get("claimed", []))
-        return {key: (self._flags_of(letters.get(key, "")), key not in claimed) for key in self._entries}
+        sets: dict[str, frozenset[str]] = {}        # letters -> flags: 10,000 messages share a handful
+        found = {}
+        for key in self._entries:
+            given = letters.get(key, "")
+            given = given if isinstance(given, str) else ""      # a damaged side file: no flags, no crash
+            flags = sets.get(given)
+            if flags is None:
+                flags = sets[given] = self._flags_of(given)
+            found[key] = (flags, key not in claimed)
+        self._last_scan = (self._entries, found)
+        return found
 
     def _flags_of(self, letters: str) -> frozenset[str]:
         return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS) | self._keywords.names_of(letters)
