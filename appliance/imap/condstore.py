@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.mail.imap4 import IllegalClientResponse
 
 from appliance import replies
-from appliance.imap.backend import Folder, Ranges, Snapshot, client_flags, first_known, format_ranges, merge
+from appliance.imap.backend import Folder, Ranges, Snapshot, first_known, format_ranges, merge
 from appliance.imap.fetch import FetchCommand, marks_seen
 from appliance.imap.parse import MAX_COMMAND, Arguments, _as_words, _fetch_atts, _then
 from appliance.imap.selected import SelectedCommands
@@ -423,26 +423,13 @@ class CondstoreCommands:
         if since is None:
             SelectedCommands.do_STORE(self, tag, ranges, mode, flags, uid)  # type: ignore[arg-type]
             return
-        view, folder = self.view, self.folder
-        assert view is not None and folder is not None
-        if view.readonly:
-            self._reply(tag, replies.IMAP_READ_ONLY)
-            return
-        mode = mode.upper()
-        if mode.lstrip(b"+-") not in (b"FLAGS", b"FLAGS.SILENT"):
-            self._reply(tag, replies.IMAP_BAD_STORE_ITEM)
-            return
-        try:
-            items = view.resolve(ranges, bool(uid))
-            wanted = client_flags(flags)
-        except (SequenceError, ValueError) as exc:
-            self.sendBadResponse(tag, str(exc).encode("ascii", "replace"))
-            return
-        self._enable_condstore()
-        sign = mode[:1].decode() if mode[:1] in (b"+", b"-") else ""      # add, remove, or replace
-        d = self._run(folder.store_unchanged_since, [u for _, u in items], sign, wanted, since)
-        d.addCallback(self._stored_if_unchanged, tag, items, mode.endswith(b".SILENT"), bool(uid))
-        d.addErrback(self._fail, tag)
+        request = self._store_request(tag, ranges, mode, flags, uid)
+        if request is not None:
+            items, sign, wanted, silent = request
+            self._enable_condstore()
+            d = self._run(self.folder.store_unchanged_since, [u for _, u in items], sign, wanted, since)
+            d.addCallback(self._stored_if_unchanged, tag, items, silent, bool(uid))
+            d.addErrback(self._fail, tag)
 
     select_STORE = (do_STORE_modseq, Arguments.arg_seqset, arg_store_modifier, Arguments.arg_atom,
                     Arguments.arg_flaglist)

@@ -227,26 +227,34 @@ class SelectedCommands:
 
     # ---- STORE ---------------------------------------------------------------------------------------------
     def do_STORE(self, tag: bytes, ranges: list, mode: bytes, flags: list[str], uid: int = 0) -> None:
-        view, folder = self.view, self.folder
-        assert view is not None and folder is not None
+        request = self._store_request(tag, ranges, mode, flags, uid)
+        if request is not None:
+            items, operation, wanted, silent = request
+            d = self._run(self.folder.store, [u for _, u in items], operation, wanted)
+            d.addCallback(self._stored, tag, items, silent, bool(uid))
+            d.addErrback(self._fail, tag)
+
+    def _store_request(self, tag: bytes, ranges: list, mode: bytes, flags: list[str],
+                       uid: int) -> tuple[list[tuple[int, int]], str, frozenset[str], bool] | None:
+        """STORE's arguments checked: (items, "+"/"-"/"" for add/remove/replace, flags, silent),
+        or None once the refusal is sent (read-only, an unknown item, a bad set or flag)."""
+        view = self.view
+        assert view is not None and self.folder is not None
         if view.readonly:
             self._reply(tag, replies.IMAP_READ_ONLY)
-            return
+            return None
         mode = mode.upper()
         if mode.lstrip(b"+-") not in (b"FLAGS", b"FLAGS.SILENT"):
             self._reply(tag, replies.IMAP_BAD_STORE_ITEM)
-            return
+            return None
         try:
             items = view.resolve(ranges, bool(uid))
             wanted = client_flags(flags)
         except (SequenceError, ValueError) as exc:
             self.sendBadResponse(tag, str(exc).encode("ascii", "replace"))
-            return
-        silent = mode.endswith(b".SILENT")
-        operation = mode[:1].decode() if mode[:1] in (b"+", b"-") else ""       # add, remove, replace
-        d = self._run(folder.store, [u for _, u in items], operation, wanted)
-        d.addCallback(self._stored, tag, items, silent, bool(uid))
-        d.addErrback(self._fail, tag)
+            return None
+        operation = mode[:1].decode() if mode[:1] in (b"+", b"-") else ""
+        return items, operation, wanted, mode.endswith(b".SILENT")
 
     select_STORE = (do_STORE, Arguments.arg_seqset, Arguments.arg_atom, Arguments.arg_flaglist)
 

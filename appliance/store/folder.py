@@ -257,17 +257,7 @@ class Folder:
         with locked(self._lock):
             if self.changed():
                 self._refresh_locked()
-            keys = self._keys_for(list(uids))
-            flags = self._canonical(flags) if mode == "-" else self._define(flags)
-            changes = {}
-            for uid, key in keys.items():
-                old = self.state.flags_of(uid) if uid in self.state.position else frozenset()
-                new = old | flags if mode == "+" else old - flags if mode == "-" else flags
-                if new != old:
-                    changes[key] = new
-            if changes:
-                self._set_flags(changes)
-            self._refresh_locked()
+            self._apply_flags(list(uids), mode, flags)
         return self.state
 
     def store_unchanged_since(self, uids: list[int], mode: str, flags: frozenset[str],
@@ -283,18 +273,22 @@ class Folder:
                 self._refresh_locked()
             state = self.state
             refused = frozenset(u for u in uids if u in state.position and state.modseq_of(u) > since)
-            keys = self._keys_for([u for u in uids if u not in refused])
-            flags = self._canonical(flags) if mode == "-" else self._define(flags)      # keywords as store() does
-            state, changes = self.state, {}
-            for uid, key in keys.items():
-                old = state.flags_of(uid) if uid in state.position else frozenset()
-                new = old | flags if mode == "+" else old - flags if mode == "-" else flags
-                if new != old:
-                    changes[key] = new
-            if changes:
-                self._set_flags(changes)
-            self._refresh_locked()
+            self._apply_flags([u for u in uids if u not in refused], mode, flags)
         return self.state, refused
+
+    def _apply_flags(self, uids: list[int], mode: str, flags: frozenset[str]) -> None:
+        """Under the folder lock: the new flag sets from the current state, written, then published."""
+        keys = self._keys_for(uids)
+        flags = self._canonical(flags) if mode == "-" else self._define(flags)
+        changes = {}
+        for uid, key in keys.items():
+            old = self.state.flags_of(uid) if uid in self.state.position else frozenset()
+            new = old | flags if mode == "+" else old - flags if mode == "-" else flags
+            if new != old:
+                changes[key] = new
+        if changes:
+            self._set_flags(changes)
+        self._refresh_locked()
 
     def _canonical(self, flags: frozenset[str]) -> frozenset[str]:
         """Keywords in the folder's spelling; unknown ones kept as given (they match nothing)."""
