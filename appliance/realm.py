@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail
@@ -423,12 +423,9 @@ class MailRealm:
         self._store = store
         self._locks = MaildropLocks() if locks is None else locks
 
-    def requestAvatar(self, avatar_id: Verified | UserRecord, mind: Mind | None, *interfaces: Any) -> Deferred:
-        # DirectoryChecker gives a Verified; a checker of its own (tests) may give the bare record.
-        verified = avatar_id if isinstance(avatar_id, Verified) else Verified(avatar_id)
-        user = verified.user
+    def requestAvatar(self, user: UserRecord, mind: Mind | None, *interfaces: Any) -> Deferred:
         if mind is not None:
-            mind.user, mind.cached = user, verified.cached
+            mind.user = user
         if IMailUser in interfaces:
             return defer.succeed((IMailUser, user, _nothing))
         if IMaildrop in interfaces:
@@ -493,10 +490,27 @@ class Login:
 
     def _check(self, ticket: Ticket, credentials: Any, interface: type[Interface], mind: Mind, login: str,
                mechanism: str) -> Deferred:
-        d = defer.maybeDeferred(self.portal.login, credentials, mind, interface)
+        d = defer.maybeDeferred(self._avatar_id, credentials)
+        d.addCallback(self._avatar, mind, interface)
         d.addCallbacks(self._succeeded, self._failed, callbackArgs=(mind, mechanism, ticket),
                        errbackArgs=(mind, login, mechanism, ticket))
         return d
+
+    def _avatar_id(self, credentials: Any) -> Deferred:
+        """Portal.login's first half: the portal's checker for these credentials."""
+        for interface, checker in self.portal.checkers.items():
+            if interface.providedBy(credentials):
+                return checker.requestAvatarId(credentials)
+        raise UnhandledCredentials(f"no checker for {credentials!r}")
+
+    def _avatar(self, avatar_id: Verified | UserRecord, mind: Mind, interface: type[Interface]) -> Deferred:
+        """Portal.login's second half, with the checker's verdict (was it the credential cache?)
+        kept in the mind for the log; the realm gets the record. A checker of a test's own may
+        answer with the bare record."""
+        if isinstance(avatar_id, Verified):
+            mind.cached = avatar_id.cached
+            avatar_id = avatar_id.user
+        return self.portal.realm.requestAvatar(avatar_id, mind, interface)
 
     def _not_admitted(self, failure: Failure, mind: Mind, login: str, mechanism: str) -> Failure:
         if failure.check(LoginThrottled) and failure.value.log_for:

@@ -85,8 +85,8 @@ class FakeRealm:
         self.fmt, self.reactor, self.locks = fmt, reactor, locks
         self.broken = False
 
-    def requestAvatar(self, verified, mind, *interfaces):
-        user = mind.user = verified.user
+    def requestAvatar(self, user, mind, *interfaces):
+        mind.user = user
         if self.broken:
             raise RuntimeError("secret internal detail /var/mail/alice")
         path = user.address
