@@ -67,10 +67,10 @@ def _apop_ok(credentials: APOPCredentials, secret: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Verified:
-    """The checker's answer, the avatar id: whose record the credentials matched (whatever
+    """DirectoryChecker's answer, the avatar id: whose record the credentials matched (whatever
     address they logged in with, so the realm never asks the directory a second time), and
     whether the password was matched by the credential cache rather than a full check (logged
-    as `cached=yes`)."""
+    as `cached=yes`). Login hands the record to the realm and keeps `cached` for the log."""
 
     user: UserRecord
     cached: bool = False
