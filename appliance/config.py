@@ -146,6 +146,8 @@ class LoginsSection:
     max_delay: int = 30               # longest spacing of throttled attempts (1 s doubling); beyond: 4xx at once
     check_threads: int = 1            # threads for password checks (scrypt, LDAP binds), apart from lookups
     max_pending_checks: int = 32      # password checks waiting for a thread; beyond: 4xx at once
+    credential_cache_ttl: int = 3600  # seconds a verified password is accepted again without a check; 0 = off
+    credential_cache_size: int = 10000    # accounts remembered at most (least recently used forgotten)
 
 
 @dataclass(frozen=True)
@@ -729,7 +731,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "limits": _int_keys(LimitsSection),
     "queue": _int_keys(QueueSection),
-    "logins": _int_keys(LoginsSection),
+    "logins": {**_int_keys(LoginsSection), **_same_names(LoginsSection, {
+        "credential_cache_ttl": _count(0, 86400), "credential_cache_size": _count(1, 1000000)})},
     "checks": _same_names(ChecksSection, {
         "greylist": _choice("off", "all", "suspicious"), "greylist_delay": _count(0, 86400),
         "greylist_retry_window": _count(60, 31536000), "greylist_expire": _count(3600, 315360000),

@@ -20,6 +20,10 @@ class UserRecord:
     shared_secret: str | None = None             # cleartext-equivalent secret for CRAM-MD5/APOP, when stored
     enabled: bool = True
     quota: int | None = None                     # own storage limit in bytes, 0 = unlimited; None = [storage] quota
+    # A fingerprint of the stored password (never the password, never the hash itself): it
+    # changes whenever the password does, so the credential cache (appliance/credcache.py) drops
+    # an old password at once. "" when the directory cannot tell (then only the cache's TTL).
+    credential: str = field(default="", repr=False, compare=False)
 
 
 class IDirectory(Interface):
@@ -31,7 +35,10 @@ class IDirectory(Interface):
         """Deferred[UserRecord | None] for an address (primary or extra); None = no such user."""
 
     def authenticate(login: str, password: str):
-        """Deferred[UserRecord | None]; None = unknown login, wrong password or disabled user."""
+        """Deferred[UserRecord | None]; None = unknown login, wrong password or disabled user.
+
+        Always the full check (scrypt, an LDAP bind): the credential cache sits in front of it,
+        in appliance.realm.DirectoryChecker, keyed by the record `lookup` gives."""
 
 
 class IMailUser(Interface):

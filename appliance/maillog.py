@@ -79,10 +79,11 @@ def tls_failed(service: str, peer: str, reason: str, session: str = "") -> None:
 
 
 def auth(service: str, peer: str, login: str, ok: bool, mechanism: str = "", reason: str = "",
-         session: str = "") -> None:
-    """Authentication result; the password or SASL payload is never passed here."""
+         session: str = "", cached: bool = False) -> None:
+    """Authentication result; the password or SASL payload is never passed here. `cached`: the
+    password was matched by the credential cache ([logins] credential_cache_ttl), not hashed."""
     emit("auth-ok" if ok else "auth-failed", service=service, peer=peer, login=login,
-         mech=mechanism, reason=reason, session=session)
+         mech=mechanism, reason=reason, cached="yes" if cached else "", session=session)
 
 
 def rejected(service: str, peer: str, stage: str, reply: str, sender: str = "", rcpt: str = "",

@@ -87,6 +87,14 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(_scrypt(password, salt, log2_n, r, p), expected)
 
 
+def credential_fingerprint(stored: str) -> str:
+    """What the credential cache ties a verified password to: a digest of the stored hash (with
+    its `!` when disabled), so that a new password (a new salt) or a disabled user never matches
+    an entry made before. A digest rather than the hash, so the user record passed around the
+    daemon does not carry the scrypt hash; it is no help for guessing (scrypt is still needed)."""
+    return hashlib.sha256(stored.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 # A hash of a random password nobody knows: checking an unknown login against it costs the same
 # scrypt work as a real check, so response time does not tell which logins exist.
 DUMMY_HASH = hash_password(_b64encode(os.urandom(24)))

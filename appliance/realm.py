@@ -15,12 +15,13 @@ import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import md5
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail
@@ -30,6 +31,7 @@ from zope.interface import Interface, implementer
 
 from appliance import maillog
 from appliance.config import LoginsSection
+from appliance.credcache import CredentialCache
 from appliance.errors import DirectoryUnavailable, MailboxUnavailable
 from appliance.interfaces import IAccount, IDirectory, IMaildrop, IMailUser, UserRecord
 from appliance.passwords import TooManyChecks
@@ -63,33 +65,76 @@ def _apop_ok(credentials: APOPCredentials, secret: bytes) -> bool:
     return hmac.compare_digest(expected, given)
 
 
+@dataclass(frozen=True)
+class Verified:
+    """DirectoryChecker's answer, the avatar id: whose record the credentials matched (whatever
+    address they logged in with, so the realm never asks the directory a second time), and
+    whether the password was matched by the credential cache rather than a full check (logged
+    as `cached=yes`). Login hands the record to the realm and keeps `cached` for the log."""
+
+    user: UserRecord
+    cached: bool = False
+
+
 @implementer(ICredentialsChecker)
 class DirectoryChecker:
     """Passwords (PLAIN, LOGIN, USER/PASS, IMAP LOGIN) and shared secrets (CRAM-MD5, APOP).
 
-    The avatar id is the user's directory record itself (whatever address they logged in with),
-    so the realm builds the avatar without asking the directory a second time. A
-    DirectoryUnavailable failure passes through untouched: "could not tell" must never read as
+    With a `cache` ([logins] credential_cache_ttl), a password for a login that has a fresh
+    cache entry first meets the cache: the user is looked up (every time, so a disabled or
+    removed user fails at once), and a password that passed the full check against the same
+    stored credential (the record's fingerprint) less than the TTL ago is accepted without
+    scrypt or an LDAP bind. Anything else, a wrong password above all, gets the full check
+    (`authenticate`); only its successes are remembered. A login without an entry goes straight
+    to the full check, so the directory is asked once per login, except for a wrong password
+    against a remembered login (a lookup, then the full check). CRAM-MD5 and APOP never carry
+    the password and are checked as before.
+
+    A DirectoryUnavailable failure passes through untouched: "could not tell" must never read as
     "wrong password" (the protocols answer 454 / NO [UNAVAILABLE] / -ERR [SYS/TEMP]).
     """
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
-    def __init__(self, directory: IDirectory):
+    def __init__(self, directory: IDirectory, cache: CredentialCache | None = None):
         self._directory = directory
+        self.cache = cache
 
     def requestAvatarId(self, credentials) -> Deferred:
         try:
             login = _text(credentials.username)
             if IUsernamePassword.providedBy(credentials):
-                d = self._directory.authenticate(login, _text(credentials.password))
-                return d.addCallback(_avatar_id)
+                return self._password(login, _text(credentials.password))
         except UnauthorizedLogin:
             return fail()
         d = self._directory.lookup(login)
         return d.addCallback(self._check_secret, credentials)
 
-    def _check_secret(self, user: UserRecord | None, credentials) -> UserRecord:
+    def _password(self, login: str, password: str) -> Deferred:
+        if self.cache is None or not self.cache.knows(login):
+            return self._full_check(login, password)
+        d = self._directory.lookup(login)
+        return d.addCallback(self._cached_or_checked, login, password)
+
+    def _cached_or_checked(self, user: UserRecord | None, login: str, password: str) -> Verified | Deferred:
+        # A disabled user is never answered from the cache: a quick refusal would tell a guesser
+        # that the password was right.
+        if user is not None and user.enabled and self.cache is not None \
+                and self.cache.hit(login, password, user.address, user.credential):
+            return Verified(user, cached=True)
+        return self._full_check(login, password)
+
+    def _full_check(self, login: str, password: str) -> Deferred:
+        d = self._directory.authenticate(login, password)
+        return d.addCallback(self._checked, login, password)
+
+    def _checked(self, user: UserRecord | None, login: str, password: str) -> Verified:
+        verified = _avatar_id(user)
+        if self.cache is not None:
+            self.cache.remember(login, password, verified.user.address, verified.user.credential)
+        return verified
+
+    def _check_secret(self, user: UserRecord | None, credentials) -> Verified:
         if user is None or user.shared_secret is None:
             raise UnauthorizedLogin("no shared secret stored for this login")
         secret = _bytes(user.shared_secret)
@@ -100,10 +145,10 @@ class DirectoryChecker:
         return _avatar_id(user if ok else None)
 
 
-def _avatar_id(user: UserRecord | None) -> UserRecord:
+def _avatar_id(user: UserRecord | None) -> Verified:
     if user is None or not user.enabled:
         raise UnauthorizedLogin("bad credentials")
-    return user
+    return Verified(user)
 
 
 class LoginThrottled(Exception):
@@ -119,10 +164,12 @@ class LoginThrottled(Exception):
         self.log_for = log_for
 
 
+@lru_cache(maxsize=4096)
 def client_keys(peer: str) -> tuple[str, str | None]:
     """(address, network) the throttle counts a peer under: an IPv4-mapped IPv6 address is its
     IPv4 address; the network is the /24 (IPv4) or /64 (IPv6). A peer that is no IP address
-    (a UNIX socket, a test) counts by its name alone."""
+    (a UNIX socket, a test) counts by its name alone. Remembered for the last few thousand
+    peers: parsing them was a sixth of a cached login's time on the reactor."""
     try:
         ip = ipaddress.ip_address(peer.split("%", 1)[0])
     except ValueError:
@@ -353,6 +400,7 @@ class Mind:
     peer: str
     user: UserRecord | None = None
     session: str = ""                 # the protocol session's id, for the log
+    cached: bool = False              # the password was matched by the credential cache
 
 
 @dataclass(frozen=True)
@@ -445,10 +493,27 @@ class Login:
 
     def _check(self, ticket: Ticket, credentials: Any, interface: type[Interface], mind: Mind, login: str,
                mechanism: str) -> Deferred:
-        d = defer.maybeDeferred(self.portal.login, credentials, mind, interface)
+        d = defer.maybeDeferred(self._avatar_id, credentials)
+        d.addCallback(self._avatar, mind, interface)
         d.addCallbacks(self._succeeded, self._failed, callbackArgs=(mind, mechanism, ticket),
                        errbackArgs=(mind, login, mechanism, ticket))
         return d
+
+    def _avatar_id(self, credentials: Any) -> Deferred:
+        """Portal.login's first half: the portal's checker for these credentials."""
+        for interface, checker in self.portal.checkers.items():
+            if interface.providedBy(credentials):
+                return checker.requestAvatarId(credentials)
+        raise UnhandledCredentials(f"no checker for {credentials!r}")
+
+    def _avatar(self, avatar_id: Verified | UserRecord, mind: Mind, interface: type[Interface]) -> Deferred:
+        """Portal.login's second half, with the checker's verdict (was it the credential cache?)
+        kept in the mind for the log; the realm gets the record. A checker of a test's own may
+        answer with the bare record."""
+        if isinstance(avatar_id, Verified):
+            mind.cached = avatar_id.cached
+            avatar_id = avatar_id.user
+        return self.portal.realm.requestAvatar(avatar_id, mind, interface)
 
     def _not_admitted(self, failure: Failure, mind: Mind, login: str, mechanism: str) -> Failure:
         if failure.check(LoginThrottled) and failure.value.log_for:
@@ -471,7 +536,8 @@ class Login:
         _, avatar, logout = result
         assert mind.user is not None
         ticket.succeeded()
-        maillog.auth(mind.service, mind.peer, mind.user.address, True, mechanism, session=mind.session)
+        maillog.auth(mind.service, mind.peer, mind.user.address, True, mechanism, session=mind.session,
+                     cached=mind.cached)
         return LoggedIn(avatar, mind.user, logout)
 
     def _failed(self, failure: Failure, mind: Mind, login: str, mechanism: str, ticket: Ticket) -> Any:
@@ -500,8 +566,15 @@ class Login:
         return failure
 
 
+def make_cache(clock: Any, settings: LoginsSection | None = None) -> CredentialCache:
+    """The credential cache [logins] asks for (credential_cache_ttl 0: one that is always off)."""
+    s = settings if settings is not None else LoginsSection()
+    return CredentialCache(clock, s.credential_cache_ttl, s.credential_cache_size)
+
+
 def make_login(directory: IDirectory, store: Any, clock: Any, locks: MaildropLocks | None = None,
                settings: LoginsSection | None = None) -> Login:
-    """The one Login every listener shares: one checker, one realm, one throttle ([logins])."""
-    portal = Portal(MailRealm(store, locks), [DirectoryChecker(directory)])
+    """The one Login every listener shares: one checker (with its credential cache), one realm,
+    one throttle ([logins])."""
+    portal = Portal(MailRealm(store, locks), [DirectoryChecker(directory, make_cache(clock, settings))])
     return Login(portal, AuthThrottle(clock, settings), clock)

@@ -188,13 +188,16 @@ def _directory_and_login(cfg: configmod.Config, parts: Parts, previous: Wiring |
     from twisted.cred.portal import Portal
     from appliance.directory import make_directory
     from appliance.passwords import CheckQueue
-    from appliance.realm import AuthThrottle, DirectoryChecker, Login, MailRealm
+    from appliance.realm import AuthThrottle, DirectoryChecker, Login, MailRealm, make_cache
     logins = cfg.logins
     password_checks = CheckQueue(parts.reactor, parts.pools["passwords"], logins.check_threads, logins.max_pending_checks)
     directory = make_directory(cfg, parts.reactor, parts.pools["directory"], password_checks)
     same_logins = previous is not None and previous.cfg.logins == logins
     throttle = previous.throttle if same_logins else AuthThrottle(parts.reactor, logins)
-    portal = Portal(MailRealm(parts.store, parts.locks), [DirectoryChecker(directory)])
+    # A new credential cache on every reload: the directory may have changed in ways no
+    # fingerprint shows (an LDAP server without modifyTimestamp), so a reload forgets them all.
+    checker = DirectoryChecker(directory, make_cache(parts.reactor, logins))
+    portal = Portal(MailRealm(parts.store, parts.locks), [checker])
     return directory, Login(portal, throttle, parts.reactor), throttle
 
 

@@ -45,7 +45,7 @@ from appliance import address as addr
 from appliance import maillog
 from appliance.config import format_size, parse_size
 from appliance.interfaces import IDirectory, UserRecord
-from appliance.passwords import CheckQueue, hash_password, verify_password, verify_unknown_user
+from appliance.passwords import CheckQueue, credential_fingerprint, hash_password, verify_password, verify_unknown_user
 from appliance.durable import fsync_dir
 
 FILE_MODE = 0o600
@@ -71,7 +71,7 @@ class UserEntry:
     def record(self) -> UserRecord:
         return UserRecord(address=self.address, addresses=frozenset((self.address, *self.extra_addresses)),
                           shared_secret=self.shared_secret, enabled=not self.password_hash.startswith(DISABLED),
-                          quota=self.quota)
+                          quota=self.quota, credential=credential_fingerprint(self.password_hash))
 
 
 # -- the line format ---------------------------------------------------------------------------

@@ -50,6 +50,10 @@ FAILBACK_AFTER = 60.0             # seconds a failover URL is tried first, befor
 # (AD and ppolicy use 49 and 53 for locked or expired accounts). Anything else: could not tell.
 REFUSED_BIND = frozenset({48, 49, 50, 53})
 _SCHEME = re.compile(r"\{([A-Za-z0-9.-]+)\}")
+# The operational attribute every server keeps (RFC 4512 3.4: OpenLDAP, AD, 389-ds): it changes
+# with every modification of the entry, a password change included (ldappasswd, a userPassword
+# modify), so the credential cache drops the old password once the lookup sees the new value.
+CHANGED_ATTRIBUTE = "modifyTimestamp"
 
 
 # ================================================================ filters and the service password
@@ -166,7 +170,7 @@ class LDAPClient:
     def _find_user(self, connection: ldap3.Connection, address: str) -> UserEntry | None:
         s = self._settings
         wanted = [name for name in (s.mail_attribute, s.alias_attribute, s.forward_attribute,
-                                    s.shared_secret_attribute, s.quota_attribute) if name]
+                                    s.shared_secret_attribute, s.quota_attribute) if name] + [CHANGED_ATTRIBUTE]
         entries = self._search(connection, s.base_dn, fill_filter(s.user_filter, address), wanted)
         if not entries:
             return None
@@ -182,7 +186,8 @@ class LDAPClient:
         record = UserRecord(address=mails[0],
                             addresses=frozenset(mails + _addresses(_values(entry, s.alias_attribute))),
                             shared_secret=_secret(_values(entry, s.shared_secret_attribute)),
-                            enabled=enabled, quota=_quota(_values(entry, s.quota_attribute)))
+                            enabled=enabled, quota=_quota(_values(entry, s.quota_attribute)),
+                            credential=_credential(entry))
         forwards = _addresses(_values(entry, s.forward_attribute))
         return UserEntry(dn=entry["dn"], record=record, forward=forwards[0] if forwards else "")
 
@@ -354,6 +359,14 @@ def _quota(values: list[str]) -> int | None:
         except ValueError:
             continue
     return None
+
+
+def _credential(entry: dict) -> str:
+    """The record's credential fingerprint: its DN and when it last changed. A server that does
+    not show modifyTimestamp to the service account leaves the DN alone: then only
+    [logins] credential_cache_ttl bounds an old password (docs/auth.md)."""
+    changed = _values(entry, CHANGED_ATTRIBUTE)
+    return f"{entry['dn']}\n{changed[0] if changed else ''}"
 
 
 def _secret(values: list[str]) -> str | None:

@@ -23,6 +23,7 @@ SLAPADD = "/usr/sbin/slapadd"
 SLAPPASSWD = "/usr/sbin/slappasswd"
 LDAPADD = "/usr/bin/ldapadd"
 LDAPSEARCH = "/usr/bin/ldapsearch"
+LDAPMODIFY = "/usr/bin/ldapmodify"
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis", "misc")
 PACKAGES = "slapd ldap-utils"
 
@@ -145,6 +146,10 @@ class Slapd:
     def add(self, ldif: str) -> None:
         """Add entries to the running server as the root DN."""
         self._run([LDAPADD, "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD], ldif)
+
+    def modify(self, ldif: str) -> None:
+        """Apply an LDIF of changes (changetype: modify) to the running server as the root DN."""
+        self._run([LDAPMODIFY, "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD], ldif)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
