@@ -158,10 +158,13 @@ class FileStore:
     side_files: ClassVar[re.Pattern[str] | None] = None   # names the format keeps beside a mailbox
     serial_mailbox: ClassVar[bool] = True    # deliveries to one mailbox must be written one after another
 
-    def __init__(self, template: str, reactor, pool):
+    def __init__(self, template: str, reactor, pool, writers=None):
         self.template = template
         self.reactor = reactor
         self.pool = pool
+        # Where deliveries are written: appliance.jobthreads.JobThreads in the daemon (a job
+        # costs the reactor one C call, not Twisted's pool coordinator); `pool` otherwise.
+        self.writers = writers if writers is not None else pool
         self._batch: list[tuple[Delivery, defer.Deferred]] = []
 
     def path_for(self, user: UserRecord) -> str:
@@ -207,7 +210,7 @@ class FileStore:
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
         for job in self._jobs(batch):
-            done = threads.deferToThreadPool(self.reactor, self.pool, self._write_all, [item for item, _ in job])
+            done = threads.deferToThreadPool(self.reactor, self.writers, self._write_all, [item for item, _ in job])
             done.addCallbacks(self._fire, self._fail_all, callbackArgs=(job,), errbackArgs=(job,))
 
     def _jobs(self, batch: list[tuple[Delivery, defer.Deferred]]) -> list[list[tuple[Delivery, defer.Deferred]]]:
@@ -216,7 +219,7 @@ class FileStore:
         One job for the whole turn left all but one disk thread idle while each message's fsync
         waited for the one before it. Deliveries to one mailbox stay in one job when the format
         must append them one after another (`serial_mailbox`, mbox); a Maildir's deliveries are
-        independent files, so they are cut into as many jobs as the pool has threads, a mailbox's
+        independent files, so they are cut into as many jobs as there are writer threads, a mailbox's
         messages kept side by side so each job still syncs a new/ folder once for several.
         """
         by_mailbox: dict[str, list[tuple[Delivery, defer.Deferred]]] = {}
@@ -225,7 +228,7 @@ class FileStore:
         if self.serial_mailbox:
             return list(by_mailbox.values())
         ordered = [entry for group in by_mailbox.values() for entry in group]
-        count = max(1, min(len(ordered), getattr(self.pool, "max", 1)))
+        count = max(1, min(len(ordered), getattr(self.writers, "max", 1)))
         size, extra = divmod(len(ordered), count)
         jobs, start = [], 0
         for index in range(count):
