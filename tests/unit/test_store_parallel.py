@@ -149,8 +149,10 @@ class WaitForAWriter(SynchronousTestCase):
         first = store.deliver(USERS[0], WIRE, "")
         clock.advance(0)                         # the one writer takes the first message, and waits
         self.assertTrue(started.wait(10))
-        later = [store.deliver(user, WIRE, "") for user in USERS[1:]]
-        clock.advance(0)                         # no writer free: these three wait in the store
+        later = []
+        for user in USERS[1:]:                   # three more turns, one delivery each
+            later.append(store.deliver(user, WIRE, ""))
+            clock.advance(0)                     # no writer free: it waits in the store
         self.assertEqual(batches, [1])
         outcomes: list = []
         for d in [first, *later]:
