@@ -8,6 +8,7 @@ object (`to_json`). `decode` reads both.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -130,16 +131,31 @@ def _checked(values: list, types: tuple) -> list:
 
 
 _BASE32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# base64's RFC 4648 base 32 letters, digit for digit, turned into ours (which sort as the numbers do).
+_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _BASE32.encode("ascii"))
 _counter = 0
+_pid = os.getpid() & 0xFFFF
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid() & 0xFFFF
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def base32(value: int) -> str:
+    """`value` (0 < value < 2**120) in our base 32 digits, without leading zeros.
+
+    One C call (base64.b32encode) instead of a Python loop of 17 divmods per queue id: 15 bytes
+    are 24 digits of 5 bits, most significant first, so the digits are the number's own.
+    """
+    return base64.b32encode(value.to_bytes(15, "big")).translate(_FROM_RFC4648).decode("ascii").lstrip("0")
 
 
 def new_id(now: float | None = None) -> str:
     """A sortable, unique queue id: microseconds since the epoch, pid and a counter, in base 32."""
     global _counter
     _counter = (_counter + 1) & 0xFFFF
-    value = (int((now or time.time()) * 1_000_000) << 32) | ((os.getpid() & 0xFFFF) << 16) | _counter
-    chars = []
-    while value:
-        value, digit = divmod(value, 32)
-        chars.append(_BASE32[digit])
-    return "".join(reversed(chars))
+    return base32((int((now or time.time()) * 1_000_000) << 32) | (_pid << 16) | _counter)

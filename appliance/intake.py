@@ -460,6 +460,9 @@ def _refused(rcpt: str, status: str, text: str) -> Recipient:
 
 
 def _printable(text: str) -> str:
+    """`text` with anything but visible ASCII (33..126) as `?`, at most 255 characters."""
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text[:255]           # the usual HELO name: no per-character work
     return "".join(c if 32 < ord(c) < 127 else "?" for c in text)[:255]
 
 

@@ -74,7 +74,7 @@ class Parts:
         self.cfg, self.reactor = cfg, reactor
         self.tls = top.tls
         self.pools = pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
-        self.store = make_store(cfg.storage, reactor, pools["disk"])
+        self.store = make_store(cfg.storage, reactor, pools["disk"], _delivery_writers(reactor))
         self.quotas = Quotas(self.store, cfg.storage.quota, reactor, pools["disk"])   # Wiring sets the default
         self.locks = MaildropLocks()          # one POP3 lock per maildrop, across reloads too
         self.couriers: dict[str, Any] = {}    # the queue's; a reload replaces the entries
@@ -285,6 +285,14 @@ def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
     # "checks": SPF, DKIM and DMARC (pyspf, dkimpy) block on DNS and hash whole messages.
     return {"directory": directory_threads, "passwords": cfg.logins.check_threads, "disk": 4, "queue": 2,
             "checks": 4}
+
+
+def _delivery_writers(reactor: Any) -> Any:
+    """The threads that write local deliveries (as many as the disk pool: their fsyncs overlap)."""
+    from appliance.jobthreads import JobThreads
+    writers = JobThreads("delivery", 4)
+    reactor.addSystemEventTrigger("after", "shutdown", writers.stop)
+    return writers
 
 
 def _pool(top: ApplianceService, name: str, size: int) -> Any:

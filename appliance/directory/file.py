@@ -69,9 +69,16 @@ class UserEntry:
     quota: int | None = None          # bytes, 0 = unlimited; None = [storage] quota applies
 
     def record(self) -> UserRecord:
-        return UserRecord(address=self.address, addresses=frozenset((self.address, *self.extra_addresses)),
-                          shared_secret=self.shared_secret, enabled=not self.password_hash.startswith(DISABLED),
-                          quota=self.quota, credential=credential_fingerprint(self.password_hash))
+        """The UserRecord, built once per entry: RCPT, the quota check and the delivery each ask for
+        it for every message, and both it and the entry are immutable."""
+        built = self.__dict__.get("_record")
+        if built is None:
+            built = UserRecord(address=self.address, addresses=frozenset((self.address, *self.extra_addresses)),
+                               shared_secret=self.shared_secret,
+                               enabled=not self.password_hash.startswith(DISABLED), quota=self.quota,
+                               credential=credential_fingerprint(self.password_hash))
+            self.__dict__["_record"] = built      # frozen dataclass: set beside its fields, not through them
+        return built
 
 
 # -- the line format ---------------------------------------------------------------------------
@@ -436,6 +443,11 @@ class FileDirectory:
         return any(entry.shared_secret for entry in self._table.values())
 
     def lookup(self, address: str) -> Deferred:
+        if self._is_fresh():
+            # The common case (three lookups per received message): an answer from the table in
+            # hand, without a chain of callbacks.
+            entry = _entry_for(self._table, address)
+            return succeed(entry.record() if entry else None)
         d = self._fresh_table()
         d.addCallback(lambda table: _entry_for(table, address))
         d.addCallback(lambda entry: entry.record() if entry else None)
@@ -456,6 +468,12 @@ class FileDirectory:
         d = self._checks.run(verify_password, password, stored)
         record = entry.record()
         return d.addCallback(lambda ok: record if ok and record.enabled else None)
+
+    def _is_fresh(self) -> bool:
+        """The table was looked at less than CHECK_INTERVAL ago and no re-read is running."""
+        checked = self._checked_at
+        return (not self._reloading and checked is not None
+                and self._reactor.seconds() - checked < CHECK_INTERVAL)
 
     def _fresh_table(self) -> Deferred:
         """Deferred[table]: the current table, after a re-read when one is due."""

@@ -22,8 +22,9 @@ __all__ = ["FORMATS", "SYSTEM_FLAGS", "FileStore", "MailboxError", "Meta", "Snap
 FORMATS = {"maildir": MaildirStore, "mbox": MboxStore}
 
 
-def make_store(storage: StorageSection, reactor, pool) -> IMailStore:
-    """The store for `[storage] format`; the config loader has already refused unknown formats."""
+def make_store(storage: StorageSection, reactor, pool, writers=None) -> IMailStore:
+    """The store for `[storage] format`; the config loader has already refused unknown formats.
+    `writers` runs the deliveries (FileStore), `pool` everything else."""
     if storage.format not in FORMATS:
         raise ValueError(f"unknown storage format: {storage.format!r}")
-    return FORMATS[storage.format](storage.path, reactor, pool)
+    return FORMATS[storage.format](storage.path, reactor, pool, writers)

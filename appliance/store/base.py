@@ -158,11 +158,15 @@ class FileStore:
     side_files: ClassVar[re.Pattern[str] | None] = None   # names the format keeps beside a mailbox
     serial_mailbox: ClassVar[bool] = True    # deliveries to one mailbox must be written one after another
 
-    def __init__(self, template: str, reactor, pool):
+    def __init__(self, template: str, reactor, pool, writers=None):
         self.template = template
         self.reactor = reactor
         self.pool = pool
-        self._batch: list[tuple[Delivery, defer.Deferred]] = []
+        # Where deliveries are written: appliance.jobthreads.JobThreads in the daemon (a job
+        # costs the reactor one C call, not Twisted's pool coordinator); `pool` otherwise.
+        self.writers = writers if writers is not None else pool
+        self._batch: list[tuple[Delivery, defer.Deferred]] = []    # waiting for a writer
+        self._writing = 0                                          # jobs handed to the writers, not back yet
 
     def path_for(self, user: UserRecord) -> str:
         """The user's mailbox; ValueError for a name that is unsafe or another mailbox's side file."""
@@ -205,18 +209,35 @@ class FileStore:
         return d
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        for job in self._jobs(batch):
-            done = threads.deferToThreadPool(self.reactor, self.pool, self._write_all, [item for item, _ in job])
-            done.addCallbacks(self._fire, self._fail_all, callbackArgs=(job,), errbackArgs=(job,))
+        """Hand the waiting deliveries to the writers, at most one job per idle writer thread.
 
-    def _jobs(self, batch: list[tuple[Delivery, defer.Deferred]]) -> list[list[tuple[Delivery, defer.Deferred]]]:
-        """Cut one turn's deliveries into pool jobs, so every disk thread syncs at once.
+        While every writer is busy the deliveries wait here, and the first job to finish takes
+        them all along (group commit, as the queue's writer does): under load a job holds
+        several messages and fsyncs their new/ folder once, where one job per message queued
+        behind the others' fsyncs and paid a folder fsync and two thread hand-offs each.
+        """
+        idle = getattr(self.writers, "max", 1) - self._writing
+        if idle <= 0 or not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        for job in self._jobs(batch, idle):
+            self._writing += 1
+            done = threads.deferToThreadPool(self.reactor, self.writers, self._write_all, [item for item, _ in job])
+            done.addCallbacks(self._fire, self._fail_all, callbackArgs=(job,), errbackArgs=(job,))
+            done.addBoth(self._written)
+
+    def _written(self, _: object) -> None:
+        """A job is over: the deliveries that waited for a writer go now."""
+        self._writing -= 1
+        self._flush()
+
+    def _jobs(self, batch: list[tuple[Delivery, defer.Deferred]], idle: int) -> list[list[tuple[Delivery, defer.Deferred]]]:
+        """Cut the waiting deliveries into jobs, so the `idle` writer threads sync at once.
 
         One job for the whole turn left all but one disk thread idle while each message's fsync
         waited for the one before it. Deliveries to one mailbox stay in one job when the format
         must append them one after another (`serial_mailbox`, mbox); a Maildir's deliveries are
-        independent files, so they are cut into as many jobs as the pool has threads, a mailbox's
+        independent files, so they are cut into as many jobs as there are idle writers, a mailbox's
         messages kept side by side so each job still syncs a new/ folder once for several.
         """
         by_mailbox: dict[str, list[tuple[Delivery, defer.Deferred]]] = {}
@@ -225,7 +246,7 @@ class FileStore:
         if self.serial_mailbox:
             return list(by_mailbox.values())
         ordered = [entry for group in by_mailbox.values() for entry in group]
-        count = max(1, min(len(ordered), getattr(self.pool, "max", 1)))
+        count = max(1, min(len(ordered), idle))
         size, extra = divmod(len(ordered), count)
         jobs, start = [], 0
         for index in range(count):

@@ -209,7 +209,6 @@ class Quotas:
                          stage="delivery")
             raise MailboxFull("4.2.2", "mailbox full")
 
-    @defer.inlineCallbacks
     def admit_recipients(self, recipients: list, directory: Any, declared: int = 0) -> Any:
         """RCPT: 452 4.2.2 when the address is one local user whose mailbox cannot take the message.
 
@@ -217,18 +216,30 @@ class Quotas:
         fit. Without it, only a mailbox already at its limit is refused, and a message that then
         turns out too big waits in the queue. Only a RCPT naming one mailbox is refused: a list
         with one full member is accepted, and that member's copy waits in the queue, so the
-        others get theirs at once.
+        others get theirs at once. Plain callbacks, not a generator: this runs for every RCPT.
         """
         mailboxes = [r for r in recipients if r.local and not is_command_or_file(r.address)]
         if len(recipients) != 1 or len(mailboxes) != 1:
-            return recipients
-        user = yield directory.lookup(mailboxes[0].address)
+            return defer.succeed(recipients)
+        d = directory.lookup(mailboxes[0].address)
+        d.addCallback(self._admit_user, recipients, declared)
+        return d
+
+    def _admit_user(self, user: UserRecord | None, recipients: list, declared: int) -> Any:
         if user is None or not self.limit(user):
             return recipients
-        try:
-            usage = yield self.usage(user)
-        except (OSError, ValueError):
-            return recipients          # the queue's delivery will tell; RCPT is no place to fail on it
+        d = self.usage(user)
+        d.addCallbacks(self._fits_declared, self._unmeasured, (user, recipients, declared), None, (recipients,))
+        return d
+
+    @staticmethod
+    def _unmeasured(failure: Any, recipients: list) -> Any:
+        """The queue's delivery will tell; RCPT is no place to fail on it."""
+        failure.trap(OSError, ValueError)
+        return recipients
+
+    @staticmethod
+    def _fits_declared(usage: Usage, user: UserRecord, recipients: list, declared: int) -> list:
         if not usage.fits(max(declared, 1)):
             maillog.emit("over-quota", user=user.address, used=usage.used, limit=usage.limit, size=declared,
                          stage="rcpt")

@@ -124,3 +124,42 @@ class FolderNews(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(told, [[root + "/user0"]])
         del inbox
+
+
+class WaitForAWriter(SynchronousTestCase):
+    """Deliveries that arrive while every writer is busy wait, and go together in the next job."""
+
+    def test_deliveries_made_while_the_writers_are_busy_share_the_next_job(self):
+        from appliance.jobthreads import JobThreads
+        writers = JobThreads("test-delivery", 1)
+        self.addCleanup(lambda: [t.join(10) for t in writers.stop()])
+        clock = Clock()
+        release, started = threading.Event(), threading.Event()
+        batches: list[int] = []
+        store = SerialStore(self.mktemp() + "/{local}", clock, None, writers)
+        store.serial_mailbox = False
+
+        def write_batch(items):
+            batches.append(len(items))
+            started.set()
+            release.wait(10)
+            return [path for path, _, _ in items]
+
+        store.write_batch = write_batch
+        first = store.deliver(USERS[0], WIRE, "")
+        clock.advance(0)                         # the one writer takes the first message, and waits
+        self.assertTrue(started.wait(10))
+        later = []
+        for user in USERS[1:]:                   # three more turns, one delivery each
+            later.append(store.deliver(user, WIRE, ""))
+            clock.advance(0)                     # no writer free: it waits in the store
+        self.assertEqual(batches, [1])
+        outcomes: list = []
+        for d in [first, *later]:
+            d.addBoth(outcomes.append)
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(outcomes) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(batches, [1, 3])        # the three waiting went in one job, not three
+        self.assertEqual(outcomes, [store.path_for(user) for user in USERS])

@@ -64,3 +64,31 @@ def test_a_record_with_any_field_replaced_gives_an_envelope_of_the_right_types_o
     for rcpt in back.recipients:
         assert isinstance(rcpt.address, str) and isinstance(rcpt.local, bool) and isinstance(rcpt.attempts, int)
         assert isinstance(rcpt.next_attempt, float)
+
+
+def _base32_by_division(value: int) -> str:
+    """The queue id's digits as new_id computed them before (a divmod loop): the reference."""
+    digits = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    chars = []
+    while value:
+        value, digit = divmod(value, 32)
+        chars.append(digits[digit])
+    return "".join(reversed(chars))
+
+
+@given(st.integers(min_value=1, max_value=(1 << 120) - 1))
+@example(1)
+@example(31)
+@example(32)
+@example((1 << 120) - 1)
+def test_queue_id_digits_are_the_numbers_base_32_digits(value):
+    from appliance.envelope import base32
+    assert base32(value) == _base32_by_division(value)
+
+
+@given(st.floats(min_value=1.0, max_value=4e9, allow_nan=False), st.floats(min_value=1.0, max_value=4e9, allow_nan=False))
+def test_queue_ids_sort_as_their_times(first, second):
+    from appliance.envelope import new_id
+    a, b = new_id(first), new_id(second)
+    if int(first * 1_000_000) < int(second * 1_000_000):
+        assert len(a) < len(b) or (len(a) == len(b) and a < b)
