@@ -9,7 +9,7 @@ temporary file under `<state_dir>/smtp-data/` and every later chunk goes there.
 The bound, and what it is not:
 - the bytes held in memory by all transfers in progress together never exceed the budget
   (MEMORY_BUDGET); beyond it, further chunks go to disk. Outside the budget, each connection
-  also holds the chunk it is scanning (one read, 64 KiB with Twisted's reactor) for as long as
+  also holds the chunk it is scanning (one read: 256 KiB during DATA, smtp/server.py DATA_READ_SIZE) for as long as
   the scan takes, and input a client pipelines while a command waits (at most
   MAX_PENDING_INPUT, 1 MiB, before smtp/server.py stops reading from it);
 - it is not a bound on messages past the end of DATA: the queue takes bytes, so the message is
