@@ -84,7 +84,7 @@ def test_many_puts_in_one_turn_are_one_write_and_one_fdatasync(tmp_path, monkeyp
     reactor = FakeReactor()
     spool = open_spool(tmp_path, reactor)
     calls = {"write": 0, "fdatasync": 0}
-    real_write, real_sync = os.write, os.fdatasync
+    real_write, real_writev, real_sync = os.write, os.writev, os.fdatasync
 
     def count(name, real):
         def wrapper(*args):
@@ -93,6 +93,7 @@ def test_many_puts_in_one_turn_are_one_write_and_one_fdatasync(tmp_path, monkeyp
         return wrapper
 
     monkeypatch.setattr(os, "write", count("write", real_write))
+    monkeypatch.setattr(os, "writev", count("write", real_writev))     # records go out as pieces, no joined copy
     monkeypatch.setattr(os, "fdatasync", count("fdatasync", real_sync))
     puts = [spool.put(envelope("bob@example.test"), message(i)) for i in range(50)]
     reactor.advance(0)
