@@ -3,7 +3,7 @@
 Why this shape: "250 after DATA" is a promise that the message survives a crash, so `put` fires
 only after an fdatasync. One fsync per message caps a spool at a few thousand files a second and
 creating/unlinking a file per message is slow on our file system, so every message accepted in
-one reactor turn is appended to the active segment with one write and one fdatasync (group
+one reactor turn is appended to the active segment with one writev and one fdatasync (group
 commit). The on-disk format and the durability argument are described in docs/queue.md.
 """
 from __future__ import annotations
