@@ -9,9 +9,9 @@ temporary file under `<state_dir>/smtp-data/` and every later chunk goes there.
 The bound, and what it is not:
 - the bytes held in memory by all transfers in progress together never exceed the budget
   (MEMORY_BUDGET); beyond it, further chunks go to disk. Outside the budget, each connection
-  also holds the chunk it is scanning (one read: 256 KiB during DATA, smtp/server.py DATA_READ_SIZE) for as long as
-  the scan takes, and input a client pipelines while a command waits (at most
-  MAX_PENDING_INPUT, 1 MiB, before smtp/server.py stops reading from it);
+  also holds the chunk it is scanning (one read: up to 256 KiB during DATA, smtp/server.py
+  DATA_READ_SIZE) for as long as the scan takes, and input a client pipelines while a command
+  waits (at most MAX_PENDING_INPUT, 1 MiB, before smtp/server.py stops reading from it);
 - it is not a bound on messages past the end of DATA: the queue takes bytes, so the message is
   read back whole for the checks and the queue put (`Intake.accept`), and is held until the
   queue has written it; that memory is limited by `max_message_size` per finished message
