@@ -46,12 +46,17 @@ def split(raw: bytes) -> tuple[bytes, bytes]:
     The block holds its fields with their line ends but not the empty line; the rest starts with
     that empty line, or is b"" when the message has none.
     """
+    head = header_block(raw)
+    return head, raw[len(head):]
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header block alone (split's first part), without copying the body: what readers of
+    fields need, on every message of every size."""
     if not has_header_block(raw):
-        return b"", raw
+        return b""
     match = _EMPTY_LINE.search(raw)
-    if match is None:
-        return raw, b""
-    return raw[:match.start() + 1], raw[match.start() + 1:]
+    return raw if match is None else raw[:match.start() + 1]
 
 
 def body(raw: bytes) -> bytes:
@@ -69,7 +74,7 @@ def fields(raw: bytes) -> list[tuple[bytes, bytes]]:
     whole message or a header block alone.
     """
     found: list[tuple[bytes, bytes]] = []
-    for line in _LINE.findall(split(raw)[0]):
+    for line in _LINE.findall(header_block(raw)):
         if line[:1] in _WSP and found:
             name, text = found[-1]
             found[-1] = (name, text + line)

@@ -9,9 +9,9 @@ temporary file under `<state_dir>/smtp-data/` and every later chunk goes there.
 The bound, and what it is not:
 - the bytes held in memory by all transfers in progress together never exceed the budget
   (MEMORY_BUDGET); beyond it, further chunks go to disk. Outside the budget, each connection
-  also holds the chunk it is scanning (one read, 64 KiB with Twisted's reactor) for as long as
-  the scan takes, and input a client pipelines while a command waits (at most
-  MAX_PENDING_INPUT, 1 MiB, before smtp/server.py stops reading from it);
+  also holds the chunk it is scanning (one read: up to 256 KiB during DATA, smtp/server.py
+  DATA_READ_SIZE) for as long as the scan takes, and input a client pipelines while a command
+  waits (at most MAX_PENDING_INPUT, 1 MiB, before smtp/server.py stops reading from it);
 - it is not a bound on messages past the end of DATA: the queue takes bytes, so the message is
   read back whole for the checks and the queue put (`Intake.accept`), and is held until the
   queue has written it; that memory is limited by `max_message_size` per finished message
@@ -78,7 +78,10 @@ class DataBuffer:
 
     def __init__(self, spool: DataSpool) -> None:
         self._spool = spool
-        self._memory = bytearray()
+        # In memory: the chunks as written, joined once by `read` (a bytearray copied each chunk in
+        # and grew by reallocation, then was copied out again).
+        self._chunks: list[bytes | memoryview] = []
+        self._held = 0                      # bytes in _chunks
         self._file: IO[bytes] | None = None
         self.size = 0                       # every byte written, kept or not
         self.discarded = False              # too big: only counted from then on
@@ -86,23 +89,25 @@ class DataBuffer:
 
     @property
     def in_memory(self) -> int:
-        return len(self._memory)
+        return self._held
 
     @property
     def on_disk(self) -> bool:
         return self._file is not None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """Add `data` (kept as given, not copied, while in memory: it must not change afterwards)."""
         self.size += len(data)
         if self.discarded or not data:
             return
         try:
             if self._file is None:
-                if len(self._memory) + len(data) <= self._spool.threshold and self._spool.budget.take(len(data)):
-                    self._memory += data
+                if self._held + len(data) <= self._spool.threshold and self._spool.budget.take(len(data)):
+                    self._chunks.append(data)
+                    self._held += len(data)
                     return
                 self._file = self._spool.temporary()
-                self._file.write(self._memory)
+                self._file.writelines(self._chunks)
                 self._release_memory()
             self._file.write(data)
         except OSError as exc:
@@ -118,7 +123,7 @@ class DataBuffer:
         """The message from offset `skip`, whole, as bytes (for the queue); the buffer is closed after."""
         try:
             if self._file is None:
-                return bytes(memoryview(self._memory)[skip:])
+                return _joined(self._chunks, skip)
             self._file.flush()
             self._file.seek(skip)
             return self._file.read()
@@ -134,5 +139,17 @@ class DataBuffer:
             handle.close()
 
     def _release_memory(self) -> None:
-        self._spool.budget.give(len(self._memory))
-        self._memory = bytearray()
+        self._spool.budget.give(self._held)
+        self._chunks, self._held = [], 0
+
+
+def _joined(chunks: list[bytes | memoryview], skip: int) -> bytes:
+    """b"".join(chunks)[skip:] with one copy (none for a single whole chunk of bytes)."""
+    pieces = []
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        pieces.append(memoryview(chunk)[skip:] if skip else chunk)
+        skip = 0
+    return b"".join(pieces)

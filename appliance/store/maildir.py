@@ -19,6 +19,7 @@ import time
 from appliance import mime
 from appliance.durable import fsync_dir
 from appliance.errors import MailboxUnavailable
+from appliance.lineends import to_lf
 from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
 from appliance.store.folder import Folder, racy, shared
@@ -125,7 +126,7 @@ def write_many(items: list[tuple[str, bytes]]) -> list[object]:
 
 def _place(path: str, message: bytes) -> str:
     """Write in tmp/ (fsynced) and rename into new/; the caller makes the rename durable."""
-    data = message.replace(b"\r\n", b"\n")
+    data = to_lf(message)
     name = unique_name(len(data))
     tmp, final = os.path.join(path, "tmp", name), os.path.join(path, "new", name)
     try:

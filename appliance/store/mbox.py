@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from appliance import mime
 from appliance.durable import replace_file
 from appliance.errors import MailboxUnavailable
+from appliance.lineends import to_lf
 from appliance.store.base import FileStore, make_dirs, unavailable
 from appliance.store.account import Account
 from appliance.store.folder import Folder, racy, shared
@@ -50,7 +51,10 @@ MAX_LOCK_SIZE = 64      # a dot-lock holds a pid line or nothing; a bigger file 
 # store/base.py mailbox_path refuses such user names and Account refuses such folder names.
 SIDE_FILE = re.compile(r"\.(lock|imap|folders)$|\.lock\.[0-9]+\.[0-9]+$", re.IGNORECASE)
 
-_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+# A `>*From ` line, found after its LF: a pattern that starts with a literal byte is scanned for
+# at C speed, where `^...` with MULTILINE tries every position (ten times slower on a large body).
+_FROM_AFTER_LF = re.compile(rb"\n(>*From )")
+_FROM_FIRST = re.compile(rb">*From ")
 _BLANKS = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 
@@ -62,10 +66,16 @@ def entry(message: bytes, sender: str, now: float | None = None) -> bytes:
     """
     envelope_from = _BLANKS.sub("_", sender) or "MAILER-DAEMON"
     stamp = time.asctime(time.gmtime(time.time() if now is None else now))
-    body = _FROM_LINE.sub(rb">\1", message.replace(b"\r\n", b"\n"))
+    body = quote_from_lines(to_lf(message))
     if body and not body.endswith(b"\n"):
         body += b"\n"
     return f"From {envelope_from} {stamp}\n".encode("utf-8", "replace") + body + b"\n"
+
+
+def quote_from_lines(body: bytes) -> bytes:
+    """mboxrd quoting: one more `>` before every line that reads `>*From ` (the first line too)."""
+    body = _FROM_AFTER_LF.sub(b"\n>\\1", body)
+    return b">" + body if _FROM_FIRST.match(body) else body
 
 
 def _wait_for(attempt, what: str) -> None:

@@ -84,7 +84,7 @@ def test_many_puts_in_one_turn_are_one_write_and_one_fdatasync(tmp_path, monkeyp
     reactor = FakeReactor()
     spool = open_spool(tmp_path, reactor)
     calls = {"write": 0, "fdatasync": 0}
-    real_write, real_sync = os.write, os.fdatasync
+    real_write, real_writev, real_sync = os.write, os.writev, os.fdatasync
 
     def count(name, real):
         def wrapper(*args):
@@ -93,11 +93,39 @@ def test_many_puts_in_one_turn_are_one_write_and_one_fdatasync(tmp_path, monkeyp
         return wrapper
 
     monkeypatch.setattr(os, "write", count("write", real_write))
+    monkeypatch.setattr(os, "writev", count("write", real_writev))     # records go out as pieces, no joined copy
     monkeypatch.setattr(os, "fdatasync", count("fdatasync", real_sync))
     puts = [spool.put(envelope("bob@example.test"), message(i)) for i in range(50)]
     reactor.advance(0)
     assert all(d.called for d in puts)
     assert calls == {"write": 1, "fdatasync": 1}
+
+
+@pytest.mark.parametrize("most", [1, 3, 4096, 1 << 30])
+def test_record_pieces_reach_the_file_whole_and_in_order_after_short_writes(tmp_path, monkeypatch, most):
+    """The writer hands the kernel a batch's pieces (writev); a short write resumes mid-piece,
+    and more pieces than one writev takes go out in several."""
+    pieces = [b"head-%d:" % n + bytes([65 + n % 26]) * (n * 7 % 50) for n in range(1200)] + [b""]
+    real_writev = os.writev
+
+    def short_writev(fd, buffers):
+        assert len(buffers) <= 1024
+        taken, room = [], most
+        for buffer in buffers:
+            if room <= 0:
+                break
+            taken.append(memoryview(buffer)[:room])
+            room -= len(taken[-1])
+        return real_writev(fd, taken)
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    path = tmp_path / "segment"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        queue.write_pieces(fd, pieces)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(pieces)
 
 
 def test_puts_arriving_during_a_write_form_the_next_batch(tmp_path, monkeypatch):

@@ -161,3 +161,15 @@ def test_an_empty_message_and_a_leading_dot_line(spool):
     open_transfer(rig)
     assert codes(rig.send(b"..x\r\n.\r\n")) == [b"250"]
     assert rig.queue.items[0][1].endswith(b"\r\n.x\r\n")
+
+
+@pytest.mark.parametrize("threshold", [5, 256 * KIB])
+def test_read_skips_across_chunks_in_memory_and_on_disk(tmp_path, threshold):
+    """Chunks are kept as written and joined once at the end; the skip may end inside any of them."""
+    chunks = [b"\r", b"\nab", b"", memoryview(b"cdefg")[1:], b"h" * 9]
+    for skip in range(0, 16):
+        buffer = DataSpool(str(tmp_path), threshold=threshold).buffer()
+        for chunk in chunks:
+            buffer.write(chunk)
+        assert buffer.read(skip=skip) == (b"\r\nabdefg" + b"h" * 9)[skip:], skip
+        assert buffer.in_memory == 0 and not buffer.on_disk

@@ -15,7 +15,7 @@ import zlib
 from hypothesis import example, given, strategies as st
 
 from tests.unit.properties.strategies import examples
-from appliance.queue import HEADER, MAGIC, encode_record, scan_segment
+from appliance.queue import HEADER, MAGIC, encode_record, record_head, record_head_size, scan_segment
 
 _qids = st.text(alphabet="0123456789ABCDEFabcdef", min_size=1, max_size=16)
 # Envelopes are JSON objects (queue.py writes envelope.to_json()); the scanner's cheap check
@@ -103,3 +103,10 @@ def test_a_damaged_length_never_makes_the_scan_allocate_more_than_the_file(id_le
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak
+
+
+@given(_records)
+def test_the_head_size_is_known_before_the_crc(records):
+    """The reactor places records by record_head_size before the writer thread makes the heads."""
+    for qid, envelope_json, message in records:
+        assert len(record_head(qid, envelope_json, message)) == record_head_size(qid, envelope_json)
