@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import defer, interfaces
 from zope.interface import implementer
 
+from appliance.bulkwrite import PieceWriter
 from appliance.imap.backend import Folder, Meta, mime
 from appliance.imap.parse import MONTHS, Arguments
 from appliance.imap.view import SequenceError, View, format_flags
@@ -286,14 +287,14 @@ class FetchCommand:
     def _stream_bodies(self, items: list[tuple[int, int]], metas: dict[int, Meta], query: list, by_uid: bool,
                        flags_changed: bool, state: Any) -> Any:
         """Read a batch in the pool while the previous one is being sent: disk and socket overlap,
-        with at most two batches (2 x FETCH_BATCH_BYTES) in memory besides the transport's buffer."""
+        with at most two batches (2 x FETCH_BATCH_BYTES) in memory besides the transport's buffer
+        and the socket's. On plain TCP the pieces go to the socket uncopied (appliance/bulkwrite.py)."""
         folder, view = self.folder, self.view
         assert folder is not None and view is not None
-        pressure = Backpressure()
-        self.transport.registerProducer(pressure, True)
+        send = _Sender(self.transport)
         try:
             reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
-            while reading is not None and not self.transport.disconnecting:
+            while reading is not None and not self.transport.disconnecting and not send.stopped:
                 raws = yield reading
                 batch, items = items[:len(raws)], items[len(raws):]
                 reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
@@ -304,9 +305,39 @@ class FetchCommand:
                                             self._fetch_modseq)
                         if parts is not None:
                             out += parts
-                self.transport.writeSequence(out)
-                yield pressure.wait()
+                yield send.write(out)
             if reading is not None:
                 yield reading         # the client left: let the last read finish before unregistering
         finally:
-            self.transport.unregisterProducer()
+            send.stop()
+
+
+class _Sender:
+    """The batches of one FETCH to the client: a PieceWriter on plain TCP, else the transport with
+    Backpressure (TLS, COMPRESS, the tests' StringTransport). `write()` fires when more may follow."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._direct = PieceWriter.over(transport)
+        self._pressure = Backpressure()
+        if self._direct is not None:
+            self._direct.start()
+        else:
+            transport.registerProducer(self._pressure, True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._direct is not None and self._direct.stopped
+
+    def write(self, pieces: list[bytes]) -> defer.Deferred:
+        if self._direct is not None:
+            self._direct.write(pieces)
+            return self._direct.drained()
+        self._transport.writeSequence(pieces)
+        return self._pressure.wait()
+
+    def stop(self) -> None:
+        if self._direct is not None:
+            self._direct.stop()
+        else:
+            self._transport.unregisterProducer()
