@@ -91,6 +91,41 @@ def literal_parts(name: bytes, data: bytes) -> list[bytes]:
     return [b"%b{%d}\r\n" % (name, len(data)), data]
 
 
+def whole_message_name(query: list, by_uid: bool, flags_changed: bool, modseq: bool) -> bytes | None:
+    """`BODY[] ` or `RFC822 ` (after `UID %d ` in UID FETCH) when that is all each response holds, else None.
+
+    `FETCH 1:* (BODY.PEEK[])` is how clients download a mailbox; its responses are then built by
+    `whole_messages` with one format per message instead of the general item machinery."""
+    if flags_changed or modseq or len(query) != 1:
+        return None
+    part = query[0]
+    if part.type == "rfc822":
+        name = b"RFC822 "
+    elif (part.type == "body" and part.empty and not part.part and part.partialBegin is None
+          and part.header is None and part.text is None and part.mime is None):
+        name = b"BODY[] "
+    else:
+        return None
+    return b"UID %d " + name if by_uid else name
+
+
+def whole_messages(batch: list[tuple[int, int]], raws: list[bytes | None], name: bytes, position: Any) -> list[bytes]:
+    """`* seq FETCH (<name>{n}CRLF<message>)CRLF` for each message still there, as pieces: each
+    message its own piece, the short text between two messages one piece."""
+    pieces: list[bytes] = []
+    gap = b""
+    uid_first = name.startswith(b"UID")
+    for (seq, uid), raw in zip(batch, raws):
+        if raw is None or uid not in position:
+            continue           # gone from the disk, or expunged by another session meanwhile
+        label = name % uid if uid_first else name
+        pieces += [b"%b* %d FETCH (%b{%d}\r\n" % (gap, seq, label, len(raw)), raw]
+        gap = b")\r\n"
+    if gap:
+        pieces.append(gap)
+    return pieces
+
+
 def _section_kind(part: Any) -> tuple[str, list[bytes] | None, bool]:
     """(HEADER | HEADER.FIELDS | TEXT | MIME | "", the header fields, whether they are negated)."""
     if part.header is not None:
@@ -292,12 +327,16 @@ class FetchCommand:
         folder, view = self.folder, self.view
         assert folder is not None and view is not None
         send = _Sender(self.transport)
+        whole = whole_message_name(query, by_uid, flags_changed, self._fetch_modseq)
         try:
             reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
             while reading is not None and not self.transport.disconnecting and not send.stopped:
                 raws = yield reading
                 batch, items = items[:len(raws)], items[len(raws):]
                 reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
+                if whole is not None:
+                    yield send.write(whole_messages(batch, raws, whole, state.position))
+                    continue
                 out: list[bytes] = []
                 for (seq, uid), raw in zip(batch, raws):
                     if raw is not None:
