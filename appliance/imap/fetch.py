@@ -48,15 +48,15 @@ def read_batch(folder: Folder, uids: list[int]) -> list[bytes | None]:
     """Blocking: read the first few of `uids` for FETCH, stopping once FETCH_BATCH_BYTES are in memory."""
     out: list[bytes | None] = []
     total = 0
-    for uid in uids:
-        try:
-            data: bytes | None = folder.read(uid)
-        except (KeyError, FileNotFoundError):
-            data = None
-        out.append(data)
-        total += len(data or b"")
-        if total >= FETCH_BATCH_BYTES:
-            break
+    messages = folder.read_many(uids)
+    try:
+        for data in messages:
+            out.append(data)
+            total += len(data or b"")
+            if total >= FETCH_BATCH_BYTES:
+                break
+    finally:
+        messages.close()
     return out
 
 

@@ -11,7 +11,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from appliance import mime
 from appliance.store.base import Meta, Snapshot
@@ -338,6 +338,23 @@ class Folder:
     def read(self, uid: int) -> bytes:
         """One message in CRLF form; KeyError or FileNotFoundError when it is gone."""
         return mime.crlf(self._read(self._keys[uid]))
+
+    def read_many(self, uids: list[int]) -> Iterator[bytes | None]:
+        """Messages in CRLF form, in the order of `uids`; None for one that is gone.
+
+        A generator: FETCH stops once a batch holds enough octets, and closing it early releases
+        what the format opened for the run (mbox: one descriptor for the whole batch)."""
+        keys = [self._keys.get(uid) for uid in uids]
+        for data in self._read_many(keys):
+            yield None if data is None else mime.crlf(data)
+
+    def _read_many(self, keys: list[str | None]) -> Iterator[bytes | None]:
+        """The stored octets of each key (None: gone); formats with a cheaper run than `_read` each override it."""
+        for key in keys:
+            try:
+                yield None if key is None else self._read(key)
+            except FileNotFoundError:
+                yield None
 
     def meta(self, uids: list[int], structure: bool = False) -> dict[int, Meta]:
         """Meta for each still-present UID, from the index, reading only messages it lacks.

@@ -318,6 +318,9 @@ class MboxFolder(Folder):
         super().__init__(path, meta_dir)
         self._flags_path = os.path.join(meta_dir, FLAGS_FILE)
         self._entries: dict[str, Located] = {}
+        # The entries and the _trusted_stamp of one parse, set together: a reader in another thread
+        # never pairs one parse's offsets with another's stamp.
+        self._parsed: tuple[dict[str, Located], tuple[int, int, int] | None] = ({}, None)
         self._order_of: dict[str, int] = {}
         self._pop3: dict[str, tuple[str, int]] | None = None    # key -> (UIDL, size), kept once POP3 asked
         self._stamp: tuple[int, int] | None = None
@@ -412,6 +415,7 @@ class MboxFolder(Folder):
     def _parse(self) -> None:
         """Split the file (under the locks) and key its entries; POP3's UIDLs too once a POP3 login asked."""
         stamp = self._file_stamp()          # before reading: a change meanwhile makes the next scan parse again
+        trusted = self._trusted_stamp()
         data = read_locked(self.path)
         entries: dict[str, Located] = {}
         order: dict[str, int] = {}
@@ -429,6 +433,19 @@ class MboxFolder(Folder):
                 number = _numbered(raw, uidls_seen)
                 pop3[key] = (raw if number == 1 else f"{raw}-{number}", wire_size_of(stored))
         self._entries, self._order_of, self._pop3, self._stamp = entries, order, pop3, stamp
+        self._parsed = (entries, trusted)
+
+    def _trusted_stamp(self) -> tuple[int, int, int] | None:
+        """(inode, mtime, size) of the file before a parse reads it, when that mtime is old enough
+        (not racy) that any later write must change it; None otherwise. While the file still shows
+        this stamp, the parsed offsets hold and a read needs no digest check."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        if racy(info.st_mtime_ns, time.time_ns()):
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
 
     def _order(self, key: str) -> object:
         return self._order_of.get(key, 1 << 62)
@@ -446,6 +463,43 @@ class MboxFolder(Folder):
             if attempt == 0:
                 self._parse()
         raise FileNotFoundError(key)
+
+    def _read_many(self, keys: list[str | None]) -> Iterator[bytes | None]:
+        """The messages of `keys` through one descriptor, a pread() each (FETCH reads thousands).
+
+        After each read an fstat() of that descriptor shows whether the file is still the one
+        parsed (`_trusted_stamp`): then the octets are the entry's and the SHA-1 check `_read`
+        does (a fifth of the CPU of reading a message) is skipped; otherwise it is done, and a
+        mismatch goes the way of `_read` (parse again, read again)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield from (None for _ in keys)
+            return
+        try:
+            for key in keys:
+                entries, trusted = self._parsed
+                located = entries.get(key) if key is not None else None
+                if located is None:
+                    yield self._read_again(key)
+                    continue
+                _, start, end = located
+                stored = os.pread(fd, end - start, start)
+                info = os.fstat(fd)
+                if (info.st_ino, info.st_mtime_ns, info.st_size) == trusted \
+                        or _key_digest(stored) == key.rpartition("-")[0]:
+                    yield message_of(stored)
+                else:
+                    yield self._read_again(key)
+        finally:
+            os.close(fd)
+
+    def _read_again(self, key: str | None) -> bytes | None:
+        """`_read` (which parses the file again when the entry moved), or None when the message is gone."""
+        try:
+            return None if key is None else self._read(key)
+        except FileNotFoundError:
+            return None
 
     def _mtime(self, key: str) -> float:
         return _from_line_date(self._entries[key][0])
