@@ -750,3 +750,29 @@ def test_mbox_read_many_rereads_a_file_rewritten_behind_its_back(tmp_path):
         handle.write(data[second:])
         handle.truncate()
     assert list(folder.read_many(uids)) == [None] + expected[1:]
+
+
+@pytest.mark.parametrize("name_size", [5, 10_000_000, None])
+def test_maildir_read_many_trusts_no_size_in_a_name(tmp_path, name_size):
+    """A `,S=` that lies (another program's, or a file changed since) never cuts or pads a message."""
+    restart()
+    path = str(tmp_path / "mail" / "alice")
+    data = message("sized", "line\n" * 3000)
+    suffix = "" if name_size is None else f",S={name_size}"
+    Maildir.by_hand(path, data, f"1700000000.M1P1.example{suffix}")
+    folder = MaildirStore(str(tmp_path / "mail" / "{local}"), InlineReactor(), InlinePool()).account(path).folder("INBOX")
+    uids = list(folder.refresh().uids)
+    assert list(folder.read_many(uids)) == [folder.read(uids[0])] and b"line\r\n" * 3000 in folder.read(uids[0])
+
+
+def test_maildir_read_many_finds_a_message_renamed_meanwhile(tmp_path):
+    """Another program moved a message from new/ to cur/ (with flags) after our scan: still read."""
+    restart()
+    path = str(tmp_path / "mail" / "alice")
+    Maildir.by_hand(path, HELLO, "1700000000.M1P1.example,S=50")
+    folder = MaildirStore(str(tmp_path / "mail" / "{local}"), InlineReactor(), InlinePool()).account(path).folder("INBOX")
+    uids = list(folder.refresh().uids)
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(path, sub)):
+            os.rename(os.path.join(path, sub, name), os.path.join(path, "cur", name.partition(":")[0] + ":2,S"))
+    assert list(folder.read_many(uids)) == [HELLO]
