@@ -108,9 +108,18 @@ def test_a_lost_connection_drops_the_rest_and_wakes_the_waiter():
 
 
 def test_only_plain_tcp_qualifies():
+    """Plain TCP, or connlimit's pass-through wrapper around it; never TLS, never COMPRESS (whose
+    deflating wrapper forwards `.transport` and every other look-up to the layer below)."""
     from twisted.internet.testing import StringTransport
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+    from appliance.imap.compress import DeflatingTransport
     assert PieceWriter.over(StringTransport()) is None
     conn, _, _ = _connection()
-    assert isinstance(PieceWriter.over(conn), PieceWriter)
+    wrapper = ProtocolWrapper(WrappingFactory(protocol.Factory()), protocol.Protocol())
+    wrapper.transport = conn
+    assert isinstance(PieceWriter.over(conn), PieceWriter) and isinstance(PieceWriter.over(wrapper), PieceWriter)
+    assert PieceWriter.over(DeflatingTransport(wrapper)) is None
+    assert PieceWriter.over(DeflatingTransport(conn)) is None
     conn.TLS = True
-    assert PieceWriter.over(conn) is None
+    assert PieceWriter.over(conn) is None and PieceWriter.over(wrapper) is None
