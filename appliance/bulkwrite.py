@@ -20,8 +20,9 @@ transport.write(), whose doWrite() meets the same error and closes the connectio
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections import deque
-from itertools import islice
+from itertools import accumulate, islice
 from typing import Any
 
 from twisted.internet import defer, interfaces, tcp
@@ -125,23 +126,27 @@ class PieceWriter:
                 sent = 0
             except OSError:
                 sent = -1
+            ends = list(accumulate(map(len, offered)))
             if sent > 0:
-                self._consume(sent)
-            if sent < sum(len(piece) for piece in offered):
+                self._consume(sent, ends)
+            if sent < ends[-1]:
                 self._hand_over()
                 return
         self._wake()
 
-    def _consume(self, sent: int) -> None:
-        """Drop the `sent` octets from the front of the queue (a partly sent piece becomes its rest)."""
+    def _consume(self, sent: int, ends: list[int]) -> None:
+        """Drop the `sent` octets from the front of the queue (a partly sent piece becomes its rest);
+        `ends` are the running totals of the pieces offered, so whole pieces go without a loop of ours."""
+        whole = bisect_right(ends, sent)
         pending = self._pending
-        while sent:
-            piece = pending[0]
-            if sent < len(piece):
-                pending[0] = memoryview(piece)[sent:]
-                return
-            sent -= len(piece)
-            pending.popleft()
+        if whole == len(pending):
+            pending.clear()
+        else:
+            for _ in range(whole):
+                pending.popleft()
+        done = ends[whole - 1] if whole else 0
+        if sent > done:
+            pending[0] = memoryview(pending[0])[sent - done:]
 
     def _hand_over(self) -> None:
         """The socket is full (or failed): Twisted gets the next piece, waits for room (or meets
