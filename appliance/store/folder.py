@@ -346,7 +346,10 @@ class Folder:
         what the format opened for the run (mbox: one descriptor for the whole batch)."""
         keys = [self._keys.get(uid) for uid in uids]
         for data in self._read_many(keys):
-            yield None if data is None else mime.crlf(data)
+            if data is None or b"\r" in data:
+                yield None if data is None else mime.crlf(data)
+            else:
+                yield data.replace(b"\n", b"\r\n")      # mime.crlf's usual case, without its call
 
     def _read_many(self, keys: list[str | None]) -> Iterator[bytes | None]:
         """The stored octets of each key (None: gone); formats with a cheaper run than `_read` each override it."""
