@@ -486,11 +486,16 @@ class MboxFolder(Folder):
                     yield self._read_again(key)
                     continue
                 _, start, end = located
-                stored = os.pread(fd, end - start, start)
+                if end - start < 2:
+                    head, last = b"", os.pread(fd, end - start, start)
+                else:      # the last octet apart: the writer's blank line is dropped without a copy
+                    head, last = os.pread(fd, end - start - 1, start), os.pread(fd, 1, end - 1)
                 info = os.fstat(fd)
-                if (info.st_ino, info.st_mtime_ns, info.st_size) == trusted \
-                        or _key_digest(stored) == key.rpartition("-")[0]:
-                    yield message_of(stored)
+                if (info.st_ino, info.st_mtime_ns, info.st_size) == trusted:
+                    blank_line = last == b"\n" and head.endswith(b"\n")
+                    yield unquote(head) if blank_line else message_of(head + last)
+                elif _key_digest(head + last) == key.rpartition("-")[0]:
+                    yield message_of(head + last)
                 else:
                     yield self._read_again(key)
         finally:
