@@ -265,6 +265,9 @@ def wire_size_of(stored: bytes) -> int:
     return mime.wire_size(kept) - quoted
 
 
+REPARSE_FOR = 64          # a batch read this long parses a settled file again rather than digest each entry
+
+
 def _key_digest(stored: bytes) -> str:
     return hashlib.sha1(stored).hexdigest()[:20]
 
@@ -473,6 +476,12 @@ class MboxFolder(Folder):
         parsed (`_trusted_stamp`): then the octets are the entry's and the SHA-1 check `_read`
         does (a fifth of the CPU of reading a message) is skipped; otherwise it is done, and a
         mismatch goes the way of `_read` (parse again, read again)."""
+        if self._parsed[1] is None and len(keys) >= REPARSE_FOR and self._trusted_stamp() is not None:
+            # Parsed while the file was young (a delivery just before): once it has settled, one
+            # parse (a read and a digest of every entry, what a few batches cost in checks)
+            # makes every later read of this file state check-free.
+            with contextlib.suppress(MailboxUnavailable):      # locked by a delivery: check each, as before
+                self._parse()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

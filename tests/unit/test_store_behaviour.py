@@ -780,3 +780,26 @@ def test_maildir_read_many_finds_a_message_renamed_meanwhile(tmp_path):
         for name in os.listdir(os.path.join(path, sub)):
             os.rename(os.path.join(path, sub, name), os.path.join(path, "cur", name.partition(":")[0] + ":2,S"))
     assert list(folder.read_many(uids)) == [HELLO]
+
+
+def test_mbox_big_batch_reads_trust_a_settled_file_without_digests(tmp_path, monkeypatch):
+    """A file parsed while young (just delivered to) is checked by digest on every read; once it
+    has settled, a big batch parses it again and the reads after need no digest, same octets."""
+    restart()
+    path = str(tmp_path / "mail" / "alice")
+    messages = [message(f"m{n}", f"line {n}\r\n" * n) for n in range(80)]
+    for data in messages:
+        Mbox.deliver(path, data)
+    folder = MboxStore(str(tmp_path / "mail" / "{local}"), InlineReactor(), InlinePool()).account(path).folder("INBOX")
+    uids = list(folder.refresh().uids)
+    digests = []
+    real = mbox._key_digest
+    monkeypatch.setattr(mbox, "_key_digest", lambda stored: digests.append(1) or real(stored))
+    assert list(folder.read_many(uids)) == messages        # young: every entry checked
+    assert len(digests) >= len(messages)
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    assert list(folder.read_many(uids)) == messages        # settled: parsed once more (a digest each) ...
+    digests.clear()
+    assert list(folder.read_many(uids)) == messages        # ... and trusted from then on
+    assert digests == []
