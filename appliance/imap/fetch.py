@@ -46,18 +46,7 @@ def marks_seen(query: list) -> bool:
 
 def read_batch(folder: Folder, uids: list[int]) -> list[bytes | None]:
     """Blocking: read the first few of `uids` for FETCH, stopping once FETCH_BATCH_BYTES are in memory."""
-    out: list[bytes | None] = []
-    total = 0
-    messages = folder.read_many(uids)
-    try:
-        for data in messages:
-            out.append(data)
-            total += len(data or b"")
-            if total >= FETCH_BATCH_BYTES:
-                break
-    finally:
-        messages.close()
-    return out
+    return folder.read_many(uids, FETCH_BATCH_BYTES)
 
 
 def body_item(part: Any, raw: bytes) -> list[bytes]:

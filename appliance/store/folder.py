@@ -339,25 +339,32 @@ class Folder:
         """One message in CRLF form; KeyError or FileNotFoundError when it is gone."""
         return mime.crlf(self._read(self._keys[uid]))
 
-    def read_many(self, uids: list[int]) -> Iterator[bytes | None]:
-        """Messages in CRLF form, in the order of `uids`; None for one that is gone.
+    def read_many(self, uids: list[int], budget: int = 1 << 62) -> list[bytes | None]:
+        """Messages in CRLF form for the first of `uids`, in order (None: gone), stopping after the
+        one that brings the octets read to `budget`: FETCH reads its batches so, a few megabytes
+        a trip to the disk pool. One list, no generators: at 10,000 messages a second the
+        per-message calls show."""
+        messages = self._read_many([self._keys.get(uid) for uid in uids], budget)
+        for n, data in enumerate(messages):
+            if data is not None:         # each stored form is dropped as its wire form replaces it
+                messages[n] = data.replace(b"\n", b"\r\n") if b"\r" not in data else mime.crlf(data)
+        return messages
 
-        A generator: FETCH stops once a batch holds enough octets, and closing it early releases
-        what the format opened for the run (mbox: one descriptor for the whole batch)."""
-        keys = [self._keys.get(uid) for uid in uids]
-        for data in self._read_many(keys):
-            if data is None or b"\r" in data:
-                yield None if data is None else mime.crlf(data)
-            else:
-                yield data.replace(b"\n", b"\r\n")      # mime.crlf's usual case, without its call
-
-    def _read_many(self, keys: list[str | None]) -> Iterator[bytes | None]:
-        """The stored octets of each key (None: gone); formats with a cheaper run than `_read` each override it."""
+    def _read_many(self, keys: list[str | None], budget: int) -> list[bytes | None]:
+        """The stored octets of the first keys (None: gone) up to `budget` octets; formats with a
+        cheaper run than `_read` each override it."""
+        out: list[bytes | None] = []
+        total = 0
         for key in keys:
             try:
-                yield None if key is None else self._read(key)
+                data = None if key is None else self._read(key)
             except FileNotFoundError:
-                yield None
+                data = None
+            out.append(data)
+            total += len(data) if data is not None else 0
+            if total >= budget:
+                break
+        return out
 
     def meta(self, uids: list[int], structure: bool = False) -> dict[int, Meta]:
         """Meta for each still-present UID, from the index, reading only messages it lacks.

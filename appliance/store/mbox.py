@@ -469,7 +469,7 @@ class MboxFolder(Folder):
                 self._parse()
         raise FileNotFoundError(key)
 
-    def _read_many(self, keys: list[str | None]) -> Iterator[bytes | None]:
+    def _read_many(self, keys: list[str | None], budget: int) -> list[bytes | None]:
         """The messages of `keys` through one descriptor, a pread() each (FETCH reads thousands).
 
         After each read an fstat() of that descriptor shows whether the file is still the one
@@ -485,30 +485,37 @@ class MboxFolder(Folder):
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            yield from (None for _ in keys)
-            return
+            return [None] * len(keys)
+        out: list[bytes | None] = []
+        total = 0
         try:
             for key in keys:
-                entries, trusted = self._parsed
-                located = entries.get(key) if key is not None else None
-                if located is None:
-                    yield self._read_again(key)
-                    continue
-                _, start, end = located
-                if end - start < 2:
-                    head, last = b"", os.pread(fd, end - start, start)
-                else:      # the last octet apart: the writer's blank line is dropped without a copy
-                    head, last = os.pread(fd, end - start - 1, start), os.pread(fd, 1, end - 1)
-                info = os.fstat(fd)
-                if (info.st_ino, info.st_mtime_ns, info.st_size) == trusted:
-                    blank_line = last == b"\n" and head.endswith(b"\n")
-                    yield unquote(head) if blank_line else message_of(head + last)
-                elif _key_digest(head + last) == key.rpartition("-")[0]:
-                    yield message_of(head + last)
-                else:
-                    yield self._read_again(key)
+                data = self._pread_checked(fd, key)
+                out.append(data)
+                total += len(data) if data is not None else 0
+                if total >= budget:
+                    break
         finally:
             os.close(fd)
+        return out
+
+    def _pread_checked(self, fd: int, key: str | None) -> bytes | None:
+        """One entry's message through `fd`, trusted by the file's stamp or checked by its digest."""
+        entries, trusted = self._parsed
+        located = entries.get(key) if key is not None else None
+        if key is None or located is None:
+            return self._read_again(key)
+        _, start, end = located
+        if end - start < 2:
+            head, last = b"", os.pread(fd, end - start, start)
+        else:      # the last octet apart: the writer's blank line is dropped without a copy
+            head, last = os.pread(fd, end - start - 1, start), os.pread(fd, 1, end - 1)
+        info = os.fstat(fd)
+        if (info.st_ino, info.st_mtime_ns, info.st_size) == trusted:
+            return unquote(head) if last == b"\n" and head.endswith(b"\n") else message_of(head + last)
+        if _key_digest(head + last) == key.rpartition("-")[0]:
+            return message_of(head + last)
+        return self._read_again(key)
 
     def _read_again(self, key: str | None) -> bytes | None:
         """`_read` (which parses the file again when the entry moved), or None when the message is gone."""
