@@ -472,50 +472,57 @@ class MboxFolder(Folder):
     def _read_many(self, keys: list[str | None], budget: int) -> list[bytes | None]:
         """The messages of `keys` through one descriptor, a pread() each (FETCH reads thousands).
 
-        After each read an fstat() of that descriptor shows whether the file is still the one
-        parsed (`_trusted_stamp`): then the octets are the entry's and the SHA-1 check `_read`
-        does (a fifth of the CPU of reading a message) is skipped; otherwise it is done, and a
-        mismatch goes the way of `_read` (parse again, read again)."""
+        One fstat() of that descriptor after the batch shows whether the file is still the one
+        parsed (`_trusted_stamp`; any write since, even one that ended before the fstat, moved
+        its mtime): then every octet read is the entry's, and the SHA-1 check `_read` does (a
+        fifth of the CPU of reading a message) is skipped; otherwise each entry is checked, and
+        a mismatch goes the way of `_read` (parse again, read again)."""
         if self._parsed[1] is None and len(keys) >= REPARSE_FOR and self._trusted_stamp() is not None:
             # Parsed while the file was young (a delivery just before): once it has settled, one
             # parse (a read and a digest of every entry, what a few batches cost in checks)
             # makes every later read of this file state check-free.
             with contextlib.suppress(MailboxUnavailable):      # locked by a delivery: check each, as before
                 self._parse()
+        entries, trusted = self._parsed
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return [None] * len(keys)
-        out: list[bytes | None] = []
+        read: list[tuple[str | None, bytes, bytes] | None] = []      # (key, all but the last octet, the last)
         total = 0
         try:
             for key in keys:
-                data = self._pread_checked(fd, key)
-                out.append(data)
-                total += len(data) if data is not None else 0
+                located = entries.get(key) if key is not None else None
+                if located is None:
+                    read.append(None)
+                    continue
+                _, start, end = located
+                if end - start < 2:
+                    head, last = b"", os.pread(fd, end - start, start)
+                else:      # the last octet apart: the writer's blank line is dropped without a copy
+                    head, last = os.pread(fd, end - start - 1, start), os.pread(fd, 1, end - 1)
+                read.append((key, head, last))
+                total += end - start
                 if total >= budget:
                     break
+            info = os.fstat(fd)
         finally:
             os.close(fd)
+        unchanged = (info.st_ino, info.st_mtime_ns, info.st_size) == trusted
+        out: list[bytes | None] = []
+        for n, item in enumerate(read):
+            read[n] = None                     # each entry's octets dropped as its message is made
+            if item is None:
+                out.append(self._read_again(keys[n]))
+                continue
+            key, head, last = item
+            if unchanged:
+                out.append(unquote(head) if last == b"\n" and head.endswith(b"\n") else message_of(head + last))
+            elif key is not None and _key_digest(head + last) == key.rpartition("-")[0]:
+                out.append(message_of(head + last))
+            else:
+                out.append(self._read_again(key))
         return out
-
-    def _pread_checked(self, fd: int, key: str | None) -> bytes | None:
-        """One entry's message through `fd`, trusted by the file's stamp or checked by its digest."""
-        entries, trusted = self._parsed
-        located = entries.get(key) if key is not None else None
-        if key is None or located is None:
-            return self._read_again(key)
-        _, start, end = located
-        if end - start < 2:
-            head, last = b"", os.pread(fd, end - start, start)
-        else:      # the last octet apart: the writer's blank line is dropped without a copy
-            head, last = os.pread(fd, end - start - 1, start), os.pread(fd, 1, end - 1)
-        info = os.fstat(fd)
-        if (info.st_ino, info.st_mtime_ns, info.st_size) == trusted:
-            return unquote(head) if last == b"\n" and head.endswith(b"\n") else message_of(head + last)
-        if _key_digest(head + last) == key.rpartition("-")[0]:
-            return message_of(head + last)
-        return self._read_again(key)
 
     def _read_again(self, key: str | None) -> bytes | None:
         """`_read` (which parses the file again when the entry moved), or None when the message is gone."""
