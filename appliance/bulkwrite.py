@@ -52,6 +52,9 @@ def plain_tcp(transport: Any) -> tcp.Connection | None:
     return None
 
 
+HAND_OVER = 64 << 10         # octets given to Twisted's buffer when the socket is full
+
+
 @implementer(interfaces.IPullProducer)
 class PieceWriter:
     """Pieces to a plain TCP connection: sendmsg() while the socket takes them, Twisted's buffer otherwise.
@@ -149,10 +152,17 @@ class PieceWriter:
             pending[0] = memoryview(pending[0])[sent - done:]
 
     def _hand_over(self) -> None:
-        """The socket is full (or failed): Twisted gets the next piece, waits for room (or meets
-        the error), and calls resumeProducing() once the piece is out."""
-        piece = self._pending.popleft()
-        self._conn.write(piece if isinstance(piece, bytes) else bytes(piece))
+        """The socket is full (or failed): Twisted gets the start of the next piece (at most
+        HAND_OVER octets, so a partly sent 50 MB message is not copied whole), waits for room (or
+        meets the error), and calls resumeProducing() once that is out."""
+        piece = self._pending[0]
+        if len(piece) <= HAND_OVER:
+            self._pending.popleft()
+            self._conn.write(piece if isinstance(piece, bytes) else bytes(piece))
+        else:
+            view = memoryview(piece)
+            self._conn.write(bytes(view[:HAND_OVER]))
+            self._pending[0] = view[HAND_OVER:]
         if not self._pending:
             self._wake()
 

@@ -60,8 +60,9 @@ def _receive_all(conn, peer: socket.socket, reactor: _Reactor, size: int, writer
 
 
 def _pieces(count: int) -> list[bytes]:
-    return [b"* %d FETCH (BODY[] {%d}\r\n" % (n, 5000 + 997 * n) + bytes([65 + n % 26]) * (5000 + 997 * n)
-            for n in range(count)]
+    """Pieces of many sizes, one of them (the 8th) far bigger than the socket and the hand-over size."""
+    sizes = [5000 + 997 * n if n != 7 else 700_000 for n in range(count)]
+    return [b"* %d FETCH (BODY[] {%d}\r\n" % (n, size) + bytes([65 + n % 26]) * size for n, size in enumerate(sizes)]
 
 
 def test_everything_fits_at_once():
