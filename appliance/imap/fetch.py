@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import defer, interfaces
 from zope.interface import implementer
 
+from appliance.bulkwrite import PieceWriter
 from appliance.imap.backend import Folder, Meta, mime
 from appliance.imap.parse import MONTHS, Arguments
 from appliance.imap.view import SequenceError, View, format_flags
@@ -45,18 +46,7 @@ def marks_seen(query: list) -> bool:
 
 def read_batch(folder: Folder, uids: list[int]) -> list[bytes | None]:
     """Blocking: read the first few of `uids` for FETCH, stopping once FETCH_BATCH_BYTES are in memory."""
-    out: list[bytes | None] = []
-    total = 0
-    for uid in uids:
-        try:
-            data: bytes | None = folder.read(uid)
-        except (KeyError, FileNotFoundError):
-            data = None
-        out.append(data)
-        total += len(data or b"")
-        if total >= FETCH_BATCH_BYTES:
-            break
-    return out
+    return folder.read_many(uids, FETCH_BATCH_BYTES)
 
 
 def body_item(part: Any, raw: bytes) -> list[bytes]:
@@ -88,6 +78,41 @@ def body_item(part: Any, raw: bytes) -> list[bytes]:
 def literal_parts(name: bytes, data: bytes) -> list[bytes]:
     """`name {n}CRLF` and the octets: what `name + literal(data)` is, without the copy."""
     return [b"%b{%d}\r\n" % (name, len(data)), data]
+
+
+def whole_message_name(query: list, by_uid: bool, flags_changed: bool, modseq: bool) -> bytes | None:
+    """`BODY[] ` or `RFC822 ` (after `UID %d ` in UID FETCH) when that is all each response holds, else None.
+
+    `FETCH 1:* (BODY.PEEK[])` is how clients download a mailbox; its responses are then built by
+    `whole_messages` with one format per message instead of the general item machinery."""
+    if flags_changed or modseq or len(query) != 1:
+        return None
+    part = query[0]
+    if part.type == "rfc822":
+        name = b"RFC822 "
+    elif (part.type == "body" and part.empty and not part.part and part.partialBegin is None
+          and part.header is None and part.text is None and part.mime is None):
+        name = b"BODY[] "
+    else:
+        return None
+    return b"UID %d " + name if by_uid else name
+
+
+def whole_messages(batch: list[tuple[int, int]], raws: list[bytes | None], name: bytes, position: Any) -> list[bytes]:
+    """`* seq FETCH (<name>{n}CRLF<message>)CRLF` for each message still there, as pieces: each
+    message its own piece, the short text between two messages one piece."""
+    pieces: list[bytes] = []
+    gap = b""
+    uid_first = name.startswith(b"UID")
+    for (seq, uid), raw in zip(batch, raws):
+        if raw is None or uid not in position:
+            continue           # gone from the disk, or expunged by another session meanwhile
+        label = name % uid if uid_first else name
+        pieces += [b"%b* %d FETCH (%b{%d}\r\n" % (gap, seq, label, len(raw)), raw]
+        gap = b")\r\n"
+    if gap:
+        pieces.append(gap)
+    return pieces
 
 
 def _section_kind(part: Any) -> tuple[str, list[bytes] | None, bool]:
@@ -286,17 +311,21 @@ class FetchCommand:
     def _stream_bodies(self, items: list[tuple[int, int]], metas: dict[int, Meta], query: list, by_uid: bool,
                        flags_changed: bool, state: Any) -> Any:
         """Read a batch in the pool while the previous one is being sent: disk and socket overlap,
-        with at most two batches (2 x FETCH_BATCH_BYTES) in memory besides the transport's buffer."""
+        with at most two batches (2 x FETCH_BATCH_BYTES) in memory besides the transport's buffer
+        and the socket's. On plain TCP the pieces go to the socket uncopied (appliance/bulkwrite.py)."""
         folder, view = self.folder, self.view
         assert folder is not None and view is not None
-        pressure = Backpressure()
-        self.transport.registerProducer(pressure, True)
+        send = _Sender(self.transport)
+        whole = whole_message_name(query, by_uid, flags_changed, self._fetch_modseq)
         try:
             reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
-            while reading is not None and not self.transport.disconnecting:
+            while reading is not None and not self.transport.disconnecting and not send.stopped:
                 raws = yield reading
                 batch, items = items[:len(raws)], items[len(raws):]
                 reading = self._run(read_batch, folder, [u for _, u in items[:256]]) if items else None
+                if whole is not None:
+                    yield send.write(whole_messages(batch, raws, whole, state.position))
+                    continue
                 out: list[bytes] = []
                 for (seq, uid), raw in zip(batch, raws):
                     if raw is not None:
@@ -304,9 +333,39 @@ class FetchCommand:
                                             self._fetch_modseq)
                         if parts is not None:
                             out += parts
-                self.transport.writeSequence(out)
-                yield pressure.wait()
+                yield send.write(out)
             if reading is not None:
                 yield reading         # the client left: let the last read finish before unregistering
         finally:
-            self.transport.unregisterProducer()
+            send.stop()
+
+
+class _Sender:
+    """The batches of one FETCH to the client: a PieceWriter on plain TCP, else the transport with
+    Backpressure (TLS, COMPRESS, the tests' StringTransport). `write()` fires when more may follow."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._direct = PieceWriter.over(transport)
+        self._pressure = Backpressure()
+        if self._direct is not None:
+            self._direct.start()
+        else:
+            transport.registerProducer(self._pressure, True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._direct is not None and self._direct.stopped
+
+    def write(self, pieces: list[bytes]) -> defer.Deferred:
+        if self._direct is not None:
+            self._direct.write(pieces)
+            return self._direct.drained()
+        self._transport.writeSequence(pieces)
+        return self._pressure.wait()
+
+    def stop(self) -> None:
+        if self._direct is not None:
+            self._direct.stop()
+        else:
+            self._transport.unregisterProducer()

@@ -11,7 +11,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from appliance import mime
 from appliance.store.base import Meta, Snapshot
@@ -338,6 +338,33 @@ class Folder:
     def read(self, uid: int) -> bytes:
         """One message in CRLF form; KeyError or FileNotFoundError when it is gone."""
         return mime.crlf(self._read(self._keys[uid]))
+
+    def read_many(self, uids: list[int], budget: int = 1 << 62) -> list[bytes | None]:
+        """Messages in CRLF form for the first of `uids`, in order (None: gone), stopping after the
+        one that brings the octets read to `budget`: FETCH reads its batches so, a few megabytes
+        a trip to the disk pool. One list, no generators: at 10,000 messages a second the
+        per-message calls show."""
+        messages = self._read_many([self._keys.get(uid) for uid in uids], budget)
+        for n, data in enumerate(messages):
+            if data is not None:         # each stored form is dropped as its wire form replaces it
+                messages[n] = data.replace(b"\n", b"\r\n") if b"\r" not in data else mime.crlf(data)
+        return messages
+
+    def _read_many(self, keys: list[str | None], budget: int) -> list[bytes | None]:
+        """The stored octets of the first keys (None: gone) up to `budget` octets; formats with a
+        cheaper run than `_read` each override it."""
+        out: list[bytes | None] = []
+        total = 0
+        for key in keys:
+            try:
+                data = None if key is None else self._read(key)
+            except FileNotFoundError:
+                data = None
+            out.append(data)
+            total += len(data) if data is not None else 0
+            if total >= budget:
+                break
+        return out
 
     def meta(self, uids: list[int], structure: bool = False) -> dict[int, Meta]:
         """Meta for each still-present UID, from the index, reading only messages it lacks.

@@ -332,6 +332,35 @@ class MaildirFolder(Folder):
             except KeyError:
                 raise FileNotFoundError(key) from None
 
+    def _read_many(self, keys: list[str | None], budget: int) -> list[bytes | None]:
+        """Each message with open, read, close: the size for the read comes from the name's `,S=`
+        (no fstat; a short read of a regular file is its end, a longer file is read on), and a
+        file renamed meanwhile goes the way of `_read` (list again, look once more). Written
+        for speed (FETCH 1:* reads 10,000 files a second): no os.path.join, one dict look-up."""
+        top, names = self.path + "/", self._names
+        out: list[bytes | None] = []
+        total = 0
+        for key in keys:
+            data: bytes | None
+            try:
+                sub, name = names[key]          # type: ignore[index]
+                at = name.find(",S=")
+                size = _size_in_name(name, at) if at >= 0 else None
+                if size is None:
+                    data = _read_file(f"{top}{sub}/{name}")
+                else:
+                    data = _read_sized(f"{top}{sub}/{name}", size)
+            except (KeyError, FileNotFoundError):
+                try:
+                    data = None if key is None else self._read(key)
+                except FileNotFoundError:
+                    data = None
+            out.append(data)
+            total += len(data) if data is not None else 0
+            if total >= budget:
+                break
+        return out
+
     def _mtime(self, key: str) -> float:
         return os.stat(self._file(key)).st_mtime
 
@@ -442,6 +471,28 @@ def _message_files(folder: str) -> list[str]:
 
 def _read_file(path: str) -> bytes:
     return _read_stat(path)[0]
+
+
+def _size_in_name(name: str, at: int) -> int | None:
+    """The `,S=<size>` at `at` in a Maildir file name (the octets stored), None when not a number."""
+    digits = name[at + 3:].partition(",")[0].partition(":")[0]
+    return int(digits) if digits.isdigit() and len(digits) < 12 else None
+
+
+def _read_sized(path: str, size: int) -> bytes:
+    """A message file whose size is known from its name: open, one read of size+1, close. The
+    extra octet tells a file that grew (it is read to the end); fewer octets is the file's end."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) > size:
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    finally:
+        os.close(fd)
 
 
 def _read_stat(path: str) -> tuple[bytes, os.stat_result]:

@@ -257,8 +257,10 @@ def body(stored: bytes) -> bytes:
 
 
 def unquote(stored: bytes) -> bytes:
-    """mboxrd: strip one `>` from each `>*From ` line (the regex is slow, so look before using it)."""
-    return _QUOTED_FROM.sub(rb"\1", stored) if b">From " in stored else stored
+    """mboxrd: strip one `>` from each `>*From ` line (the regex is slow, so look before using it;
+    and a message without any `>`, most of them, is told by memchr, ten times faster than the
+    substring search, which was a third of the CPU of reading an mbox message for FETCH)."""
+    return _QUOTED_FROM.sub(rb"\1", stored) if b">" in stored and b">From " in stored else stored
 
 
 def message_of(stored: bytes) -> bytes:
@@ -271,6 +273,9 @@ def wire_size_of(stored: bytes) -> int:
     kept = body(stored)
     quoted = len(_QUOTED_COUNT.findall(kept)) if b">From " in kept else 0
     return mime.wire_size(kept) - quoted
+
+
+REPARSE_FOR = 64          # a batch read this long parses a settled file again rather than digest each entry
 
 
 def _key_digest(stored: bytes) -> str:
@@ -328,6 +333,9 @@ class MboxFolder(Folder):
         super().__init__(path, meta_dir)
         self._flags_path = os.path.join(meta_dir, FLAGS_FILE)
         self._entries: dict[str, Located] = {}
+        # The entries and the _trusted_stamp of one parse, set together: a reader in another thread
+        # never pairs one parse's offsets with another's stamp.
+        self._parsed: tuple[dict[str, Located], tuple[int, int, int] | None] = ({}, None)
         self._order_of: dict[str, int] = {}
         self._pop3: dict[str, tuple[str, int]] | None = None    # key -> (UIDL, size), kept once POP3 asked
         self._stamp: tuple[int, int] | None = None
@@ -422,6 +430,7 @@ class MboxFolder(Folder):
     def _parse(self) -> None:
         """Split the file (under the locks) and key its entries; POP3's UIDLs too once a POP3 login asked."""
         stamp = self._file_stamp()          # before reading: a change meanwhile makes the next scan parse again
+        trusted = self._trusted_stamp()
         data = read_locked(self.path)
         entries: dict[str, Located] = {}
         order: dict[str, int] = {}
@@ -439,6 +448,19 @@ class MboxFolder(Folder):
                 number = _numbered(raw, uidls_seen)
                 pop3[key] = (raw if number == 1 else f"{raw}-{number}", wire_size_of(stored))
         self._entries, self._order_of, self._pop3, self._stamp = entries, order, pop3, stamp
+        self._parsed = (entries, trusted)
+
+    def _trusted_stamp(self) -> tuple[int, int, int] | None:
+        """(inode, mtime, size) of the file before a parse reads it, when that mtime is old enough
+        (not racy) that any later write must change it; None otherwise. While the file still shows
+        this stamp, the parsed offsets hold and a read needs no digest check."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        if racy(info.st_mtime_ns, time.time_ns()):
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
 
     def _order(self, key: str) -> object:
         return self._order_of.get(key, 1 << 62)
@@ -456,6 +478,68 @@ class MboxFolder(Folder):
             if attempt == 0:
                 self._parse()
         raise FileNotFoundError(key)
+
+    def _read_many(self, keys: list[str | None], budget: int) -> list[bytes | None]:
+        """The messages of `keys` through one descriptor, a pread() each (FETCH reads thousands).
+
+        One fstat() of that descriptor after the batch shows whether the file is still the one
+        parsed (`_trusted_stamp`; any write since, even one that ended before the fstat, moved
+        its mtime): then every octet read is the entry's, and the SHA-1 check `_read` does (a
+        fifth of the CPU of reading a message) is skipped; otherwise each entry is checked, and
+        a mismatch goes the way of `_read` (parse again, read again)."""
+        if self._parsed[1] is None and len(keys) >= REPARSE_FOR and self._trusted_stamp() is not None:
+            # Parsed while the file was young (a delivery just before): once it has settled, one
+            # parse (a read and a digest of every entry, what a few batches cost in checks)
+            # makes every later read of this file state check-free.
+            with contextlib.suppress(MailboxUnavailable):      # locked by a delivery: check each, as before
+                self._parse()
+        entries, trusted = self._parsed
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return [None] * len(keys)
+        read: list[tuple[str | None, bytes, bytes] | None] = []      # (key, all but the last octet, the last)
+        total = 0
+        try:
+            for key in keys:
+                located = entries.get(key) if key is not None else None
+                if located is None:
+                    read.append(None)
+                    continue
+                _, start, end = located
+                if end - start < 2:
+                    head, last = b"", os.pread(fd, end - start, start)
+                else:      # the last octet apart: the writer's blank line is dropped without a copy
+                    head, last = os.pread(fd, end - start - 1, start), os.pread(fd, 1, end - 1)
+                read.append((key, head, last))
+                total += end - start
+                if total >= budget:
+                    break
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        unchanged = (info.st_ino, info.st_mtime_ns, info.st_size) == trusted
+        out: list[bytes | None] = []
+        for n, item in enumerate(read):
+            read[n] = None                     # each entry's octets dropped as its message is made
+            if item is None:
+                out.append(self._read_again(keys[n]))
+                continue
+            key, head, last = item
+            if unchanged:
+                out.append(unquote(head) if last == b"\n" and head.endswith(b"\n") else message_of(head + last))
+            elif key is not None and _key_digest(head + last) == key.rpartition("-")[0]:
+                out.append(message_of(head + last))
+            else:
+                out.append(self._read_again(key))
+        return out
+
+    def _read_again(self, key: str | None) -> bytes | None:
+        """`_read` (which parses the file again when the entry moved), or None when the message is gone."""
+        try:
+            return None if key is None else self._read(key)
+        except FileNotFoundError:
+            return None
 
     def _mtime(self, key: str) -> float:
         return _from_line_date(self._entries[key][0])

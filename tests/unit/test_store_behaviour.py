@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import pytest
 from twisted.python.failure import Failure
@@ -713,3 +714,92 @@ def test_mbox_dot_lock_beside_a_folder_is_not_a_folder(tmp_path):
     for side in ("Junk.lock", "Junk.lock.123.456"):
         (tmp_path / "alice.folders" / side).write_bytes(b"123\n")
     assert account.names() == ["INBOX", "Drafts", "Junk", "Sent", "Trash"]
+
+
+# ---- reading many at once (FETCH 1:* BODY[]) ------------------------------------------------------------------------
+def test_read_many_is_read_of_each_in_order(fmt, store, path):
+    """The batch read FETCH uses gives what read() gives, message by message, None for an unknown UID."""
+    for data in (HELLO, TRICKY, message("m2", "x\r\n" * 5000), b"", b"x", b"\r\n", b"x\r\n\r\n"):
+        fmt.deliver(path, data)
+    if fmt is Mbox:
+        old = time.time() - 3600
+        os.utime(path, (old, old))    # an old stamp: the mbox reads take the trusted way (no digest)
+    folder = inbox(store, path)
+    uids = list(folder.refresh().uids)
+    assert folder.read_many(uids + [99]) == [folder.read(uid) for uid in uids] + [None]
+    assert len(uids) == 7 and folder.read(uids[-1]) == b"x\r\n\r\n"
+    assert folder.read_many(uids, budget=1) == [folder.read(uids[0])]      # stops after the one that reaches it
+    first = len(folder.read(uids[0]))           # its stored form (LF) is shorter: the second one reaches it
+    assert folder.read_many(uids, budget=first) == [folder.read(uid) for uid in uids[:2]]
+
+
+def test_mbox_read_many_rereads_a_file_rewritten_behind_its_back(tmp_path):
+    """Another program (a mail reader deleting the first message) rewrote the mbox after our parse:
+    the offsets are stale, and the batch read must notice (the file's stamp changed) and give the
+    right octets, not a slice of the wrong place."""
+    restart()
+    path = str(tmp_path / "mail" / "alice")
+    for data in (message("first", "a\r\n" * 100), message("second", "b\r\n" * 100), message("third")):
+        Mbox.deliver(path, data)
+    old = time.time() - 3600
+    os.utime(path, (old, old))        # an old stamp: trusted, reads skip the digest while it holds
+    folder = MboxStore(str(tmp_path / "mail" / "{local}"), InlineReactor(), InlinePool()).account(path).folder("INBOX")
+    uids = list(folder.refresh().uids)
+    expected = [folder.read(uid) for uid in uids]
+    assert folder.read_many(uids) == expected
+    with open(path, "rb") as handle:
+        data = handle.read()
+    second = data.index(b"\nFrom ", 1) + 1
+    with open(path, "r+b") as handle:          # in place, as mutt does: the first entry gone
+        handle.write(data[second:])
+        handle.truncate()
+    assert folder.read_many(uids) == [None] + expected[1:]
+
+
+@pytest.mark.parametrize("name_size", [5, 10_000_000, None])
+def test_maildir_read_many_trusts_no_size_in_a_name(tmp_path, name_size):
+    """A `,S=` that lies (another program's, or a file changed since) never cuts or pads a message."""
+    restart()
+    path = str(tmp_path / "mail" / "alice")
+    data = message("sized", "line\n" * 3000)
+    suffix = "" if name_size is None else f",S={name_size}"
+    Maildir.by_hand(path, data, f"1700000000.M1P1.example{suffix}")
+    folder = MaildirStore(str(tmp_path / "mail" / "{local}"), InlineReactor(), InlinePool()).account(path).folder("INBOX")
+    uids = list(folder.refresh().uids)
+    assert folder.read_many(uids) == [folder.read(uids[0])] and b"line\r\n" * 3000 in folder.read(uids[0])
+
+
+def test_maildir_read_many_finds_a_message_renamed_meanwhile(tmp_path):
+    """Another program moved a message from new/ to cur/ (with flags) after our scan: still read."""
+    restart()
+    path = str(tmp_path / "mail" / "alice")
+    Maildir.by_hand(path, HELLO, "1700000000.M1P1.example,S=50")
+    folder = MaildirStore(str(tmp_path / "mail" / "{local}"), InlineReactor(), InlinePool()).account(path).folder("INBOX")
+    uids = list(folder.refresh().uids)
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(path, sub)):
+            os.rename(os.path.join(path, sub, name), os.path.join(path, "cur", name.partition(":")[0] + ":2,S"))
+    assert folder.read_many(uids) == [HELLO]
+
+
+def test_mbox_big_batch_reads_trust_a_settled_file_without_digests(tmp_path, monkeypatch):
+    """A file parsed while young (just delivered to) is checked by digest on every read; once it
+    has settled, a big batch parses it again and the reads after need no digest, same octets."""
+    restart()
+    path = str(tmp_path / "mail" / "alice")
+    messages = [message(f"m{n}", f"line {n}\r\n" * n) for n in range(80)]
+    for data in messages:
+        Mbox.deliver(path, data)
+    folder = MboxStore(str(tmp_path / "mail" / "{local}"), InlineReactor(), InlinePool()).account(path).folder("INBOX")
+    uids = list(folder.refresh().uids)
+    digests = []
+    real = mbox._key_digest
+    monkeypatch.setattr(mbox, "_key_digest", lambda stored: digests.append(1) or real(stored))
+    assert folder.read_many(uids) == messages        # young: every entry checked
+    assert len(digests) >= len(messages)
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    assert folder.read_many(uids) == messages        # settled: parsed once more (a digest each) ...
+    digests.clear()
+    assert folder.read_many(uids) == messages        # ... and trusted from then on
+    assert digests == []

@@ -108,3 +108,46 @@ def test_big_fetch_streams_in_batches(authed, monkeypatch):
     monkeypatch.setattr(fetch, "FETCH_BATCH_BYTES", 1500)
     reply = authed.cmd(b"f FETCH 1:* BODY.PEEK[]")
     assert reply.count(b" FETCH (BODY[] {") == 7 and reply.endswith(b"f OK FETCH completed\r\n")
+
+
+MESSAGE1 = b"Subject: m1\r\nFrom: bob@example.test\r\n\r\nbody 1\r\n"
+
+
+def test_whole_mailbox_download_is_every_message_once_in_order(selected):
+    """`FETCH 1:* (BODY.PEEK[])`, the download every client does, in its own fast path: exact octet
+    counts, one response per message, \\Seen left alone."""
+    reply = selected.cmd(b"f FETCH 1:* (BODY.PEEK[])")
+    assert reply == (b"* 1 FETCH (BODY[] {47}\r\n" + MESSAGE0 + b")\r\n"
+                     b"* 2 FETCH (BODY[] {47}\r\n" + MESSAGE1 + b")\r\nf OK FETCH completed\r\n")
+    reply = selected.cmd(b"f2 UID FETCH 2:* BODY.PEEK[]")
+    assert reply == b"* 2 FETCH (UID 2 BODY[] {47}\r\n" + MESSAGE1 + b")\r\nf2 OK FETCH completed\r\n"
+    assert b"\\Seen" not in selected.cmd(b"f3 FETCH 1:* FLAGS")
+
+
+def test_whole_mailbox_download_in_examine_and_after_seen(authed):
+    """BODY[] and RFC822 in a read-only session (no FLAGS change to report) take the fast path too."""
+    authed.ok(b"e EXAMINE INBOX")
+    assert authed.cmd(b"f FETCH 1:2 RFC822") == (b"* 1 FETCH (RFC822 {47}\r\n" + MESSAGE0 + b")\r\n"
+                                                 b"* 2 FETCH (RFC822 {47}\r\n" + MESSAGE1 + b")\r\n"
+                                                 b"f OK FETCH completed\r\n")
+    assert authed.cmd(b"f2 UID FETCH 1 BODY[]") == (b"* 1 FETCH (UID 1 BODY[] {47}\r\n" + MESSAGE0 + b")\r\n"
+                                                    b"f2 OK FETCH completed\r\n")
+
+
+def test_whole_mailbox_download_keeps_partials_and_seen_apart(selected):
+    """A partial BODY[]<a.b>, and BODY[] that sets \\Seen (FLAGS then follows), still answer exactly."""
+    assert selected.cmd(b"f FETCH 1 BODY.PEEK[]<9.5>") == b"* 1 FETCH (BODY[]<9> {5}\r\nm0\r\nF)\r\nf OK FETCH completed\r\n"
+    reply = selected.cmd(b"f2 FETCH 1:2 BODY[]")
+    assert reply == (b"* 1 FETCH (BODY[] {47}\r\n" + MESSAGE0 + b" FLAGS (\\Seen \\Recent))\r\n"
+                     b"* 2 FETCH (BODY[] {47}\r\n" + MESSAGE1 + b" FLAGS (\\Seen \\Recent))\r\n"
+                     b"f2 OK FETCH completed\r\n")
+
+
+def test_whole_mailbox_download_skips_a_message_expunged_meanwhile(selected, reactor, tmp_path):
+    from tests.unit.imap.harness import Session
+    other = Session(reactor, tmp_path, implicit=True).login()
+    other.select()
+    other.ok(b"st STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.ok(b"e EXPUNGE")
+    reply = selected.cmd(b"f FETCH 1:2 BODY.PEEK[]")
+    assert reply == b"* 2 FETCH (BODY[] {47}\r\n" + MESSAGE1 + b")\r\nf OK FETCH completed\r\n"
