@@ -130,6 +130,17 @@ class Maildrop:
             return defer.fail()
         return self._ahead.get(n)
 
+    def ready(self, n: int) -> bytes | None:
+        """Message `n` when the read-ahead already holds it (taken out of it), else None.
+
+        Lets RETR answer within the reactor turn that read the command, without a Deferred: the
+        usual case once the read-ahead runs ahead of the client. None means "ask read()", which
+        also reports a message that is gone or a failed read.
+        """
+        if not 0 <= n < len(self._entries) or n in self._deleted:
+            return None
+        return self._ahead.take(n)
+
     def _read_batch(self, batch: list[tuple[int, Entry]]) -> list[tuple[int, bytes | Exception]]:
         """Blocking: read each message of a batch; one that is gone fails alone (MessageGone)."""
         out: list[tuple[int, bytes | Exception]] = []
@@ -183,6 +194,17 @@ class ReadAhead:
             trip.addBoth(self._pass_on, n, d)
         self._maybe_prefetch(n)
         return d
+
+    def take(self, n: int) -> bytes | None:
+        """The bytes of message `n` if they are here (handed out, so forgotten), else None."""
+        data = self._ready.get(n)
+        if not isinstance(data, bytes):
+            return None
+        for old in [k for k in self._ready if k < n]:     # the client skipped them: let them go
+            self.forget(old)
+        self.forget(n)
+        self._maybe_prefetch(n)
+        return data
 
     def _pass_on(self, result: object, n: int, d: defer.Deferred) -> object:
         """Once the trip that read `n` is back: hand its outcome to the reader waiting for it."""
