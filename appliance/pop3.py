@@ -11,7 +11,7 @@ import base64
 import binascii
 import itertools
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from appliance import address, connlimit, maillog, message
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IMaildrop
-from appliance.store.pop3view import MessageGone, NoSuchMessage
+from appliance.store.pop3view import MessageGone, NoSuchMessage, Wire, dot_stuff
 from appliance.realm import LoggedIn, Login, LoginThrottled, MaildropInUse
 from appliance.replies import POP3
 from appliance.tls import log_failure, log_once
@@ -53,12 +53,13 @@ def multiline(first: bytes, body: bytes) -> bytes:
 def multiline_parts(first: bytes, body: bytes) -> list[bytes]:
     """`multiline` as pieces for one transport.writeSequence: the body is not copied into a bigger
     buffer here (the transport joins them once), and it is copied at all only when it has lines to stuff."""
-    if body.startswith(b"."):
-        body = b"." + body
-    if b"\r\n." in body:
-        body = body.replace(b"\r\n.", b"\r\n..")
-    end = b".\r\n" if not body or body.endswith(b"\r\n") else b"\r\n.\r\n"
-    return [b"+OK " + first + b"\r\n", body, end]
+    return stuffed_parts(first, dot_stuff(body))
+
+
+def stuffed_parts(first: bytes, stuffed: bytes) -> list[bytes]:
+    """`multiline_parts` of a body already byte-stuffed (a RETR answer, stuffed in the pool)."""
+    end = b".\r\n" if not stuffed or stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+    return [b"+OK " + first + b"\r\n", stuffed, end]
 
 
 def top(raw: bytes, lines: int) -> bytes:
@@ -371,7 +372,7 @@ class POP3Server(pop3.POP3):
         n = self._message(number)
         if n is None:
             return None
-        return self._send_message(n, lambda raw: multiline_parts(b"%d octets" % len(raw), raw))
+        return self._send_message(n, lambda wire: stuffed_parts(b"%d octets" % len(wire.raw), wire.stuffed))
 
     def do_TOP(self, number: bytes, lines: bytes) -> defer.Deferred | None:
         n = self._message(number)
@@ -380,9 +381,9 @@ class POP3Server(pop3.POP3):
         if not lines.isdigit():
             return self._error(POP3.SYNTAX)
         count = int(lines)
-        return self._send_message(n, lambda raw: multiline_parts(b"Top of message follows", top(raw, count)))
+        return self._send_message(n, lambda wire: multiline_parts(b"Top of message follows", top(wire.raw, count)))
 
-    def _send_message(self, n: int, frame: Any) -> defer.Deferred | None:
+    def _send_message(self, n: int, frame: Callable[[Wire], list[bytes]]) -> defer.Deferred | None:
         """Answer at once when the read-ahead holds the message, else once the pool has read it.
 
         The synchronous case skips a Deferred chain and _longOperation's timer juggling per RETR;
@@ -393,8 +394,8 @@ class POP3Server(pop3.POP3):
         if raw is not None:
             self._writer.writeSequence(frame(raw))
             return None
-        d = self.mbox.read(n)
-        d.addCallback(lambda raw: None if self._gone else self.transport.writeSequence(frame(raw)))
+        d = self.mbox.read_wire(n)
+        d.addCallback(lambda wire: None if self._gone else self._writer.writeSequence(frame(wire)))
         d.addErrback(self._read_failed)
         return self._longOperation(d)
 
