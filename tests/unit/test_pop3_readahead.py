@@ -136,7 +136,7 @@ def test_commands_wait_for_the_batch_and_the_next_batch_is_read_while_the_client
     assert pool.run() == 1
     answered = session.take()
     assert answered.count(b"+OK") == 2 and b"Subject: m1" in answered
-    # The client keeps reading: once half the batch is used, the next trip is already out.
+    # The client keeps reading: the next trip is already out before the batch is used up.
     for n in range(3, AHEAD_MESSAGES // 2 + 3):
         assert session.command(f"RETR {n}").startswith(b"+OK"), n
     assert len(pool.jobs) == 1
