@@ -107,7 +107,7 @@ class POP3Server(pop3.POP3):
         self._tls_logged = False
         self._login_pending: defer.Deferred | None = None
         self._committing: defer.Deferred | None = None
-        self._writer: PartsWriter | None = None
+        self._writer: PartsWriter = None  # type: ignore[assignment]   # made in connectionMade
 
     # ---- connection ---------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -390,9 +390,9 @@ class POP3Server(pop3.POP3):
         it only runs when no earlier command is pending (processCommand queues behind those), so
         answers keep the commands' order.
         """
-        raw = self.mbox.ready(n)
-        if raw is not None:
-            self._writer.writeSequence(frame(raw))
+        wire = self.mbox.ready(n)
+        if wire is not None:
+            self._writer.writeSequence(frame(wire))
             return None
         d = self.mbox.read_wire(n)
         d.addCallback(lambda wire: None if self._gone else self._writer.writeSequence(frame(wire)))

@@ -96,6 +96,11 @@ class Wire:
     def of(cls, raw: bytes) -> "Wire":
         return cls(raw, dot_stuff(raw))
 
+    @property
+    def octets(self) -> int:
+        """Memory held: both forms when stuffing made a copy (what the read-ahead's budget counts)."""
+        return len(self.raw) + (len(self.stuffed) if self.stuffed is not self.raw else 0)
+
 
 class Source(Protocol):
     """Blocking operations behind a Maildrop; all run in a worker thread."""
@@ -276,7 +281,7 @@ class ReadAhead:
     def forget(self, n: int) -> None:
         data = self._ready.pop(n, None)
         if isinstance(data, Wire):
-            self._ready_bytes -= len(data.raw)
+            self._ready_bytes -= data.octets
 
     def _hand_out(self, n: int) -> defer.Deferred:
         data = self._ready.get(n)
@@ -325,7 +330,7 @@ class ReadAhead:
             self._waiting.pop(n, None)
             self._ready[n] = data
             if isinstance(data, Wire):
-                self._ready_bytes += len(data.raw)
+                self._ready_bytes += data.octets
 
     def _trip_failed(self, failure: Failure, batch: list[tuple[int, Entry]]) -> None:
         """The pool itself failed (not one message): each waiting reader gets the error."""
