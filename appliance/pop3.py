@@ -11,7 +11,7 @@ import base64
 import binascii
 import itertools
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
@@ -22,11 +22,11 @@ from twisted.python.failure import Failure
 from appliance import address, connlimit, maillog, message
 from appliance.errors import DirectoryUnavailable
 from appliance.interfaces import IMaildrop
-from appliance.store.pop3view import MessageGone, NoSuchMessage
+from appliance.store.pop3view import MessageGone, NoSuchMessage, Wire, dot_stuff
 from appliance.realm import LoggedIn, Login, LoginThrottled, MaildropInUse
 from appliance.replies import POP3
 from appliance.tls import log_failure, log_once
-from appliance.transport import no_delay
+from appliance.transport import DirectWriter, no_delay
 
 # (fewest, most) arguments; PASS takes the rest of the line, spaces included.
 ARGUMENTS = {
@@ -53,12 +53,13 @@ def multiline(first: bytes, body: bytes) -> bytes:
 def multiline_parts(first: bytes, body: bytes) -> list[bytes]:
     """`multiline` as pieces for one transport.writeSequence: the body is not copied into a bigger
     buffer here (the transport joins them once), and it is copied at all only when it has lines to stuff."""
-    if body.startswith(b"."):
-        body = b"." + body
-    if b"\r\n." in body:
-        body = body.replace(b"\r\n.", b"\r\n..")
-    end = b".\r\n" if not body or body.endswith(b"\r\n") else b"\r\n.\r\n"
-    return [b"+OK " + first + b"\r\n", body, end]
+    return stuffed_parts(first, dot_stuff(body))
+
+
+def stuffed_parts(first: bytes, stuffed: bytes) -> list[bytes]:
+    """`multiline_parts` of a body already byte-stuffed (a RETR answer, stuffed in the pool)."""
+    end = b".\r\n" if not stuffed or stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+    return [b"+OK " + first + b"\r\n", stuffed, end]
 
 
 def top(raw: bytes, lines: int) -> bytes:
@@ -106,6 +107,7 @@ class POP3Server(pop3.POP3):
         self._tls_logged = False
         self._login_pending: defer.Deferred | None = None
         self._committing: defer.Deferred | None = None
+        self._writer: PartsWriter = None  # type: ignore[assignment]   # made in connectionMade
 
     # ---- connection ---------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -115,6 +117,7 @@ class POP3Server(pop3.POP3):
         self.secure = self.factory.implicit_tls
         maillog.connect(self.factory.service, self.peer, session=self.sid)
         no_delay(self.transport)
+        self._writer = PartsWriter(self.transport)
         greeting = b"+OK " + self.factory.hostname.encode("idna") + b" POP3 server ready"
         if self.factory.offers_apop:
             self.magic = self.generateMagic()
@@ -369,7 +372,7 @@ class POP3Server(pop3.POP3):
         n = self._message(number)
         if n is None:
             return None
-        return self._send_message(n, lambda raw: multiline_parts(b"%d octets" % len(raw), raw))
+        return self._send_message(n, lambda wire: stuffed_parts(b"%d octets" % len(wire.raw), wire.stuffed))
 
     def do_TOP(self, number: bytes, lines: bytes) -> defer.Deferred | None:
         n = self._message(number)
@@ -378,11 +381,21 @@ class POP3Server(pop3.POP3):
         if not lines.isdigit():
             return self._error(POP3.SYNTAX)
         count = int(lines)
-        return self._send_message(n, lambda raw: multiline_parts(b"Top of message follows", top(raw, count)))
+        return self._send_message(n, lambda wire: multiline_parts(b"Top of message follows", top(wire.raw, count)))
 
-    def _send_message(self, n: int, frame: Any) -> defer.Deferred:
-        d = self.mbox.read(n)
-        d.addCallback(lambda raw: None if self._gone else self.transport.writeSequence(frame(raw)))
+    def _send_message(self, n: int, frame: Callable[[Wire], list[bytes]]) -> defer.Deferred | None:
+        """Answer at once when the read-ahead holds the message, else once the pool has read it.
+
+        The synchronous case skips a Deferred chain and _longOperation's timer juggling per RETR;
+        it only runs when no earlier command is pending (processCommand queues behind those), so
+        answers keep the commands' order.
+        """
+        wire = self.mbox.ready(n)
+        if wire is not None:
+            self._writer.writeSequence(frame(wire))
+            return None
+        d = self.mbox.read_wire(n)
+        d.addCallback(lambda wire: None if self._gone else self._writer.writeSequence(frame(wire)))
         d.addErrback(self._read_failed)
         return self._longOperation(d)
 
@@ -437,6 +450,43 @@ class POP3Server(pop3.POP3):
     def _commit_failed(self, failure: Failure) -> None:
         maillog.error("pop3-update-failed", session=self.sid, peer=self.peer, reason=failure.getErrorMessage())
         self._send(POP3.NOT_KEPT)
+
+
+class PartsWriter(DirectWriter):
+    """DirectWriter for a response in pieces: one sendmsg() of the pieces on a plain TCP connection.
+
+    A RETR answer is the status line, the message and the terminator. Through the transport,
+    Twisted registers for writability, waits for the next poll, joins the pieces (a copy of the
+    message) and unregisters again; here the kernel gathers the pieces itself, at once. What
+    does not fit in the socket's buffer, and everything under TLS or behind unsent data, goes
+    through transport.writeSequence() in order, as before.
+    """
+
+    def writeSequence(self, parts: list[bytes]) -> None:
+        conn = self._tcp
+        if (conn is None or conn.TLS or not conn.connected or conn.disconnecting or conn.producer is not None
+                or conn._tempDataLen or len(conn.dataBuffer) > conn.offset):
+            self.transport.writeSequence(parts)
+            return
+        maillog.flush_pending()
+        try:
+            sent = conn.socket.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.transport.writeSequence(parts)     # doWrite() meets the error and closes the connection
+            return
+        if sent < sum(map(len, parts)):
+            self.transport.writeSequence(unsent(parts, sent))
+
+
+def unsent(parts: list[bytes], sent: int) -> list[bytes]:
+    """What is left of `parts` after the first `sent` octets went out."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return ([part[sent:]] if sent else [part]) + parts[index + 1:]
+        sent -= len(part)
+    return []
 
 
 class POP3Factory(protocol.ServerFactory):

@@ -136,7 +136,7 @@ def test_commands_wait_for_the_batch_and_the_next_batch_is_read_while_the_client
     assert pool.run() == 1
     answered = session.take()
     assert answered.count(b"+OK") == 2 and b"Subject: m1" in answered
-    # The client keeps reading: once half the batch is used, the next trip is already out.
+    # The client keeps reading: the next trip is already out before the batch is used up.
     for n in range(3, AHEAD_MESSAGES // 2 + 3):
         assert session.command(f"RETR {n}").startswith(b"+OK"), n
     assert len(pool.jobs) == 1
@@ -158,3 +158,22 @@ def test_deleted_and_skipped_messages_are_not_served_from_the_read_ahead(tmp_pat
     assert session.command("RSET").startswith(b"+OK")
     wire = crlf(BODIES[1])
     assert session.command("RETR 2") == multiline(b"%d octets" % len(wire), wire)
+
+
+def test_pipelined_commands_are_answered_in_order_whether_read_ahead_or_waiting_for_the_pool(fmt, tmp_path):
+    """Answers given at once (read ahead) never overtake one still waiting for its batch (PIPELINING)."""
+    path = str(tmp_path / "alice")
+    stored = bodies(fmt)[:AHEAD_MESSAGES + 8]
+    fmt.stored_messages(path, stored)
+    pool = HeldPool()
+    session = logged_in(world_over(fmt, path, pool))
+    numbers = list(range(1, len(stored) + 1))
+    commands = b"".join(b"RETR %d\r\nNOOP\r\n" % n for n in numbers) + b"TOP 1 0\r\nSTAT\r\n"
+    out = session.send(commands)
+    for _ in range(20):
+        if not pool.run():
+            break
+        out += session.take()
+    expected = b"".join(multiline(b"%d octets" % len(crlf(m)), crlf(m)) + b"+OK\r\n" for m in stored)
+    expected += multiline(b"Top of message follows", b"Subject: m0\r\n\r\n")
+    assert out == expected + b"+OK %d %d\r\n" % (len(stored), sum(len(crlf(m)) for m in stored))
