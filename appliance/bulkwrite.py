@@ -25,31 +25,16 @@ from collections import deque
 from itertools import accumulate, islice
 from typing import Any
 
-from twisted.internet import defer, interfaces, tcp
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.internet import defer, interfaces
 from zope.interface import implementer
 
 from appliance import maillog
+from appliance.transport import plain_tcp
 
 try:
     IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)      # pieces per sendmsg()
 except (ValueError, OSError):
     IOV_MAX = 16
-
-
-def plain_tcp(transport: Any) -> tcp.Connection | None:
-    """The tcp.Connection when `transport` is one, or a chain of pass-through ProtocolWrappers
-    (appliance.connlimit's) down to one; None for anything else. Only known pass-through layers
-    are looked through: a wrapper that changes the octets (COMPRESS's DeflatingTransport, which
-    forwards attribute look-ups, `.transport` too) must never be skipped."""
-    for _ in range(4):
-        if isinstance(transport, tcp.Connection):
-            return transport
-        if not isinstance(transport, ProtocolWrapper) or isinstance(transport, TLSMemoryBIOProtocol):
-            return None
-        transport = transport.transport
-    return None
 
 
 HAND_OVER = 64 << 10         # octets given to Twisted's buffer when the socket is full

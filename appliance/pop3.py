@@ -107,7 +107,7 @@ class POP3Server(pop3.POP3):
         self._tls_logged = False
         self._login_pending: defer.Deferred | None = None
         self._committing: defer.Deferred | None = None
-        self._writer: PartsWriter = None  # type: ignore[assignment]   # made in connectionMade
+        self._writer: DirectWriter = None  # type: ignore[assignment]   # made in connectionMade
 
     # ---- connection ---------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -117,7 +117,7 @@ class POP3Server(pop3.POP3):
         self.secure = self.factory.implicit_tls
         maillog.connect(self.factory.service, self.peer, session=self.sid)
         no_delay(self.transport)
-        self._writer = PartsWriter(self.transport)
+        self._writer = DirectWriter(self.transport)
         greeting = b"+OK " + self.factory.hostname.encode("idna") + b" POP3 server ready"
         if self.factory.offers_apop:
             self.magic = self.generateMagic()
@@ -450,43 +450,6 @@ class POP3Server(pop3.POP3):
     def _commit_failed(self, failure: Failure) -> None:
         maillog.error("pop3-update-failed", session=self.sid, peer=self.peer, reason=failure.getErrorMessage())
         self._send(POP3.NOT_KEPT)
-
-
-class PartsWriter(DirectWriter):
-    """DirectWriter for a response in pieces: one sendmsg() of the pieces on a plain TCP connection.
-
-    A RETR answer is the status line, the message and the terminator. Through the transport,
-    Twisted registers for writability, waits for the next poll, joins the pieces (a copy of the
-    message) and unregisters again; here the kernel gathers the pieces itself, at once. What
-    does not fit in the socket's buffer, and everything under TLS or behind unsent data, goes
-    through transport.writeSequence() in order, as before.
-    """
-
-    def writeSequence(self, parts: list[bytes]) -> None:
-        conn = self._tcp
-        if (conn is None or conn.TLS or not conn.connected or conn.disconnecting or conn.producer is not None
-                or conn._tempDataLen or len(conn.dataBuffer) > conn.offset):
-            self.transport.writeSequence(parts)
-            return
-        maillog.flush_pending()
-        try:
-            sent = conn.socket.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.transport.writeSequence(parts)     # doWrite() meets the error and closes the connection
-            return
-        if sent < sum(map(len, parts)):
-            self.transport.writeSequence(unsent(parts, sent))
-
-
-def unsent(parts: list[bytes], sent: int) -> list[bytes]:
-    """What is left of `parts` after the first `sent` octets went out."""
-    for index, part in enumerate(parts):
-        if sent < len(part):
-            return ([part[sent:]] if sent else [part]) + parts[index + 1:]
-        sent -= len(part)
-    return []
 
 
 class POP3Factory(protocol.ServerFactory):

@@ -5,6 +5,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from appliance import maillog
@@ -27,16 +28,33 @@ def no_delay(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
 
 
-def _socket_transport(transport: Any) -> Any:
-    """The tcp.Connection below plain wrappers (appliance.connlimit's ProtocolWrapper), or None
-    when a layer on the way encrypts (an implicit-TLS port's TLSMemoryBIOProtocol)."""
+def plain_tcp(transport: Any) -> tcp.Connection | None:
+    """The tcp.Connection when `transport` is one, or a chain of pass-through ProtocolWrappers
+    (appliance.connlimit's) down to one; None for anything else.
+
+    Only known pass-through layers are looked through: a layer that changes the octets (an
+    implicit-TLS port's TLSMemoryBIOProtocol, COMPRESS's DeflatingTransport, which forwards
+    attribute look-ups, `.transport` too) must never be skipped, or bytes would reach the
+    socket unencrypted or uncompressed.
+    """
     for _ in range(4):
-        if transport is None or ISSLTransport.providedBy(transport) or isinstance(transport, TLSMemoryBIOProtocol):
+        if ISSLTransport.providedBy(transport):
             return None
         if isinstance(transport, tcp.Connection):
             return transport
-        transport = getattr(transport, "transport", None)
+        if not isinstance(transport, ProtocolWrapper) or isinstance(transport, TLSMemoryBIOProtocol):
+            return None
+        transport = transport.transport
     return None
+
+
+def unsent(parts: list[bytes], sent: int) -> list[bytes]:
+    """What is left of `parts` after the first `sent` octets went out."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return ([part[sent:]] if sent else [part]) + parts[index + 1:]
+        sent -= len(part)
+    return []
 
 
 class DirectWriter:
@@ -61,12 +79,19 @@ class DirectWriter:
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
-        self._tcp = _socket_transport(transport)
+        self._tcp = plain_tcp(transport)
 
-    def write(self, data: bytes) -> None:
+    def _direct(self) -> tcp.Connection | None:
+        """The connection when a send now cannot overtake anything or bypass a layer, else None."""
         conn = self._tcp
         if (conn is None or conn.TLS or not conn.connected or conn.disconnecting or conn.producer is not None
-                or conn._tempDataLen or len(conn.dataBuffer) > conn.offset or not data):
+                or conn._tempDataLen or len(conn.dataBuffer) > conn.offset):
+            return None
+        return conn
+
+    def write(self, data: bytes) -> None:
+        conn = self._direct()
+        if conn is None or not data:
             self.transport.write(data)
             return
         maillog.flush_pending()
@@ -79,3 +104,21 @@ class DirectWriter:
             return
         if sent < len(data):
             self.transport.write(data[sent:])
+
+    def writeSequence(self, parts: list[bytes]) -> None:
+        """`parts` in one sendmsg(): the kernel gathers them, with no join copy of a message in
+        Twisted's doWrite (a POP3 RETR answer is the status line, the message, the terminator)."""
+        conn = self._direct()
+        if conn is None:
+            self.transport.writeSequence(parts)
+            return
+        maillog.flush_pending()
+        try:
+            sent = conn.socket.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.transport.writeSequence(parts)     # doWrite() meets the error and closes the connection
+            return
+        if sent < sum(map(len, parts)):
+            self.transport.writeSequence(unsent(parts, sent))

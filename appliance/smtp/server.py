@@ -38,7 +38,7 @@ from appliance import address, connlimit, lineends, maillog, replies
 from appliance.filters.base import Facts, Stage
 from appliance.smtp.dataspool import DataBuffer, DataSpool
 from appliance.tls import log_failure, log_once, session_info
-from appliance.transport import DirectWriter, _socket_transport, no_delay
+from appliance.transport import DirectWriter, no_delay, plain_tcp
 from appliance.errors import DirectoryUnavailable, QueueWriteError
 from appliance.intake import Arrival
 from appliance.interfaces import IMailUser
@@ -704,7 +704,7 @@ class ApplianceSMTP(ESMTP):
         time, so the process holds one such chunk outside the memory budget, not one per
         connection (smtp/dataspool.py). Plain TCP only: under TLS, its layer cuts the chunks.
         """
-        conn = _socket_transport(self.transport)
+        conn = plain_tcp(self.transport)
         if conn is not None:
             conn.bufferSize = size or tcp.Connection.bufferSize
 

@@ -109,6 +109,8 @@ class Source(Protocol):
 
     def read(self, path: str, entry: Entry) -> bytes: ...
 
+    def read_many(self, path: str, entries: list[Entry]) -> list[bytes | None]: ...
+
     def expunge(self, path: str, entries: list[Entry]) -> None: ...
 
 
@@ -126,6 +128,11 @@ class FolderSource:
             return self.folder.read(entry.where)
         except (KeyError, FileNotFoundError):
             raise MessageGone(entry.uid) from None
+
+    def read_many(self, path: str, entries: list[Entry]) -> list[bytes | None]:
+        """A batch in CRLF form (None: gone), through Folder.read_many: an mbox is opened once for
+        the batch, not once per message, as FETCH reads it."""
+        return self.folder.read_many([entry.where for entry in entries])
 
     def expunge(self, path: str, entries: list[Entry]) -> None:
         """Remove by UID: a message flagged or moved to cur/ by another reader is still the one removed."""
@@ -202,9 +209,16 @@ class Maildrop:
         return self._ahead.take(n)
 
     def _read_batch(self, batch: list[tuple[int, Entry]]) -> list[tuple[int, Wire | Exception]]:
-        """Blocking: read each message of a batch; one that is gone fails alone (MessageGone)."""
+        """Blocking: read a batch in one go; one that is gone fails alone (MessageGone). Should the
+        batch read itself fail, each message is read alone, so the error goes to the one it concerns."""
+        try:
+            found = self._source.read_many(self._path, [entry for _, entry in batch])
+        except Exception:
+            found = []
         out: list[tuple[int, Wire | Exception]] = []
-        for n, entry in batch:
+        for (n, entry), data in zip(batch, found):
+            out.append((n, MessageGone(entry.uid) if data is None else Wire.of(data)))
+        for n, entry in batch[len(out):]:
             try:
                 out.append((n, self._read_one(entry)))
             except Exception as exc:       # handed back to that message's reader, never raised here

@@ -73,6 +73,9 @@ class FakeFormat:
     def read(self, path, entry):
         return to_wire(self.messages[entry.where])
 
+    def read_many(self, path, entries):
+        return [to_wire(self.messages[e.where]) if e.where in self.messages else None for e in entries]
+
     def expunge(self, path, entries):
         for entry in entries:
             self.expunged.append(entry.uid)

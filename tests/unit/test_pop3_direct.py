@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import directlyProvides
 
-from appliance.pop3 import PartsWriter, unsent
+from appliance.transport import DirectWriter, unsent
 from tests.unit.test_smtp_replies_batched import connection, read_all
 
 
@@ -31,7 +31,7 @@ def drain(conn, peer: socket.socket, size: int) -> bytes:
 
 def test_an_answer_in_pieces_goes_out_at_once_without_epoll_registration():
     conn, peer, reactor = connection()
-    PartsWriter(conn).writeSequence([b"+OK 4 octets\r\n", b"hi\r\n", b".\r\n"])
+    DirectWriter(conn).writeSequence([b"+OK 4 octets\r\n", b"hi\r\n", b".\r\n"])
     assert read_all(peer, 21) == b"+OK 4 octets\r\nhi\r\n.\r\n"
     assert reactor.writers == [] and not conn._tempDataBuffer
 
@@ -40,7 +40,7 @@ def test_an_answer_bigger_than_the_send_buffer_arrives_whole_and_before_the_next
     conn, peer, reactor = connection()
     conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     body = bytes(range(256)) * 8192                          # 2 MiB: far more than the send buffer
-    writer = PartsWriter(conn)
+    writer = DirectWriter(conn)
     writer.writeSequence([b"+OK big\r\n", body, b".\r\n"])
     assert reactor.writers == [conn]                         # the rest waits for writability
     writer.writeSequence([b"+OK next\r\n", b"x\r\n", b".\r\n"])   # behind unsent bytes: queued, not sent
@@ -51,14 +51,14 @@ def test_an_answer_bigger_than_the_send_buffer_arrives_whole_and_before_the_next
 def test_nothing_bypasses_tls():
     conn, peer, reactor = connection()
     directlyProvides(conn, ISSLTransport)
-    PartsWriter(conn).writeSequence([b"+OK 3\r\n", b"abc", b"\r\n.\r\n"])
+    DirectWriter(conn).writeSequence([b"+OK 3\r\n", b"abc", b"\r\n.\r\n"])
     assert conn._tempDataBuffer == [b"+OK 3\r\n", b"abc", b"\r\n.\r\n"]
 
 
 def test_nothing_bypasses_a_connection_that_started_tls():
     """STLS: the tcp.Connection itself encrypts from then on (its TLS flag)."""
     conn, peer, reactor = connection()
-    writer = PartsWriter(conn)                               # made at connect time, before STLS
+    writer = DirectWriter(conn)                               # made at connect time, before STLS
     conn.TLS = True
     conn.protocol = TLSLayer()                               # what startTLS puts between
     writer.writeSequence([b"+OK 3\r\n", b"abc", b"\r\n.\r\n"])
