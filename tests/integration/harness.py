@@ -26,6 +26,7 @@ SMTP_SERVICES = ("smtp", "submission", "smtps")
 ALL_SERVICES = SMTP_SERVICES + ("pop3", "pop3s", "imap", "imaps")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
+STARTED = "[mail#info] started hostname="     # appliance.service logs it once every service has started
 
 
 CHECKS_OFF = {"greylist": "off", "pregreet": "off", "spf": "off", "dkim_verify": "no", "dmarc": "off",
@@ -197,25 +198,30 @@ class Appliance:
     # -- running ----------------------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Run `twistd -n mailappliance` and wait until every configured port accepts."""
+        """Run `twistd -n mailappliance` and wait until every configured port accepts and the
+        `started` line of this run is in the log: the ports are bound before the services start
+        (privilegedStartService), so a port that answers does not yet mean a started queue,
+        pickup folder or control socket (on a busy disk, the queue's start can take seconds)."""
+        runs_before = self.log().count(STARTED)
         command = [self.program("twistd"), "-n", "--pidfile=", f"--logfile={self.log_path}",
                    "mailappliance", "--config", self.config_path]
         with open(self.output_path, "ab") as output:
             self.process = subprocess.Popen(command, cwd=self.root, stdout=output, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        waiting = set(self.ports.values())
-        while waiting:
+        closed = set(self.ports.values())
+        while True:
             if self.process.poll() is not None:
                 raise ApplianceError(f"twistd exited with {self.process.returncode} before listening\n"
                                      + self.diagnostics())
+            closed = {port for port in closed if not port_accepts(port)}
+            if not closed and self.log().count(STARTED) > runs_before:
+                return
             if time.monotonic() > deadline:
                 self.stop()
-                raise ApplianceError(f"ports {sorted(waiting)} not accepting after {timeout} s\n"
-                                     + self.diagnostics())
-            waiting = {port for port in waiting if not port_accepts(port)}
-            if waiting:
-                time.sleep(0.1)
+                waiting = f"ports {sorted(closed)}" if closed else "the `started` line"
+                raise ApplianceError(f"not ready after {timeout} s: waiting for {waiting}\n" + self.diagnostics())
+            time.sleep(0.1)
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit status."""
