@@ -12,12 +12,10 @@ import fcntl
 import mmap
 import os
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from queue import SimpleQueue
 from typing import NamedTuple
 
 from twisted.application.service import Service
@@ -32,7 +30,8 @@ from appliance.config import QueueSection
 from appliance.envelope import DELIVERED, FAILED, Envelope, Recipient
 from appliance.errors import ApplianceError, QueueWriteError, TemporaryFailure
 from appliance.interfaces import ICourier, IQueue
-from appliance.inline import InlinePool, InlineReactor, run_job
+from appliance.inline import InlinePool, InlineReactor
+from appliance.jobthreads import JobThreads
 from appliance.durable import fsync_dir, replace_file
 
 log = Logger()
@@ -393,40 +392,15 @@ def done_path(segments_dir: str, segment: int) -> str:
     return os.path.join(segments_dir, f"{segment:012d}.done")
 
 
-class WriterThread:
+def writer_thread() -> JobThreads:
     """The one thread that runs the spool's writer jobs (a pool stand-in: callInThreadWithCallback).
 
     The writer runs one job at a time anyway, so it needs no pool: a job goes to this thread
     through a SimpleQueue, which costs the reactor one C call, where Twisted's ThreadPool hands
     it through its coordinator (locks, a condition, a dozen Python calls): a tenth of the
-    reactor thread in the ingest profile, since every batch of puts is one job. The thread
-    starts with the first job and ends after `stop`, once the jobs before it are done.
+    reactor thread in the ingest profile, since every batch of puts is one job.
     """
-
-    def __init__(self, name: str = "queue-writer") -> None:
-        self._name = name
-        self._jobs: SimpleQueue = SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def callInThreadWithCallback(self, on_result: Callable, f: Callable, *args: object, **kwargs: object) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-        self._jobs.put((on_result, f, args, kwargs))
-
-    def stop(self) -> None:
-        """Let the thread end after the jobs already handed over."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            on_result, f, args, kwargs = item
-            run_job(on_result, f, *args, **kwargs)
+    return JobThreads("queue-writer", 1)
 
 
 # --- the spool ----------------------------------------------------------------------------------
@@ -447,7 +421,7 @@ class Spool:
     so puts that arrive while a write is in flight form the next, larger batch.
     """
 
-    def __init__(self, directory: str, reactor, pool, writer: WriterThread | None = None):
+    def __init__(self, directory: str, reactor, pool, writer: JobThreads | None = None):
         self._root = directory
         self._reactor = reactor
         self._pool = pool                       # reads of queued bodies (retries)

@@ -313,9 +313,9 @@ def _resize_pools(parts: Parts, cfg: configmod.Config) -> None:
 
 def _queue(parts: Parts, top: ApplianceService) -> Any:
     """The queue, delivering through `parts.couriers`; `is_local` reads the domains in force."""
-    from appliance.queue import QueueService, Spool, WriterThread
+    from appliance.queue import QueueService, Spool, writer_thread
     cfg, reactor = parts.cfg, parts.reactor
-    spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, parts.pools["queue"], WriterThread())
+    spool = Spool(os.path.join(cfg.appliance.state_dir, "queue"), reactor, parts.pools["queue"], writer_thread())
     queue = QueueService(spool, parts.couriers, cfg.queue, reactor, hostname=cfg.appliance.hostname,
                          is_local=lambda a: address.in_domains(a, parts.cfg.appliance.domains),
                          remote_concurrency=cfg.delivery.concurrency)

@@ -887,7 +887,7 @@ def test_the_compact_record_is_smaller_than_the_json_object():
 
 def test_the_writer_thread_runs_jobs_in_order_reports_failures_and_ends_on_stop():
     import threading
-    writer = queue.WriterThread()
+    writer = queue.writer_thread()
     done = threading.Event()
     results: list = []
 
@@ -899,9 +899,9 @@ def test_the_writer_thread_runs_jobs_in_order_reports_failures_and_ends_on_stop(
     for n in range(4):
         writer.callInThreadWithCallback(lambda ok, value: results.append((ok, value)), job, n)
     writer.callInThreadWithCallback(lambda ok, value: done.set(), lambda: None)
-    thread = writer._thread
+    [thread] = writer._threads
     assert done.wait(10)
-    assert [r[1] for r in results if r[0]] == [(0, "queue-writer"), (1, "queue-writer"), (3, "queue-writer")]
+    assert [r[1] for r in results if r[0]] == [(0, "queue-writer-0"), (1, "queue-writer-0"), (3, "queue-writer-0")]
     assert [(ok, value.check(OSError)) for ok, value in results if not ok] == [(False, OSError)]
     writer.stop()
     thread.join(10)
@@ -911,7 +911,7 @@ def test_the_writer_thread_runs_jobs_in_order_reports_failures_and_ends_on_stop(
 def test_a_spool_with_its_writer_thread_keeps_the_promise_and_stops_the_thread_on_close(tmp_path):
     import threading
     reactor = FakeReactor()          # callFromThread runs at once, here in the writer thread
-    writer = queue.WriterThread()
+    writer = queue.writer_thread()
     spool = Spool(str(tmp_path), reactor, SyncPool(), writer)
     spool.lock()
     spool.recover()
@@ -921,7 +921,7 @@ def test_a_spool_with_its_writer_thread_keeps_the_promise_and_stops_the_thread_o
     reactor.advance(0)               # the turn ends: the batch goes to the writer thread
     assert durable.wait(10)
     closed = threading.Event()
-    thread = writer._thread
+    [thread] = writer._threads
     spool.close().addCallback(lambda _: closed.set())
     assert closed.wait(10)
     thread.join(10)
