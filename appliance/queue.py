@@ -922,6 +922,7 @@ class QueueService(Service):
         self._retries = DeferredSemaphore(concurrency)      # retry rounds with a body read back from disk
         self._waiting: dict[str, Envelope] = {}             # queued, not being delivered right now
         self._timer = None
+        self._to_start: list[tuple[Envelope, bytes]] = []   # just queued, delivery starts next turn
 
     def startService(self) -> None:
         self._spool.lock()
@@ -1004,9 +1005,20 @@ class QueueService(Service):
     def put(self, envelope: Envelope, message: bytes) -> Deferred:
         """Queue a message durably; once it is, start delivering it (the fast path)."""
         d = self._spool.put(envelope, message)
-        # Start delivery on the next turn, so the client's 250 goes out first.
-        d.addCallback(lambda _: self._reactor.callLater(0, self._accepted, None, envelope, message) and None)
+        d.addCallback(self._start_next_turn, envelope, message)
         return d
+
+    def _start_next_turn(self, _: None, envelope: Envelope, message: bytes) -> None:
+        """Start delivery on the next turn, so the client's 250 goes out first; one timer for
+        the whole group commit (its puts fire in one turn), not one per message."""
+        if not self._to_start:
+            self._reactor.callLater(0, self._start_queued)
+        self._to_start.append((envelope, message))
+
+    def _start_queued(self) -> None:
+        started, self._to_start = self._to_start, []
+        for envelope, message in started:
+            self._accepted(None, envelope, message)
 
     def _accepted(self, _: None, envelope: Envelope, message: bytes) -> None:
         if not self.running:
