@@ -293,6 +293,8 @@ class Intake:
             envelope = Envelope(id=arrival.id, sender=sender, recipients=list(arrival.recipients), peer=arrival.peer,
                                 helo=arrival.helo, protocol=arrival.protocol, login=arrival.login, size=len(message))
             d = self.queue.put(envelope, message)
+            if not arrival.refused:      # the common case: one callback logs and answers the id
+                return d.addCallback(self._log_received, arrival, sender, envelope)
             d.addCallback(self._log_received, arrival, sender, envelope)
         else:
             d = defer.succeed(None)
@@ -302,11 +304,13 @@ class Intake:
         return d
 
     @staticmethod
-    def _log_received(_: object, arrival: Arrival, sender: str, envelope: Envelope) -> None:
+    def _log_received(_: object, arrival: Arrival, sender: str, envelope: Envelope) -> str:
+        """Log the `received` line; the queue id for the caller's reply."""
         maillog.received(arrival.id, arrival.service, arrival.peer or "local", sender, envelope.size,
                          [r.address for r in envelope.recipients], arrival.protocol, arrival.login,
                          session=arrival.session,
                          given=arrival.given or [r.original or r.address for r in envelope.recipients])
+        return arrival.id
 
     def check_loops(self, arrival: Arrival) -> None:
         """Mail loops, before anything else (RFC 5321 6.3): too many hops, or a forward already made.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -751,6 +751,19 @@ class Spool:
                 d.errback(QueueWriteError(str(error)))
 
 
+def _limited(semaphore: DeferredSemaphore, f: Callable[..., object], *args: object) -> Deferred:
+    """semaphore.run(f, *args), without its two extra Deferreds (acquire's and run's) when a
+    token is free, the common case: every accepted message goes through here."""
+    if semaphore.tokens <= 0:
+        return semaphore.run(f, *args)
+    semaphore.tokens -= 1            # what acquire() does with a free token
+
+    def release(result: object) -> object:
+        semaphore.release()
+        return result
+    return maybeDeferred(f, *args).addBoth(release)
+
+
 # --- the `queue` command without a daemon -------------------------------------------------------
 
 def read_queue(directory: str) -> list[Envelope]:
@@ -896,6 +909,7 @@ class QueueService(Service):
         self._retries = DeferredSemaphore(concurrency)      # retry rounds with a body read back from disk
         self._waiting: dict[str, Envelope] = {}             # queued, not being delivered right now
         self._timer = None
+        self._to_start: list[tuple[Envelope, bytes]] = []   # just queued, delivery starts next turn
 
     def startService(self) -> None:
         self._spool.lock()
@@ -978,9 +992,20 @@ class QueueService(Service):
     def put(self, envelope: Envelope, message: bytes) -> Deferred:
         """Queue a message durably; once it is, start delivering it (the fast path)."""
         d = self._spool.put(envelope, message)
-        # Start delivery on the next turn, so the client's 250 goes out first.
-        d.addCallback(lambda _: self._reactor.callLater(0, self._accepted, None, envelope, message) and None)
+        d.addCallback(self._start_next_turn, envelope, message)
         return d
+
+    def _start_next_turn(self, _: None, envelope: Envelope, message: bytes) -> None:
+        """Start delivery on the next turn, so the client's 250 goes out first; one timer for
+        the whole group commit (its puts fire in one turn), not one per message."""
+        if not self._to_start:
+            self._reactor.callLater(0, self._start_queued)
+        self._to_start.append((envelope, message))
+
+    def _start_queued(self) -> None:
+        started, self._to_start = self._to_start, []
+        for envelope, message in started:
+            self._accepted(None, envelope, message)
 
     def _accepted(self, _: None, envelope: Envelope, message: bytes) -> None:
         if not self.running:
@@ -1017,7 +1042,7 @@ class QueueService(Service):
         if courier is None:
             d = fail(TemporaryFailure("4.3.5", "no courier configured for this recipient"))
         else:
-            d = self._deliveries[kind].run(courier.deliver, envelope, rcpt, message)
+            d = _limited(self._deliveries[kind], courier.deliver, envelope, rcpt, message)
         return d.addCallbacks(self._delivered, self._failed, (envelope, rcpt), None, (envelope, rcpt))
 
     def _unreadable(self, failure: Failure, envelope: Envelope, due: list[Recipient]) -> None:

@@ -1,6 +1,7 @@
 """The top MultiService: named children started in dependency order, SIGHUP reload, clean stop."""
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,7 @@ class ApplianceService(service.MultiService):
         self._catch_sighup()        # in case privilegedStartService was not called (not twistd)
         maillog.emit("started", hostname=self.config.appliance.hostname,
                      services=",".join(s.name for s in self if s.name.startswith("listen-")))
+        freeze_startup_objects()
 
     def _catch_sighup(self) -> None:
         if hasattr(signal, "SIGHUP"):
@@ -64,3 +66,21 @@ class ApplianceService(service.MultiService):
         """SIGHUP: the whole configuration again, all of it or none of it (appliance.reload)."""
         if self.reloader is not None:
             self.reloader()
+
+
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Move what start-up built (modules, classes, configuration: hundreds of thousands of
+    objects that live as long as the process) out of the garbage collector's sight, once.
+
+    Every full collection otherwise walks them all again; the collections that the per-message
+    Deferreds and records trigger were 3% of the SMTP reactor's time in the ingest profile.
+    Collected first, so no garbage is kept for ever (the gc module's advice for gc.freeze).
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()

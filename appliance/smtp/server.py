@@ -100,6 +100,8 @@ class ApplianceSMTP(ESMTP):
         self._gone = False                    # the client hung up (connectionLost ran)
         self._batch: list[bytes] | None = None  # replies to the chunk of input being processed
         self._writer: DirectWriter | None = None
+        self._answering_now = False           # _wait_for is adding its callback (see there)
+        self._tcp: tcp.Connection | None = None  # plain_tcp(transport), until STARTTLS
 
     # ---- connection life cycle -------------------------------------------------------
     def connectionMade(self) -> None:
@@ -114,6 +116,7 @@ class ApplianceSMTP(ESMTP):
         self.peer = getattr(peer, "host", str(peer))
         no_delay(self.transport)
         self._writer = DirectWriter(self.transport)
+        self._tcp = plain_tcp(self.transport)
         maillog.connect(f.policy.name, self.peer, session=self.sid)
         # Connection limits are counted before we get here (appliance.connlimit, for every listener).
         self.facts = Facts(session=self.sid, service=f.policy.name, peer=self.peer, mx=not f.policy.offers_auth,
@@ -259,18 +262,28 @@ class ApplianceSMTP(ESMTP):
         self._wait_for(result)
 
     def _wait_for(self, result: Any) -> None:
-        """Hold later input until a pending answer is sent, so replies stay in order."""
+        """Hold later input until a pending answer is sent, so replies stay in order.
+
+        One callback per answer (the ingest's hot path: the 250 after the queue's commit);
+        `_answering_now` tells it whether it ran at once, inside addBoth, or later.
+        """
         if not isinstance(result, defer.Deferred):
             return
-        finished: list[bool] = []
-        result.addErrback(self._unexpected)
-        result.addBoth(lambda _: finished.append(True))
-        if not finished:                   # still waiting (a lookup, the queue, a throttle delay)
-            self._busy = True
-            result.addBoth(self._resume)
+        self._busy = self._answering_now = True
+        result.addBoth(self._answered)
+        self._answering_now = False
+
+    def _answered(self, outcome: object) -> None:
+        """The pending answer is out (in the batch); when it came later, run what waited for it."""
+        if isinstance(outcome, Failure):
+            self._unexpected(outcome)
+        if self._answering_now:           # answered at once: _process's loop carries on
+            self._busy = self._answering_now = False
+            return
+        self._resume(None)
 
     def _resume(self, _: object) -> None:
-        """The pending answer is out (in the batch): run the commands that waited for it."""
+        """Run the commands that waited for the pending answer."""
         self._busy = False
         if self.transport.disconnecting:
             self._flush_replies()
@@ -454,6 +467,7 @@ class ApplianceSMTP(ESMTP):
         self._drop_input = True       # CVE-2011-0411: nothing sent in plaintext survives the handshake
         self._flush_replies(keep_batching=True)    # the 220 goes out in plaintext, before the handshake
         self.transport.startTLS(self.ctx)
+        self._tcp = None                       # the TLS layer cuts the chunks from now on
         self.secure = True
         # RFC 3207 4.2: discard all knowledge obtained from the client before TLS, the login
         # included (AUTH from a plaintext_auth_network must not carry over into the TLS session).
@@ -618,7 +632,19 @@ class ApplianceSMTP(ESMTP):
             return self._reply_error(replies.BAD_RECIPIENT_SYNTAX)
         if len(self.session.rcpt_addresses) >= self.factory.limits.max_recipients:
             return self._reply(replies.TOO_MANY_RECIPIENTS)
-        d = defer.maybeDeferred(self.factory.policy.check_recipient, self, rcpt)
+        if not self.factory.checks:   # no rcpt-stage checks: answer at once when the policy's answer is known
+            try:
+                answer = self.factory.policy.check_recipient(self, rcpt)
+            except Exception:
+                return self._fail(Failure(), "RCPT", sender=self.session.sender, rcpt=rcpt)
+            known = fired(answer) if isinstance(answer, defer.Deferred) else answer
+            if isinstance(known, Failure):
+                return self._fail(known, "RCPT", sender=self.session.sender, rcpt=rcpt)
+            if known is not PENDING:
+                return self._recipient_ok(known, rcpt)
+            d = answer
+        else:
+            d = defer.maybeDeferred(self.factory.policy.check_recipient, self, rcpt)
         d.addCallback(self._check_recipient, rcpt)
         d.addCallbacks(self._recipient_ok, self._fail, callbackArgs=(rcpt,), errbackArgs=("RCPT",),
                        errbackKeywords={"sender": self.session.sender, "rcpt": rcpt})
@@ -704,8 +730,8 @@ class ApplianceSMTP(ESMTP):
         time, so the process holds one such chunk outside the memory budget, not one per
         connection (smtp/dataspool.py). Plain TCP only: under TLS, its layer cuts the chunks.
         """
-        conn = plain_tcp(self.transport)
-        if conn is not None:
+        conn = self._tcp
+        if conn is not None and not conn.TLS:
             conn.bufferSize = size or tcp.Connection.bufferSize
 
     def _drop_data(self) -> None:
@@ -733,9 +759,8 @@ class ApplianceSMTP(ESMTP):
                              session=self.sid)
             return self._reply_error(replies.BAD_MESSAGE, "message contains NUL characters")
         arrival = self._arrival(session, body)
-        d = defer.maybeDeferred(self.factory.intake.accept, arrival)
-        d.addErrback(self._not_queued, arrival.id)
-        d.addCallbacks(self._queued, self._fail, errbackArgs=("DATA",), errbackKeywords={"sender": session.sender})
+        d = self.factory.intake.accept(arrival)      # never raises: a failure comes in the Deferred
+        d.addCallbacks(self._queued, self._not_queued, errbackArgs=(arrival.id, session.sender))
         return d
 
     def _arrival(self, session: Session, body: bytes) -> Arrival:
@@ -747,13 +772,13 @@ class ApplianceSMTP(ESMTP):
                        insider=policy.insider(self), submission=policy.submission, facts=self.facts,
                        session=self.sid, given=list(session.given))
 
-    @staticmethod
-    def _not_queued(failure: Failure, qid: str) -> Failure:
-        """The queue could not make the message durable: 451, so the client keeps it and tries again."""
+    def _not_queued(self, failure: Failure, qid: str, sender: str | None) -> Any:
+        """Refused by a check, or the queue could not make the message durable: 451 then, so
+        the client keeps it and tries again."""
         if failure.check(QueueWriteError):
             maillog.log.failure("queue write failed id={qid}", failure, qid=qid)
-            raise SMTPReplyError(replies.LOCAL_ERROR)
-        return failure
+            failure = Failure(SMTPReplyError(replies.LOCAL_ERROR))
+        return self._fail(failure, "DATA", sender=sender)
 
     def _queued(self, qid: str) -> None:
         self._errors = 0      # as Postfix's smtpd_hard_error_limit: errors count "without delivering mail"
@@ -770,6 +795,23 @@ class ApplianceSMTP(ESMTP):
     def tls_description(self) -> str:
         info = session_info(self.transport) if self.secure else None
         return f"version={info[0]} cipher={info[1]}" if info else ""
+
+
+PENDING = object()     # fired(): the Deferred has no result yet
+
+
+def fired(d: defer.Deferred) -> Any:
+    """The result of a Deferred that has already fired (a Failure is handed over as handled), or PENDING.
+
+    A directory lookup answered from memory comes as a Deferred that has fired already: its
+    answer is sent in this turn without the callbacks, maybeDeferred and the wait for them
+    (the way POP3 answers RETR at once when the read-ahead holds the message).
+    """
+    if not d.called or d.paused or d.callbacks:
+        return PENDING
+    result = d.result
+    d.addBoth(lambda _: None)      # the caller owns the result now: no "Unhandled error" at GC
+    return result
 
 
 def find_end(joined: bytes, dotted: bool) -> tuple[int, bool]:

@@ -928,3 +928,28 @@ def test_a_spool_with_its_writer_thread_keeps_the_promise_and_stops_the_thread_o
     assert not thread.is_alive()
     (back, _), = Spool(str(tmp_path), reactor, SyncPool()).recover()
     assert back == env
+
+
+def test_limited_runs_at_most_the_semaphores_count_and_frees_a_token_on_failure():
+    """queue._limited (the delivery fast path) keeps DeferredSemaphore's bound: a call past it
+    waits for a running one to finish, and a failed call gives its token back too."""
+    from twisted.internet.defer import DeferredSemaphore
+    semaphore = DeferredSemaphore(1)
+    pending: list[Deferred] = []
+    started: list[str] = []
+
+    def job(name: str) -> Deferred:
+        started.append(name)
+        pending.append(Deferred())
+        return pending[-1]
+
+    first = queue._limited(semaphore, job, "a")
+    second = queue._limited(semaphore, job, "b")
+    assert started == ["a"]
+    pending[0].errback(RuntimeError("disk"))
+    assert started == ["a", "b"]
+    first.addErrback(lambda f: f.trap(RuntimeError))
+    pending[1].callback("done")
+    results: list[object] = []
+    second.addCallback(results.append)
+    assert results == ["done"] and semaphore.tokens == 1

@@ -319,3 +319,19 @@ def test_user_may_send_as_an_alias_that_points_only_at_them(tmp_path):
     assert rig.send(b"MAIL FROM:<contact@example.test>\r\n")[0].startswith(b"250")
     rig.send(b"RSET\r\n")
     assert rig.send(b"MAIL FROM:<staff@example.test>\r\n")[0].startswith(b"553 5.7.1")
+
+
+def test_fired_reads_a_fired_deferred_and_takes_over_its_failure():
+    """server.fired: the RCPT fast path answers at once from a Deferred that has fired; one still
+    waiting (an LDAP lookup) is left alone, its result going down its chain as before."""
+    from twisted.python.failure import Failure
+    from appliance.smtp import server as smtp_server
+    assert smtp_server.fired(defer.succeed(["alice"])) == ["alice"]
+    failed = smtp_server.fired(defer.fail(ValueError("no")))
+    assert isinstance(failed, Failure) and failed.check(ValueError)
+    waiting: defer.Deferred = defer.Deferred()
+    assert smtp_server.fired(waiting) is smtp_server.PENDING
+    results: list[object] = []
+    waiting.addCallback(results.append)
+    waiting.callback("later")
+    assert results == ["later"]
