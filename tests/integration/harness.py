@@ -6,6 +6,7 @@ Standard library only, so bench/ can use it without the test dependencies.
 """
 from __future__ import annotations
 
+import glob
 import mailbox
 import os
 import random
@@ -202,7 +203,7 @@ class Appliance:
         `started` line of this run is in the log: the ports are bound before the services start
         (privilegedStartService), so a port that answers does not yet mean a started queue,
         pickup folder or control socket (on a busy disk, the queue's start can take seconds)."""
-        runs_before = self.log().count(STARTED)
+        runs_before = self.starts_logged()
         command = [self.program("twistd"), "-n", "--pidfile=", f"--logfile={self.log_path}",
                    "mailappliance", "--config", self.config_path]
         with open(self.output_path, "ab") as output:
@@ -215,7 +216,7 @@ class Appliance:
                 raise ApplianceError(f"twistd exited with {self.process.returncode} before listening\n"
                                      + self.diagnostics())
             closed = {port for port in closed if not port_accepts(port)}
-            if not closed and self.log().count(STARTED) > runs_before:
+            if not closed and self.starts_logged() > runs_before:
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -251,6 +252,19 @@ class Appliance:
                 return handle.read()
         except FileNotFoundError:
             return ""
+
+    def starts_logged(self) -> int:
+        """How many `started` lines every run wrote, rotated logs included (twistd rotates the log
+        at 1 MB and keeps the old ones, so the total only grows)."""
+        marker = STARTED.encode()
+        count = 0
+        for path in glob.glob(glob.escape(self.log_path) + "*"):
+            try:
+                with open(path, "rb") as handle:
+                    count += handle.read().count(marker)
+            except FileNotFoundError:      # rotated away between the listing and the open
+                pass
+        return count
 
     def diagnostics(self, lines: int = 40) -> str:
         """The tails of twistd's log and of its stdout/stderr, for failure messages."""
