@@ -807,11 +807,12 @@ def fired(d: defer.Deferred) -> Any:
     answer is sent in this turn without the callbacks, maybeDeferred and the wait for them
     (the way POP3 answers RETR at once when the read-ahead holds the message).
     """
-    if not d.called or d.paused or d.callbacks:
+    seen: list[Any] = []
+    d.addBoth(lambda result: seen.append(result) or result)    # runs now only if d has fired; passes it on
+    if not seen:
         return PENDING
-    result = d.result
     d.addBoth(lambda _: None)      # the caller owns the result now: no "Unhandled error" at GC
-    return result
+    return seen[0]
 
 
 def find_end(joined: bytes, dotted: bool) -> tuple[int, bool]:
