@@ -351,20 +351,24 @@ class Folder:
         return messages
 
     def _read_many(self, keys: list[str | None], budget: int) -> list[bytes | None]:
-        """The stored octets of the first keys (None: gone) up to `budget` octets; formats with a
-        cheaper run than `_read` each override it."""
+        """The stored octets of the first keys (None: gone) up to `budget` octets; a format whose
+        whole run is cheaper another way (mbox: one descriptor) overrides it."""
         out: list[bytes | None] = []
         total = 0
         for key in keys:
-            try:
-                data = None if key is None else self._read(key)
-            except FileNotFoundError:
-                data = None
+            data = self._read_or_none(key)
             out.append(data)
             total += len(data) if data is not None else 0
             if total >= budget:
                 break
         return out
+
+    def _read_or_none(self, key: str | None) -> bytes | None:
+        """One message of a batch read, None when it is gone; a format with a cheaper single read overrides it."""
+        try:
+            return None if key is None else self._read(key)
+        except FileNotFoundError:
+            return None
 
     def meta(self, uids: list[int], structure: bool = False) -> dict[int, Meta]:
         """Meta for each still-present UID, from the index, reading only messages it lacks.
