@@ -54,8 +54,11 @@ class ApplianceService(service.MultiService):
             maillog.error("aliases-problem", problem=problem, action=action)
         super().startService()
         self._catch_sighup()        # in case privilegedStartService was not called (not twistd)
-        maillog.emit("started", hostname=self.config.appliance.hostname,
-                     services=",".join(s.name for s in self if s.name.startswith("listen-")))
+        # Once the reactor runs: twistd starts the services before reactor.run(), and only then are
+        # the signal handlers in place. A script that waits for this line and sends SIGTERM gets an
+        # orderly shutdown, not the default action (death with no shutdown lines).
+        self.reactor.callWhenRunning(maillog.emit, "started", hostname=self.config.appliance.hostname,
+                                     services=",".join(s.name for s in self if s.name.startswith("listen-")))
         freeze_startup_objects()
 
     def _catch_sighup(self) -> None:
