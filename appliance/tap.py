@@ -287,13 +287,22 @@ def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
             "checks": 4}
 
 
+def delivery_writer_count(cores: int | None) -> int:
+    """One core is the reactor's; the writers get the others, one each, from 1 up to 4.
+
+    Every writer thread takes the GIL back after each system call, and each time the reactor
+    waits for it: on 2 cores, 2 writers left the reactor 12% of its time waiting for the GIL and
+    12% waiting for a core, and ingest at C=10 went from 1,800 to 2,400 msg/s with 1 writer
+    (issue 14), the deliveries keeping pace (group commit makes its jobs larger). More writers
+    help where there are cores for them: their syncs overlap. Past 4 they only spin in the kernel
+    on the Maildir folder's lock (perf: rwsem_spin_on_owner 6% of the process with 4 on 2 cores)."""
+    return max(1, min(4, (cores or 2) - 1))
+
+
 def _delivery_writers(reactor: Any) -> Any:
-    """The threads that write local deliveries: their fsyncs overlap, so more than one; but one per
-    core at most up to 4, since on a small machine extra writers only spin in the kernel on the
-    Maildir folder's lock (perf on 2 cores: rwsem_spin_on_owner 6% of the process with 4 writers)
-    and take the CPU the reactor needs (ingest 1,300-1,670 msg/s with 2, 1,010-1,430 with 4)."""
+    """The threads that write local deliveries (appliance.jobthreads), stopped after shutdown."""
     from appliance.jobthreads import JobThreads
-    writers = JobThreads("delivery", min(4, max(2, os.cpu_count() or 2)))
+    writers = JobThreads("delivery", delivery_writer_count(os.cpu_count()))
     reactor.addSystemEventTrigger("after", "shutdown", writers.stop)
     return writers
 

@@ -55,18 +55,22 @@ def unique_name(size: int) -> str:
     return f"{secs}.M{usecs}P{_PID}Q{next(_counter)}.{_HOST},S={size}"
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# O_DSYNC: each write returns once its data, and the size and blocks needed to read it back,
+# are on disk (what fdatasync after the write gives; the name is made durable by the folder's
+# fsync after the rename). One system call fewer per message than write + fsync, and each one a
+# writer thread makes must take the GIL back from the reactor (issue 14: ingest at C=10 +7%).
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DSYNC
 
 
 def _write_file(path: str, data: bytes) -> None:
-    """Create `path` (never an existing file), write `data`, fsync. Raw descriptors, not open():
-    a buffered file object costs an ioctl, an lseek and a fstat per message besides its objects."""
+    """Create `path` (never an existing file) and write `data` synchronously (O_DSYNC). Raw
+    descriptors, not open(): a buffered file object costs an ioctl, an lseek and a fstat per
+    message besides its objects."""
     fd = os.open(path, _CREATE, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -125,7 +129,7 @@ def write_many(items: list[tuple[str, bytes]]) -> list[object]:
 
 
 def _place(path: str, message: bytes) -> str:
-    """Write in tmp/ (fsynced) and rename into new/; the caller makes the rename durable."""
+    """Write in tmp/ (on disk when written) and rename into new/; the caller makes the rename durable."""
     data = to_lf(message)
     name = unique_name(len(data))
     tmp, final = os.path.join(path, "tmp", name), os.path.join(path, "new", name)

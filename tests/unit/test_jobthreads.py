@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from appliance.jobthreads import JobThreads
 
 
@@ -44,3 +46,9 @@ def test_stop_ends_the_threads_after_the_jobs_handed_over():
         thread.join(10)
         assert not thread.is_alive()
     assert sorted(ran) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("cores, writers", [(None, 1), (1, 1), (2, 1), (3, 2), (5, 4), (64, 4)])
+def test_delivery_writers_leave_one_core_to_the_reactor(cores, writers):
+    from appliance.tap import delivery_writer_count
+    assert delivery_writer_count(cores) == writers

@@ -154,6 +154,40 @@ def test_failed_rename_leaves_nothing_behind(monkeypatch, tmp_path):
     assert os.listdir(tmp_path / "new") == []
 
 
+def test_message_data_is_on_disk_before_its_name_appears_in_new(monkeypatch, tmp_path):
+    """The tmp file is written with O_DSYNC (each write returns once the data is on disk), and
+    only then renamed into new/: a power cut never leaves a name in new/ over missing data."""
+    steps = []
+    real_open, real_rename = maildir.os.open, maildir.os.rename
+
+    def spy_open(path, flags, *args):
+        if os.path.basename(os.path.dirname(path)) == "tmp":
+            steps.append(("open", bool(flags & os.O_DSYNC)))
+        return real_open(path, flags, *args)
+
+    def spy_rename(src, dst):
+        steps.append(("rename", os.path.getsize(src)))
+        return real_rename(src, dst)
+
+    maildir.write(str(tmp_path), WIRE)      # the first delivery makes the folders
+    monkeypatch.setattr(maildir.os, "open", spy_open)
+    monkeypatch.setattr(maildir.os, "rename", spy_rename)
+    maildir.write(str(tmp_path), WIRE)
+    assert steps == [("open", True), ("rename", len(WIRE.replace(b"\r\n", b"\n")))]
+
+
+def test_failed_synchronous_write_leaves_nothing_behind(monkeypatch, tmp_path):
+    """With O_DSYNC a disk error shows as the write's error: the message is refused, not kept."""
+    def broken_write(fd, data):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(maildir.os, "write", broken_write)
+    with pytest.raises(MailboxUnavailable, match="EIO"):
+        maildir.write(str(tmp_path), WIRE)
+    assert os.listdir(tmp_path / "tmp") == []
+    assert os.listdir(tmp_path / "new") == []
+
+
 def test_failed_directory_fsync_takes_the_message_back(monkeypatch, tmp_path):
     """A message that may not survive a crash is not kept: the retry would make it a duplicate."""
     def brokenfsync_dir(path):
