@@ -1,7 +1,7 @@
 """Small facts about a connection's transport that every protocol needs."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
@@ -91,34 +91,31 @@ class DirectWriter:
 
     def write(self, data: bytes) -> None:
         conn = self._direct()
-        if conn is None or not data:
+        sent = None if conn is None or not data else self._send_now(conn.socket.send, data)
+        if sent is None:
             self.transport.write(data)
-            return
-        maillog.flush_pending()
-        try:
-            sent = conn.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.transport.write(data)     # doWrite() meets the error and closes the connection
-            return
-        if sent < len(data):
+        elif sent < len(data):
             self.transport.write(data[sent:])
 
     def writeSequence(self, parts: list[bytes]) -> None:
         """`parts` in one sendmsg(): the kernel gathers them, with no join copy of a message in
         Twisted's doWrite (a POP3 RETR answer is the status line, the message, the terminator)."""
         conn = self._direct()
-        if conn is None:
+        sent = None if conn is None else self._send_now(conn.socket.sendmsg, parts)
+        if sent is None:
             self.transport.writeSequence(parts)
-            return
+        elif sent < sum(map(len, parts)):
+            self.transport.writeSequence(unsent(parts, sent))
+
+    @staticmethod
+    def _send_now(send: Callable[[Any], int], payload: Any) -> int | None:
+        """How many bytes `send(payload)` took (0 when the buffer is full); None on a send error,
+        which is left to Twisted: the caller hands everything to the transport, whose next
+        doWrite() meets the same error and closes the connection the usual way."""
         maillog.flush_pending()
         try:
-            sent = conn.socket.sendmsg(parts)
+            return send(payload)
         except (BlockingIOError, InterruptedError):
-            sent = 0
+            return 0
         except OSError:
-            self.transport.writeSequence(parts)     # doWrite() meets the error and closes the connection
-            return
-        if sent < sum(map(len, parts)):
-            self.transport.writeSequence(unsent(parts, sent))
+            return None

@@ -143,12 +143,15 @@ def test_mailbox_path_being_a_file_is_mailbox_unavailable(tmp_path):
     assert (tmp_path / "box").read_bytes() == b"not a maildir"
 
 
-def test_failed_rename_leaves_nothing_behind(monkeypatch, tmp_path):
-    def full_disk(src, dst):
-        raise OSError(errno.ENOSPC, "No space left on device")
+@pytest.mark.parametrize("step, code", [("write", errno.EIO), ("rename", errno.ENOSPC)])
+def test_failed_step_leaves_nothing_behind(monkeypatch, tmp_path, step, code):
+    """A failed synchronous write (with O_DSYNC a disk error shows there) or rename: the message
+    is refused, not kept."""
+    def broken(*args):
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(maildir.os, "rename", full_disk)
-    with pytest.raises(MailboxUnavailable, match="ENOSPC"):
+    monkeypatch.setattr(maildir.os, step, broken)
+    with pytest.raises(MailboxUnavailable, match=errno.errorcode[code]):
         maildir.write(str(tmp_path), WIRE)
     assert os.listdir(tmp_path / "tmp") == []
     assert os.listdir(tmp_path / "new") == []
@@ -174,18 +177,6 @@ def test_message_data_is_on_disk_before_its_name_appears_in_new(monkeypatch, tmp
     monkeypatch.setattr(maildir.os, "rename", spy_rename)
     maildir.write(str(tmp_path), WIRE)
     assert steps == [("open", True), ("rename", len(WIRE.replace(b"\r\n", b"\n")))]
-
-
-def test_failed_synchronous_write_leaves_nothing_behind(monkeypatch, tmp_path):
-    """With O_DSYNC a disk error shows as the write's error: the message is refused, not kept."""
-    def broken_write(fd, data):
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(maildir.os, "write", broken_write)
-    with pytest.raises(MailboxUnavailable, match="EIO"):
-        maildir.write(str(tmp_path), WIRE)
-    assert os.listdir(tmp_path / "tmp") == []
-    assert os.listdir(tmp_path / "new") == []
 
 
 def test_failed_directory_fsync_takes_the_message_back(monkeypatch, tmp_path):
