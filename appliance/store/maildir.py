@@ -1,6 +1,6 @@
 """Everything Maildir: names, the arrival order, delivery (tmp/ -> new/), flag letters, folders, POP3 UIDLs.
 
-Delivery writes in tmp/, fsyncs and renames into new/, so readers never see half a message.
+Delivery writes in tmp/ (O_DSYNC: on disk when written) and renames into new/, so readers never see half a message.
 A message's IMAP key is its file name up to `:` (what stays when flags change); its POP3 UIDL
 is the name up to the first `,` or `:` (RFC 1939-valid, or its MD5). Folders are Maildir++
 (`.Lists.Twisted/`); flags live in the `:2,` info of the names, \\Recent is "still in new/".
