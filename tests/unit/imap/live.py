@@ -77,6 +77,7 @@ class LiveServer:
         self.store.write(self.mailbox, message, "bob@example.test")
 
     def stop(self) -> None:
+        """End it all and check it ended: the whole unit run is one process, so nothing may outlive a test."""
         for client in self.clients:
             try:
                 client.shutdown()
