@@ -17,14 +17,15 @@ says so; Dovecot leaves such parents out for `*`).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from appliance.imap.parse import Str
 
 SELECTION_OPTIONS = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
 RETURN_OPTIONS = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
 MAX_PATTERNS = 100              # patterns in one `LIST "" (...)`: a bound on the work one command asks for
-MAX_TOKENS = 400                # tokens in one LIST command, literals included
+MAX_TOKENS = 400                # tokens in one LIST command, literals and parentheses included
 MAX_LITERAL = 4096              # one reference or pattern sent as a literal (names are at most 200 characters)
 
 
@@ -82,67 +83,11 @@ def _collapse(pattern: str) -> str:
 
 
 # ---- the arguments ---------------------------------------------------------------------------------------
-class Atom(bytes):
-    """An unquoted token (an option name, or a pattern written without quotes)."""
-
-
-class String(bytes):
-    """A quoted string or a literal: never an option name."""
-
-
-OPEN, CLOSE = Atom(b"("), Atom(b")")
-
-
-def tokenize(line: bytes) -> tuple[list[bytes], bytes | None]:
-    """The tokens of one line of LIST arguments, and the literal announced at its end (`{5}`, `{5+}`), if any.
-
-    RFC 3501 9: list-mailbox is an atom that may hold `%`, `*` and `]`, a quoted string or a
-    literal; options are atoms; parentheses group. A literal may only end the line: its octets,
-    and the rest of the command, come after it.
-    """
-    tokens: list[bytes] = []
-    i = 0
-    while i < len(line):
-        char = line[i:i + 1]
-        if char in (b" ", b"\t"):
-            i += 1
-        elif char in (b"(", b")"):
-            tokens.append(Atom(char))
-            i += 1
-        elif char == b'"':
-            value, i = _quoted(line, i + 1)
-            tokens.append(String(value))
-        elif char == b"{":
-            if not _LITERAL_AT_END.fullmatch(line[i:]):
-                raise ListSyntaxError("A literal must end the line")
-            return tokens, line[i:]
-        else:
-            start = i
-            while i < len(line) and line[i:i + 1] not in (b"(", b")", b"{", b'"', b" ", b"\t"):
-                i += 1
-            tokens.append(Atom(line[start:i]))
-        if len(tokens) > MAX_TOKENS:
-            raise ListSyntaxError("Too many arguments")
-    return tokens, None
-
-
-_LITERAL_AT_END = re.compile(rb"\{\d{1,30}\+?\}")
-
-
-def _quoted(line: bytes, i: int) -> tuple[bytes, int]:
-    """A quoted string's value (backslash escapes `"` and `\\`), and the index after its closing quote."""
-    out = bytearray()
-    while i < len(line):
-        char = line[i]
-        if char == 0x5C and i + 1 < len(line):     # backslash
-            out.append(line[i + 1])
-            i += 2
-        elif char == 0x22:                          # closing quote
-            return bytes(out), i + 1
-        else:
-            out.append(char)
-            i += 1
-    raise ListSyntaxError("Unmatched quotes")
+# The octets are read by the session's one tokenizer, parse.tokenize (through Arguments.arg_tokens,
+# which reads the literals first): words (bytes), strings (Str) and parenthesised lists (list).
+# Nothing LIST needs is missing there: its words take `%`, `*` and `]` (list-mailbox, RFC 3501 9),
+# a quoted "(" is a Str and so a name, and the nesting is in the lists. This module only judges
+# the tokens against RFC 5258's grammar, and bounds them.
 
 
 @dataclass
@@ -158,32 +103,40 @@ class ListRequest:
     lsub: bool = False
 
 
-def parse_request(tokens: list[bytes], status_items: Iterable[bytes], lsub: bool = False) -> ListRequest:
-    """RFC 5258 2 (grammar in 6): `[(selection)] reference (pattern | (patterns)) [RETURN (options)]`."""
+def parse_request(tokens: list, status_items: Iterable[bytes], lsub: bool = False) -> ListRequest:
+    """RFC 5258 2 (grammar in 6): `[(selection)] reference (pattern | (patterns)) [RETURN (options)]`.
+
+    `tokens` as parse.tokenize gives them. At most MAX_TOKENS of them (a parenthesis counts as one,
+    as in the command's text) and MAX_PATTERNS patterns: what one command may ask for is bounded.
+    """
+    if _count(tokens) > MAX_TOKENS:
+        raise ListSyntaxError("Too many arguments")
     rest = list(tokens)
     selection: set[str] = set()
     extended = False
-    if not lsub and rest and _is_open(rest[0]):
-        selection, rest = _options(rest, SELECTION_OPTIONS, "selection")
+    if not lsub and rest and isinstance(rest[0], list):
+        selection = _options(rest.pop(0), SELECTION_OPTIONS, "selection")
         extended = True
-    if len(rest) < 2 or _is_paren(rest[0]):
+    if len(rest) < 2 or isinstance(rest[0], list):
         raise ListSyntaxError("Missing reference or pattern")
-    reference, rest = rest[0], rest[1:]
-    if _is_open(rest[0]) and not lsub:
-        end = _close(rest)
-        patterns = list(rest[1:end])
-        if not patterns or len(patterns) > MAX_PATTERNS or any(_is_paren(p) for p in patterns):
-            raise ListSyntaxError("Invalid pattern list")
-        rest, extended = rest[end + 1:], True
+    reference, patterns, rest = rest[0], rest[1], rest[2:]
+    if not isinstance(patterns, list):
+        patterns = [patterns]
+    elif lsub:
+        raise ListSyntaxError("Missing pattern")
+    elif not patterns or len(patterns) > MAX_PATTERNS or any(isinstance(p, list) for p in patterns):
+        raise ListSyntaxError("Invalid pattern list")
     else:
-        if _is_paren(rest[0]):
-            raise ListSyntaxError("Missing pattern")
-        patterns, rest = [rest[0]], rest[1:]
+        extended = True
     request = ListRequest(reference, patterns, selection, extended=extended, lsub=lsub)
     if rest:
-        if lsub or not (isinstance(rest[0], Atom) and rest[0].upper() == b"RETURN") or len(rest) < 2:
+        if lsub or _word(rest[0]) != "RETURN" or len(rest) < 2:
             raise ListSyntaxError("Unexpected arguments")
-        request.returns, request.status = _return_options(rest[1:], set(status_items))
+        if not isinstance(rest[1], list):
+            raise ListSyntaxError("Expected ( after RETURN")
+        if len(rest) > 2:
+            raise ListSyntaxError("Unexpected arguments after RETURN")
+        request.returns, request.status = _return_options(rest[1], set(status_items))
         request.extended = True
     _check_selection(request.selection)
     if "SUBSCRIBED" in request.selection:
@@ -191,62 +144,42 @@ def parse_request(tokens: list[bytes], status_items: Iterable[bytes], lsub: bool
     return request
 
 
-def _is_paren(token: bytes) -> bool:
-    return _is_open(token) or _is_close(token)
+def _count(tokens: list) -> int:
+    """The tokens of the command's text: each word and string, and each parenthesis."""
+    return sum(2 + _count(token) if isinstance(token, list) else 1 for token in tokens)
 
 
-def _is_open(token: bytes) -> bool:
-    """`(` as syntax; a quoted "(" is a name."""
-    return isinstance(token, Atom) and token == OPEN
+def _word(token: bytes | list) -> str | None:
+    """An option name as written (an atom), upper-cased; None for a string or a list: "RETURN" is a name."""
+    if isinstance(token, (list, Str)):
+        return None
+    return token.decode("ascii", "replace").upper()
 
 
-def _is_close(token: bytes) -> bool:
-    return isinstance(token, Atom) and token == CLOSE
+def _options(tokens: list, known: set[str], kind: str) -> set[str]:
+    words = {_word(token) for token in tokens}
+    if not words <= known:
+        raise ListSyntaxError(f"Unknown {kind} option")
+    return words
 
 
-def _close(tokens: list[bytes]) -> int:
-    """The index of the `)` closing the `(` at tokens[0]; only one level of nesting is valid here."""
-    for i, token in enumerate(tokens[1:], 1):
-        if _is_paren(token):
-            if _is_close(token):
-                return i
-            raise ListSyntaxError("Nested list")
-    raise ListSyntaxError("Missing )")
-
-
-def _options(tokens: list[bytes], known: set[str], kind: str) -> tuple[set[str], list[bytes]]:
-    end = _close(tokens)
-    words = set()
-    for token in tokens[1:end]:
-        word = token.decode("ascii", "replace").upper()
-        if not isinstance(token, Atom) or word not in known:
-            raise ListSyntaxError(f"Unknown {kind} option")
-        words.add(word)
-    return words, tokens[end + 1:]
-
-
-def _return_options(tokens: list[bytes], status_items: set[bytes]) -> tuple[set[str], list[bytes]]:
+def _return_options(tokens: list, status_items: set[bytes]) -> tuple[set[str], list[bytes]]:
     """`(SUBSCRIBED CHILDREN STATUS (MESSAGES UNSEEN) ...)`; unknown options are BAD (RFC 5258 3)."""
-    if not _is_open(tokens[0]):
-        raise ListSyntaxError("Expected ( after RETURN")
     options: set[str] = set()
     status: list[bytes] = []
-    i = 1
-    while i < len(tokens) and not _is_close(tokens[i]):
-        word = tokens[i].decode("ascii", "replace").upper()
-        if not isinstance(tokens[i], Atom) or word not in RETURN_OPTIONS:
+    items = iter(tokens)
+    for token in items:
+        word = _word(token)
+        if word not in RETURN_OPTIONS:
             raise ListSyntaxError("Unknown return option")
         options.add(word)
         if word == "STATUS":
-            end = i + 1 + _close(tokens[i + 1:]) if i + 1 < len(tokens) and _is_open(tokens[i + 1]) else -1
-            items = [t.upper() for t in tokens[i + 2:end]] if end > 0 else []
-            if not items or any(item not in status_items for item in items):
+            wanted = next(items, None)
+            if not isinstance(wanted, list) or not wanted or any(isinstance(item, list) for item in wanted):
                 raise ListSyntaxError("Invalid STATUS items")
-            status = [bytes(item) for item in items]
-            i = end
-        i += 1
-    if i != len(tokens) - 1:
-        raise ListSyntaxError("Unexpected arguments after RETURN")
+            status = [bytes(item.upper()) for item in wanted]
+            if any(item not in status_items for item in status):
+                raise ListSyntaxError("Invalid STATUS items")
     return options, status
 
 

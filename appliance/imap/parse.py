@@ -30,9 +30,9 @@ _UNQUOTE = re.compile(rb"\\(.)", re.S)
 _FIELD_NAME = re.compile(rb'[^\x00-\x20\x7f-\xff:()\[\]"\\{}]+')    # ftext (RFC 5322 3.6.8), no IMAP specials
 _QUOTED_NAME = re.compile(rb'"([^\x00-\x20\x7f-\xff:()\[\]"\\{}]+)"')
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,30})(\+?)\}$")
-# One token of a command's arguments: a parenthesis, a quoted string, or an atom-like word (which
-# may hold `[...]` with spaces inside, as FETCH's BODY[HEADER.FIELDS (A B)] does).
-_TOKEN = re.compile(rb' *(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|((?:[^ ()"\[]|\[[^\]]*(?:\]|$))+))')
+# One token of a command's arguments: a parenthesis, a quoted string, or a word (an atom, a number,
+# a sequence set, a list-mailbox with `%`, `*` and `]`): any run of octets but SP, ( ) and ".
+_TOKEN = re.compile(rb' *(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^ ()"]+))')
 
 
 class Str(bytes):
@@ -88,10 +88,16 @@ def nonsync_literal_size(line: bytes) -> int | None:
 
 
 def tokenize(segments: list[bytes]) -> list:
-    """A command's arguments (line parts and Literals) as nested lists of bytes (atoms) and Str (strings).
+    """A command's arguments (line parts and Literals) as nested lists of bytes (words) and Str (strings).
 
-    RFC 3501 9: strings are quoted or literal, lists are parenthesised. Raises IllegalClientResponse
-    on unbalanced parentheses or an unterminated quoted string; nothing else.
+    The one reader of IMAP argument octets for the commands whose arguments are lists of strings
+    and words: SEARCH, SORT, THREAD, ID, LIST and LSUB. RFC 3501 9: strings are quoted or literal,
+    lists are parenthesised. A word is any run of octets but SP, `(`, `)` and `"`: that takes in
+    atom, astring (`]`) and list-mailbox (`%`, `*`, `]`) alike, and which words a command accepts
+    is its own parser's business. Braces are word octets: a literal is only `{n}` or `{n+}` at the
+    end of a line, which _segments has already read into a Literal, so no other reading of the
+    line can take it for one. Raises IllegalClientResponse on unbalanced parentheses, lists nested
+    more than 64 deep or an unterminated quoted string; nothing else.
     """
     stack: list[list] = [[]]
     for segment in segments:
@@ -224,17 +230,20 @@ class Arguments:
             return re.sub(rb"\\(.)", rb"\1", match.group(1)), line[match.end():]
         return IMAP4Server.arg_astring(self, line, final)
 
-    def arg_tokens(self, line: bytes) -> Any:
+    def arg_tokens(self, line: bytes, literal_limit: int = MAX_STRING_LITERAL) -> Any:
         """The rest of the command, every literal in it read (RFC 3501 9, RFC 7888), as `tokenize` gives it.
 
-        Commands whose string arguments may come anywhere (SEARCH, SORT, THREAD, ID) use this: a
-        literal ends a line, and the command goes on in the line after its octets. All of it is
+        Commands whose string arguments may come anywhere (SEARCH, SORT, THREAD, ID, LIST) use this:
+        a literal ends a line, and the command goes on in the line after its octets. All of it is
         read before anything is parsed, so a refused command leaves no octet behind to be taken
-        for a command. Bounded: MAX_LITERALS literals, MAX_COMMAND octets.
+        for a command. Bounded: MAX_LITERALS literals of at most `literal_limit` octets each,
+        MAX_COMMAND octets; a command whose strings are all short names asks for a lower limit.
         """
-        return _then(self._segments(line, [], MAX_COMMAND), lambda segments: (tokenize(segments), b""))
+        segments = self._segments(line, [], MAX_COMMAND, literal_limit)
+        return _then(segments, lambda segments: (tokenize(segments), b""))
 
-    def _segments(self, line: bytes, segments: list[bytes], budget: int) -> Any:
+    def _segments(self, line: bytes, segments: list[bytes], budget: int,
+                  literal_limit: int = MAX_STRING_LITERAL) -> Any:
         """The command's line parts and Literals, or a Deferred firing with them once all are read."""
         budget -= len(line)
         match = _LITERAL_AT_END.search(line)
@@ -243,17 +252,18 @@ class Arguments:
             return segments
         literals = sum(1 for segment in segments if isinstance(segment, Literal))
         # One literal too many is refused as too large: BAD, or a hang-up when its octets are on their way.
-        limit = min(MAX_STRING_LITERAL, budget) if literals < MAX_LITERALS else -1
+        limit = min(literal_limit, budget) if literals < MAX_LITERALS else -1
         size, nonsync = self._literal_size(match.group(0), limit)
         segments.append(line[:match.start()])
         d = self._read_literal(size, nonsync, imap4.LiteralString)
-        d.addCallback(self._literal_read, segments, budget - size)
+        d.addCallback(self._literal_read, segments, budget - size, literal_limit)
         return d
 
-    def _literal_read(self, result: tuple[bytes, bytes], segments: list[bytes], budget: int) -> Any:
+    def _literal_read(self, result: tuple[bytes, bytes], segments: list[bytes], budget: int,
+                      literal_limit: int) -> Any:
         data, rest = result
         segments.append(Literal(data))
-        return self._segments(rest, segments, budget)
+        return self._segments(rest, segments, budget, literal_limit)
 
     def arg_finalastring(self, line: bytes) -> Any:
         return self.arg_astring(line, final=True)

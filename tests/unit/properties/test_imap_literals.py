@@ -14,7 +14,7 @@ from hypothesis import example, given, strategies as st
 from twisted.internet import defer
 from twisted.mail.imap4 import IllegalClientResponse
 
-from appliance.imap.parse import Str, tokenize
+from appliance.imap.parse import Literal, Str, tokenize
 from tests.unit.imap.harness import Session, SyncReactor, connect, messages, tagged
 from tests.unit.properties.strategies import examples, no_logged_failures, special_bytes
 
@@ -69,15 +69,79 @@ def test_any_octets_in_a_literal_reach_search_unchanged(value, form):
 def test_quoted_and_literal_strings_tokenize_alike(value):
     quoted = _wire(value, "quoted")[0]
     assert tokenize([b"X " + quoted + b" Y"]) == [b"X", Str(value), b"Y"]
+    assert _shapes(tokenize([b"X ", Literal(value), b" Y"])) == _shapes([b"X", Str(value), b"Y"])
 
 
-@given(special_bytes)
-def test_tokenize_gives_tokens_or_illegal_client_response(line):
+# ---- parse.tokenize: the one reader of argument octets (SEARCH, SORT, THREAD, ID, LIST, LSUB) ----------
+def _shapes(tokens: list) -> list:
+    """Tokens with their kind made visible: Str(b"a") == b"a", but a string is no word."""
+    return [_shapes(t) if isinstance(t, list) else ("string" if isinstance(t, Str) else "word", bytes(t))
+            for t in tokens]
+
+
+@given(st.lists(st.one_of(special_bytes, st.binary(max_size=20).map(Literal)), max_size=6))
+@example([b"(" * 70 + b")" * 70])
+@example([b'(a "b', Literal(b")"), b")"])
+@example([b"a)"])
+def test_tokenize_gives_tokens_or_illegal_client_response(segments):
+    """Any line parts and literals: tokens, or the one syntax error the session answers BAD."""
     try:
-        tokens = tokenize([line.replace(b"\r", b"").replace(b"\n", b"")])
+        tokens = tokenize(segments)
     except IllegalClientResponse:
         return
-    assert isinstance(tokens, list)
+
+    def check(items: list, depth: int) -> None:
+        assert depth <= 65
+        for item in items:
+            if isinstance(item, list):
+                check(item, depth + 1)
+            elif not isinstance(item, Str):
+                assert item and not any(c in b' ()"' for c in item), item
+    check(tokens, 1)
+
+
+# Words as a client writes them: atoms, list-mailbox patterns (`%`, `*`, `]`, RFC 3501 9), and octets
+# the grammar does not allow in an atom but every command has always taken as word octets (`{`, CTLs).
+_word = st.one_of(st.binary(min_size=1, max_size=8).map(lambda b: b.translate(None, b' ()"')).filter(bool),
+                  st.sampled_from([b"%", b"*", b"INBOX.%", b"a]", b"[Gmail]/*", b"{3}", b"1:*", b"\\Seen"]))
+_leaf = st.one_of(st.tuples(st.just("word"), _word),
+                  st.tuples(st.sampled_from(["quoted", "literal"]), st.binary(max_size=12)))
+_trees = st.lists(st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4), max_leaves=10), max_size=6)
+
+
+def _segments_of(tree: list) -> list[bytes]:
+    """`tree` written as a command's arguments: line parts, and a Literal wherever a literal's octets go."""
+    segments: list[bytes] = []
+    line = bytearray()
+
+    def write(items: list) -> None:
+        nonlocal line
+        for n, item in enumerate(items):
+            line += b" " if n else b""
+            if isinstance(item, list):
+                line += b"("
+                write(item)
+                line += b")"
+            elif item[0] == "literal":
+                segments.extend([bytes(line), Literal(item[1])])
+                line = bytearray()
+            else:
+                line += _wire(item[1], "quoted")[0] if item[0] == "quoted" else item[1]
+    write(tree)
+    return segments + [bytes(line)]
+
+
+def _expected(tree: list) -> list:
+    return [_expected(item) if isinstance(item, list) else ("word" if item[0] == "word" else "string", item[1])
+            for item in tree]
+
+
+@given(_trees)
+@example([("word", b"LIST"), [("literal", b"a b"), ("quoted", b'"(')], ("word", b"RETURN"), []])
+@example([[[("literal", b"")]], ("quoted", b"\\")])
+def test_tokenize_reads_back_words_strings_and_lists_in_every_form(tree):
+    """What a client writes, as atoms, quoted strings and literals in lists, is what the command gets."""
+    assert _shapes(tokenize(_segments_of(tree))) == _expected(tree)
 
 
 _VERBS = st.sampled_from([b"SEARCH", b"UID SEARCH", b"SEARCH RETURN (COUNT)", b"SORT", b"SORT (DATE)",
