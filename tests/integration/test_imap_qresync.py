@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.harness import DOMAIN, HOSTNAME, Appliance, make_message, wait_for
 from tests.integration.test_imap import IMAPS
-from tests.unit.imap.modseqlive import fetches, number, run, vanished
+from tests.unit.imap.rfc7162 import fetches, number, run, vanished
 
 ALICE = f"alice@{DOMAIN}"
 

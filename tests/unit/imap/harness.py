@@ -116,6 +116,13 @@ class Session:
         return self.cmd(b"zz NOOP").endswith(b"zz OK NOOP completed\r\n")
 
 
+def other_session(reactor, tmp_path: Path) -> Session:
+    """A second session of alice over the same store, INBOX selected: the other client of a change."""
+    other = Session(reactor, tmp_path, implicit=True).login()
+    other.select()
+    return other
+
+
 def tagged(reply: bytes, tag: bytes) -> bytes:
     """The tagged status line answering `tag` in `reply`, or b"" when there is none."""
     for line in reply.split(b"\r\n"):

@@ -1,82 +1,70 @@
-"""The IMAP server on a real loopback socket, for Python's imaplib: a reactor of its own in a thread.
+"""The IMAP server on a real loopback socket, for Python's imaplib, and raw commands for what imaplib cannot say.
 
 The unit harness (harness.py) drives a session over a StringTransport; these tests want what a
 client library sees through TCP (continuation requests, literals split across packets, pipelined
-LITERAL+ octets). The reactor is a private instance (the global one belongs to trial's tests),
-started once per test process and never stopped (a reactor cannot restart); each test gets its
-own listener, store and thread pool, torn down after it.
+LITERAL+ octets, several sessions at once). Each server has a reactor of its own in a thread (the
+global one belongs to trial's tests) and a thread pool for the disk work, as in the daemon; a
+reactor cannot run twice, so `restart()` builds a new one over the same files.
 """
 from __future__ import annotations
 
+import gc
 import imaplib
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from twisted.cred.portal import Portal
-from twisted.internet import epollreactor
+from twisted.internet.selectreactor import SelectReactor
 from twisted.python.threadpool import ThreadPool
 
 from appliance.config import TLSSection
 from appliance.imap import FolderWatcher, IMAPFactory
 from appliance.realm import AuthThrottle, Login, MailRealm
+from appliance.store import folder as folder_registry
 from appliance.store.maildir import MaildirStore
 from appliance.store.mbox import MboxStore
 from tests.unit.imap.harness import LOOPBACK, PASSWORD, USER, Checker
 
 FORMATS = {"maildir": MaildirStore, "mbox": MboxStore}
-_reactor = None
-_reactor_guard = threading.Lock()
-
-
-def reactor():
-    """The private reactor, running in a daemon thread."""
-    global _reactor
-    with _reactor_guard:
-        if _reactor is None:
-            _reactor = epollreactor.EPollReactor()
-            threading.Thread(target=_reactor.run, kwargs={"installSignalHandlers": False}, daemon=True,
-                             name="imap-live-reactor").start()
-        return _reactor
-
-
-def in_reactor(fn, *args, timeout: float = 10):
-    """Run `fn(*args)` in the reactor thread and return its result."""
-    done = threading.Event()
-    box: dict = {}
-
-    def call():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as exc:        # handed to the test thread
-            box["error"] = exc
-        done.set()
-
-    reactor().callFromThread(call)
-    if not done.wait(timeout):
-        raise TimeoutError("the reactor did not answer")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+TIMEOUT = 10.0
 
 
 class LiveServer:
-    """One listener on 127.0.0.1 over a fresh store of the given format."""
+    """alice@example.test / secret over a Maildir or mbox under `root`, on a port of 127.0.0.1.
 
-    def __init__(self, tmp_path: Path, mailbox_format: str = "maildir", max_message_size: int = 1 << 20):
-        self.reactor = reactor()
-        self.pool = ThreadPool(1, 4, name="imap-live-disk")
+    No STARTTLS (no TLS context); LOGIN is allowed in plaintext because the client is on loopback
+    (plaintext_auth_networks), as an operator's local clients would be. `stop()` ends the clients
+    it handed out, the listener, the reactor's thread and the pool.
+    """
+
+    def __init__(self, root: Path, storage: str = "maildir"):
+        self.storage = storage
+        self.template = str(root / "mail" / "{domain}" / "{local}")
+        self.mailbox = str(root / "mail" / "example.test" / "alice")
+        self.clients: list[imaplib.IMAP4] = []
+        self._start()
+
+    def _start(self) -> None:
+        self.reactor = SelectReactor()
+        self.pool = ThreadPool(1, 4, "imap-live-disk")
         self.pool.start()
-        store = FORMATS[mailbox_format](str(tmp_path / "mail" / "{domain}" / "{local}"), self.reactor, self.pool)
-        login = Login(Portal(MailRealm(store), [Checker()]), AuthThrottle(self.reactor), self.reactor)
-        self.factory = IMAPFactory(login=login, hostname="mail.example.test", tls=None,
-                                   tls_settings=TLSSection("", "", plaintext_auth_networks=LOOPBACK),
-                                   implicit_tls=False, reactor=self.reactor, pool=self.pool,
-                                   watcher=FolderWatcher(self.reactor, self.pool), max_message_size=max_message_size)
-        self.port = in_reactor(lambda: self.reactor.listenTCP(0, self.factory, interface="127.0.0.1"))
+        self.store = FORMATS[self.storage](self.template, self.reactor, self.pool)
+        login = Login(Portal(MailRealm(self.store), [Checker()]), AuthThrottle(self.reactor), self.reactor)
+        factory = IMAPFactory(login=login, tls=None, tls_settings=TLSSection("", "", plaintext_auth_networks=LOOPBACK),
+                              implicit_tls=False, reactor=self.reactor, pool=self.pool,
+                              watcher=FolderWatcher(self.reactor, self.pool))
+        self.listener = self.reactor.listenTCP(0, factory, interface="127.0.0.1")   # not running yet: safe here
+        self.port = self.listener.getHost().port
+        self.thread = threading.Thread(target=self.reactor.run, kwargs={"installSignalHandlers": False},
+                                       daemon=True, name="imap-live-reactor")
+        self.thread.start()
 
     def client(self, login: bool = True) -> imaplib.IMAP4:
-        client = imaplib.IMAP4("127.0.0.1", self.port.getHost().port, timeout=10)
+        """A new imaplib connection (logged in as alice unless `login` is false), closed by `stop()`."""
+        client = imaplib.IMAP4("127.0.0.1", self.port, timeout=TIMEOUT)
+        self.clients.append(client)
         # imaplib writes a literal's octets and its line end apart: without this, Nagle's algorithm
         # and delayed ACKs hold each APPEND for 40 ms.
         client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -84,19 +72,69 @@ class LiveServer:
             client.login(USER.decode(), PASSWORD.decode())
         return client
 
-    def close(self) -> None:
-        in_reactor(self.port.stopListening)
+    def deliver(self, message: bytes) -> None:
+        """A message arriving by delivery (another writer than IMAP), through the store's own writer."""
+        self.store.write(self.mailbox, message, "bob@example.test")
+
+    def stop(self) -> None:
+        """End it all and check it ended: the whole unit run is one process, so nothing may outlive a test."""
+        for client in self.clients:
+            try:
+                client.shutdown()
+            except OSError:
+                pass
+        self.clients = []
+        self.reactor.callFromThread(self.listener.stopListening)
+        self.reactor.callFromThread(self.reactor.stop)
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive(), "the test reactor did not stop"
         self.pool.stop()
+        assert not self.listener.connected, "the listening socket is still open"
+        self.reactor.waker.connectionLost(None)         # its wake-up pipe: a reactor never closes it
+
+    def restart(self) -> None:
+        """A new server process over the same files: nothing of the old one's memory survives."""
+        self.stop()
+        gc.collect()
+        with folder_registry._registry_guard:
+            folder_registry._registry.clear()
+        self._start()
 
 
-def command(client: imaplib.IMAP4, data: bytes) -> list[bytes]:
-    """Send raw bytes (a whole command, literals included) and read lines up to the tagged answer.
+def selected_inbox(root: Path, storage: str, mail: list[tuple[str | None, str | None, bytes]]
+                   ) -> Iterator[imaplib.IMAP4]:
+    """For a fixture: a client with INBOX selected after appending `mail` ((flags, date, message) as
+    imaplib.append takes them) and expunging those flagged \\Deleted; the server stops after."""
+    server = LiveServer(root, storage)
+    try:
+        client = server.client()
+        for flags, date, message in mail:
+            assert client.append("INBOX", flags, date, message)[0] == "OK"
+        client.select("INBOX")
+        client.expunge()
+        yield client
+    finally:
+        server.stop()
 
-    For what imaplib cannot say itself: LITERAL+ literals, pipelined octets. `data`'s tag is its
-    first word; continuation requests are answered by nothing (the caller sends what follows).
+
+def command(client: imaplib.IMAP4, *parts: bytes) -> list[bytes]:
+    """Send a command byte for byte and read its lines up to the tagged answer (its tag: the first word).
+
+    For what imaplib cannot say itself: LITERAL+ literals, pipelined octets, literals where it would
+    quote. Each part is one write (so one part pipelines, several arrive apart); each but the last ends
+    in a literal's announcement. After a synchronising one (`{5}`) the server's continuation request
+    is awaited, as RFC 3501 7.5 requires of a client, and left out of the answer; a refusal instead
+    ends the command there. After `{5+}` (RFC 7888) the next part follows at once.
     """
-    tag = data.split(b" ", 1)[0]
-    client.send(data)
+    tag = parts[0].split(b" ", 1)[0]
+    for part in parts[:-1]:
+        client.send(part)
+        if part.endswith(b"+}\r\n"):
+            continue
+        go_ahead = client.readline()
+        if not go_ahead.startswith(b"+"):
+            return [go_ahead] + ([] if go_ahead.startswith(tag + b" ") else read_until_tagged(client, tag))
+    client.send(parts[-1])
     return read_until_tagged(client, tag)
 
 
@@ -110,14 +148,3 @@ def read_until_tagged(client: imaplib.IMAP4, tag: bytes) -> list[bytes]:
         if line.startswith(tag + b" "):
             return lines
     raise AssertionError("no tagged answer")
-
-
-def sync_literal(client: imaplib.IMAP4, before: bytes, literal: bytes, after: bytes) -> list[bytes]:
-    """`before {n}`, wait for the server's "+", then the octets and `after`: a synchronising literal."""
-    tag = before.split(b" ", 1)[0]
-    client.send(before + b"{%d}\r\n" % len(literal))
-    go_ahead = client.readline()
-    if not go_ahead.startswith(b"+"):
-        return [go_ahead] + ([] if go_ahead.startswith(tag + b" ") else read_until_tagged(client, tag))
-    client.send(literal + after + b"\r\n")
-    return read_until_tagged(client, tag)

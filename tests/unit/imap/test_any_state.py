@@ -41,18 +41,12 @@ def test_noop_in_a_folder_reports_new_mail(selected):
     assert selected.cmd(b"n2 NOOP") == b"n2 OK NOOP completed\r\n"
 
 
-def test_noop_reports_flags_changed_by_another_session(selected, reactor, tmp_path):
-    from tests.unit.imap.harness import Session
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+def test_noop_reports_flags_changed_by_another_session(selected, other):
     other.ok(b"st STORE 1 +FLAGS.SILENT (\\Flagged)")
     assert selected.cmd(b"n NOOP") == b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\nn OK NOOP completed\r\n"
 
 
-def test_noop_reports_expunges_by_another_session(selected, reactor, tmp_path):
-    from tests.unit.imap.harness import Session
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+def test_noop_reports_expunges_by_another_session(selected, other):
     other.ok(b"st STORE 1 +FLAGS.SILENT (\\Deleted)")
     other.ok(b"e EXPUNGE")
     assert selected.cmd(b"n NOOP") == b"* 1 EXPUNGE\r\nn OK NOOP completed\r\n"

@@ -5,17 +5,10 @@ STORE or SEARCH, so until NOOP the expunged message keeps its number.
 """
 from __future__ import annotations
 
-from tests.unit.imap.harness import Session, untagged
+from tests.unit.imap.harness import untagged
 
 
-def other_session(reactor, tmp_path) -> Session:
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
-    return other
-
-
-def test_store_does_not_swallow_another_sessions_flag_change(selected, reactor, tmp_path):
-    other = other_session(reactor, tmp_path)
+def test_store_does_not_swallow_another_sessions_flag_change(selected, other):
     other.ok(b"o STORE 2 +FLAGS.SILENT (\\Flagged)")
     reply = selected.cmd(b"s STORE 1 +FLAGS (\\Seen)")
     assert b"* 2 FETCH (FLAGS (\\Flagged \\Recent))" in untagged(reply)
@@ -23,15 +16,13 @@ def test_store_does_not_swallow_another_sessions_flag_change(selected, reactor, 
     assert selected.cmd(b"n NOOP") == b"n OK NOOP completed\r\n"          # told once, not again
 
 
-def test_concurrent_additions_to_one_message_are_both_kept(selected, reactor, tmp_path):
-    other = other_session(reactor, tmp_path)
+def test_concurrent_additions_to_one_message_are_both_kept(selected, other):
     other.ok(b"o STORE 1 +FLAGS.SILENT (\\Flagged)")
     selected.ok(b"s STORE 1 +FLAGS.SILENT (\\Seen)")                       # computed under the lock
     assert b"FLAGS (\\Flagged \\Seen)" in other.cmd(b"f FETCH 1 FLAGS")
 
 
-def test_fetch_reports_new_mail_and_flags_but_holds_the_expunge(selected, reactor, tmp_path):
-    other = other_session(reactor, tmp_path)
+def test_fetch_reports_new_mail_and_flags_but_holds_the_expunge(selected, other):
     other.ok(b"o STORE 1 +FLAGS.SILENT (\\Deleted)")
     other.ok(b"e EXPUNGE")
     other.ok(b"o STORE 1 +FLAGS.SILENT (\\Answered)")                    # the old message 2
@@ -44,8 +35,7 @@ def test_fetch_reports_new_mail_and_flags_but_holds_the_expunge(selected, reacto
     assert selected.cmd(b"s SEARCH ALL") == b"* SEARCH 1 2\r\ns OK SEARCH completed\r\n"
 
 
-def test_a_new_keyword_announces_flags_and_permanentflags_to_others(selected, reactor, tmp_path):
-    other = other_session(reactor, tmp_path)
+def test_a_new_keyword_announces_flags_and_permanentflags_to_others(selected, other):
     other.ok(b"o STORE 1 +FLAGS.SILENT (Project)")
     reply = selected.cmd(b"n NOOP")
     assert untagged(reply)[:2] == [
@@ -55,8 +45,7 @@ def test_a_new_keyword_announces_flags_and_permanentflags_to_others(selected, re
     assert selected.cmd(b"s SEARCH KEYWORD project") == b"* SEARCH 1\r\ns OK SEARCH completed\r\n"
 
 
-def test_idle_hears_another_session_at_once_without_a_poll(selected, reactor, tmp_path):
-    other = other_session(reactor, tmp_path)
+def test_idle_hears_another_session_at_once_without_a_poll(selected, other, reactor):
     selected.cmd(b"i IDLE")
     selected.transport.clear()
     other.ok(b"o STORE 2 +FLAGS.SILENT (\\Seen)")

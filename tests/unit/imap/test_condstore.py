@@ -8,16 +8,14 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.imap.harness import messages
-from tests.unit.imap.modseqlive import LiveServer, fetches, number, run
+from tests.unit.imap.rfc7162 import fetches, number, run
 
 
-@pytest.fixture(params=["maildir", "mbox"])
-def server(request, tmp_path):
-    live = LiveServer(tmp_path, request.param)
+@pytest.fixture(autouse=True)
+def inbox(server):
+    """4 messages delivered to the INBOX before each test (the server: conftest.py, Maildir then mbox)."""
     for message in messages(4):
-        live.deliver(message)
-    yield live
-    live.stop()
+        server.deliver(message)
 
 
 def condstore_select(client, name="INBOX"):

@@ -4,23 +4,16 @@ from __future__ import annotations
 import pytest
 
 from appliance.imap.search import esearch, sequence_set
-from tests.unit.imap.live import FORMATS, LiveServer, command
+from tests.unit.imap.live import FORMATS, command, selected_inbox
 
 
 @pytest.fixture(scope="module", params=sorted(FORMATS))
 def client(request, tmp_path_factory):
     """UIDs 1, 3, 4, 5, 6, 7 (2 expunged) at sequence numbers 1 to 6; \\Seen on UIDs 1, 4 and 7 (numbers 1, 3, 6)."""
-    server = LiveServer(tmp_path_factory.mktemp("esearch"), request.param)
-    client = server.client()
-    for n in range(7):
-        flags = "(\\Seen)" if n in (0, 3, 6) else None
-        client.append("INBOX", flags, None, b"Subject: s%d\r\nFrom: bob@example.test\r\n\r\nbody %d\r\n" % (n, n))
-    client.select("INBOX")
-    client.uid("STORE", "2", "+FLAGS.SILENT", "(\\Deleted)")
-    client.expunge()
-    yield client
-    client.shutdown()
-    server.close()
+    flags = {0: "(\\Seen)", 1: "(\\Deleted)", 3: "(\\Seen)", 6: "(\\Seen)"}
+    mail = [(flags.get(n), None, b"Subject: s%d\r\nFrom: bob@example.test\r\n\r\nbody %d\r\n" % (n, n))
+            for n in range(7)]
+    yield from selected_inbox(tmp_path_factory.mktemp("esearch"), request.param, mail)
 
 
 @pytest.mark.parametrize("request_line, answer", [

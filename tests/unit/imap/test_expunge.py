@@ -33,10 +33,7 @@ def test_expunge_in_a_read_only_folder_is_refused(authed):
     assert authed.cmd(b"x2 UID EXPUNGE 1") == b"x2 NO [READ-ONLY] Mailbox is read-only\r\n"
 
 
-def test_expunge_by_another_session_reaches_this_one_at_noop(selected, reactor, tmp_path):
-    from tests.unit.imap.harness import Session
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+def test_expunge_by_another_session_reaches_this_one_at_noop(selected, other):
     other.ok(b"st STORE 2 +FLAGS.SILENT (\\Deleted)")
     assert other.cmd(b"e EXPUNGE") == b"* 2 EXPUNGE\r\ne OK EXPUNGE completed\r\n"
     assert selected.cmd(b"n NOOP") == b"* 2 EXPUNGE\r\nn OK NOOP completed\r\n"

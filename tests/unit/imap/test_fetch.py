@@ -89,10 +89,7 @@ def test_fetch_refusals(selected, command, reply):
     assert selected.alive
 
 
-def test_expunge_by_another_session_is_not_reported_during_fetch(selected, reactor, tmp_path):
-    from tests.unit.imap.harness import Session
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+def test_expunge_by_another_session_is_not_reported_during_fetch(selected, other):
     other.ok(b"st STORE 1 +FLAGS.SILENT (\\Deleted)")
     other.ok(b"e EXPUNGE")
     reply = selected.cmd(b"f FETCH 1:2 FLAGS")
@@ -143,10 +140,7 @@ def test_whole_mailbox_download_keeps_partials_and_seen_apart(selected):
                      b"f2 OK FETCH completed\r\n")
 
 
-def test_whole_mailbox_download_skips_a_message_expunged_meanwhile(selected, reactor, tmp_path):
-    from tests.unit.imap.harness import Session
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+def test_whole_mailbox_download_skips_a_message_expunged_meanwhile(selected, other):
     other.ok(b"st STORE 1 +FLAGS.SILENT (\\Deleted)")
     other.ok(b"e EXPUNGE")
     reply = selected.cmd(b"f FETCH 1:2 BODY.PEEK[]")

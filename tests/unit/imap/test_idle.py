@@ -1,8 +1,6 @@
 """IDLE (RFC 2177): the FolderWatcher's clock-driven polls push new mail and flag changes."""
 from __future__ import annotations
 
-from tests.unit.imap.harness import Session
-
 
 def test_idle_reports_new_mail_within_a_poll(selected, reactor):
     assert selected.cmd(b"i IDLE") == b"+ idling\r\n"
@@ -14,9 +12,7 @@ def test_idle_reports_new_mail_within_a_poll(selected, reactor):
     assert selected.alive
 
 
-def test_idle_reports_flags_changed_elsewhere(selected, reactor, tmp_path):
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+def test_idle_reports_flags_changed_elsewhere(selected, other, reactor):
     selected.cmd(b"i IDLE")
     selected.transport.clear()
     other.ok(b"st STORE 1 +FLAGS.SILENT (\\Seen)")
@@ -57,9 +53,7 @@ def test_leaving_stops_the_watch(selected, reactor):
     assert watcher._watchers == {}
 
 
-def test_idle_reports_expunge_and_append_by_another_session(selected, reactor, tmp_path):
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+def test_idle_reports_expunge_and_append_by_another_session(selected, other, reactor):
     selected.cmd(b"i IDLE")
     selected.transport.clear()
     other.ok(b"st STORE 2 +FLAGS.SILENT (\\Deleted)")

@@ -13,15 +13,9 @@ import pytest
 
 from appliance.store.maildir import MaildirAccount
 from appliance.store.mbox import MboxAccount
-from tests.unit.imap.listlive import RawClient, serving
+from tests.unit.imap.live import LiveServer, command
 
 LINE = re.compile(rb'^\(([^)]*)\) "\." ("(?:[^"\\]|\\.)*"|[^ ]+)(?: (.*))?$')
-
-
-@pytest.fixture(params=["maildir", "mbox"])
-def server(request, tmp_path):
-    with serving(tmp_path, request.param) as running:
-        yield running
 
 
 @pytest.fixture
@@ -150,16 +144,19 @@ def test_lsub_matches_like_list(client):
 
 
 def test_subscriptions_survive_a_restart(tmp_path):
-    with serving(tmp_path, "maildir") as first:
-        client = first.client()
+    server = LiveServer(tmp_path, "maildir")
+    try:
+        client = server.client()
         client.subscribe('"Gone.Soon"')
         make(client, "Kept")
         client.subscribe("Kept")
         client.logout()
-    with serving(tmp_path, "maildir") as second:
-        client = second.client()
+        server.restart()
+        client = server.client()
         assert {"Gone.Soon", "Kept"} <= set(names(client.lsub('""', "*")))
         client.logout()
+    finally:
+        server.stop()
 
 
 def test_rename_keeps_the_old_subscription_and_subscribes_the_new_name(client):
@@ -231,13 +228,13 @@ def test_a_name_in_broken_modified_utf7_is_refused_and_the_session_goes_on(clien
 
 @pytest.mark.parametrize("plus", [b"", b"+"])
 def test_every_mailbox_command_takes_its_names_as_literals(server, plus):
-    raw = RawClient(server.port)
+    raw = server.client()
 
     def lit(text: bytes) -> bytes:
         return b"{%d%b}\r\n" % (len(text), plus)
 
     def ok(parts: list[bytes]) -> bytes:
-        answer = raw.command(parts)
+        answer = b"".join(command(raw, *parts))
         tag = parts[0].split(b" ", 1)[0]
         assert re.search(rb"^" + tag + rb" OK", answer, re.M), answer
         return answer
@@ -265,4 +262,3 @@ def test_every_mailbox_command_takes_its_names_as_literals(server, plus):
     ok([b"d1 DELETE " + lit(b"Job"), b"Job\r\n"])
     answer = ok([b'l4 LIST "" ' + lit(b"*"), b"*\r\n"])
     assert b'"Job"' not in answer and b'"' + name + b'"' in answer
-    raw.close()

@@ -6,31 +6,34 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.imap.listlive import RawClient, serving
+from tests.unit.imap.live import command
 
 
-@pytest.fixture(params=["maildir", "mbox"])
-def raw(request, tmp_path):
-    with serving(tmp_path, request.param) as server:
-        client = RawClient(server.port)
-        yield client
-        client.close()
+@pytest.fixture
+def raw(server):
+    """A logged-in client that sends commands byte for byte (live.command)."""
+    return server.client()
 
 
-def send(raw: RawClient, line: bytes) -> list[bytes]:
+def answer_to(raw, *parts: bytes) -> bytes:
+    """A command sent in `parts` (live.command); its whole answer."""
+    return b"".join(command(raw, *parts))
+
+
+def send(raw, line: bytes) -> list[bytes]:
     """One command's untagged lines; its tagged reply must be OK."""
-    answer = raw.command([line + b"\r\n"]).split(b"\r\n")
+    answer = answer_to(raw, line + b"\r\n").split(b"\r\n")
     tag = line.split(b" ", 1)[0]
     assert answer[-2].startswith(tag + b" OK"), answer
     return [entry for entry in answer if entry.startswith(b"* ")]
 
 
-def refused(raw: RawClient, line: bytes) -> bytes:
-    answer = raw.command([line + b"\r\n"])
+def refused(raw, line: bytes) -> bytes:
+    answer = answer_to(raw, line + b"\r\n")
     return answer.rsplit(b"\r\n", 2)[-2]
 
 
-def setup_folders(raw: RawClient) -> None:
+def setup_folders(raw) -> None:
     """INBOX, Drafts, Junk, Sent, Trash exist (first login); add a.b.c, foo, foo.bar; subscribe a.b.c and foo."""
     for name in (b"a.b.c", b"foo", b"foo.bar"):
         send(raw, b"c CREATE " + name)
@@ -105,7 +108,7 @@ def test_list_status_follows_each_selectable_folder_with_its_status(raw):
     for n in range(3):
         message = b"Subject: m%d\r\n\r\nbody\r\n" % n
         flags = b"(\\Seen) " if n == 0 else b""
-        assert b"OK" in raw.command([b"ap APPEND foo.bar " + flags + b"{%d+}\r\n" % len(message), message + b"\r\n"])
+        assert b"OK" in answer_to(raw, b"ap APPEND foo.bar " + flags + b"{%d+}\r\n" % len(message), message + b"\r\n")
     lines = send(raw, b'l LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN))')
     at = lines.index(b'* LIST () "." "foo.bar"')
     assert lines[at + 1] == b'* STATUS "foo.bar" (MESSAGES 3 UNSEEN 2)'
@@ -129,20 +132,20 @@ def test_special_use_selection_and_return_option(raw):
 
 def test_literals_in_extended_list(raw):
     setup_folders(raw)
-    answer = raw.command([b"l LIST (SUBSCRIBED) {0}\r\n", b" ({3}\r\n", b"foo {1+}\r\n", b"*) RETURN (CHILDREN)\r\n"])
+    answer = answer_to(raw, b"l LIST (SUBSCRIBED) {0}\r\n", b" ({3}\r\n", b"foo {1+}\r\n", b"*) RETURN (CHILDREN)\r\n")
     assert b'* LIST (\\Subscribed \\HasChildren) "." "foo"' in answer and b"l OK LIST" in answer
     assert answer.count(b"* LIST") == 7          # the five special folders, a.b.c and foo
 
 
 def test_a_refused_list_never_runs_its_literal_plus_octets_as_commands(raw):
-    answer = raw.command([b'l LIST "unterminated {11+}\r\n', b"zz LOGOUT\r\n\r\n"])
+    answer = answer_to(raw, b'l LIST "unterminated {11+}\r\n', b"zz LOGOUT\r\n\r\n")
     assert answer.startswith(b"l BAD"), answer
-    answer = raw.command([b"l2 LIST (BOGUS) {3+}\r\n", b"zz2 *\r\n"])
+    answer = answer_to(raw, b"l2 LIST (BOGUS) {3+}\r\n", b"zz2 *\r\n")
     assert answer.startswith(b"l2 BAD"), answer
     assert send(raw, b"n NOOP") == []                                 # not logged out: the octets were skipped
 
 
 def test_a_list_literal_longer_than_any_name_is_refused_before_it_is_read(raw):
-    answer = raw.command([b'l LIST "" {5000}\r\n', b"never sent\r\n"])
+    answer = answer_to(raw, b'l LIST "" {5000}\r\n', b"never sent\r\n")
     assert answer.startswith(b"l BAD"), answer
     assert send(raw, b"n NOOP") == []

@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.imap.live import FORMATS, LiveServer, command, read_until_tagged, sync_literal
+from tests.unit.imap.live import command, read_until_tagged
 
 MESSAGE = b"Subject: caf\xc3\xa9 ol\xc3\xa9\r\nFrom: Bob <bob@example.test>\r\nMessage-ID: <1@x>\r\n\r\nhello there\r\n"
-
-
-@pytest.fixture(params=sorted(FORMATS))
-def server(request, tmp_path):
-    live = LiveServer(tmp_path, request.param)
-    yield live
-    live.close()
 
 
 @pytest.fixture
@@ -28,14 +21,13 @@ def client(server):
     client.create("Old")
     client.create("Keep")
     client.select("INBOX")
-    yield client
-    client.shutdown()
+    return client
 
 
 def send(client, mode: str, before: bytes, literal: bytes, after: bytes = b"") -> list[bytes]:
     """One command with `literal` sent in `mode`; its lines up to the tagged answer."""
     if mode == "sync":
-        return sync_literal(client, before, literal, after)
+        return command(client, before + b"{%d}\r\n" % len(literal), literal + after + b"\r\n")
     return command(client, before + b"{%d+}\r\n" % len(literal) + literal + after + b"\r\n")
 
 
@@ -100,20 +92,17 @@ def test_move_to_a_literal_name(client, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_login_with_literals(server, mode):
     client = server.client(login=False)
-    try:
-        if mode == "sync":
-            client.send(b"a LOGIN {18}\r\n")
-            assert client.readline().startswith(b"+")
-            client.send(b"alice@example.test {6}\r\n")
-            assert client.readline().startswith(b"+")
-            client.send(b"secret\r\n")
-            lines = read_until_tagged(client, b"a")
-        else:
-            lines = command(client, b"a LOGIN {18+}\r\nalice@example.test {6+}\r\nsecret\r\n")
-        assert lines[-1].startswith(b"a OK"), lines
-        assert command(client, b"b SELECT INBOX\r\n")[-1].startswith(b"b OK")
-    finally:
-        client.shutdown()
+    if mode == "sync":
+        client.send(b"a LOGIN {18}\r\n")
+        assert client.readline().startswith(b"+")
+        client.send(b"alice@example.test {6}\r\n")
+        assert client.readline().startswith(b"+")
+        client.send(b"secret\r\n")
+        lines = read_until_tagged(client, b"a")
+    else:
+        lines = command(client, b"a LOGIN {18+}\r\nalice@example.test {6+}\r\nsecret\r\n")
+    assert lines[-1].startswith(b"a OK"), lines
+    assert command(client, b"b SELECT INBOX\r\n")[-1].startswith(b"b OK")
 
 
 def test_two_literals_in_one_search(client):
@@ -132,12 +121,9 @@ def test_a_literal_where_no_string_goes_is_refused_in_step(client):
 def test_authenticate_takes_no_literal_and_skips_one(server):
     """AUTHENTICATE has no string argument (its response is a line of base64): a LITERAL+ is skipped."""
     client = server.client(login=False)
-    try:
-        lines = command(client, b"a AUTHENTICATE PLAIN {9+}\r\nz0 LOGOUT\r\n")
-        assert lines[-1].startswith(b"a BAD"), lines
-        assert command(client, b"b LOGIN alice@example.test secret\r\n")[-1].startswith(b"b OK")
-    finally:
-        client.shutdown()
+    lines = command(client, b"a AUTHENTICATE PLAIN {9+}\r\nz0 LOGOUT\r\n")
+    assert lines[-1].startswith(b"a BAD"), lines
+    assert command(client, b"b LOGIN alice@example.test secret\r\n")[-1].startswith(b"b OK")
 
 
 def test_a_refused_search_skips_its_literal(client):

@@ -9,16 +9,14 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.imap.harness import messages
-from tests.unit.imap.modseqlive import LiveServer, fetches, number, run, vanished
+from tests.unit.imap.rfc7162 import fetches, number, run, vanished
 
 
-@pytest.fixture(params=["maildir", "mbox"])
-def server(request, tmp_path):
-    live = LiveServer(tmp_path, request.param)
+@pytest.fixture(autouse=True)
+def inbox(server):
+    """10 messages delivered to the INBOX before each test (the server: conftest.py, Maildir then mbox)."""
     for message in messages(10):
-        live.deliver(message)
-    yield live
-    live.stop()
+        server.deliver(message)
 
 
 def qresync_client(server):

@@ -10,7 +10,7 @@ import base64
 
 import pytest
 
-from tests.unit.imap.live import FORMATS, LiveServer, command
+from tests.unit.imap.live import FORMATS, command, selected_inbox
 
 GREETINGS = (b"Subject: =?UTF-8?B?" + base64.b64encode("Grüße aus Köln".encode()) + b"?=\r\n"
              b"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <juergen@example.test>\r\n"
@@ -30,14 +30,8 @@ MESSAGES = [GREETINGS, LATIN, BASE64_BODY, RAW_UTF8]
 @pytest.fixture(scope="module", params=sorted(FORMATS))
 def client(request, tmp_path_factory):
     """One mailbox per format for the whole module: searching changes nothing."""
-    server = LiveServer(tmp_path_factory.mktemp("search"), request.param)
-    client = server.client()
-    for data in MESSAGES:
-        client.append("INBOX", None, None, data)
-    client.select("INBOX")
-    yield client
-    client.shutdown()
-    server.close()
+    yield from selected_inbox(tmp_path_factory.mktemp("search"), request.param,
+                              [(None, None, data) for data in MESSAGES])
 
 
 def search(client, *criteria: str, text: str, charset: str = "UTF-8") -> list[int]:

@@ -7,7 +7,7 @@ import imaplib
 import pytest
 
 from appliance.imap.sort import base_subject, subject_key
-from tests.unit.imap.live import FORMATS, LiveServer, command
+from tests.unit.imap.live import FORMATS, LiveServer, command, selected_inbox
 
 
 def _message(headers: str, body_size: int) -> bytes:
@@ -34,16 +34,9 @@ MESSAGES = [
 
 @pytest.fixture(scope="module", params=sorted(FORMATS))
 def client(request, tmp_path_factory):
-    server = LiveServer(tmp_path_factory.mktemp("sort"), request.param)
-    client = server.client()
-    client.append("INBOX", "(\\Deleted)", None, b"Subject: gone\r\n\r\ngone\r\n")
-    for data, day in MESSAGES:
-        client.append("INBOX", None, _day(day), data)
-    client.select("INBOX")
-    client.expunge()
-    yield client
-    client.shutdown()
-    server.close()
+    gone = ("(\\Deleted)", None, b"Subject: gone\r\n\r\ngone\r\n")
+    yield from selected_inbox(tmp_path_factory.mktemp("sort"), request.param,
+                              [gone] + [(None, _day(day), data) for data, day in MESSAGES])
 
 
 @pytest.mark.parametrize("criteria, order", [
@@ -102,12 +95,10 @@ def test_sort_refusals(client, line, status):
 
 def test_sort_needs_a_selected_mailbox(tmp_path):
     server = LiveServer(tmp_path)
-    client = server.client()
     try:
-        assert command(client, b"a SORT (DATE) UTF-8 ALL\r\n")[-1].startswith(b"a BAD")
+        assert command(server.client(), b"a SORT (DATE) UTF-8 ALL\r\n")[-1].startswith(b"a BAD")
     finally:
-        client.shutdown()
-        server.close()
+        server.stop()
 
 
 # ---- base subject extraction (RFC 5256 2.1), pure ----------------------------------------------------

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.imap.harness import other_session
+
 
 def test_add_remove_replace(selected):
     assert selected.cmd(b"s STORE 2 +FLAGS (\\Flagged \\Seen)") == \
@@ -33,10 +35,8 @@ def test_unknown_system_flags_and_recent_are_bad_as_in_dovecot(selected):
 
 
 def test_flags_persist_across_sessions(selected, reactor, tmp_path):
-    from tests.unit.imap.harness import Session
     selected.ok(b"s STORE 1 +FLAGS.SILENT (\\Flagged)")
-    other = Session(reactor, tmp_path, implicit=True).login()
-    other.select()
+    other = other_session(reactor, tmp_path)               # opened after the change: read from the store
     assert other.cmd(b"f FETCH 1 FLAGS") == b"* 1 FETCH (FLAGS (\\Flagged))\r\nf OK FETCH completed\r\n"
 
 

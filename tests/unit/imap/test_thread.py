@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.imap.thread import Node, Post, ordered_subject, references, render
-from tests.unit.imap.live import FORMATS, LiveServer, command
+from tests.unit.imap.live import FORMATS, command, selected_inbox
 
 
 def post(number: int, date: float, subject: bytes, message_id: bytes | None = None, refs: bytes | None = None,
@@ -100,16 +100,9 @@ THREAD_MAIL = [
 
 @pytest.fixture(scope="module", params=sorted(FORMATS))
 def client(request, tmp_path_factory):
-    server = LiveServer(tmp_path_factory.mktemp("thread"), request.param)
-    client = server.client()
-    client.append("INBOX", "(\\Deleted)", None, b"Subject: gone\r\n\r\ngone\r\n")
-    for data in THREAD_MAIL:
-        client.append("INBOX", None, None, data)
-    client.select("INBOX")
-    client.expunge()
-    yield client
-    client.shutdown()
-    server.close()
+    gone = ("(\\Deleted)", None, b"Subject: gone\r\n\r\ngone\r\n")
+    yield from selected_inbox(tmp_path_factory.mktemp("thread"), request.param,
+                              [gone] + [(None, None, data) for data in THREAD_MAIL])
 
 
 @pytest.mark.parametrize("line, answer", [
