@@ -74,7 +74,7 @@ class Parts:
         self.cfg, self.reactor = cfg, reactor
         self.tls = top.tls
         self.pools = pools = {name: _pool(top, name, size) for name, size in _pool_sizes(cfg).items()}
-        self.store = make_store(cfg.storage, reactor, pools["disk"], _delivery_writers(reactor))
+        self.store = make_store(cfg.storage, reactor, pools["disk"], _delivery_writers(reactor, cfg.storage.format))
         self.quotas = Quotas(self.store, cfg.storage.quota, reactor, pools["disk"])   # Wiring sets the default
         self.locks = MaildropLocks()          # one POP3 lock per maildrop, across reloads too
         self.couriers: dict[str, Any] = {}    # the queue's; a reload replaces the entries
@@ -287,7 +287,7 @@ def _pool_sizes(cfg: configmod.Config) -> dict[str, int]:
             "checks": 4}
 
 
-def delivery_writer_count(cores: int | None) -> int:
+def delivery_writer_count(cores: int | None, storage_format: str = "maildir") -> int:
     """One core is the reactor's; the writers get the others, one each, from 1 up to 4.
 
     Every writer thread takes the GIL back after each system call, and each time the reactor
@@ -295,14 +295,19 @@ def delivery_writer_count(cores: int | None) -> int:
     12% waiting for a core, and ingest at C=10 went from 1,800 to 2,400 msg/s with 1 writer
     (issue 14), the deliveries keeping pace (group commit makes its jobs larger). More writers
     help where there are cores for them: their syncs overlap. Past 4 they only spin in the kernel
-    on the Maildir folder's lock (perf: rwsem_spin_on_owner 6% of the process with 4 on 2 cores)."""
-    return max(1, min(4, (cores or 2) - 1))
+    on the Maildir folder's lock (perf: rwsem_spin_on_owner 6% of the process with 4 on 2 cores).
+
+    mbox gets at least 2: its delivery may wait up to mbox.LOCK_TIMEOUT (10 s) for a mailbox a
+    mail client has locked, and with one writer that mailbox would hold up every other delivery.
+    """
+    spare = max(1, min(4, (cores or 2) - 1))
+    return max(2, spare) if storage_format == "mbox" else spare
 
 
-def _delivery_writers(reactor: Any) -> Any:
+def _delivery_writers(reactor: Any, storage_format: str) -> Any:
     """The threads that write local deliveries (appliance.jobthreads), stopped after shutdown."""
     from appliance.jobthreads import JobThreads
-    writers = JobThreads("delivery", delivery_writer_count(os.cpu_count()))
+    writers = JobThreads("delivery", delivery_writer_count(os.cpu_count(), storage_format))
     reactor.addSystemEventTrigger("after", "shutdown", writers.stop)
     return writers
 

@@ -242,3 +242,24 @@ def test_mbox_user_named_like_bobs_dot_lock_never_gets_bobs_lock_path(tmp_path):
         assert f"warning: {lock_user} gets no mbox mailbox" in appliance.cli("check").stdout
     finally:
         appliance.stop()
+
+
+def test_an_mbox_locked_by_a_mail_client_holds_up_no_other_mailbox(make_appliance):
+    """A mail client holding alice's dot-lock (a live process, a fresh lock) makes her delivery wait
+    for it (up to mbox.LOCK_TIMEOUT, 10 s), in one delivery writer; bob's mail, sent after hers,
+    still arrives at once, and hers follows as soon as the client lets go."""
+    appliance = make_appliance(storage="mbox", services=("smtp",))
+    alice, bob = ALICE, f"bob@{DOMAIN}"
+    send_sentinel(appliance)                                  # alice's mbox exists
+    lock = appliance.mailbox_path(alice) + ".lock"
+    with open(lock, "w") as handle:
+        handle.write(f"{os.getpid()}\n")
+    try:
+        with appliance.smtp() as client:
+            client.sendmail(SENDER, [alice], make_message("while locked", to=alice))
+            client.sendmail(SENDER, [bob], make_message("for bob", to=bob))
+        wait_for(lambda: "for bob" in subjects(appliance, bob), timeout=5)
+        assert "while locked" not in subjects(appliance, alice)
+    finally:
+        os.unlink(lock)
+    wait_for(lambda: "while locked" in subjects(appliance, alice), timeout=8)
