@@ -304,10 +304,18 @@ def delivery_writer_count(cores: int | None, storage_format: str = "maildir") ->
     return max(2, spare) if storage_format == "mbox" else spare
 
 
+def usable_cores() -> int | None:
+    """The cores this process may run on (taskset, a cpuset), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
 def _delivery_writers(reactor: Any, storage_format: str) -> Any:
     """The threads that write local deliveries (appliance.jobthreads), stopped after shutdown."""
     from appliance.jobthreads import JobThreads
-    writers = JobThreads("delivery", delivery_writer_count(os.cpu_count(), storage_format))
+    writers = JobThreads("delivery", delivery_writer_count(usable_cores(), storage_format))
     reactor.addSystemEventTrigger("after", "shutdown", writers.stop)
     return writers
 

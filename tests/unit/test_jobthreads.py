@@ -1,11 +1,13 @@
 """appliance.jobthreads: the delivery writers' threads, with real threads."""
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
 from appliance.jobthreads import JobThreads
+from appliance.tap import delivery_writer_count, usable_cores
 
 
 def test_jobs_run_on_the_named_threads_at_once_and_failures_are_reported():
@@ -52,6 +54,16 @@ def test_stop_ends_the_threads_after_the_jobs_handed_over():
                          [(None, 1, 2), (1, 1, 2), (2, 1, 2), (3, 2, 2), (5, 4, 4), (64, 4, 4)])
 def test_delivery_writers_leave_one_core_to_the_reactor(cores, maildir_writers, mbox_writers):
     """mbox keeps a second writer: a mailbox locked by a mail client holds up one writer, not all."""
-    from appliance.tap import delivery_writer_count
     assert delivery_writer_count(cores, "maildir") == maildir_writers
     assert delivery_writer_count(cores, "mbox") == mbox_writers
+
+
+def test_writers_count_the_cores_this_process_may_use():
+    """Under `taskset -c 0` (or a cpuset of one core) there is no core to spare: one writer."""
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    assert usable_cores() == len(before)
