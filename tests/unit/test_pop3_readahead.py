@@ -114,7 +114,7 @@ def test_a_file_removed_mid_batch_fails_that_message_only(tmp_path):
     path = str(tmp_path / "alice")
     Maildir.stored_messages(path, BODIES[:10])
     session = logged_in(world_over(Maildir, path, InlinePool()))
-    gone = sorted(os.listdir(os.path.join(path, "new")))[4]      # message 5 of the listing (arrival order)
+    gone = sorted(os.listdir(os.path.join(path, "new")), key=maildir.arrival_order)[4]    # message 5 (arrival order)
     os.unlink(os.path.join(path, "new", gone))
     replies = [session.command(f"RETR {n}") for n in range(1, 11)]
     assert [r.split(b" ")[0] for r in replies] == [b"+OK"] * 4 + [b"-ERR"] + [b"+OK"] * 5

@@ -107,7 +107,7 @@ def test_a_flag_change_by_another_program_is_seen(tmp_path):
     before = inbox.refresh()
     cur = tmp_path / "alice" / "cur"
     new = tmp_path / "alice" / "new"
-    name = sorted(os.listdir(new))[0]
+    name = min(os.listdir(new), key=maildir.arrival_order)   # UID 1 (names sort as text: M99999 > M100000)
     os.rename(new / name, cur / (name + ":2,S"))          # what mutt does to mark a message read
     after = inbox.refresh()
     assert after.flags[0] == {"\\Seen"} and after.modseqs[0] > before.highestmodseq
