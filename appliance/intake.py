@@ -292,15 +292,12 @@ class Intake:
         if arrival.recipients:
             envelope = Envelope(id=arrival.id, sender=sender, recipients=list(arrival.recipients), peer=arrival.peer,
                                 helo=arrival.helo, protocol=arrival.protocol, login=arrival.login, size=len(message))
-            d = self.queue.put(envelope, message)
-            if not arrival.refused:      # the common case: one callback logs and answers the id
-                return d.addCallback(self._log_received, arrival, sender, envelope)
-            d.addCallback(self._log_received, arrival, sender, envelope)
+            d = self.queue.put(envelope, message).addCallback(self._log_received, arrival, sender, envelope)
         else:
-            d = defer.succeed(None)
-        if arrival.refused:
+            d = defer.succeed(arrival.id)
+        if arrival.refused:       # not the common case: there, one callback logs and answers the id
             d.addCallback(lambda _: defer.ensureDeferred(self._bounce(arrival, sender, message)))
-        d.addCallback(lambda _: arrival.id)
+            d.addCallback(lambda _: arrival.id)
         return d
 
     @staticmethod

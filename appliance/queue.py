@@ -1005,9 +1005,9 @@ class QueueService(Service):
     def _start_queued(self) -> None:
         started, self._to_start = self._to_start, []
         for envelope, message in started:
-            self._accepted(None, envelope, message)
+            self._accepted(envelope, message)
 
-    def _accepted(self, _: None, envelope: Envelope, message: bytes) -> None:
+    def _accepted(self, envelope: Envelope, message: bytes) -> None:
         if not self.running:
             self._waiting[envelope.id] = envelope
             return
